@@ -1,0 +1,58 @@
+"""Input checks at public boundaries: one place, messages that say expected / got / fix."""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+
+def check_choice(name: str, value: object, accepted: Iterable[object]) -> None:
+    """Raise ValueError listing the accepted options when `value` is not one of them."""
+    accepted = list(accepted)
+    if value not in accepted:
+        listed = ", ".join(repr(a) for a in accepted)
+        raise ValueError(f"{name}={value!r} is not known; accepted: {listed}")
+
+
+def check_positive_int(name: str, value: int, minimum: int = 1) -> int:
+    """Return `value` as int, or raise when it is not an integer >= minimum."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer >= {minimum}, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_embeddings(name: str, z: np.ndarray | torch.Tensor, dim: int | None = None,
+                     allow_1d: bool = False) -> np.ndarray | torch.Tensor:
+    """Check an embedding batch: 2-D (n, dim) float, finite, non-empty; 1-D allowed when `allow_1d`."""
+    if not isinstance(z, (np.ndarray, torch.Tensor)):
+        raise TypeError(f"{name} must be a numpy array or torch tensor of shape (n, dim), "
+                        f"got {type(z).__name__}")
+    ndim = z.ndim
+    if ndim == 1 and allow_1d:
+        pass
+    elif ndim != 2:
+        want = "(dim,) or (n, dim)" if allow_1d else "(n, dim)"
+        raise ValueError(f"{name} must have shape {want}, got shape {tuple(z.shape)}")
+    if z.shape[0] == 0 or (ndim == 2 and z.shape[1] == 0):
+        raise ValueError(f"{name} is empty (shape {tuple(z.shape)}); pass at least one embedding")
+    is_float = z.dtype.is_floating_point if isinstance(z, torch.Tensor) else np.issubdtype(z.dtype, np.floating)
+    if not is_float:
+        raise TypeError(f"{name} must be a float array, got dtype {z.dtype}")
+    if dim is not None and z.shape[-1] != dim:
+        raise ValueError(f"{name} has embedding dimension {z.shape[-1]}, expected {dim}: "
+                         "were these embeddings made with another CLIP model?")
+    finite = bool(torch.isfinite(z).all()) if isinstance(z, torch.Tensor) else bool(np.isfinite(z).all())
+    if not finite:
+        raise ValueError(f"{name} contains NaN or infinite values; check the encoder output or the file it was read from")
+    return z
+
+
+def check_same_dim(name_a: str, a: Sequence | np.ndarray | torch.Tensor,
+                   name_b: str, b: Sequence | np.ndarray | torch.Tensor) -> None:
+    """Raise when two embedding batches disagree in their last dimension."""
+    if a.shape[-1] != b.shape[-1]:
+        raise ValueError(f"{name_a} has dimension {a.shape[-1]} but {name_b} has {b.shape[-1]}; "
+                         "embed both with the same CLIP model")
