@@ -1,0 +1,189 @@
+"""unCLIP decoder: a GLIDE UNet conditioned on the CLIP image embedding z_i (Ramesh et al. 2022, sec. 2.1).
+
+z_i is projected and added to the timestep embedding, and projected into `n_clip_tokens` extra context tokens
+that are concatenated before the (projected, layer-normed) caption tokens; attention blocks attend over the
+image tokens plus these context tokens as extra keys/values (GLIDE, Nichol et al. 2021). The same structure as
+Karlo's diffusers `UNet2DConditionModel` + `UnCLIPTextProjModel` (which lays out its 4 clip tokens as
+(dim, n_tokens) where we use (n_tokens, dim): an importer permutes `clip_to_context_tokens` rows).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .checks import check_positive_int
+from .nn import TimestepEmbedding, UNet, as_timesteps, as_tuple_field, check_tensor, check_unet_shape
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    """Decoder UNet sizes. `attention_resolutions` are feature-map sizes (e.g. (16, 8) for a 64x64 model)."""
+
+    image_size: int = 64
+    in_channels: int = 3
+    model_channels: int = 192
+    channel_mult: tuple[int, ...] = (1, 2, 3, 4)
+    n_res_blocks: int = 3
+    attention_resolutions: tuple[int, ...] = (32, 16, 8)
+    head_channels: int = 64
+    clip_dim: int = 768
+    n_clip_tokens: int = 4
+    text_width: int = 0
+    context_dim: int = 0
+    use_z_t: bool = False
+    learn_sigma: bool = True
+    dropout: float = 0.1
+    use_scale_shift_norm: bool = True
+    resblock_updown: bool = True
+    norm_groups: int = 32
+
+    def __post_init__(self) -> None:
+        as_tuple_field(self, "channel_mult")
+        as_tuple_field(self, "attention_resolutions")
+        if not isinstance(self.attention_resolutions, tuple):
+            raise ValueError(f"attention_resolutions must be a tuple of ints, got {self.attention_resolutions!r}")
+        check_unet_shape(self.channel_mult, self.model_channels, self.norm_groups, self.n_res_blocks)
+        for name in ("image_size", "in_channels", "head_channels", "clip_dim"):
+            check_positive_int(name, getattr(self, name))
+        for name in ("n_clip_tokens", "text_width", "context_dim"):
+            check_positive_int(name, getattr(self, name), minimum=0)
+        factor = 2 ** (len(self.channel_mult) - 1)
+        if self.image_size % factor:
+            raise ValueError(f"image_size={self.image_size} must be divisible by 2**(len(channel_mult)-1)={factor}")
+        levels = self.level_resolutions
+        unknown = [r for r in self.attention_resolutions if r not in levels]
+        if unknown:
+            raise ValueError(f"attention_resolutions {unknown} match no UNet level; the levels of a "
+                             f"{self.image_size}px model with {len(self.channel_mult)} levels are {list(levels)}")
+        widths = {self.model_channels * m for r, m in zip(levels, self.channel_mult) if r in self.attention_resolutions}
+        widths.add(self.model_channels * self.channel_mult[-1])  # the middle block always attends
+        bad = sorted(w for w in widths if w > self.head_channels and w % self.head_channels)
+        if bad:
+            raise ValueError(f"head_channels={self.head_channels} must divide the channels of every attention "
+                             f"level, but not {bad}; choose head_channels dividing them")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def level_resolutions(self) -> tuple[int, ...]:
+        """Feature-map size at each UNet level."""
+        return tuple(self.image_size // 2 ** i for i in range(len(self.channel_mult)))
+
+    @property
+    def time_embed_dim(self) -> int:
+        """Width of the timestep embedding, 4 x model_channels as in ADM."""
+        return 4 * self.model_channels
+
+    @property
+    def context_width(self) -> int:
+        """Width of the context tokens (clip tokens and projected caption tokens)."""
+        return self.context_dim or self.time_embed_dim
+
+    @property
+    def out_channels(self) -> int:
+        """eps (and variance interpolation v when `learn_sigma`, Nichol & Dhariwal 2021)."""
+        return self.in_channels * (2 if self.learn_sigma else 1)
+
+
+class Decoder(nn.Module):
+    """unCLIP decoder (Ramesh et al. 2022, sec. 2.1): (x_t, t, z_i, caption tokens) -> (B, out_channels, H, W)."""
+
+    config_class = DecoderConfig
+
+    def __init__(self, config: DecoderConfig) -> None:
+        super().__init__()
+        if not isinstance(config, DecoderConfig):
+            raise TypeError(f"config must be a DecoderConfig, got {type(config).__name__}")
+        self.config = c = config
+        E, D = c.time_embed_dim, c.context_width
+        self.time_embedding = TimestepEmbedding(c.model_channels, E, E)
+        self.clip_to_time = nn.Linear(c.clip_dim, E)
+        self.z_t_to_time = nn.Linear(c.clip_dim, E) if c.use_z_t else None
+        self.clip_to_context_tokens = nn.Linear(c.clip_dim, c.n_clip_tokens * D) if c.n_clip_tokens else None
+        if c.text_width:
+            self.text_proj = nn.Linear(c.text_width, D)
+            self.text_norm = nn.LayerNorm(D)
+        else:
+            self.text_proj = self.text_norm = None
+        # learned null z_i for classifier-free guidance (Karlo: learned_classifier_free_guidance_embeddings)
+        self.null_z_i = nn.Parameter(torch.randn(c.clip_dim) * 0.02)
+        has_context = bool(c.n_clip_tokens or c.text_width)
+        attention_levels = [i for i, r in enumerate(c.level_resolutions) if r in c.attention_resolutions]
+        self.unet = UNet(c.in_channels, c.out_channels, c.model_channels, c.channel_mult, c.n_res_blocks, E,
+                         attention_levels=attention_levels, mid_attention=True, head_channels=c.head_channels,
+                         context_dim=D if has_context else 0, dropout=c.dropout,
+                         use_scale_shift_norm=c.use_scale_shift_norm, resblock_updown=c.resblock_updown,
+                         norm_groups=c.norm_groups)
+
+    def drop_condition(self, z_i: Tensor, text_tokens: Tensor | None = None, text_mask: Tensor | None = None,
+                       p_z_i: float = 0.1, p_text: float = 0.5, generator: torch.Generator | None = None
+                       ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """Independently replace z_i by the learned null (rate p_z_i) and drop captions (rate p_text) for CFG.
+
+        Defaults are the paper's rates (Ramesh et al. 2022, sec. 2.1). Returns (z_i, text_tokens, text_mask).
+        """
+        for name, p in (("p_z_i", p_z_i), ("p_text", p_text)):
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"{name} must be a probability in [0, 1], got {p}")
+        check_tensor("z_i", z_i, (None, self.config.clip_dim))
+        B = z_i.shape[0]
+        dev = generator.device if generator is not None else z_i.device
+        u = torch.rand(2, B, generator=generator, device=dev).to(z_i.device)
+        drop_z, drop_text = u[0] < p_z_i, u[1] < p_text
+        z_i = torch.where(drop_z[:, None], self.null_z_i[None].to(z_i.dtype), z_i)
+        if text_tokens is not None:
+            text_tokens = text_tokens.masked_fill(drop_text[:, None, None], 0.0)
+            if text_mask is None:
+                text_mask = torch.ones(text_tokens.shape[:2], dtype=torch.bool, device=text_tokens.device)
+            text_mask = text_mask.bool() & ~drop_text[:, None]
+        return z_i, text_tokens, text_mask
+
+    def _context(self, z_i: Tensor, text_tokens: Tensor | None, text_mask: Tensor | None
+                 ) -> tuple[Tensor | None, Tensor | None]:
+        c, B = self.config, z_i.shape[0]
+        parts, masks = [], []
+        if self.clip_to_context_tokens is not None:
+            parts.append(self.clip_to_context_tokens(z_i).reshape(B, c.n_clip_tokens, c.context_width))
+            masks.append(torch.ones(B, c.n_clip_tokens, dtype=torch.bool, device=z_i.device))
+        if text_tokens is not None:
+            if self.text_proj is None:
+                raise ValueError("text_tokens were given but this decoder has text_width=0 (no caption pathway); "
+                                 "pass text_tokens=None or build it with text_width > 0")
+            check_tensor("text_tokens", text_tokens, (B, None, c.text_width))
+            L = text_tokens.shape[1]
+            if text_mask is None:
+                text_mask = torch.ones(B, L, dtype=torch.bool, device=z_i.device)
+            if not isinstance(text_mask, Tensor) or tuple(text_mask.shape) != (B, L):
+                got = tuple(text_mask.shape) if isinstance(text_mask, Tensor) else type(text_mask).__name__
+                raise ValueError(f"text_mask must be a bool tensor of shape ({B}, {L}) (True = real token), "
+                                 f"got {got}")
+            parts.append(self.text_norm(self.text_proj(text_tokens)))
+            masks.append(text_mask.bool())
+        if not parts:
+            return None, None
+        return torch.cat(parts, dim=1), torch.cat(masks, dim=1)  # (B, n_ctx, D), (B, n_ctx)
+
+    def forward(self, x_t: Tensor, t: Tensor | float, z_i: Tensor | None = None, text_tokens: Tensor | None = None,
+                text_mask: Tensor | None = None, z_t: Tensor | None = None) -> Tensor:
+        """Predict eps (and v) (B, out_channels, H, W) from x_t (B, C, H, W), t (B,), z_i (B, clip_dim) unit-norm,
+        caption features text_tokens (B, L, text_width) with text_mask (B, L) bool.
+
+        z_i=None is the unconditional pass (learned null); z_t is used only when the config has use_z_t.
+        """
+        c = self.config
+        s = c.image_size
+        check_tensor("x_t", x_t, (None, c.in_channels, s, s), hint=f"this decoder was built for {s}x{s} images")
+        B = x_t.shape[0]
+        t = as_timesteps(t, B, x_t.device)
+        if z_i is None:
+            z_i = self.null_z_i[None].expand(B, -1)
+        check_tensor("z_i", z_i, (B, c.clip_dim), hint="pass one CLIP image embedding per image, or None")
+        emb = self.time_embedding(t) + self.clip_to_time(z_i)
+        if self.z_t_to_time is not None:
+            if z_t is None:
+                raise ValueError("this decoder has use_z_t=True and needs z_t (B, clip_dim), the text embedding")
+            emb = emb + self.z_t_to_time(check_tensor("z_t", z_t, (B, c.clip_dim)))
+        context, context_mask = self._context(z_i, text_tokens, text_mask)
+        return self.unet(x_t, emb, context, context_mask)

@@ -1,0 +1,420 @@
+"""The unCLIP cascade (Ramesh et al. 2022): CLIP text -> prior -> z_i -> decoder -> upsamplers -> image.
+
+`UnCLIP` composes a CLIP encoder, a diffusion prior, a decoder and up to two upsamplers. It owns no maths:
+the schedule and samplers live in diffusion.py / samplers.py, the networks in prior.py / decoder.py /
+upsampler.py. Every stochastic call takes a seed or a torch.Generator.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from .checkpoint import load_checkpoint, read_pipeline, resolve
+from .checks import check_choice, check_embeddings, check_positive_int
+from .clip import ClipEncoder
+from .decoder import Decoder
+from .diffusion import Schedule, cosine_schedule
+from .imageio import ImageLike, load_image, pil_to_tensor, tensor_to_pil
+from .inpaint import sample_repaint
+from .prior import DiffusionPrior
+from .provenance import BlockedContentError, ConceptPolicy, tensor_hash
+from .samplers import (classifier_free_guidance, invert_ddim, model_to_denoiser, sample_ddim, sample_ddpm,
+                       sample_dpmpp_2m)
+from .upsampler import Upsampler
+
+SAMPLERS = ("ddim", "ddpm", "dpmpp_2m")
+# Trailing spacing starts at t = T - 1, from pure noise (Lin et al. 2024); inversion uses the same steps.
+SPACING = "trailing"
+
+
+@dataclass(frozen=True)
+class StageInfo:
+    """How a stage was trained: what the network predicts, and whether it learned its variance."""
+
+    prediction: str = "eps"
+    clip_x0: float | None = 1.0
+
+    def __post_init__(self) -> None:
+        check_choice("prediction", self.prediction, ("eps", "x0", "v"))
+
+
+@dataclass
+class UnCLIPOutput:
+    """Images of every stage of the cascade, the z_i that made them, and the settings (for provenance)."""
+
+    images: list[Image.Image]
+    z_i: Tensor
+    stages: dict[str, Tensor] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def stage_images(self, name: str) -> list[Image.Image]:
+        """PIL images of one stage ("decoder", "upsampler1", ...)."""
+        if name not in self.stages:
+            raise ValueError(f"stage {name!r} is not in this output; stages: {list(self.stages)}")
+        return tensor_to_pil(self.stages[name])
+
+
+def _generator(seed: int | torch.Generator | None) -> torch.Generator:
+    if isinstance(seed, torch.Generator):
+        return seed
+    if seed is None:
+        seed = int(torch.randint(0, 2**31 - 1, ()).item())
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, a torch.Generator or None, got {type(seed).__name__}")
+    return torch.Generator().manual_seed(seed)
+
+
+def _check_guidance(name: str, scale: float) -> float:
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
+        raise ValueError(f"{name} must be a finite number >= 0 (1 = no guidance, 0 = unconditional), got {scale!r}")
+    return float(scale)
+
+
+def _check_prompts(prompts: str | Sequence[str]) -> list[str]:
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    prompts = list(prompts)
+    if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
+        raise ValueError("prompts must be a non-empty string or list of non-empty strings, "
+                         f"got {prompts!r}")
+    return prompts
+
+
+class UnCLIP:
+    """Text-to-image, variations, interpolation inputs and inpainting with the unCLIP cascade."""
+
+    def __init__(self, clip: ClipEncoder, decoder: Decoder, prior: DiffusionPrior | None = None,
+                 upsamplers: Sequence[Upsampler] = (), stage_info: Mapping[str, StageInfo] | None = None,
+                 schedule: Schedule | None = None, name: str = "custom",
+                 policy: ConceptPolicy | None = None) -> None:
+        if not isinstance(decoder, Decoder):
+            raise TypeError(f"decoder must be a Decoder, got {type(decoder).__name__}")
+        if prior is not None and not isinstance(prior, DiffusionPrior):
+            raise TypeError(f"prior must be a DiffusionPrior or None, got {type(prior).__name__}")
+        if len(upsamplers) > 2:
+            raise ValueError(f"at most two upsamplers are supported (the paper's cascade), got {len(upsamplers)}")
+        self.clip, self.decoder, self.prior = clip, decoder.eval(), prior.eval() if prior is not None else None
+        self.upsamplers = [u.eval() for u in upsamplers]
+        for k, (u, prev) in enumerate(zip(self.upsamplers, [decoder.config.image_size]
+                                          + [u.config.out_res for u in self.upsamplers])):
+            if u.config.low_res != prev:
+                raise ValueError(f"upsampler{k + 1} expects {u.config.low_res}px input but the stage before it "
+                                 f"makes {prev}px images")
+        dims = {"clip": clip.embed_dim, "decoder": decoder.config.clip_dim}
+        if prior is not None:
+            dims["prior"] = prior.config.clip_dim
+        if len(set(dims.values())) != 1:
+            raise ValueError(f"the stages disagree on the CLIP embedding dimension: {dims}; "
+                             "load a decoder/prior trained with this CLIP model")
+        self.stage_info = {"prior": StageInfo("x0", None), "decoder": StageInfo("eps", 1.0),
+                           "upsampler1": StageInfo("eps", 1.0), "upsampler2": StageInfo("eps", 1.0)}
+        self.stage_info.update(stage_info or {})
+        self.schedule = schedule or cosine_schedule(1000)
+        self.name = name
+        self.policy = policy
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, spec: str | Path, device: str = "cpu") -> "UnCLIP":
+        """Load a pipeline folder (pipeline.json + stage folders) or a bundled name such as "shapes-unclip"."""
+        folder = resolve(spec)
+        dirs, meta = read_pipeline(folder)
+        clip_spec = meta.get("clip")
+        if clip_spec is None:
+            raise ValueError(f"{folder}/pipeline.json has no 'clip' entry naming its CLIP model")
+        local = folder / str(clip_spec)
+        clip = ClipEncoder.load(str(local) if local.is_dir() else clip_spec, device=device)
+        if "decoder" not in dirs:
+            raise ValueError(f"{folder} has no decoder stage; its stages: {list(dirs)}")
+        models = {n: load_checkpoint(d, device=device) for n, d in dirs.items()}
+        ups = [models[n] for n in ("upsampler1", "upsampler2") if n in models]
+        info = {n: StageInfo(**v) for n, v in meta.get("stage_info", {}).items()}
+        return cls(clip, models["decoder"], models.get("prior"), ups, info, name=str(meta.get("name", spec)))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.decoder.parameters()).device
+
+    @property
+    def resolutions(self) -> list[int]:
+        """Image side of each stage's output: decoder, then each upsampler."""
+        return [self.decoder.config.image_size] + [u.config.out_res for u in self.upsamplers]
+
+    def describe(self) -> dict[str, Any]:
+        """Model name, stage sizes and parameter counts, for provenance records."""
+        def n_params(m: torch.nn.Module) -> int:
+            return sum(p.numel() for p in m.parameters())
+        stages = {"decoder": n_params(self.decoder)}
+        if self.prior is not None:
+            stages["prior"] = n_params(self.prior)
+        for k, u in enumerate(self.upsamplers):
+            stages[f"upsampler{k + 1}"] = n_params(u)
+        return {"model": self.name, "clip": self.clip.spec, "clip_id": self.clip.model_id,
+                "resolutions": self.resolutions, "parameters": stages}
+
+    # ------------------------------------------------------------------ text
+    def _text_features(self, prompts: list[str], n_tokens: int) -> tuple[Tensor, Tensor]:
+        feats, mask = self.clip.text_tokens(prompts)
+        if feats.shape[1] > n_tokens:
+            feats, mask = feats[:, :n_tokens], mask[:, :n_tokens]
+        return feats.to(self.device), mask.to(self.device)
+
+    def _check_policy(self, prompts: list[str]) -> None:
+        if self.policy is None:
+            return
+        for p in prompts:
+            hits = self.policy.check_prompt(p)
+            if hits:
+                raise BlockedContentError(f"prompt {p!r} names blocked concept(s) {hits}")
+
+    # ------------------------------------------------------------------ prior
+    def sample_prior(self, prompts: str | Sequence[str], n: int = 1, steps: int = 64, guidance: float = 4.0,
+                     best_of: int = 2, sampler: str = "ddim", seed: int | torch.Generator | None = None,
+                     progress: bool = False) -> Tensor:
+        """z_i ~ p(z_i | y) with the diffusion prior (sec. 2.2), best of `best_of` by z_i·z_t; -> (len*n, d) unit."""
+        if self.prior is None:
+            raise ValueError("this pipeline has no prior; decode image embeddings with .decode(z_i) instead")
+        prompts = _check_prompts(prompts)
+        n = check_positive_int("n", n)
+        best_of = check_positive_int("best_of", best_of)
+        steps = check_positive_int("steps", steps)
+        guidance = _check_guidance("guidance", guidance)
+        check_choice("sampler", sampler, SAMPLERS)
+        self._check_policy(prompts)
+        g = _generator(seed)
+        prior, c = self.prior, self.prior.config
+        expanded = [p for p in prompts for _ in range(n * best_of)]
+        z_t = self.clip.encode_text(expanded).to(self.device)
+        cond: dict[str, Tensor | None] = {"z_t": prior.scale_cond(z_t), "text_tokens": None, "text_mask": None}
+        if c.n_text_tokens:
+            cond["text_tokens"], cond["text_mask"] = self._text_features(expanded, c.n_text_tokens)
+        null_z, null_tok, null_mask = prior.null_condition(len(expanded))
+        uncond = {"z_t": null_z, "text_tokens": null_tok, "text_mask": null_mask}
+        with torch.inference_mode():
+            net = classifier_free_guidance(prior, cond, uncond, guidance)
+            info = self.stage_info["prior"]
+            denoise = model_to_denoiser(net, self.schedule, info.prediction, info.clip_x0)
+            x_T = torch.randn(len(expanded), c.clip_dim, generator=g).to(self.device)
+            x0 = self._run_sampler(denoise, x_T, steps, sampler, 0.0, g, progress, "prior")
+            z_i = torch.nn.functional.normalize(prior.scale_out(x0).float(), dim=-1)
+        # best of n (sec. 2.2): keep the candidate with the largest z_i . z_t
+        z_i = z_i.view(len(prompts) * n, best_of, -1)
+        scores = (z_i * z_t.view(len(prompts) * n, best_of, -1)).sum(-1)
+        return z_i[torch.arange(z_i.shape[0]), scores.argmax(dim=1)].cpu()
+
+    # ------------------------------------------------------------------ decoder + upsamplers
+    def _run_sampler(self, denoise: Callable, x_T: Tensor, steps: int, sampler: str, eta: float,
+                     g: torch.Generator, progress: bool, what: str) -> Tensor:
+        if sampler == "ddim":
+            return sample_ddim(denoise, x_T, self.schedule, steps, eta=eta, generator=g, spacing=SPACING,
+                               progress=progress)
+        if sampler == "ddpm":
+            return sample_ddpm(denoise, x_T, self.schedule, steps, generator=g, progress=progress)
+        return sample_dpmpp_2m(denoise, x_T, self.schedule, steps, progress=progress)
+
+    def _decoder_denoiser(self, z_i: Tensor, prompts: list[str] | None, guidance: float,
+                          clip_denoised: bool = True) -> Callable:
+        dec, c = self.decoder, self.decoder.config
+        B = z_i.shape[0]
+        cond: dict[str, Tensor | None] = {"z_i": z_i.to(self.device), "text_tokens": None, "text_mask": None}
+        uncond: dict[str, Tensor | None] = {"z_i": dec.null_z_i[None].expand(B, -1), "text_tokens": None,
+                                            "text_mask": None}
+        if c.text_width and prompts is not None:
+            feats, mask = self._text_features(prompts, 10**6)
+            cond["text_tokens"], cond["text_mask"] = feats, mask
+            uncond["text_tokens"], uncond["text_mask"] = torch.zeros_like(feats), torch.zeros_like(mask)
+        net = classifier_free_guidance(dec, cond, uncond, guidance)
+        info = self.stage_info["decoder"]
+        return model_to_denoiser(net, self.schedule, info.prediction, info.clip_x0 if clip_denoised else None)
+
+    def decoder_denoiser(self, z_i: Tensor, guidance: float = 3.0, prompts: Sequence[str] | None = None) -> Callable:
+        """The guided decoder as a Denoiser (x_t, t) -> x0, for samplers and DDIM inversion."""
+        z_i = self._check_z_i(z_i)
+        return self._decoder_denoiser(z_i, None if prompts is None else _check_prompts(prompts),
+                                      _check_guidance("guidance", guidance))
+
+    def _check_z_i(self, z_i: Tensor) -> Tensor:
+        z_i = torch.as_tensor(check_embeddings("z_i", z_i, self.decoder.config.clip_dim, allow_1d=True))
+        z_i = z_i[None] if z_i.ndim == 1 else z_i
+        return torch.nn.functional.normalize(z_i.float(), dim=-1)
+
+    def decode(self, z_i: Tensor, x_T: Tensor | None = None, steps: int = 50, guidance: float = 3.0,
+               sampler: str = "ddim", eta: float = 0.0, prompts: Sequence[str] | None = None,
+               upsample: bool = True, upsampler_steps: Sequence[int] = (27, 15), seed: int | torch.Generator | None = None,
+               clip_denoised: bool | None = None, progress: bool = False) -> UnCLIPOutput:
+        """Images from CLIP image embeddings z_i (B, d) (sec. 2.1), optionally from a given x_T (B, 3, s, s).
+
+        clip_denoised clamps each predicted x0 to [-1, 1]; by default on, and off when x_T is given, since a
+        DDIM-inverted x_T reconstructs its image only through the same unclamped ODE.
+        """
+        z_i = self._check_z_i(z_i)
+        steps = check_positive_int("steps", steps)
+        guidance = _check_guidance("guidance", guidance)
+        check_choice("sampler", sampler, SAMPLERS)
+        prompt_list = None if prompts is None else _check_prompts(prompts)
+        if prompt_list is not None and len(prompt_list) != z_i.shape[0]:
+            raise ValueError(f"prompts has {len(prompt_list)} entries but z_i has {z_i.shape[0]} rows; "
+                             "pass one prompt per embedding")
+        g = _generator(seed)
+        s = self.decoder.config.image_size
+        shape = (z_i.shape[0], 3, s, s)
+        given_x_T = x_T
+        if x_T is None:
+            x_T = torch.randn(shape, generator=g)
+        elif tuple(x_T.shape) != shape:
+            raise ValueError(f"x_T has shape {tuple(x_T.shape)}, expected {shape} (one noise image per z_i)")
+        with torch.inference_mode():
+            clip_denoised = given_x_T is None if clip_denoised is None else clip_denoised
+            denoise = self._decoder_denoiser(z_i, prompt_list, guidance, clip_denoised)
+            x = self._run_sampler(denoise, x_T.to(self.device), steps, sampler, eta, g, progress, "decoder")
+            x = x.clamp(-1, 1)
+            stages = {"decoder": x.cpu()}
+            if upsample:
+                for k, up in enumerate(self.upsamplers):
+                    n_steps = upsampler_steps[k] if k < len(upsampler_steps) else upsampler_steps[-1]
+                    x = self.upsample(x, k, n_steps, g, progress)
+                    stages[f"upsampler{k + 1}"] = x.cpu()
+        settings = {"steps": steps, "guidance": guidance, "sampler": sampler, "eta": eta,
+                    "upsampler_steps": list(upsampler_steps), "z_i_hash": tensor_hash(z_i),
+                    "seed": seed if isinstance(seed, int) else None, **self.describe()}
+        out = UnCLIPOutput(tensor_to_pil(x.cpu()), z_i.cpu(), stages, settings)
+        self._check_images(out)
+        return out
+
+    def upsample(self, low: Tensor, index: int, steps: int = 27, seed: int | torch.Generator | None = None,
+                 progress: bool = False) -> Tensor:
+        """Run upsampler `index` (0 or 1) on images (B, 3, h, h) in [-1, 1] with DDIM -> (B, 3, f*h, f*h)."""
+        if not 0 <= index < len(self.upsamplers):
+            raise ValueError(f"upsampler index {index} out of range; this pipeline has {len(self.upsamplers)}")
+        up = self.upsamplers[index]
+        steps = check_positive_int("upsampler steps", steps)
+        g = _generator(seed)
+        B, _, h, w = low.shape
+        if h != up.config.low_res:
+            raise ValueError(f"upsampler{index + 1} takes {up.config.low_res}px images, got {h}px")
+        f = up.config.factor
+        low = low.to(self.device)
+        info = self.stage_info[f"upsampler{index + 1}"]
+        denoise = model_to_denoiser(lambda x, t: up(x, t, low), self.schedule, info.prediction, info.clip_x0)
+        x_T = torch.randn((B, 3, h * f, w * f), generator=g).to(self.device)
+        with torch.inference_mode():
+            return sample_ddim(denoise, x_T, self.schedule, steps, generator=g, spacing=SPACING,
+                               progress=progress).clamp(-1, 1)
+
+    def _check_images(self, out: UnCLIPOutput) -> None:
+        if self.policy is None or self.policy.encode_image is None:
+            return
+        hits = self.policy.check_images(out.images)
+        flagged = [i for i, h in enumerate(hits) if h]
+        if flagged:
+            raise BlockedContentError(f"generated images {flagged} were classified as blocked concepts "
+                                      f"{[hits[i] for i in flagged]}")
+
+    # ------------------------------------------------------------------ public capabilities
+    def text_to_image(self, prompts: str | Sequence[str], n: int = 1, steps: int = 50, guidance: float = 3.0,
+                      prior_steps: int = 64, prior_guidance: float = 4.0, best_of: int = 2, sampler: str = "ddim",
+                      upsample: bool = True, upsampler_steps: Sequence[int] = (27, 15),
+                      seed: int | torch.Generator | None = None, progress: bool = False) -> UnCLIPOutput:
+        """Text -> prior -> z_i -> decoder -> upsamplers (Ramesh et al. 2022, fig. 2): n images per prompt."""
+        prompts = _check_prompts(prompts)
+        g = _generator(seed)
+        z_i = self.sample_prior(prompts, n, prior_steps, prior_guidance, best_of, sampler, g, progress)
+        expanded = [p for p in prompts for _ in range(n)]
+        out = self.decode(z_i, None, steps, guidance, sampler, 0.0,
+                          expanded if self.decoder.config.text_width else None, upsample, upsampler_steps, g, progress)
+        out.settings.update({"prompts": prompts, "n": n, "prior_steps": prior_steps,
+                             "prior_guidance": prior_guidance, "best_of": best_of,
+                             "seed": seed if isinstance(seed, int) else None})
+        return out
+
+    def encode_images(self, images: ImageLike | Sequence[ImageLike]) -> Tensor:
+        """CLIP image embeddings z_i (B, d), unit norm."""
+        return self.clip.encode_image(images)
+
+    def _decoder_input(self, images: ImageLike | Sequence[ImageLike]) -> Tensor:
+        items = images if isinstance(images, (list, tuple)) else [images]
+        s = self.decoder.config.image_size
+        return pil_to_tensor([load_image(im) for im in items], size=s)
+
+    def invert(self, images: ImageLike | Sequence[ImageLike], steps: int = 50, guidance: float = 1.0,
+               refine: int = 2, progress: bool = False) -> tuple[Tensor, Tensor]:
+        """image -> (z_i, x_T): CLIP image encoder, then DDIM inversion of the decoder (sec. 3.1, fig. 4).
+
+        `refine` fixed-point iterations per step make decode(z_i, x_T) reconstruct the image more closely
+        (each costs one more decoder pass per step).
+        """
+        steps = check_positive_int("steps", steps)
+        z_i = self.encode_images(images)
+        x0 = self._decoder_input(images).to(self.device)
+        with torch.inference_mode():
+            denoise = self._decoder_denoiser(z_i, None, _check_guidance("guidance", guidance), clip_denoised=False)
+            x_T = invert_ddim(denoise, x0, self.schedule, steps, spacing=SPACING, n_fixed_point=refine,
+                              progress=progress)
+        return z_i, x_T.cpu()
+
+    def variations(self, image: ImageLike, n: int = 4, eta: float = 1.0, steps: int = 50, guidance: float = 3.0,
+                   seed: int | torch.Generator | None = None, upsample: bool = True,
+                   progress: bool = False) -> UnCLIPOutput:
+        """Image variations (sec. 3.1): decode the image's z_i n times with DDIM eta > 0 from fresh noise."""
+        n = check_positive_int("n", n)
+        z_i = self.encode_images([image]).expand(n, -1)
+        out = self.decode(z_i, None, steps, guidance, "ddim", eta, None, upsample, seed=seed, progress=progress)
+        out.settings.update({"task": "variations", "n": n})
+        return out
+
+    def inpaint(self, image: ImageLike, mask: Tensor | Image.Image, prompt: str | None = None,
+                z_i: Tensor | None = None, n: int = 1, steps: int = 50, guidance: float = 3.0,
+                n_resample: int = 4, seed: int | torch.Generator | None = None, upsample: bool = True,
+                progress: bool = False) -> UnCLIPOutput:
+        """Inpainting by RePaint-style resampling (Lugmayr et al. 2022) with the decoder conditioned on a z_i.
+
+        mask: (s, s) or (1, s, s) tensor / L-mode image at the decoder resolution, 1 (white) = regenerate.
+        The condition is z_i if given, else the prior's z_i for `prompt`, else the image's own z_i.
+        """
+        n = check_positive_int("n", n)
+        s = self.decoder.config.image_size
+        m = self._check_mask(mask, s)
+        g = _generator(seed)
+        if z_i is None:
+            z_i = (self.sample_prior([prompt], 1, seed=g) if prompt is not None
+                   else self.encode_images([image]))
+        z_i = self._check_z_i(z_i)[:1].expand(n, -1)
+        x0 = self._decoder_input([image]).expand(n, -1, -1, -1).to(self.device)
+        with torch.inference_mode():
+            denoise = self._decoder_denoiser(z_i, None, _check_guidance("guidance", guidance))
+            x_T = torch.randn((n, 3, s, s), generator=g).to(self.device)
+            x = sample_repaint(denoise, x_T, self.schedule, check_positive_int("steps", steps), x0,
+                               m.to(self.device), n_resample=n_resample, generator=g, progress=progress)
+            x = x.clamp(-1, 1)
+            stages = {"decoder": x.cpu()}
+            if upsample:
+                for k in range(len(self.upsamplers)):
+                    x = self.upsample(x, k, (27, 15)[k], g, progress)
+                    stages[f"upsampler{k + 1}"] = x.cpu()
+        settings = {"task": "inpaint", "steps": steps, "guidance": guidance, "n_resample": n_resample,
+                    "prompt": prompt, "z_i_hash": tensor_hash(z_i), "seed": seed if isinstance(seed, int) else None,
+                    **self.describe()}
+        return UnCLIPOutput(tensor_to_pil(x.cpu()), z_i.cpu(), stages, settings)
+
+    @staticmethod
+    def _check_mask(mask: Tensor | Image.Image, s: int) -> Tensor:
+        if isinstance(mask, Image.Image):
+            if mask.size != (s, s):
+                raise ValueError(f"mask is {mask.size[0]}x{mask.size[1]} but the decoder works at {s}x{s}; "
+                                 f"resize the mask to {s}x{s}")
+            mask = torch.from_numpy(__import__("numpy").asarray(mask.convert("L"), dtype="float32") / 255.0)
+        if not isinstance(mask, Tensor):
+            raise TypeError(f"mask must be a tensor or a PIL image, got {type(mask).__name__}")
+        if mask.ndim == 3 and mask.shape[0] == 1:
+            mask = mask[0]
+        if tuple(mask.shape) != (s, s):
+            raise ValueError(f"mask has shape {tuple(mask.shape)} but the decoder works at {s}x{s}; "
+                             f"pass an ({s}, {s}) mask with 1 = regenerate")
+        return (mask.float() > 0.5).float()[None, None]

@@ -1,0 +1,324 @@
+"""Samplers as plain functions over a denoiser (x_t, t) -> predicted x0; classifier-free guidance wraps the network.
+
+Every sampler walks a decreasing sequence of timesteps on the training grid (see `respace`) and ends at the
+clean sample (abar = 1). Models always receive the original integer index t of the training grid.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable, Mapping
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .checks import check_choice, check_positive_int
+from .diffusion import PREDICTIONS, Schedule
+
+Denoiser = Callable[[Tensor, Tensor], Tensor]
+"""(x_t (B, ...), t (B,) long) -> predicted x0 (B, ...)."""
+
+SPACINGS = ("leading", "trailing", "linspace")
+VARIANCES = ("fixed_small", "fixed_large", "learned")
+
+
+# ---- helpers ------------------------------------------------------------------------------------
+def _check_schedule(schedule: object) -> Schedule:
+    if not isinstance(schedule, Schedule):
+        raise TypeError(f"schedule must be a unclip_core.diffusion.Schedule (e.g. cosine_schedule()), "
+                        f"got {type(schedule).__name__}")
+    return schedule
+
+
+def _check_x(name: str, x: object) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch tensor of shape (B, ...), got {type(x).__name__}")
+    if not x.dtype.is_floating_point:
+        raise TypeError(f"{name} must be a float tensor, got dtype {x.dtype}")
+    if x.ndim < 2 or x.shape[0] == 0:
+        raise ValueError(f"{name} must have shape (B, C, ...) with B >= 1, got {tuple(x.shape)}")
+    return x
+
+
+def _generator(generator: torch.Generator | int | None, device: torch.device) -> torch.Generator | None:
+    if generator is None or isinstance(generator, torch.Generator):
+        return generator
+    if isinstance(generator, (int, np.integer)) and not isinstance(generator, bool):
+        return torch.Generator(device=device).manual_seed(int(generator))
+    raise TypeError(f"generator must be a torch.Generator, an int seed or None, got {type(generator).__name__}")
+
+
+def _noise(x: Tensor, generator: torch.Generator | None) -> Tensor:
+    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
+def _progress(it: Iterable, progress: bool, desc: str) -> Iterable:
+    if not progress:
+        return it
+    from tqdm.auto import tqdm
+    return tqdm(it, desc=desc, total=len(it) if hasattr(it, "__len__") else None)
+
+
+def _call_denoiser(denoise: Denoiser, x: Tensor, t: int, want_variance: bool = False):
+    tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
+    out = denoise(x, tt)
+    if isinstance(out, tuple):
+        if not want_variance:
+            raise ValueError("the denoiser returned (x0, var_interp) but this sampler uses no learned variance; "
+                             "build it with model_to_denoiser(..., with_variance=False) or pass variance='learned'")
+        x0, v = out
+        if not isinstance(v, Tensor) or v.shape != x.shape:
+            raise ValueError(f"the denoiser's var_interp must have shape {tuple(x.shape)}, got "
+                             f"{tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__}")
+    else:
+        if want_variance:
+            raise ValueError("variance='learned' needs a denoiser returning (x0, var_interp); build it with "
+                             "model_to_denoiser(net, schedule, prediction, with_variance=True)")
+        x0, v = out, None
+    if not isinstance(x0, Tensor) or x0.shape != x.shape:
+        raise ValueError(f"the denoiser must return predicted x0 of shape {tuple(x.shape)} like x_t, got "
+                         f"{tuple(x0.shape) if isinstance(x0, Tensor) else type(x0).__name__}")
+    return (x0, v) if want_variance else x0
+
+
+def _abar(schedule: Schedule, t: int) -> float:
+    """abar_t on the training grid; t = -1 is the clean end (abar = 1)."""
+    return 1.0 if t < 0 else float(schedule.alphas_cumprod[t])
+
+
+# ---- timesteps and denoisers --------------------------------------------------------------------
+def respace(schedule: Schedule, n_steps: int, spacing: str = "leading") -> Tensor:
+    """Decreasing integer timesteps (n_steps,) on the training grid (spacings of Lin et al. 2024, table 2).
+
+    "leading": k * (T // n) as diffusers' DDIMScheduler; "trailing": round(T - k T / n) - 1, starts at T - 1;
+    "linspace": round(linspace(0, T - 1, n)), as guided-diffusion's space_timesteps and Karlo's UnCLIPScheduler.
+    """
+    T = _check_schedule(schedule).T
+    n_steps = check_positive_int("n_steps", n_steps)
+    if n_steps > T:
+        raise ValueError(f"n_steps must be <= T={T} (the training steps of the schedule), got {n_steps}")
+    check_choice("spacing", spacing, SPACINGS)
+    k = np.arange(n_steps)
+    if spacing == "leading":
+        ts = k * (T // n_steps)
+    elif spacing == "trailing":
+        ts = np.round(T - k * (T / n_steps)) - 1
+    else:
+        ts = np.round(k * ((T - 1) / (n_steps - 1))) if n_steps > 1 else np.zeros(1)
+    return torch.from_numpy(np.sort(ts.astype(np.int64))[::-1].copy())
+
+
+def model_to_denoiser(net_fn: Callable[[Tensor, Tensor], Tensor], schedule: Schedule, prediction: str = "eps",
+                      clip_x0: float | None = None, with_variance: bool = False) -> Callable:
+    """Adapt a network (x_t, t) -> eps | x0 | v (optionally followed by C variance channels) into a Denoiser.
+
+    Returns (x_t, t) -> x0, or (x_t, t) -> (x0, var_interp) with `with_variance` (Nichol & Dhariwal 2021, eq. 15).
+    `clip_x0` clamps predicted x0 to [-clip_x0, clip_x0] (GLIDE uses 1 for images).
+    """
+    _check_schedule(schedule)
+    check_choice("prediction", prediction, PREDICTIONS)
+    if not callable(net_fn):
+        raise TypeError(f"net_fn must be callable as net_fn(x_t, t), got {type(net_fn).__name__}")
+    if clip_x0 is not None and not clip_x0 > 0:
+        raise ValueError(f"clip_x0 must be None or > 0, got {clip_x0}")
+
+    def denoise(x_t: Tensor, t: Tensor):
+        out = net_fn(x_t, t)
+        if not isinstance(out, Tensor):
+            raise TypeError(f"the network must return a tensor, got {type(out).__name__}")
+        C = x_t.shape[1]
+        if out.shape[0] != x_t.shape[0] or out.shape[2:] != x_t.shape[2:] or out.shape[1] not in (C, 2 * C):
+            raise ValueError(f"the network output has shape {tuple(out.shape)}; expected {C} or {2 * C} channels "
+                             f"and otherwise the shape of x_t {tuple(x_t.shape)}")
+        if with_variance and out.shape[1] != 2 * C:
+            raise ValueError(f"with_variance=True needs a network with 2C = {2 * C} output channels "
+                             f"(target, variance interpolation), got {out.shape[1]}")
+        x0 = schedule.predict_x0(prediction, x_t, t, out[:, :C])
+        if clip_x0 is not None:
+            x0 = x0.clamp(-clip_x0, clip_x0)
+        return (x0, out[:, C:]) if with_variance else x0
+
+    return denoise
+
+
+def classifier_free_guidance(net: Callable[..., Tensor], cond: Mapping[str, Tensor | None],
+                             uncond: Mapping[str, Tensor | None], scale: float) -> Callable[[Tensor, Tensor], Tensor]:
+    """Guided network output uncond + s (cond - uncond) from one batched forward (Ho & Salimans 2022; GLIDE).
+
+    net(x, t, **cond) is the network. Cond and uncond are concatenated along the batch; guidance applies to the
+    first C = x.shape[1] channels, the cond pass's extra channels (learned variance) are kept. scale = 1 runs
+    only the cond pass.
+    """
+    if not callable(net):
+        raise TypeError(f"net must be callable as net(x, t, **cond), got {type(net).__name__}")
+    if not isinstance(cond, Mapping) or not isinstance(uncond, Mapping):
+        raise TypeError(f"cond and uncond must be dicts of keyword -> tensor or None, got "
+                        f"{type(cond).__name__} and {type(uncond).__name__}")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise TypeError(f"scale must be a finite number >= 0, got {scale!r}")
+    if scale < 0:
+        raise ValueError(f"guidance scale must be >= 0 (1 = no guidance), got {scale}")
+    if set(cond) != set(uncond):
+        raise ValueError(f"cond and uncond must have the same keys, got {sorted(cond)} and {sorted(uncond)}")
+    for k in cond:
+        c, u = cond[k], uncond[k]
+        if (c is None) != (u is None):
+            raise ValueError(f"cond[{k!r}] and uncond[{k!r}] must both be tensors or both None, got "
+                             f"{type(c).__name__} and {type(u).__name__}; pass a null tensor (e.g. zeros) for "
+                             "the unconditional pass")
+        if c is not None:
+            if not isinstance(c, Tensor) or not isinstance(u, Tensor):
+                raise TypeError(f"cond[{k!r}] and uncond[{k!r}] must be tensors, got "
+                                f"{type(c).__name__} and {type(u).__name__}")
+            if c.shape != u.shape:
+                raise ValueError(f"cond[{k!r}] has shape {tuple(c.shape)} but uncond[{k!r}] has {tuple(u.shape)}")
+    joint = {k: None if cond[k] is None else torch.cat([cond[k], uncond[k]]) for k in cond}
+    scale = float(scale)
+
+    def guided(x: Tensor, t: Tensor) -> Tensor:
+        B = x.shape[0]
+        for k, c in cond.items():
+            if c is not None and c.shape[0] != B:
+                raise ValueError(f"cond[{k!r}] has batch {c.shape[0]} but x has batch {B}; they must match")
+        if scale == 1.0:
+            return net(x, t, **cond)
+        tt = t.expand(B) if t.ndim == 0 else t
+        out = net(torch.cat([x, x]), torch.cat([tt, tt]), **joint)
+        out_c, out_u = out[:B], out[B:]
+        C = x.shape[1]
+        mixed = out_u[:, :C] + scale * (out_c[:, :C] - out_u[:, :C])
+        return torch.cat([mixed, out_c[:, C:]], dim=1)
+
+    return guided
+
+
+cfg_denoiser = classifier_free_guidance  # name used in docs/INTERFACES.md
+
+
+# ---- samplers -----------------------------------------------------------------------------------
+def sample_ddpm(denoise: Denoiser, x_T: Tensor, schedule: Schedule, n_steps: int | None = None,
+                variance: str = "fixed_small", generator: torch.Generator | int | None = None,
+                progress: bool = False, spacing: str = "linspace") -> Tensor:
+    """Ancestral sampling of p(x_{t-1}|x_t) (Ho et al. 2020), respaced as Nichol & Dhariwal 2021, sec. 4.
+
+    variance: "fixed_small" (beta~), "fixed_large" (beta) or "learned" (eq. 15; the denoiser returns
+    (x0, var_interp), see model_to_denoiser(with_variance=True)). n_steps=None uses all T steps.
+    """
+    schedule = _check_schedule(schedule)
+    x = _check_x("x_T", x_T)
+    check_choice("variance", variance, VARIANCES)
+    ts = respace(schedule, schedule.T if n_steps is None else n_steps, spacing)
+    sub = schedule.respaced(ts.flip(0))  # index i of `sub` is original timestep ts_up[i]
+    n = len(ts)
+    g = _generator(generator, x.device)
+    learned = variance == "learned"
+    for j in _progress(range(n), progress, "DDPM"):
+        t, i = int(ts[j]), n - 1 - j
+        out = _call_denoiser(denoise, x, t, learned)
+        x0, v = out if learned else (out, None)
+        ii = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
+        mean, _, _ = sub.q_posterior(x0, x, ii)
+        if i == 0:
+            x = mean
+            break
+        if variance == "fixed_small":
+            log_var = torch.log(sub.posterior_variance[i]).to(x.dtype)
+        elif variance == "fixed_large":
+            log_var = torch.log(sub.betas[i]).to(x.dtype)
+        else:
+            log_var = sub.learned_log_variance(v, ii)
+        x = mean + torch.exp(0.5 * log_var) * _noise(x, g)
+    return x
+
+
+def sample_unclip(denoise: Denoiser, x_T: Tensor, schedule: Schedule, n_steps: int = 25,
+                  variance: str = "learned_range", generator: torch.Generator | int | None = None,
+                  progress: bool = False) -> Tensor:
+    """Karlo's unCLIP sampler (diffusers UnCLIPScheduler): DDPM on linspace steps, "learned_range" or "fixed_small_log"."""
+    check_choice("variance", variance, ("learned_range", "fixed_small_log"))
+    mapped = "learned" if variance == "learned_range" else "fixed_small"
+    return sample_ddpm(denoise, x_T, schedule, n_steps, mapped, generator, progress, spacing="linspace")
+
+
+def _check_eta(eta: float) -> float:
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta must be a number in [0, 1] (0 = deterministic DDIM, 1 = DDPM-like), got {eta!r}")
+    return float(eta)
+
+
+def sample_ddim(denoise: Denoiser, x_T: Tensor, schedule: Schedule, n_steps: int, eta: float = 0.0,
+                generator: torch.Generator | int | None = None, spacing: str = "leading",
+                progress: bool = False) -> Tensor:
+    """DDIM (Song et al. 2021, eq. 12); eta=0 is deterministic and invertible, eta=1 matches DDPM's variance.
+
+    With eta > 0, one noise tensor is drawn per step except the last (whose sigma is 0).
+    """
+    schedule = _check_schedule(schedule)
+    x = _check_x("x_T", x_T)
+    eta = _check_eta(eta)
+    ts = respace(schedule, n_steps, spacing).tolist()
+    g = _generator(generator, x.device)
+    for j in _progress(range(len(ts)), progress, "DDIM"):
+        t, s = ts[j], (ts[j + 1] if j + 1 < len(ts) else -1)
+        a_t, a_s = _abar(schedule, t), _abar(schedule, s)
+        x0 = _call_denoiser(denoise, x, t)
+        eps = (x - math.sqrt(a_t) * x0) / math.sqrt(1.0 - a_t)
+        sigma = eta * math.sqrt((1.0 - a_s) / (1.0 - a_t) * (1.0 - a_t / a_s))
+        x = math.sqrt(a_s) * x0 + math.sqrt(max(1.0 - a_s - sigma ** 2, 0.0)) * eps
+        if sigma > 0:
+            x = x + sigma * _noise(x, g)
+    return x
+
+
+def invert_ddim(denoise: Denoiser, x0: Tensor, schedule: Schedule, n_steps: int, spacing: str = "leading",
+                n_fixed_point: int = 0, progress: bool = False) -> Tensor:
+    """Deterministic DDIM inversion x0 -> x_T, the eta=0 ODE run forwards (Song et al. 2021, sec. 4.3).
+
+    Each step s -> t evaluates the denoiser at (x_s, t); `n_fixed_point` extra evaluations at the current
+    estimate of x_t refine it so that sample_ddim with the same steps reconstructs x0 more closely.
+    """
+    schedule = _check_schedule(schedule)
+    x = _check_x("x0", x0)
+    n_fixed_point = check_positive_int("n_fixed_point", n_fixed_point, minimum=0)
+    ts = respace(schedule, n_steps, spacing).flip(0).tolist()
+    for j in _progress(range(len(ts)), progress, "DDIM inversion"):
+        t, s = ts[j], (ts[j - 1] if j > 0 else -1)
+        a_t, a_s = _abar(schedule, t), _abar(schedule, s)
+        x_s, x_t = x, x
+        for _ in range(n_fixed_point + 1):
+            x0_hat = _call_denoiser(denoise, x_t, t)
+            eps = (x_t - math.sqrt(a_t) * x0_hat) / math.sqrt(1.0 - a_t)
+            # The DDIM step t -> s solved for x_t given eps(x_t, t): x_s = sqrt(a_s) x0 + sqrt(1 - a_s) eps.
+            x_t = math.sqrt(a_t) * (x_s - math.sqrt(1.0 - a_s) * eps) / math.sqrt(a_s) + math.sqrt(1.0 - a_t) * eps
+        x = x_t
+    return x
+
+
+def sample_dpmpp_2m(denoise: Denoiser, x_T: Tensor, schedule: Schedule, n_steps: int,
+                    spacing: str = "trailing", progress: bool = False) -> Tensor:
+    """DPM-Solver++(2M), multistep data prediction on discrete-time lambda = log(alpha/sigma) (Lu et al. 2022, alg. 2).
+
+    The first step and the last (to sigma = 0) are first order, as in diffusers' DPMSolverMultistepScheduler.
+    """
+    schedule = _check_schedule(schedule)
+    x = _check_x("x_T", x_T)
+    ts = respace(schedule, n_steps, spacing).tolist()
+    x0_prev, h_prev = None, None
+    for j in _progress(range(len(ts)), progress, "DPM-Solver++ 2M"):
+        t, s = ts[j], (ts[j + 1] if j + 1 < len(ts) else -1)
+        x0 = _call_denoiser(denoise, x, t)
+        if s < 0:
+            x = x0  # sigma_s = 0, alpha_s = 1: the first-order step lands on the denoised sample
+            break
+        a_t, a_s = _abar(schedule, t), _abar(schedule, s)
+        alpha_t, sigma_t = math.sqrt(a_t), math.sqrt(1.0 - a_t)
+        alpha_s, sigma_s = math.sqrt(a_s), math.sqrt(1.0 - a_s)
+        h = math.log(alpha_s / sigma_s) - math.log(alpha_t / sigma_t)
+        if x0_prev is None:
+            D = x0
+        else:
+            r = h_prev / h
+            D = (1.0 + 1.0 / (2.0 * r)) * x0 - (1.0 / (2.0 * r)) * x0_prev
+        x = (sigma_s / sigma_t) * x - alpha_s * math.expm1(-h) * D
+        x0_prev, h_prev = x0, h
+    return x

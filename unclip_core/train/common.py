@@ -1,0 +1,138 @@
+"""Training helpers shared by the stage trainers: EMA, cosine LR, atomic checkpoints with resume, CSV loss log."""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+
+from unclip_core.checks import check_positive_int
+
+
+class EMA:
+    """Exponential moving average of a model's float weights (Polyak & Juditsky 1992): w_ema <- d w_ema + (1 - d) w."""
+
+    def __init__(self, model: torch.nn.Module, decay: float = 0.999) -> None:
+        if not 0.0 < float(decay) < 1.0:
+            raise ValueError(f"decay must be in (0, 1), e.g. 0.999, got {decay}")
+        self.decay = float(decay)
+        self.shadow = {k: v.detach().float().clone() for k, v in model.state_dict().items()
+                       if v.dtype.is_floating_point}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        """Move the average one step towards the model's current weights."""
+        for k, v in model.state_dict().items():
+            if k in self.shadow:
+                self.shadow[k].lerp_(v.detach().float(), 1.0 - self.decay)
+
+    @torch.no_grad()
+    def copy_to(self, model: torch.nn.Module) -> None:
+        """Write the averaged weights into `model` (e.g. before export or evaluation)."""
+        own = model.state_dict()
+        for k, v in self.shadow.items():
+            own[k].copy_(v.to(own[k].dtype))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"decay": self.decay, "shadow": self.shadow}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        missing = set(self.shadow) - set(state["shadow"])
+        if missing:
+            raise ValueError(f"EMA state lacks {len(missing)} weights of the model, e.g. {sorted(missing)[:3]}")
+        self.decay = float(state["decay"])
+        self.shadow = {k: v.float().clone() for k, v in state["shadow"].items()}
+
+
+def cosine_lr(step: int, base_lr: float, n_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.0) -> float:
+    """Linear warm-up then cosine decay (Loshchilov & Hutter 2017, SGDR without restarts) to min_lr_ratio * base_lr."""
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, n_steps - warmup_steps))
+    return base_lr * (min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set the learning rate of every parameter group."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def save_state(path: str | os.PathLike, state: Mapping[str, Any]) -> Path:
+    """torch.save a training state (tensors, numbers, strings, dicts, lists) atomically: temp file, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(dict(state), tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_state(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a state written by `save_state` (weights_only: nothing is unpickled beyond plain containers)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"training state not found: {path}")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write a text file atomically (temp file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+class CsvLog:
+    """Append-only CSV of training metrics; on resume, rows after the resumed step are dropped first."""
+
+    def __init__(self, path: str | os.PathLike, fields: Iterable[str], resume_step: int | None = None) -> None:
+        self.path = Path(path)
+        self.fields = list(fields)
+        if "step" not in self.fields:
+            raise ValueError(f"fields must include 'step', got {self.fields}")
+        rows: list[dict[str, str]] = []
+        if resume_step is not None and self.path.is_file():
+            with open(self.path, newline="", encoding="utf-8") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+        lines = [",".join(self.fields)] + [",".join(str(r.get(k, "")) for k in self.fields) for r in rows]
+        write_text_atomic(self.path, "\n".join(lines) + "\n")
+
+    def write(self, **row: Any) -> None:
+        """Append one row (unknown keys are an error; missing ones stay empty)."""
+        unknown = set(row) - set(self.fields)
+        if unknown:
+            raise ValueError(f"unknown CSV fields {sorted(unknown)}; accepted: {self.fields}")
+        with open(self.path, "a", newline="", encoding="utf-8") as f:
+            csv.DictWriter(f, self.fields).writerow({k: _fmt(row.get(k, "")) for k in self.fields})
+
+    def read(self) -> list[dict[str, str]]:
+        """All rows as dicts of strings."""
+        with open(self.path, newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f))
+
+
+def _fmt(v: Any) -> Any:
+    return f"{v:.6g}" if isinstance(v, float) else v
+
+
+def check_every(name: str, value: int) -> int:
+    """Validate an 'every N steps' setting."""
+    return check_positive_int(name, value)
