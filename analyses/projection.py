@@ -159,8 +159,11 @@ def fit_projection(X: Array, method: str = "pca", n_components: int = 2, seed: i
     if cache_dir is not None:
         path = Path(cache_dir) / f"{method}-{_cache_key(Xn, method, n_components, seed, kw)}.pkl"
         if path.exists():
-            with open(path, "rb") as fh:
-                cached = pickle.load(fh)
+            try:
+                with open(path, "rb") as fh:
+                    cached = pickle.load(fh)
+            except (EOFError, pickle.UnpicklingError, AttributeError, ImportError):
+                cached = None  # unreadable (truncated, or from another library version): refit, overwrite
             if isinstance(cached, Projection):
                 cached.from_cache = True
                 return cached
@@ -193,11 +196,17 @@ def fit_projection(X: Array, method: str = "pca", n_components: int = 2, seed: i
 
 
 def warm_umap() -> float:
-    """Trigger umap-learn's numba compilation on a tiny array (run in a background thread); returns seconds."""
+    """Trigger umap-learn's numba compilation on a tiny array (run in a background thread); returns seconds.
+
+    Fits twice, with the exact k-NN path (n < 4096) and with NN-descent (pynndescent, used for larger n),
+    and transforms, so a later fit of either size runs compiled code.
+    """
     import umap
     t0 = time.perf_counter()
     X = np.random.default_rng(0).normal(size=(64, 8)).astype(np.float32)
-    umap.UMAP(n_neighbors=5, n_epochs=20, random_state=0, n_jobs=1).fit(X).transform(X[:4])
+    for approx in (False, True):
+        umap.UMAP(n_neighbors=5, n_epochs=20, random_state=0, n_jobs=1,
+                  force_approximation_algorithm=approx).fit(X).transform(X[:4])
     return time.perf_counter() - t0
 
 

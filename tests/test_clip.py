@@ -162,6 +162,8 @@ def test_spec_errors(tiny, tmp_path):
         ClipEncoder.load(f"{ARCH}:/nonexistent/w.pt")
     with pytest.raises(FileNotFoundError, match="no such file or folder: /nonexistent/dir"):
         ClipEncoder.load("/nonexistent/dir")
+    with pytest.raises(ValueError, match=r"no file or folder models/my-clip exists, and 'models' is not an open_clip"):
+        ClipEncoder.load("models/my-clip")
     with pytest.raises(ValueError, match="architecture 'ViT-B-3' is not an open_clip model; close matches: ViT-B-32"):
         ClipEncoder.load("ViT-B-3:/x.pt")
     with pytest.raises(ValueError, match=r"names an architecture but no weights; pass 'ViT-B-32/TAG' \(tags: openai"):
@@ -184,6 +186,9 @@ def test_folder_errors(tiny, tmp_path):
         ClipEncoder.load(str(tmp_path))
     (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CFG}))
     with pytest.raises(FileNotFoundError, match="no weights in .*expected one of open_clip_model.safetensors"):
+        ClipEncoder.load(tmp_path)
+    save_file({"w": torch.zeros(2)}, tmp_path / "model.safetensors")
+    with pytest.raises(ValueError, match="could not build the model in .*check that open_clip_config.json describes"):
         ClipEncoder.load(tmp_path)
 
 
@@ -258,3 +263,28 @@ def test_word_tokenizer_pools_at_eot_in_an_open_clip_custom_text_tower(tmp_path)
     assert mask.sum(1).tolist() == [5, 9]
     pooled = feats[torch.arange(2), mask.sum(1) - 1] @ e.model.text.text_projection.detach()
     torch.testing.assert_close(pooled, e.encode_text(prompts, normalize=False), rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------- the bundled model
+def test_bundled_shapes_clip_retrieves_fresh_held_out_scenes():
+    from unclip_core.data.shapes import ShapesConfig, caption, render_array
+
+    assert "shapes-clip" in bundled_names()
+    enc = ClipEncoder.load("shapes-clip")
+    assert isinstance(enc.tokenizer, WordTokenizer)
+    assert (enc.embed_dim, enc.image_size, enc.context_length) == (128, 64, 24)
+    data = ShapesConfig(seed=777, size=64, split="held_out")  # seeds the card's evaluation did not use
+    scenes, texts = [], []
+    for i in range(2000):
+        scene, _ = data.scene_caption(i)
+        text = caption(scene, style="plain")
+        if text not in texts:
+            scenes.append(scene)
+            texts.append(text)
+        if len(texts) == 50:
+            break
+    x = torch.stack([torch.from_numpy(render_array(s, 64)) for s in scenes]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    sim = enc.encode_text(texts) @ enc.encode_image(x).T
+    t2i = (sim.argmax(1) == torch.arange(50)).float().mean().item()
+    i2t = (sim.argmax(0) == torch.arange(50)).float().mean().item()
+    assert t2i >= 0.9 and i2t >= 0.9, (t2i, i2t)

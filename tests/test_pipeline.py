@@ -1,12 +1,8 @@
 """UnCLIP pipeline on tiny random models: shapes, seeds, best-of-n, inversion, inpainting, provenance, errors."""
-import json
-
 import numpy as np
-import open_clip
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import save_file
 
 from unclip_core.checkpoint import save_pipeline
 from unclip_core.clip import ClipEncoder
@@ -18,42 +14,21 @@ from unclip_core.prior import DiffusionPrior, PriorConfig
 from unclip_core.provenance import BlockedContentError, ConceptPolicy, read_png_meta, save_png
 from unclip_core.upsampler import Upsampler, UpsamplerConfig
 
-CLIP_CFG = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8,
-                                            "head_width": 16},
-            "text_cfg": {"context_length": 12, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
-
-
-def _randomize(m: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Random weights everywhere (zero-initialised output layers would make every test trivial)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    return m.eval()
-
+from tiny_models import randomize, write_tiny_clip
 
 @pytest.fixture(scope="module")
 def pipe_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipe")
-    clip_dir = root / "clip"
-    clip_dir.mkdir()
-    (clip_dir / "open_clip_config.json").write_text(json.dumps({"model_cfg": CLIP_CFG, "preprocess_cfg": {}}))
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        from open_clip.model import CLIP
-        clip = CLIP(**CLIP_CFG)
-    save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, clip_dir / "open_clip_model.safetensors")
-    prior = _randomize(DiffusionPrior(PriorConfig(clip_dim=16, text_width=32, width=32, n_layers=2, n_heads=2,
+    clip_dir = write_tiny_clip(root / "clip")
+    prior = randomize(DiffusionPrior(PriorConfig(clip_dim=16, text_width=32, width=32, n_layers=2, n_heads=2,
                                                   n_text_tokens=12)), 1)
-    dec = _randomize(Decoder(DecoderConfig(image_size=16, model_channels=16, channel_mult=(1, 2), n_res_blocks=1,
+    dec = randomize(Decoder(DecoderConfig(image_size=16, model_channels=16, channel_mult=(1, 2), n_res_blocks=1,
                                            attention_resolutions=(8,), head_channels=8, clip_dim=16,
                                            norm_groups=8, dropout=0.0)), 2)
-    up = _randomize(Upsampler(UpsamplerConfig(low_res=16, out_res=32, model_channels=16, channel_mult=(1, 2),
+    up = randomize(Upsampler(UpsamplerConfig(low_res=16, out_res=32, model_channels=16, channel_mult=(1, 2),
                                               n_res_blocks=1, norm_groups=8)), 3)
-    save_pipeline(root / "tiny-unclip", {"prior": prior, "decoder": dec, "upsampler1": up},
+    save_pipeline(root / "tiny-unclip", {"prior": prior, "decoder": dec, "upsampler1": up, "clip": clip_dir},
                   metadata={"clip": "clip", "name": "tiny-unclip"})
-    import shutil
-    shutil.copytree(clip_dir, root / "tiny-unclip" / "clip")
     return root / "tiny-unclip"
 
 

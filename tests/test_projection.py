@@ -125,6 +125,10 @@ def test_pca_cache_roundtrip(tmp_path):
     fit_projection(X, n_components=3, cache_dir=tmp_path)  # other params, other key
     fit_projection(X + 1e-3, n_components=2, cache_dir=tmp_path)  # other data, other key
     assert len(os.listdir(tmp_path)) == 3 and not any(f.endswith(".tmp") for f in os.listdir(tmp_path))
+    (tmp_path / files[0]).write_bytes(b"truncated")  # a broken cache file is refitted and overwritten
+    c = fit_projection(X, n_components=2, cache_dir=tmp_path)
+    assert not c.from_cache and np.array_equal(c.embedding_, a.embedding_)
+    assert fit_projection(X, n_components=2, cache_dir=tmp_path).from_cache
 
 
 def test_projection_frame_and_scatter():

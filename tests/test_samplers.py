@@ -1,5 +1,4 @@
 """Samplers: exact Gaussian denoiser, DDIM inversion, agreement with diffusers' schedulers, guidance."""
-import math
 
 import pytest
 import torch
@@ -30,7 +29,7 @@ def gaussian_denoiser(sch, mu=MU, s=S):
 
 
 def gaussian_eps_net(sch, wobble=0.05, C=3):
-    """An eps-network: the ideal Gaussian eps plus a fixed random tanh-MLP, so it is not exactly linear."""
+    """An eps-network: the ideal Gaussian eps plus sqrt(abar_t) times a fixed random tanh-MLP (so x0 stays bounded)."""
     g = torch.Generator().manual_seed(42)
     W1, W2 = torch.randn(C + 1, 16, generator=g), torch.randn(16, C, generator=g) / 4
     ideal = gaussian_denoiser(sch)
@@ -40,7 +39,7 @@ def gaussian_eps_net(sch, wobble=0.05, C=3):
         a = _abar(sch, t, x)
         eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
         h = torch.cat([x, (t.to(x.dtype) / 1000)[:, None]], 1)
-        return eps + wobble * (torch.tanh(h @ W1.to(x.dtype)) @ W2.to(x.dtype))
+        return eps + wobble * a.sqrt() * (torch.tanh(h @ W1.to(x.dtype)) @ W2.to(x.dtype))
     return net
 
 
@@ -153,18 +152,18 @@ def test_invert_ddim_round_trip_gaussian(sch):
     err = (sample_ddim(den, x_T, sch, 50) - x0).abs()
     assert err.mean() < 0.04 and err.max() < 0.15
     x_T_fp = invert_ddim(den, x0, sch, 50, n_fixed_point=3)
-    assert (sample_ddim(den, x_T_fp, sch, 50) - x0).abs().max() < 1e-3
+    assert (sample_ddim(den, x_T_fp, sch, 50) - x0).abs().max() < 1e-6
 
 
 def test_invert_ddim_round_trip_mlp(sch):
     # eps-network: the ideal Gaussian eps plus a fixed random tanh-MLP of comparable size
     den = model_to_denoiser(gaussian_eps_net(sch, wobble=0.3), sch, "eps")
     x0 = MU + S * _x_T((64, 3), seed=6)
-    for spacing in ("leading", "trailing"):
+    for spacing in ("leading", "trailing", "linspace"):
         plain = invert_ddim(den, x0, sch, 25, spacing=spacing)
-        assert (sample_ddim(den, plain, sch, 25, spacing=spacing) - x0).abs().max() < 0.4  # O(step) error
-        x_T = invert_ddim(den, x0, sch, 25, spacing=spacing, n_fixed_point=5)
-        torch.testing.assert_close(sample_ddim(den, x_T, sch, 25, spacing=spacing), x0, rtol=0, atol=1e-6)
+        assert (sample_ddim(den, plain, sch, 25, spacing=spacing) - x0).abs().max() < 0.25  # O(step) error
+        x_T = invert_ddim(den, x0, sch, 25, spacing=spacing, n_fixed_point=8)
+        torch.testing.assert_close(sample_ddim(den, x_T, sch, 25, spacing=spacing), x0, rtol=0, atol=1e-9)
 
 
 # ---- agreement with diffusers ---------------------------------------------------------------------
@@ -175,7 +174,8 @@ def test_ddim_matches_diffusers(sch, eta):
     net = gaussian_eps_net(sch)
     x_T = _x_T((16, 3), seed=2, dtype=torch.float32)
     n = 50
-    ours = sample_ddim(model_to_denoiser(net, sch, "eps"), x_T, sch, n, eta=eta, generator=torch.Generator().manual_seed(3))
+    den = model_to_denoiser(net, sch, "eps")
+    ours = sample_ddim(den, x_T, sch, n, eta=eta, generator=torch.Generator().manual_seed(3))
     ref = DDIMScheduler(beta_schedule="squaredcos_cap_v2", clip_sample=False, set_alpha_to_one=True,
                         prediction_type="epsilon", timestep_spacing="leading")
     ref.set_timesteps(n)

@@ -54,12 +54,8 @@ def bundled_names() -> list[str]:
 
 
 def _resolve_bundled(name: str) -> Path:
-    try:  # the project-wide registry, when present, is the source of truth
-        from unclip_core.checkpoint import resolve
-    except ImportError:
-        resolve = None
-    if resolve is not None:
-        return Path(resolve(name))
+    # unclip_core.checkpoint.list_bundled() lists folders with config.json / pipeline.json; CLIP folders are
+    # open_clip's format (open_clip_config.json), so they are found here
     return BUNDLED_DIR / name
 
 
@@ -136,7 +132,11 @@ def _load_weights_file(arch: str, path: Path, spec: str, device: str) -> torch.n
         raise FileNotFoundError(f"spec={spec!r}: weights file not found: {path}")
     if _is_torchscript(path):
         # OpenAI's released .pt files are TorchScript archives of a QuickGELU model
-        jit_model = torch.jit.load(str(path), map_location="cpu")
+        try:
+            jit_model = torch.jit.load(str(path), map_location="cpu")
+        except Exception as exc:
+            raise ValueError(f"spec={spec!r}: {path} looks like a TorchScript archive but torch.jit.load failed "
+                             f"({exc.__class__.__name__}); is the file complete?") from None
         state = {k: v for k, v in jit_model.state_dict().items()
                  if k not in _JIT_EXTRA_KEYS and not k.endswith("attn_mask")}  # buffers, not weights
         model = _create_model(arch, force_quick_gelu=True, device="cpu")
@@ -177,7 +177,12 @@ def _load_folder(folder: Path, spec: str, device: str) -> tuple[torch.nn.Module,
                          "({'model_cfg': {...}, 'preprocess_cfg': {...}})")
     if not any((folder / n).is_file() for n in WEIGHT_NAMES):
         raise FileNotFoundError(f"spec={spec!r}: no weights in {folder}; expected one of {', '.join(WEIGHT_NAMES)}")
-    model = open_clip.create_model(f"local-dir:{folder}", device=device)
+    try:
+        model = open_clip.create_model(f"local-dir:{folder}", device=device)
+    except Exception as exc:  # open_clip raises RuntimeError, AssertionError, KeyError... on a bad folder
+        detail = " ".join(str(exc).split())[:300]
+        raise ValueError(f"spec={spec!r}: could not build the model in {folder} ({exc.__class__.__name__}: "
+                         f"{detail}); check that open_clip_config.json describes the saved weights") from None
     vocab = folder / "vocab.json"
     tokenizer = WordTokenizer.load(vocab) if vocab.is_file() else open_clip.get_tokenizer(f"local-dir:{folder}")
     return model, tokenizer
@@ -228,12 +233,15 @@ class ClipEncoder:
             arch = _check_arch(arch, spec)
             model = _load_weights_file(arch, Path(file).expanduser(), spec, device)
             return cls(model, open_clip.get_tokenizer(arch), spec, device)
-        looks_like_path = spec.startswith(("/", ".", "~")) or spec.endswith(WEIGHT_SUFFIXES) or os.sep + os.sep in spec
+        looks_like_path = spec.startswith(("/", ".", "~")) or spec.endswith(WEIGHT_SUFFIXES)
         if looks_like_path:
             raise FileNotFoundError(f"spec={spec!r}: no such file or folder: {path}")
         if "/" in spec:
             arch, tag = spec.split("/", 1)
-            return cls._load_tag(spec, _check_arch(arch, spec), tag, device)
+            if arch.replace("/", "-") not in open_clip.list_models():
+                raise ValueError(f"spec={spec!r}: no file or folder {path} exists, and {arch!r} is not an open_clip "
+                                 f"architecture for 'ARCH/pretrained_tag'; accepted forms: {_SPEC_FORMS}")
+            return cls._load_tag(spec, arch, tag, device)
         if spec in open_clip.list_models():
             tags = open_clip.list_pretrained_tags_by_model(spec)
             raise ValueError(f"spec={spec!r} names an architecture but no weights; pass '{spec}/TAG' "
@@ -274,12 +282,12 @@ class ClipEncoder:
     @property
     def embed_dim(self) -> int:
         """Dimension d of z_t and z_i."""
-        proj = self._text.text_projection
+        proj = getattr(self._text, "text_projection", None)
         if isinstance(proj, torch.nn.Linear):
             return proj.out_features
         if proj is not None:
-            return proj.shape[1]
-        return self._text.output_dim
+            return int(proj.shape[1])
+        return int(self.encode_text([""], normalize=False).shape[1])  # towers without a plain projection
 
     @property
     def text_width(self) -> int:

@@ -198,7 +198,7 @@ class Schedule:
 
     def vlb_terms(self, x0_pred: Tensor, var_interp: Tensor, x0: Tensor, x_t: Tensor,
                   t: Tensor | int) -> Tensor:
-        """Per-sample L_t in bits/dim: KL(q(x_{t-1}|x_t,x0) || p) for t > 0, decoder NLL at t = 0 (Nichol & Dhariwal 2021)."""
+        """Per-sample L_t in bits/dim, (B,): KL(q || p) for t > 0, decoder NLL at t = 0 (Nichol & Dhariwal 2021)."""
         self._same_shape(x0=x0, x_t=x_t, x0_pred=x0_pred, var_interp=var_interp)
         t = self._t(t, x_t)
         true_mean, _, true_log_var = self.q_posterior(x0, x_t, t)
@@ -211,7 +211,7 @@ class Schedule:
         return torch.where(t == 0, nll, kl)
 
     def respaced(self, timesteps: Tensor) -> "Schedule":
-        """Schedule of the sub-chain on increasing `timesteps`: beta'_i = 1 - abar_{t_i} / abar_{t_{i-1}} (Nichol & Dhariwal 2021, sec. 4)."""
+        """Sub-chain on increasing timesteps: beta'_i = 1 - abar_{t_i} / abar_{t_{i-1}} (Nichol & Dhariwal 2021, sec. 4)."""
         ts = torch.as_tensor(timesteps).long().flatten()
         if ts.numel() == 0 or bool((ts[1:] <= ts[:-1]).any()) or int(ts[0]) < 0 or int(ts[-1]) >= self.T:
             raise ValueError(f"timesteps must be strictly increasing integers in [0, {self.T}), got "
@@ -222,7 +222,7 @@ class Schedule:
 
 
 def cosine_schedule(T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> Schedule:
-    """Cosine schedule abar(t) = cos^2((t/T + s)/(1 + s) pi/2), betas clipped at max_beta (Nichol & Dhariwal 2021, eq. 17)."""
+    """Cosine schedule abar(t) = cos^2((t/T + s)/(1 + s) pi/2), betas clipped (Nichol & Dhariwal 2021, eq. 17)."""
     T = check_positive_int("T", T)
     if not 0.0 < max_beta <= 1.0:
         raise ValueError(f"max_beta must lie in (0, 1], got {max_beta}")
@@ -264,7 +264,7 @@ def _std_normal_cdf(x: Tensor) -> Tensor:
 
 
 def discretized_gaussian_log_likelihood(x: Tensor, means: Tensor, log_scales: Tensor) -> Tensor:
-    """Elementwise log-likelihood of data in [-1, 1] on 256 bins under N(means, e^{2 log_scales}) (Ho et al. 2020, eq. 13)."""
+    """Elementwise log-likelihood of [-1, 1] data on 256 bins under N(means, e^{2 log_scales}) (Ho et al. 2020)."""
     centered = x - means
     inv_std = torch.exp(-log_scales)
     cdf_plus = _std_normal_cdf(inv_std * (centered + 1.0 / 255.0))
@@ -278,7 +278,7 @@ def discretized_gaussian_log_likelihood(x: Tensor, means: Tensor, log_scales: Te
 def diffusion_loss(model_out: Tensor, x0: Tensor, x_t: Tensor, t: Tensor, eps: Tensor, prediction: str = "eps",
                    learn_sigma: bool = False, vlb_weight: float = 0.001, *,
                    schedule: Schedule | None = None) -> Tensor:
-    """L_simple (MSE on the target), or with learn_sigma the hybrid L_simple + lambda L_vlb (Nichol & Dhariwal 2021, sec. 3.1).
+    """L_simple (MSE on the target), or the hybrid L_simple + lambda L_vlb (Nichol & Dhariwal 2021, sec. 3.1).
 
     model_out: (B, C, ...) or, with learn_sigma, (B, 2C, ...): the target then v in [-1, 1] of eq. 15.
     x0, x_t, eps: (B, C, ...); t: (B,) integer indices; schedule defaults to cosine_schedule(1000).

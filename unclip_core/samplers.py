@@ -234,7 +234,10 @@ def sample_ddpm(denoise: Denoiser, x_T: Tensor, schedule: Schedule, n_steps: int
 def sample_unclip(denoise: Denoiser, x_T: Tensor, schedule: Schedule, n_steps: int = 25,
                   variance: str = "learned_range", generator: torch.Generator | int | None = None,
                   progress: bool = False) -> Tensor:
-    """Karlo's unCLIP sampler (diffusers UnCLIPScheduler): DDPM on linspace steps, "learned_range" or "fixed_small_log"."""
+    """Karlo's unCLIP sampler (diffusers' UnCLIPScheduler): sample_ddpm on "linspace" steps.
+
+    variance: "learned_range" (the denoiser returns (x0, var_interp)) or "fixed_small_log" (beta~).
+    """
     check_choice("variance", variance, ("learned_range", "fixed_small_log"))
     mapped = "learned" if variance == "learned_range" else "fixed_small"
     return sample_ddpm(denoise, x_T, schedule, n_steps, mapped, generator, progress, spacing="linspace")
@@ -274,22 +277,41 @@ def invert_ddim(denoise: Denoiser, x0: Tensor, schedule: Schedule, n_steps: int,
                 n_fixed_point: int = 0, progress: bool = False) -> Tensor:
     """Deterministic DDIM inversion x0 -> x_T, the eta=0 ODE run forwards (Song et al. 2021, sec. 4.3).
 
-    Each step s -> t evaluates the denoiser at (x_s, t); `n_fixed_point` extra evaluations at the current
-    estimate of x_t refine it so that sample_ddim with the same steps reconstructs x0 more closely.
+    Each step s -> t evaluates the denoiser at (x_s, t). With `n_fixed_point` > 0, each step then solves
+    ddim_step(x_t) = x_s for x_t by that many more evaluations (Richardson iteration with Barzilai-Borwein step
+    sizes), so that sample_ddim with the same steps and spacing reconstructs x0 up to the solver's tolerance.
     """
     schedule = _check_schedule(schedule)
     x = _check_x("x0", x0)
     n_fixed_point = check_positive_int("n_fixed_point", n_fixed_point, minimum=0)
     ts = respace(schedule, n_steps, spacing).flip(0).tolist()
+    dims = tuple(range(1, x.ndim))
     for j in _progress(range(len(ts)), progress, "DDIM inversion"):
         t, s = ts[j], (ts[j - 1] if j > 0 else -1)
         a_t, a_s = _abar(schedule, t), _abar(schedule, s)
-        x_s, x_t = x, x
-        for _ in range(n_fixed_point + 1):
+        k = math.sqrt((1.0 - a_s) / (1.0 - a_t))
+        r = math.sqrt(a_t / a_s)
+        x_s = x
+
+        def residual(x_t: Tensor) -> Tensor:
+            # G(x_t) = ddim_step(x_t; t -> s) - x_s, with ddim_step = sqrt(a_s) x0 + k (x_t - sqrt(a_t) x0)
             x0_hat = _call_denoiser(denoise, x_t, t)
-            eps = (x_t - math.sqrt(a_t) * x0_hat) / math.sqrt(1.0 - a_t)
-            # The DDIM step t -> s solved for x_t given eps(x_t, t): x_s = sqrt(a_s) x0 + sqrt(1 - a_s) eps.
-            x_t = math.sqrt(a_t) * (x_s - math.sqrt(1.0 - a_s) * eps) / math.sqrt(a_s) + math.sqrt(1.0 - a_t) * eps
+            return math.sqrt(a_s) * x0_hat + k * (x_t - math.sqrt(a_t) * x0_hat) - x_s
+
+        # x - r G(x) is the classic inversion step: eps(x_s, t) used in place of eps(x_t, t).
+        x_t, G = x_s, residual(x_s)
+        x_prev = G_prev = None
+        for it in range(n_fixed_point + 1):
+            step = torch.full((x.shape[0],) + (1,) * (x.ndim - 1), r, dtype=x.dtype, device=x.device)
+            if x_prev is not None:
+                dx, dG = x_t - x_prev, G - G_prev
+                num, den = (dx * dG).sum(dims, keepdim=True), (dx * dx).sum(dims, keepdim=True)
+                ok = (num > 0) & (den > 0)
+                step = torch.where(ok, den / torch.where(ok, num, torch.ones_like(num)), step)
+            x_prev, G_prev = x_t, G
+            x_t = x_t - step * G
+            if it < n_fixed_point:
+                G = residual(x_t)
         x = x_t
     return x
 

@@ -1,0 +1,120 @@
+"""The ShapesWorld CLIP trainer: loss closed forms, shared training helpers, checkpoint/kill/resume, export."""
+import math
+
+import pytest
+import torch
+
+from unclip_core.clip import ClipEncoder
+from unclip_core.train.clip import (ClipTrainConfig, build_model, contrastive_loss, evaluate_retrieval, export_clip,
+                                    shapes_tokenizer, train_clip)
+from unclip_core.train.common import EMA, CsvLog, cosine_lr, load_state, save_state
+
+
+def test_contrastive_loss_closed_forms():
+    B, s = 4, 2.0
+    z = torch.eye(B)  # orthonormal: logits are s on the diagonal, 0 elsewhere
+    loss, acc = contrastive_loss(z, z, torch.tensor(s))
+    assert loss.item() == pytest.approx(-math.log(math.exp(s) / (math.exp(s) + B - 1)), rel=1e-6)
+    assert acc.item() == 1.0
+    # two captions of one scene: both are positives of both images (targets 1/2, 1/2)
+    z2 = torch.eye(2)
+    loss, _ = contrastive_loss(z2, z2, torch.tensor(s), keys=["a red circle", "a red circle"])
+    assert loss.item() == pytest.approx(math.log(math.exp(s) + 1) - s / 2, rel=1e-6)
+
+
+def test_cosine_lr_and_ema_closed_forms():
+    assert cosine_lr(0, 1.0, 100, warmup_steps=10) == pytest.approx(0.1)
+    assert cosine_lr(10, 1.0, 110, warmup_steps=10, min_lr_ratio=0.2) == pytest.approx(1.0)
+    assert cosine_lr(60, 1.0, 110, warmup_steps=10, min_lr_ratio=0.2) == pytest.approx(0.6)
+    assert cosine_lr(110, 1.0, 110, warmup_steps=10, min_lr_ratio=0.2) == pytest.approx(0.2)
+    m = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        m.weight.fill_(1.0)
+    ema = EMA(m, decay=0.9)
+    with torch.no_grad():
+        m.weight.fill_(3.0)
+    ema.update(m)
+    ema.copy_to(m)
+    torch.testing.assert_close(m.weight, torch.full((1, 2), 0.9 * 1.0 + 0.1 * 3.0))
+    with pytest.raises(ValueError, match=r"decay must be in \(0, 1\), e.g. 0.999, got 1.5"):
+        EMA(m, decay=1.5)
+
+
+def test_state_and_csv_log_round_trip(tmp_path):
+    state = {"step": 3, "w": torch.arange(4.0), "nested": {"a": [1, 2]}}
+    save_state(tmp_path / "s.pt", state)
+    back = load_state(tmp_path / "s.pt")
+    assert back["step"] == 3 and back["nested"] == {"a": [1, 2]} and torch.equal(back["w"], state["w"])
+    assert not list(tmp_path.glob(".*tmp"))
+    log = CsvLog(tmp_path / "loss.csv", ["step", "loss"])
+    for k in range(1, 5):
+        log.write(step=k, loss=1.0 / k)
+    resumed = CsvLog(tmp_path / "loss.csv", ["step", "loss"], resume_step=2)
+    resumed.write(step=3, loss=0.5)
+    assert [(r["step"], r["loss"]) for r in resumed.read()] == [("1", "1"), ("2", "0.5"), ("3", "0.5")]
+    with pytest.raises(ValueError, match=r"unknown CSV fields \['lr'\]; accepted: \['step', 'loss'\]"):
+        log.write(step=5, lr=0.1)
+    with pytest.raises(FileNotFoundError, match="training state not found"):
+        load_state(tmp_path / "missing.pt")
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match=r"precision='fp16' is not known; accepted: 'bf16', 'fp32'"):
+        ClipTrainConfig(precision="fp16")
+    with pytest.raises(ValueError, match="image_size=64 is not divisible by patch_size=10"):
+        ClipTrainConfig(patch_size=10)
+    with pytest.raises(ValueError, match="batch_size must be >= 2 for a contrastive loss, got 1"):
+        ClipTrainConfig(batch_size=1)
+    with pytest.raises(ValueError, match=r"recipe='big' is not known; accepted: 'shapes', 'tiny'"):
+        ClipTrainConfig.recipe("big")
+    with pytest.raises(ValueError, match=r"unknown ClipTrainConfig fields \['depth'\]"):
+        ClipTrainConfig.from_dict({"depth": 3})
+    with pytest.raises(ValueError, match="ema_decay must be None or in"):
+        ClipTrainConfig(ema_decay=1.0)
+    with pytest.raises(TypeError, match="config must be a ClipTrainConfig"):
+        train_clip({"n_steps": 3}, "/tmp/x")
+    assert ClipTrainConfig.from_dict(ClipTrainConfig.recipe("tiny").__dict__) == ClipTrainConfig.recipe("tiny")
+
+
+def test_train_kill_resume_matches_an_uninterrupted_run(tmp_path):
+    config = ClipTrainConfig.recipe("tiny", n_steps=4, batch_size=4, ema_decay=0.5)
+    full = train_clip(config, tmp_path / "full", progress=False)
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_3(step, metrics):
+        if step == 3:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train_clip(config, tmp_path / "run", progress=False, callback=kill_at_3)
+    assert load_state(tmp_path / "run" / "state.pt")["step"] == 2  # the last checkpoint before the kill
+    seen = []
+    resumed = train_clip(config, tmp_path / "run", progress=False, callback=lambda s, m: seen.append(s))
+    assert seen == [3, 4]
+    a, b = ClipEncoder.load(full), ClipEncoder.load(resumed)
+    assert a.model_id == b.model_id  # bit-identical weights
+    rows = CsvLog(tmp_path / "run" / "loss.csv", ["step"], resume_step=10**9).read()
+    assert [r["step"] for r in rows] == ["1", "2", "3", "4"]
+    other = ClipTrainConfig.recipe("tiny", n_steps=5, batch_size=4, ema_decay=0.5)
+    with pytest.raises(ValueError, match=r"holds a run with another config \(differs in \['n_steps'\]\)"):
+        train_clip(other, tmp_path / "run", progress=False)
+
+
+def test_export_loads_with_clip_encoder_and_evaluates(tmp_path):
+    config = ClipTrainConfig.recipe("tiny")
+    tok = shapes_tokenizer(config.context_length)
+    model = build_model(config, tok.vocab_size).eval()
+    folder = export_clip(model, tok, config, tmp_path / "m", card="# card\n")
+    enc = ClipEncoder.load(folder)
+    prompts = ["a small red circle at the top", "a large blue square left of a small green star"]
+    with torch.no_grad():
+        ref = model.encode_text(tok(prompts), normalize=True)
+    torch.testing.assert_close(enc.encode_text(prompts), ref, rtol=1e-5, atol=1e-6)
+    assert (folder / "README.md").read_text() == "# card\n"
+    rows = evaluate_retrieval(enc, n=8, splits=("held_out",))
+    assert [(r["group"], r["n"]) for r in rows] == [("1 object", 8), ("2-3 objects", 8), ("mixed", 8)]
+    assert all(0.0 <= r["t2i_top1"] <= 1.0 and 0.0 <= r["i2t_top1"] <= 1.0 for r in rows)
+    with pytest.raises(ValueError, match=r"split='test' is not known; accepted: 'held_out', 'train', 'all'"):
+        evaluate_retrieval(enc, n=8, splits=("test",))

@@ -1,0 +1,31 @@
+"""Tiny random models shared by tests: a CLIP folder in open_clip's layout, and random-weight initialisation."""
+import json
+from pathlib import Path
+
+import torch
+from open_clip.model import CLIP
+from safetensors.torch import save_file
+
+CLIP_CFG = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8,
+                                            "head_width": 16},
+            "text_cfg": {"context_length": 12, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+
+
+def write_tiny_clip(folder: Path, seed: int = 0) -> Path:
+    """A seeded tiny open_clip CLIP saved as a folder (open_clip_config.json + open_clip_model.safetensors)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": CLIP_CFG, "preprocess_cfg": {}}))
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        clip = CLIP(**CLIP_CFG)
+    save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, folder / "open_clip_model.safetensors")
+    return folder
+
+
+def randomize(m: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Random weights everywhere (zero-initialised output layers would make every test trivial)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    return m.eval()

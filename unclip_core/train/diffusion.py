@@ -1,0 +1,398 @@
+"""Train the diffusion stages of unCLIP (prior, decoder, upsamplers) on ShapesWorld, resumable and DDP-ready.
+
+One loop serves every stage; a stage differs only in how a batch is built and which network it trains:
+  prior       z_i from (z_t, caption tokens), predicts x0 (Ramesh et al. 2022, sec. 2.2)
+  decoder     image from z_i (+ optional caption tokens), predicts eps, learned sigma (sec. 2.1)
+  upsampler1  x4 super-resolution on blurred inputs (k=3, sigma=0.6), random crops
+  upsampler2  x4 super-resolution on BSR-degraded inputs, random crops
+
+Run single-process:  python -m unclip_core.train.diffusion decoder --recipe shapes --out /work/runs/decoder
+Run with DDP:        torchrun --nproc_per_node=2 -m unclip_core.train.diffusion decoder --recipe shapes ...
+(gloo on CPUs, NCCL on GPUs; each rank draws disjoint ShapesWorld items, rank 0 writes checkpoints and logs).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from unclip_core.checkpoint import save_checkpoint, save_pipeline
+from unclip_core.checks import check_choice, check_positive_int
+from unclip_core.clip import ClipEncoder
+from unclip_core.data.degrade import blur_corrupt, bsr_degrade, random_crop_pair
+from unclip_core.data.shapes import ShapesConfig, render_array
+from unclip_core.decoder import Decoder, DecoderConfig
+from unclip_core.diffusion import cosine_schedule, diffusion_loss
+from unclip_core.prior import DiffusionPrior, PriorConfig
+from unclip_core.train.common import EMA, CsvLog, cosine_lr, load_state, save_state, set_lr, write_text_atomic
+from unclip_core.upsampler import Upsampler, UpsamplerConfig
+
+STAGES = ("prior", "decoder", "upsampler1", "upsampler2")
+PRECISIONS = ("bf16", "fp32")
+STATE_FILE = "state.pt"
+LOG_FIELDS = ("step", "loss", "lr", "seconds")
+_MODEL = {"prior": (DiffusionPrior, PriorConfig), "decoder": (Decoder, DecoderConfig),
+          "upsampler1": (Upsampler, UpsamplerConfig), "upsampler2": (Upsampler, UpsamplerConfig)}
+_PREDICTION = {"prior": "x0", "decoder": "eps", "upsampler1": "eps", "upsampler2": "eps"}
+
+
+@dataclass(frozen=True)
+class DiffusionTrainConfig:
+    """A training run of one stage: the network's config, the data and the optimisation."""
+
+    stage: str
+    model: dict[str, Any]
+    clip: str = "shapes-clip"
+    n_steps: int = 4000
+    batch_size: int = 64
+    lr: float = 3e-4
+    warmup_steps: int = 200
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    precision: str = "bf16"
+    seed: int = 0
+    p_drop_z_i: float = 0.1       # decoder: z_i dropped for CFG (paper: 10%)
+    p_drop_text: float = 0.5      # decoder: caption dropped (paper: 50%); prior: 10%
+    crop: int | None = None       # upsamplers: side of the high-resolution training crop
+    n_objects: tuple[int, ...] = (1, 2, 3)
+    object_weights: tuple[float, ...] | None = None
+    log_every: int = 10
+    checkpoint_every: int = 200
+
+    def __post_init__(self) -> None:
+        check_choice("stage", self.stage, STAGES)
+        check_choice("precision", self.precision, PRECISIONS)
+        for name in ("n_steps", "batch_size", "log_every", "checkpoint_every"):
+            check_positive_int(name, getattr(self, name))
+        check_positive_int("warmup_steps", self.warmup_steps, minimum=0)
+        for name in ("p_drop_z_i", "p_drop_text"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        object.__setattr__(self, "n_objects", tuple(self.n_objects))
+        if self.object_weights is not None:
+            object.__setattr__(self, "object_weights", tuple(self.object_weights))
+        self.model_config()  # validates the network config now, not at step 0
+
+    def model_config(self) -> Any:
+        """The network's frozen config dataclass."""
+        cls = _MODEL[self.stage][1]
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(self.model) - known)
+        if unknown:
+            raise ValueError(f"model config keys {unknown} are not fields of {cls.__name__}; known: {sorted(known)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in self.model.items()})
+
+    @property
+    def prediction(self) -> str:
+        return _PREDICTION[self.stage]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["n_objects"] = list(self.n_objects)
+        d["object_weights"] = None if self.object_weights is None else list(self.object_weights)
+        return json.loads(json.dumps(d))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DiffusionTrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown training config keys {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+
+# The bundled ShapesWorld family: a 32px base decoder with x4 upsamplers (32 -> 128 -> 512), chosen by
+# measurement on a 2-core CPU (see docs/training.md): a 64px base trains ~7x slower per image.
+RECIPES: dict[str, dict[str, dict[str, Any]]] = {
+    "shapes": {
+        "prior": dict(model=dict(clip_dim=64, text_width=128, width=256, n_layers=6, n_heads=4, n_text_tokens=24,
+                                 clip_scale=8.0, dropout=0.0),
+                      n_steps=3000, batch_size=128, lr=3e-4, p_drop_text=0.1),
+        "decoder": dict(model=dict(image_size=32, model_channels=64, channel_mult=(1, 2, 2), n_res_blocks=1,
+                                   attention_resolutions=(16, 8), head_channels=32, clip_dim=64, n_clip_tokens=4,
+                                   text_width=0, learn_sigma=True, dropout=0.0, norm_groups=32),
+                        n_steps=4000, batch_size=64, lr=3e-4),
+        "upsampler1": dict(model=dict(low_res=32, out_res=128, model_channels=32, channel_mult=(1, 2, 2),
+                                      n_res_blocks=1, norm_groups=16),
+                           n_steps=2000, batch_size=32, lr=3e-4, crop=64),
+        "upsampler2": dict(model=dict(low_res=128, out_res=512, model_channels=16, channel_mult=(1, 2, 2),
+                                      n_res_blocks=1, norm_groups=8),
+                           n_steps=1000, batch_size=16, lr=3e-4, crop=64),
+    },
+    # for tests: seconds per step
+    "tiny": {
+        "prior": dict(model=dict(clip_dim=64, text_width=128, width=32, n_layers=1, n_heads=2, n_text_tokens=24,
+                                 clip_scale=8.0), n_steps=4, batch_size=4, warmup_steps=1),
+        "decoder": dict(model=dict(image_size=32, model_channels=16, channel_mult=(1, 2), n_res_blocks=1,
+                                   attention_resolutions=(16,), head_channels=8, clip_dim=64, norm_groups=8,
+                                   dropout=0.0), n_steps=4, batch_size=4, warmup_steps=1),
+        "upsampler1": dict(model=dict(low_res=32, out_res=128, model_channels=8, channel_mult=(1, 2),
+                                      n_res_blocks=1, norm_groups=8),
+                           n_steps=4, batch_size=2, crop=32, warmup_steps=1),
+        "upsampler2": dict(model=dict(low_res=128, out_res=512, model_channels=8, channel_mult=(1, 2),
+                                      n_res_blocks=1, norm_groups=8),
+                           n_steps=4, batch_size=2, crop=32, warmup_steps=1),
+    },
+}
+
+
+def recipe(name: str, stage: str, **overrides: Any) -> DiffusionTrainConfig:
+    """The training config of `stage` in recipe `name` ("shapes" or "tiny"), with field overrides."""
+    check_choice("recipe", name, sorted(RECIPES))
+    check_choice("stage", stage, STAGES)
+    return DiffusionTrainConfig(stage=stage, **{**RECIPES[name][stage], **overrides})
+
+
+# ---- distributed --------------------------------------------------------------------------------
+def _dist_info() -> tuple[int, int]:
+    """(rank, world_size), initialising the process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+# ---- batches ------------------------------------------------------------------------------------
+def _render_batch(data: ShapesConfig, indices: list[int], sizes: tuple[int, ...]) -> tuple[list[Tensor], list[str]]:
+    """Render items `indices` at every size in `sizes` -> ([(B, 3, s, s) in [-1, 1] per size], captions)."""
+    per_size: list[list[np.ndarray]] = [[] for _ in sizes]
+    captions = []
+    for i in indices:
+        scene, text = data.scene_caption(i)
+        captions.append(text)
+        for k, s in enumerate(sizes):
+            per_size[k].append(render_array(scene, s))
+    tensors = [torch.from_numpy(np.stack(a)).permute(0, 3, 1, 2).float() / 127.5 - 1.0 for a in per_size]
+    return tensors, captions
+
+
+class _Batcher:
+    """Builds a stage's training batch (inputs to the network + x0) deterministically from (seed, step, rank)."""
+
+    def __init__(self, config: DiffusionTrainConfig, model_config: Any, clip: ClipEncoder | None,
+                 rank: int, world: int) -> None:
+        self.c, self.mc, self.clip = config, model_config, clip
+        self.rank, self.world = rank, world
+        self.data = ShapesConfig(config.seed, 64, "train", config.n_objects, config.object_weights)
+
+    def indices(self, step: int) -> list[int]:
+        B = self.c.batch_size
+        start = (step * self.world + self.rank) * B
+        return list(range(start, start + B))
+
+    def __call__(self, step: int, g: torch.Generator) -> tuple[Tensor, dict[str, Any]]:
+        """-> (x0, conditioning kwargs for the network)."""
+        c, mc = self.c, self.mc
+        idx = self.indices(step)
+        if c.stage in ("prior", "decoder"):
+            size = self.clip.image_size
+            sizes = (size,) if c.stage == "prior" else (size, mc.image_size)
+            images, captions = _render_batch(self.data, idx, sizes)
+            z_i = self.clip.encode_image(images[0])
+            if c.stage == "prior":
+                z_t = self.clip.encode_text(captions)
+                tokens, mask = self.clip.text_tokens(captions)
+                return z_i, {"z_t": z_t, "text_tokens": tokens[:, :mc.n_text_tokens],
+                             "text_mask": mask[:, :mc.n_text_tokens]}
+            cond: dict[str, Any] = {"z_i": z_i}
+            if mc.text_width:
+                cond["text_tokens"], cond["text_mask"] = self.clip.text_tokens(captions)
+            return images[1], cond
+        (lo, hi), _ = _render_batch(self.data, idx, (mc.low_res, mc.out_res))
+        lo = blur_corrupt(lo) if c.stage == "upsampler1" else torch.cat(
+            [bsr_degrade(x[None], generator=g) for x in lo])
+        if c.crop is not None and c.crop < mc.out_res:
+            pairs = [random_crop_pair(h[None], l[None], c.crop, generator=g) for h, l in zip(hi, lo)]
+            hi = torch.cat([p[0] for p in pairs])
+            lo = torch.cat([p[1] for p in pairs])
+        return hi, {"low_res": lo}
+
+
+def _prepare(stage: str, model: torch.nn.Module, x0: Tensor, cond: dict[str, Any], config: DiffusionTrainConfig,
+             g: torch.Generator) -> tuple[Tensor, dict[str, Any]]:
+    """Scale embeddings and apply the CFG condition dropout of the stage."""
+    if stage == "prior":
+        z_t, tok, mask = model.drop_condition(model.scale_cond(cond["z_t"]), cond["text_tokens"], cond["text_mask"],
+                                              config.p_drop_text, generator=g)
+        return model.scale_in(x0), {"z_t": z_t, "text_tokens": tok, "text_mask": mask}
+    if stage == "decoder":
+        z_i, tok, mask = model.drop_condition(cond["z_i"], cond.get("text_tokens"), cond.get("text_mask"),
+                                              config.p_drop_z_i, config.p_drop_text, generator=g)
+        out = {"z_i": z_i}
+        if tok is not None:
+            out.update(text_tokens=tok, text_mask=mask)
+        return x0, out
+    return x0, cond
+
+
+def train_stage(config: DiffusionTrainConfig, out_dir: str | os.PathLike, resume: bool = True,
+                progress: bool = True, clip: ClipEncoder | None = None,
+                callback: Callable[[int, dict[str, float]], None] | None = None,
+                on_end: Callable[[torch.nn.Module], None] | None = None) -> Path:
+    """Train one stage; checkpoint to out_dir/state.pt every `checkpoint_every` steps; export out_dir/model.
+
+    resume=True continues from out_dir/state.pt (the same config is required). callback(step, metrics) runs
+    after each step; an exception there stops training with the last checkpoint intact; on_end(model) sees the
+    trained (non-EMA) weights of this rank. Returns the exported
+    checkpoint folder (config.json + model.safetensors with the EMA weights).
+    """
+    if not isinstance(config, DiffusionTrainConfig):
+        raise TypeError(f"config must be a DiffusionTrainConfig (e.g. recipe('shapes', 'decoder')), "
+                        f"got {type(config).__name__}")
+    rank, world = _dist_info()
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out_dir={str(out)!r} is a file; pass a folder for the training state")
+    out.mkdir(parents=True, exist_ok=True)
+    mc = config.model_config()
+    needs_clip = config.stage in ("prior", "decoder")
+    if needs_clip and clip is None:
+        clip = ClipEncoder.load(config.clip)
+    if needs_clip and clip.embed_dim != mc.clip_dim:
+        raise ValueError(f"the {config.stage} config has clip_dim={mc.clip_dim} but CLIP {config.clip!r} makes "
+                         f"{clip.embed_dim}-d embeddings; set model clip_dim={clip.embed_dim}")
+    torch.manual_seed(config.seed)  # the same initial weights on every rank
+    model_cls = _MODEL[config.stage][0]
+    model = model_cls(mc)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    ema = EMA(model, config.ema_decay)
+    step, elapsed = 0, 0.0
+    state_path = out / STATE_FILE
+    if resume and state_path.is_file():
+        state = load_state(state_path)
+        if state["config"] != config.to_dict():
+            diff = sorted(k for k in state["config"] if state["config"][k] != config.to_dict().get(k))
+            raise ValueError(f"out_dir={str(out)!r} holds a run with another config (differs in {diff}); pass "
+                             "the same config, resume=False to start over, or a new out_dir")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        ema.load_state_dict(state["ema"])
+        step, elapsed = int(state["step"]), float(state["seconds"])
+    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    log = CsvLog(out / "loss.csv", LOG_FIELDS, resume_step=step if step else None) if rank == 0 else None
+    if rank == 0:
+        write_text_atomic(out / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+    schedule = cosine_schedule(1000)
+    batcher = _Batcher(config, mc, clip, rank, world)
+
+    def checkpoint() -> None:
+        if rank == 0:
+            save_state(state_path, {"config": config.to_dict(), "step": step, "seconds": elapsed,
+                                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                    "ema": ema.state_dict()})
+
+    model.train()
+    bar = tqdm(total=config.n_steps, initial=step, desc=config.stage, disable=not progress or rank != 0)
+    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if config.precision == "bf16"
+                else contextlib.nullcontext())
+    while step < config.n_steps:
+        t0 = time.perf_counter()
+        # every random draw of a step depends on (seed, step, rank) only, so a resumed run continues exactly
+        g = torch.Generator().manual_seed(hash((config.seed, step, rank)) % (2**63))
+        lr = cosine_lr(step, config.lr, config.n_steps, config.warmup_steps, 0.1)
+        set_lr(optimizer, lr)
+        with torch.no_grad():
+            x0, cond = batcher(step, g)
+            x0, cond = _prepare(config.stage, model, x0, cond, config, g)
+            t = torch.randint(0, schedule.T, (x0.shape[0],), generator=g)
+            eps = torch.randn(x0.shape, generator=g)
+            x_t = schedule.q_sample(x0, t, eps).float()
+        with autocast:
+            model_out = net(x_t, t, **cond)
+        loss = diffusion_loss(model_out.float(), x0, x_t, t, eps, config.prediction,
+                              learn_sigma=getattr(mc, "learn_sigma", False), schedule=schedule)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        ema.update(model)
+        step += 1
+        elapsed += time.perf_counter() - t0
+        metrics = {"loss": loss.item(), "lr": lr, "seconds": elapsed}
+        if log is not None and (step % config.log_every == 0 or step == config.n_steps):
+            log.write(step=step, **metrics)
+        if step % config.checkpoint_every == 0 or step == config.n_steps:
+            checkpoint()
+        bar.update(1)
+        bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+        if callback is not None:
+            callback(step, metrics)
+    bar.close()
+    if on_end is not None:
+        on_end(model)
+    if rank != 0:
+        return out / "model"
+    export = replace_weights(model_cls(mc), ema)
+    card = stage_card(config, elapsed, step, sum(p.numel() for p in model.parameters()))
+    return save_checkpoint(out / "model", export, card=card,
+                           metadata={"stage": config.stage, "prediction": config.prediction,
+                                     "train": config.to_dict(), "steps": step, "seconds": round(elapsed, 1)},
+                           overwrite=True)
+
+
+def replace_weights(model: torch.nn.Module, ema: EMA) -> torch.nn.Module:
+    """`model` with the EMA weights, in eval mode."""
+    ema.copy_to(model)
+    return model.eval()
+
+
+def stage_card(config: DiffusionTrainConfig, seconds: float, steps: int, n_params: int) -> str:
+    """A short model card for one trained stage (quality numbers are added by the evaluation)."""
+    return (f"# ShapesWorld unCLIP {config.stage}\n\n"
+            f"- parameters: {n_params:,}\n- predicts: {config.prediction}\n"
+            f"- trained: {steps} steps x batch {config.batch_size}, {seconds / 60:.1f} min on CPU "
+            f"({config.precision}), seed {config.seed}\n"
+            f"- recipe: `unclip-explorer train {config.stage} --recipe shapes`\n\n"
+            f"```json\n{json.dumps(config.to_dict(), indent=2)}\n```\n")
+
+
+def assemble_pipeline(out: str | os.PathLike, stage_dirs: dict[str, str | os.PathLike], clip: str | os.PathLike,
+                      name: str, card: str | None = None, overwrite: bool = False) -> Path:
+    """Write a pipeline folder (pipeline.json + stage folders + a copy of the CLIP) loadable by UnCLIP.load."""
+    stages: dict[str, Any] = {k: Path(v) for k, v in stage_dirs.items()}
+    stages["clip"] = Path(clip)
+    info = {k: {"prediction": _PREDICTION[k], "clip_x0": None if k == "prior" else 1.0} for k in stage_dirs}
+    return save_pipeline(out, stages, card=card, metadata={"clip": "clip", "name": name, "stage_info": info},
+                         overwrite=overwrite)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI: python -m unclip_core.train.diffusion STAGE --recipe shapes --out DIR [--steps N] [--fresh]."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("stage", choices=STAGES)
+    p.add_argument("--recipe", default="shapes", choices=sorted(RECIPES))
+    p.add_argument("--out", required=True)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--precision", choices=PRECISIONS, default=None)
+    p.add_argument("--clip", default=None)
+    p.add_argument("--fresh", action="store_true")
+    a = p.parse_args(argv)
+    overrides = {k: v for k, v in {"n_steps": a.steps, "batch_size": a.batch_size, "precision": a.precision,
+                                   "clip": a.clip}.items() if v is not None}
+    folder = train_stage(recipe(a.recipe, a.stage, **overrides), a.out, resume=not a.fresh)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"exported {folder}")
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
