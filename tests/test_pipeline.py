@@ -4,32 +4,16 @@ import pytest
 import torch
 from PIL import Image
 
-from unclip_core.checkpoint import save_pipeline
-from unclip_core.clip import ClipEncoder
-from unclip_core.decoder import Decoder, DecoderConfig
 from unclip_core.diffusion import cosine_schedule
 from unclip_core.inpaint import sample_repaint
 from unclip_core.pipeline import UnCLIP
-from unclip_core.prior import DiffusionPrior, PriorConfig
 from unclip_core.provenance import BlockedContentError, ConceptPolicy, read_png_meta, save_png
-from unclip_core.upsampler import Upsampler, UpsamplerConfig
 
-from tiny_models import randomize, write_tiny_clip
+from tiny_models import write_tiny_pipeline
 
 @pytest.fixture(scope="module")
 def pipe_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pipe")
-    clip_dir = write_tiny_clip(root / "clip")
-    prior = randomize(DiffusionPrior(PriorConfig(clip_dim=16, text_width=32, width=32, n_layers=2, n_heads=2,
-                                                  n_text_tokens=12)), 1)
-    dec = randomize(Decoder(DecoderConfig(image_size=16, model_channels=16, channel_mult=(1, 2), n_res_blocks=1,
-                                           attention_resolutions=(8,), head_channels=8, clip_dim=16,
-                                           norm_groups=8, dropout=0.0)), 2)
-    up = randomize(Upsampler(UpsamplerConfig(low_res=16, out_res=32, model_channels=16, channel_mult=(1, 2),
-                                              n_res_blocks=1, norm_groups=8)), 3)
-    save_pipeline(root / "tiny-unclip", {"prior": prior, "decoder": dec, "upsampler1": up, "clip": clip_dir},
-                  metadata={"clip": "clip", "name": "tiny-unclip"})
-    return root / "tiny-unclip"
+    return write_tiny_pipeline(tmp_path_factory.mktemp("pipe"))
 
 
 @pytest.fixture(scope="module")

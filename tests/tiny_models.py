@@ -29,3 +29,22 @@ def randomize(m: torch.nn.Module, seed: int) -> torch.nn.Module:
         for p in m.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.05)
     return m.eval()
+
+
+def write_tiny_pipeline(root: Path) -> Path:
+    """A tiny random UnCLIP (prior, 16px decoder, 16->32 upsampler, tiny CLIP) saved as a pipeline folder."""
+    from unclip_core.checkpoint import save_pipeline
+    from unclip_core.decoder import Decoder, DecoderConfig
+    from unclip_core.prior import DiffusionPrior, PriorConfig
+    from unclip_core.upsampler import Upsampler, UpsamplerConfig
+
+    clip_dir = write_tiny_clip(root / "clip")
+    prior = randomize(DiffusionPrior(PriorConfig(clip_dim=16, text_width=32, width=32, n_layers=2, n_heads=2,
+                                                 n_text_tokens=12)), 1)
+    dec = randomize(Decoder(DecoderConfig(image_size=16, model_channels=16, channel_mult=(1, 2), n_res_blocks=1,
+                                          attention_resolutions=(8,), head_channels=8, clip_dim=16,
+                                          norm_groups=8, dropout=0.0)), 2)
+    up = randomize(Upsampler(UpsamplerConfig(low_res=16, out_res=32, model_channels=16, channel_mult=(1, 2),
+                                             n_res_blocks=1, norm_groups=8)), 3)
+    return save_pipeline(root / "tiny-unclip", {"prior": prior, "decoder": dec, "upsampler1": up, "clip": clip_dir},
+                         metadata={"clip": "clip", "name": "tiny-unclip"})

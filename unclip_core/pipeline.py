@@ -133,7 +133,7 @@ class UnCLIP:
         clip = ClipEncoder.load(str(local) if local.is_dir() else clip_spec, device=device)
         if "decoder" not in dirs:
             raise ValueError(f"{folder} has no decoder stage; its stages: {list(dirs)}")
-        models = {n: load_checkpoint(d, device=device) for n, d in dirs.items()}
+        models = {n: load_checkpoint(d, device=device) for n, d in dirs.items() if d.resolve() != local.resolve()}
         ups = [models[n] for n in ("upsampler1", "upsampler2") if n in models]
         info = {n: StageInfo(**v) for n, v in meta.get("stage_info", {}).items()}
         return cls(clip, models["decoder"], models.get("prior"), ups, info, name=str(meta.get("name", spec)))
@@ -324,6 +324,12 @@ class UnCLIP:
                       seed: int | torch.Generator | None = None, progress: bool = False) -> UnCLIPOutput:
         """Text -> prior -> z_i -> decoder -> upsamplers (Ramesh et al. 2022, fig. 2): n images per prompt."""
         prompts = _check_prompts(prompts)
+        # check the decoder's settings before spending time in the prior
+        check_positive_int("steps", steps)
+        _check_guidance("guidance", guidance)
+        check_choice("sampler", sampler, SAMPLERS)
+        for k in upsampler_steps:
+            check_positive_int("upsampler steps", k)
         g = _generator(seed)
         z_i = self.sample_prior(prompts, n, prior_steps, prior_guidance, best_of, sampler, g, progress)
         expanded = [p for p in prompts for _ in range(n)]

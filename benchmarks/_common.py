@@ -1,0 +1,77 @@
+"""Timing helpers shared by the benchmarks: interleaved repeats, medians, machine header, atomic JSON."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+
+
+def synchronize(device: str | torch.device) -> None:
+    """Wait for queued kernels so wall time covers the work (no-op on CPU)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_interleaved(candidates: Mapping[str, Callable[[], Any]], repeats: int, warmup: int = 1,
+                     device: str | torch.device = "cpu") -> dict[str, list[float]]:
+    """Wall seconds of each candidate per repeat, round-robin so shared-CPU load hits all alike.
+
+    `warmup` untimed rounds run first (allocator, kernels, lazy imports). Returns name -> `repeats` times.
+    """
+    for _ in range(warmup):
+        for fn in candidates.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(repeats):
+        for name, fn in candidates.items():
+            synchronize(device)
+            t0 = time.perf_counter()
+            fn()
+            synchronize(device)
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def median(xs: list[float]) -> float:
+    """Median of a non-empty list of timings."""
+    return float(statistics.median(xs))
+
+
+def machine_info(device: str | torch.device = "cpu") -> dict[str, Any]:
+    """What the numbers were measured on: CPU count, torch version and threads, the accelerator if any."""
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+    }
+    if hasattr(os, "getloadavg"):
+        info["load_avg_1min"] = round(os.getloadavg()[0], 2)
+    if torch.device(device).type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> Path:
+    """Write `obj` as JSON to a temporary file beside `path`, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

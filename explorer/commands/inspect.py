@@ -1,0 +1,24 @@
+"""`unclip-explorer inspect PNG`: print the provenance record a generated PNG carries."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("inspect", help="show how a generated PNG was made (model, seed, settings)")
+    p.add_argument("png", metavar="PNG")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from unclip_core.provenance import read_png_meta
+    path = Path(args.png)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    meta = read_png_meta(path)
+    if not meta:
+        raise ValueError(f"{path} carries no unclip-explorer provenance record (it was not saved by this tool)")
+    print(json.dumps(meta, indent=2, sort_keys=True))
+    return 0

@@ -1,0 +1,54 @@
+"""`unclip-explorer train STAGE --recipe shapes [--resume]`: train one stage of the ShapesWorld family."""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+STAGES = ("clip", "prior", "decoder", "upsampler1", "upsampler2")
+
+
+def default_runs_dir() -> Path:
+    """Where training state lives unless --out says otherwise: $UNCLIP_RUNS or ~/.cache/unclip-explorer/runs."""
+    return Path(os.environ.get("UNCLIP_RUNS", Path.home() / ".cache" / "unclip-explorer" / "runs"))
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("train", help="train one stage (clip, prior, decoder, upsampler1, upsampler2)",
+                       description="Train a stage of the unCLIP family on ShapesWorld. State is checkpointed "
+                                   "atomically; rerun with --resume to continue a killed run. Also runs under "
+                                   "torchrun --nproc_per_node=N -m unclip_core.train.diffusion for DDP.")
+    p.add_argument("stage", choices=STAGES)
+    p.add_argument("--recipe", default="shapes", help="training recipe (default: shapes)")
+    p.add_argument("--out", default=None, help="training state folder (default: $UNCLIP_RUNS/RECIPE-STAGE, "
+                                               "or ~/.cache/unclip-explorer/runs/RECIPE-STAGE)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    group.add_argument("--fresh", action="store_true", help="discard the state in --out and start over")
+    p.add_argument("--steps", type=int, default=None, help="override the recipe's number of steps")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--precision", choices=("bf16", "fp32"), default=None)
+    p.add_argument("--clip", default=None, help="CLIP spec for the prior/decoder (default: the recipe's)")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.out) if args.out else default_runs_dir() / f"{args.recipe}-{args.stage}"
+    if (out / "state.pt").is_file() and not (args.resume or args.fresh):
+        raise ValueError(f"{out} already holds a training run; pass --resume to continue it or --fresh to "
+                         "start over")
+    if args.stage == "clip":
+        from unclip_core.train.clip import ClipTrainConfig, train_clip
+        overrides = {k: v for k, v in {"n_steps": args.steps, "batch_size": args.batch_size,
+                                       "precision": args.precision}.items() if v is not None}
+        folder = train_clip(ClipTrainConfig.recipe(args.recipe, **overrides), out, resume=args.resume,
+                            progress=not args.no_progress)
+    else:
+        from unclip_core.train.diffusion import recipe, train_stage
+        overrides = {k: v for k, v in {"n_steps": args.steps, "batch_size": args.batch_size,
+                                       "precision": args.precision, "clip": args.clip}.items() if v is not None}
+        folder = train_stage(recipe(args.recipe, args.stage, **overrides), out, resume=args.resume,
+                             progress=not args.no_progress)
+    print(f"trained {args.stage}: {folder}")
+    return 0
