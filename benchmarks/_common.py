@@ -21,7 +21,7 @@ def synchronize(device: str | torch.device) -> None:
 
 def time_interleaved(candidates: Mapping[str, Callable[[], Any]], repeats: int, warmup: int = 1,
                      device: str | torch.device = "cpu") -> dict[str, list[float]]:
-    """Wall seconds of each candidate per repeat, round-robin so shared-CPU load hits all alike.
+    """Wall seconds of each candidate per repeat, round-robin (rotated) so shared-CPU load hits all alike.
 
     `warmup` untimed rounds run first (allocator, kernels, lazy imports). Returns name -> `repeats` times.
     """
@@ -29,8 +29,11 @@ def time_interleaved(candidates: Mapping[str, Callable[[], Any]], repeats: int, 
         for fn in candidates.values():
             fn()
     times: dict[str, list[float]] = {name: [] for name in candidates}
-    for _ in range(repeats):
-        for name, fn in candidates.items():
+    names = list(candidates)
+    for r in range(repeats):
+        # rotate who goes first each round, so a drift in background load favours no one
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            fn = candidates[name]
             synchronize(device)
             t0 = time.perf_counter()
             fn()

@@ -7,7 +7,6 @@ import numpy as np
 import open_clip
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import save_file
 
 from unclip_core.clip import ClipEncoder, bundled_names
@@ -21,6 +20,15 @@ TINY_CFG = {"embed_dim": 32, "quick_gelu": True,  # QuickGELU as in OpenAI's JIT
 PROMPTS = ["a red circle", "a small blue square left of a green star", "hello!"]
 MEAN = torch.tensor(open_clip.OPENAI_DATASET_MEAN)[:, None, None]
 STD = torch.tensor(open_clip.OPENAI_DATASET_STD)[:, None, None]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on a CPU shared with other jobs, 2 threads were ~10x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
 """The ShapesWorld CLIP trainer: loss closed forms, shared training helpers, checkpoint/kill/resume, export."""
 import math
+import os
 
 import pytest
 import torch
@@ -8,6 +9,15 @@ from unclip_core.clip import ClipEncoder
 from unclip_core.train.clip import (ClipTrainConfig, build_model, contrastive_loss, evaluate_retrieval, export_clip,
                                     shapes_tokenizer, train_clip)
 from unclip_core.train.common import EMA, CsvLog, cosine_lr, load_state, save_state
+
+
+@pytest.fixture
+def one_thread():
+    """Train on one intra-op thread: on a CPU shared with other jobs, 2 threads were ~10x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def test_contrastive_loss_closed_forms():
@@ -76,7 +86,7 @@ def test_config_errors():
     assert ClipTrainConfig.from_dict(ClipTrainConfig.recipe("tiny").__dict__) == ClipTrainConfig.recipe("tiny")
 
 
-def test_train_kill_resume_matches_an_uninterrupted_run(tmp_path):
+def test_train_kill_resume_matches_an_uninterrupted_run(tmp_path, one_thread):
     config = ClipTrainConfig.recipe("tiny", n_steps=4, batch_size=4, ema_decay=0.5)
     full = train_clip(config, tmp_path / "full", progress=False)
 
@@ -102,7 +112,7 @@ def test_train_kill_resume_matches_an_uninterrupted_run(tmp_path):
         train_clip(other, tmp_path / "run", progress=False)
 
 
-def test_export_loads_with_clip_encoder_and_evaluates(tmp_path):
+def test_export_loads_with_clip_encoder_and_evaluates(tmp_path, one_thread):
     config = ClipTrainConfig.recipe("tiny")
     tok = shapes_tokenizer(config.context_length)
     model = build_model(config, tok.vocab_size).eval()
@@ -113,6 +123,11 @@ def test_export_loads_with_clip_encoder_and_evaluates(tmp_path):
         ref = model.encode_text(tok(prompts), normalize=True)
     torch.testing.assert_close(enc.encode_text(prompts), ref, rtol=1e-5, atol=1e-6)
     assert (folder / "README.md").read_text() == "# card\n"
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in ("model.safetensors", "vocab.json", "open_clip_config.json"):  # not mkstemp's 0600
+        assert (folder / f).stat().st_mode & 0o777 == 0o666 & ~umask
+    assert folder.stat().st_mode & 0o777 == 0o777 & ~umask
     rows = evaluate_retrieval(enc, n=8, splits=("held_out",))
     assert [(r["group"], r["n"]) for r in rows] == [("1 object", 8), ("2-3 objects", 8), ("mixed", 8)]
     assert all(0.0 <= r["t2i_top1"] <= 1.0 and 0.0 <= r["i2t_top1"] <= 1.0 for r in rows)

@@ -30,7 +30,6 @@ import numpy as np
 import open_clip
 from open_clip.transform import PreprocessCfg, image_transform_v2
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from unclip_core.checks import check_positive_int

@@ -109,6 +109,9 @@ class WordTokenizer:
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump(self.to_dict(), f, indent=1)
+            mask = os.umask(0)
+            os.umask(mask)
+            os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; a vocabulary is as public as open() would make it
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

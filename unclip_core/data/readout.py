@@ -237,48 +237,61 @@ def _segment(x: np.ndarray, min_area: float) -> list[_Blob]:
         return []
     cells = _cells(n)
     min_px = min_area * n * n
-    parts: list[np.ndarray] = []
-    for j in range(1, n_lab + 1):
-        m = labels == j
-        counts = np.bincount(cells[m], minlength=len(_SLOTS))
+    sizes = np.bincount(labels.ravel(), minlength=n_lab + 1)
+    boxes = ndimage.find_objects(labels)
+    parts: list[tuple[tuple[slice, slice], np.ndarray]] = []     # (bounding box, mask inside it)
+    for j in np.flatnonzero(sizes[1:] >= min_px) + 1:
+        box = boxes[j - 1]
+        m = labels[box] == j
+        counts = np.bincount(cells[box][m], minlength=len(_SLOTS))
         big = np.flatnonzero(counts >= min_px)
         if len(big) >= 2:    # touching (blurred) neighbours: objects never cross their slot's cell
-            parts += [m & (cells == k) for k in big]
-        elif m.sum() >= min_px:
-            parts.append(m)
+            parts += [(box, m & (cells[box] == k)) for k in big]
+        else:
+            parts.append((box, m))
     if not parts:
         return []
     union = np.zeros_like(fg)
-    for m in parts:
-        union |= m
+    for box, m in parts:
+        union[box] |= m
     r_d = max(1, round(0.02 * n))                                    # catch the blurred rim below FG_THRESHOLD
     disk = np.hypot(*np.mgrid[-r_d:r_d + 1, -r_d:r_d + 1]) <= r_d + 0.01
     u = (np.arange(n) + 0.5) / n
+    w_all = np.minimum(best_a, 1.0)
     blobs = []
-    for m in parts:
-        core = m & fg
-        w = np.minimum(best_a, 1.0)
-        counted = core & (best_a >= 0.5)
-        fits = counted & (best_res < COLOUR_THRESHOLD)
-        votes = np.bincount(best[fits], weights=w[fits], minlength=len(COLOURS))
+    for box, m_box in parts:
+        # grow the box by the dilation radius; work inside it
+        big_box = tuple(slice(max(0, b.start - r_d), min(n, b.stop + r_d)) for b in box)
+        m = np.zeros((big_box[0].stop - big_box[0].start, big_box[1].stop - big_box[1].start), bool)
+        m[box[0].start - big_box[0].start:box[0].stop - big_box[0].start,
+          box[1].start - big_box[1].start:box[1].stop - big_box[1].start] = m_box
+        fg_b, best_b, res_b, a_b = fg[big_box], best[big_box], best_res[big_box], best_a[big_box]
+        core = m & fg_b
+        w = w_all[big_box]
+        counted = core & (a_b >= 0.5)
+        fits = counted & (res_b < COLOUR_THRESHOLD)
+        votes = np.bincount(best_b[fits], weights=w[fits], minlength=len(COLOURS))
         den = float(w[counted].sum())
         if votes.sum() > 0:
             k = int(votes.argmax())
             conf = float(votes[k] / den)
-            dist = float(np.median(best_res[fits & (best == k)]))
+            dist = float(np.median(res_b[fits & (best_b == k)]))
         else:
-            k = int(res[core].sum(0).argmin()) if core.any() else int(res[m].sum(0).argmin())
-            conf, dist = 0.0, float(np.median(res[m][:, k]))
-        region = ndimage.binary_dilation(m, structure=disk) & ~(union & ~m)
-        alpha = np.where(region, a[..., k].clip(-0.5, 1.0), 0.0)
-        alpha[m & ~fg] = 1.0                                         # filled holes (glyphs) are the object
-        mass = float(alpha.sum()) / (n * n)
-        pos = alpha.clip(0.0, 1.0)
+            sel = core if core.any() else m
+            k = int(res[big_box][sel].sum(0).argmin())
+            conf, dist = 0.0, float(np.median(res[big_box][sel][:, k]))
+        region = ndimage.binary_dilation(m, structure=disk) & ~(union[big_box] & ~m)
+        alpha_b = np.where(region, a[big_box][..., k].clip(-0.5, 1.0), 0.0)
+        alpha_b[m & ~fg_b] = 1.0                                     # filled holes (glyphs) are the object
+        mass = float(alpha_b.sum()) / (n * n)
+        pos = alpha_b.clip(0.0, 1.0)
         tot = float(pos.sum())
         if tot <= 0:
             continue
-        xy = (float((pos.sum(0) * u).sum() / tot), float((pos.sum(1) * u).sum() / tot))
-        blobs.append(_Blob(pos, mass, xy, k, conf, dist, n))
+        xy = (float((pos.sum(0) * u[big_box[1]]).sum() / tot), float((pos.sum(1) * u[big_box[0]]).sum() / tot))
+        alpha = np.zeros((n, n))
+        alpha[big_box] = pos
+        blobs.append(_Blob(alpha, mass, xy, k, conf, dist, n))
     return blobs
 
 

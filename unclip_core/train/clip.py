@@ -26,8 +26,8 @@ from unclip_core.checks import check_choice, check_positive_int
 from unclip_core.clip import ClipEncoder
 from unclip_core.data.shapes import ShapesConfig, caption, render_array, vocabulary
 from unclip_core.tokenizer import WordTokenizer
-from unclip_core.train.common import (EMA, CsvLog, cosine_lr, load_state, save_state, set_lr,
-                                      write_text_atomic)
+from unclip_core.train.common import (EMA, CsvLog, cosine_lr, load_state, publish_permissions, save_state,
+                                      set_lr, write_text_atomic)
 
 PRECISIONS = ("bf16", "fp32")
 STATE_FILE = "state.pt"
@@ -212,6 +212,8 @@ def export_clip(model: CLIP, tokenizer: WordTokenizer, config: ClipTrainConfig, 
         tokenizer.save(tmp / "vocab.json")
         if card is not None:
             (tmp / "README.md").write_text(card, encoding="utf-8")
+        for f in (tmp, *tmp.iterdir()):
+            publish_permissions(f)
         old = None
         if folder.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))

@@ -10,7 +10,19 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
-from unclip_core.checks import check_positive_int
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def publish_permissions(path: str | os.PathLike) -> None:
+    """Give a file made by mkstemp/mkdtemp (0600/0700) the permissions open()/mkdir() would (0666/0777 & ~umask)."""
+    path = Path(path)
+    mode = 0o777 if path.is_dir() else 0o666
+    os.chmod(path, mode & ~_umask())
 
 
 class EMA:
@@ -70,6 +82,7 @@ def save_state(path: str | os.PathLike, state: Mapping[str, Any]) -> Path:
     os.close(fd)
     try:
         torch.save(dict(state), tmp)
+        publish_permissions(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -93,6 +106,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        publish_permissions(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -132,7 +146,3 @@ class CsvLog:
 def _fmt(v: Any) -> Any:
     return f"{v:.6g}" if isinstance(v, float) else v
 
-
-def check_every(name: str, value: int) -> int:
-    """Validate an 'every N steps' setting."""
-    return check_positive_int(name, value)

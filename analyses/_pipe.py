@@ -1,0 +1,127 @@
+"""Helpers shared by the analyses that drive an unCLIP pipeline: input checks, seeds, CLIP similarities, decoding."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from unclip_core.checks import check_positive_int
+from unclip_core.imageio import load_image, pil_to_tensor
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+_PIPE_ATTRS = ("clip", "decoder", "decode", "invert", "encode_images", "sample_prior", "upsample", "describe")
+
+
+def check_pipe(pipe: Any) -> Any:
+    """Raise TypeError unless `pipe` looks like an unclip_core.pipeline.UnCLIP."""
+    missing = [a for a in _PIPE_ATTRS if not hasattr(pipe, a)]
+    if missing:
+        raise TypeError(f"pipe must be an unclip_core.pipeline.UnCLIP (load one with UnCLIP.load(spec)), got "
+                        f"{type(pipe).__name__} without {', '.join(missing)}")
+    return pipe
+
+
+def generator(seed: int | torch.Generator) -> tuple[torch.Generator, int | None]:
+    """A torch.Generator for `seed` and the int seed to record (None for a caller's generator)."""
+    if isinstance(seed, torch.Generator):
+        return seed, None
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an int or a torch.Generator, got {type(seed).__name__} {seed!r}")
+    return torch.Generator().manual_seed(int(seed)), int(seed)
+
+
+def check_guidance(guidance: float) -> float:
+    if (isinstance(guidance, bool) or not isinstance(guidance, (int, float, np.integer, np.floating))
+            or not math.isfinite(guidance) or guidance < 0):
+        raise ValueError(f"guidance must be a finite number >= 0 (1 = no guidance), got {guidance!r}")
+    return float(guidance)
+
+
+def check_refine(refine: int) -> int:
+    return check_positive_int("refine", refine, minimum=0)
+
+
+def as_image(name: str, item: Any) -> Image.Image:
+    """An RGB PIL image from a PIL image / path / array, with errors naming the argument."""
+    try:
+        return load_image(item)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{name}: image file not found: {item}; check the path") from None
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{name}: {exc}") from None
+
+
+def end_kind(name: str, end: Any) -> tuple[str, Image.Image | str, str]:
+    """Classify an interpolation end: ("image", PIL, label) or ("text", caption, caption).
+
+    A str is a caption unless it ends in an image suffix (.png, .jpg, ...), then it is a path that must
+    exist; Path objects, PIL images, uint8 arrays and tensors are images.
+    """
+    if isinstance(end, str):
+        if not end.strip():
+            raise ValueError(f"{name} is an empty string; pass a caption, an image path or a PIL image")
+        if not end.lower().endswith(IMAGE_SUFFIXES):
+            return "text", end, end
+        return "image", as_image(name, end), Path(end).name
+    label = Path(end).name if isinstance(end, Path) else "image"
+    return "image", as_image(name, end), label
+
+
+def unit_rows(z: torch.Tensor | np.ndarray) -> np.ndarray:
+    """(n, d) float64 numpy rows scaled to unit norm."""
+    arr = z.detach().cpu().double().numpy() if isinstance(z, torch.Tensor) else np.asarray(z, np.float64)
+    arr = arr.reshape(arr.shape[0], -1) if arr.ndim > 1 else arr[None]
+    return arr / np.maximum(np.linalg.norm(arr, axis=1, keepdims=True), 1e-12)
+
+
+def encode_images(pipe: Any, images: Sequence[Image.Image]) -> np.ndarray:
+    """CLIP image embeddings (n, d), unit rows, float64."""
+    return unit_rows(pipe.clip.encode_image(list(images)))
+
+
+def encode_texts(pipe: Any, texts: Sequence[str]) -> np.ndarray:
+    """CLIP text embeddings (n, d), unit rows, float64."""
+    return unit_rows(pipe.clip.encode_text(list(texts)))
+
+
+def decoder_size(pipe: Any) -> int:
+    return int(pipe.decoder.config.image_size)
+
+
+def to_decoder_tensor(pipe: Any, image: Image.Image) -> torch.Tensor:
+    """(1, 3, s, s) tensor in [-1, 1] at the decoder's resolution, as pipe.invert sees the image."""
+    return pil_to_tensor([image], size=decoder_size(pipe))
+
+
+def decode(pipe: Any, z_i: torch.Tensor, x_T: torch.Tensor, steps: int, guidance: float, clip_denoised: bool,
+           upsample: bool, upsampler_steps: Sequence[int], g: torch.Generator,
+           batch_size: int = 16) -> tuple[list[Image.Image], torch.Tensor]:
+    """Decode z_i (n, d) from x_T (n, 3, s, s) in batches -> (final images, decoder-stage tensor (n, 3, s, s)).
+
+    DDIM with eta = 0, so a frame depends only on its z_i and x_T. When upsampling, every frame gets the
+    same upsampler noise (one seed drawn from g), so frames differ only through z_i and x_T.
+    """
+    up_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=g).item())
+    decoded = []
+    for s in range(0, z_i.shape[0], batch_size):
+        out = pipe.decode(z_i[s:s + batch_size], x_T[s:s + batch_size], steps=steps, guidance=guidance,
+                          upsample=False, seed=0, clip_denoised=clip_denoised)
+        decoded.append(out.stages["decoder"])
+    x = torch.cat(decoded)
+    final = x
+    if upsample and pipe.upsamplers:
+        frames = []
+        for j in range(x.shape[0]):
+            y = x[j:j + 1]
+            for k in range(len(pipe.upsamplers)):
+                n_steps = upsampler_steps[k] if k < len(upsampler_steps) else upsampler_steps[-1]
+                y = pipe.upsample(y, k, n_steps, seed=up_seed + k).cpu()
+            frames.append(y)
+        final = torch.cat(frames)
+    from unclip_core.imageio import tensor_to_pil
+    return tensor_to_pil(final), x
+
