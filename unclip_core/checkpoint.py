@@ -200,12 +200,12 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> nn.
 
 # --- bundled models -------------------------------------------------------------------------------
 def list_bundled() -> list[str]:
-    """Names of the bundled checkpoints and pipelines (folders under BUNDLED_DIR)."""
+    """Names of the bundled checkpoints, pipelines and CLIP models (folders under BUNDLED_DIR)."""
     if not BUNDLED_DIR.is_dir():
         return []
     return sorted(p.name for p in BUNDLED_DIR.iterdir()
                   if p.is_dir() and not p.name.startswith(".") and
-                  any((p / f).is_file() for f in (CONFIG_FILE, PIPELINE_FILE)))
+                  any((p / f).is_file() for f in (CONFIG_FILE, PIPELINE_FILE, "open_clip_config.json")))
 
 
 def resolve(spec: str | Path) -> Path:

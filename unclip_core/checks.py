@@ -44,7 +44,13 @@ def check_embeddings(name: str, z: np.ndarray | torch.Tensor, dim: int | None = 
     if dim is not None and z.shape[-1] != dim:
         raise ValueError(f"{name} has embedding dimension {z.shape[-1]}, expected {dim}: "
                          "were these embeddings made with another CLIP model?")
-    finite = bool(torch.isfinite(z).all()) if isinstance(z, torch.Tensor) else bool(np.isfinite(z).all())
+    # a sum is finite exactly when every term is (NaN and inf propagate; float64 cannot overflow here),
+    # so the common all-finite case costs one pass and no full-size temporary
+    if isinstance(z, torch.Tensor):
+        finite = bool(torch.isfinite(z.sum(dtype=torch.float64)))
+    else:
+        with np.errstate(invalid="ignore", over="ignore"):
+            finite = bool(np.isfinite(z.sum(dtype=np.float64)))
     if not finite:
         raise ValueError(f"{name} contains NaN or infinite values; check the encoder output or the file it was read from")
     return z

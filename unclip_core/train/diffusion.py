@@ -19,7 +19,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -29,7 +29,6 @@ from tqdm.auto import tqdm
 
 from unclip_core.checkpoint import save_checkpoint, save_pipeline
 from unclip_core.checks import check_choice, check_positive_int
-from unclip_core.clip import ClipEncoder
 from unclip_core.data.degrade import blur_corrupt, bsr_degrade, random_crop_pair
 from unclip_core.data.shapes import ShapesConfig, render_array
 from unclip_core.decoder import Decoder, DecoderConfig
@@ -37,6 +36,9 @@ from unclip_core.diffusion import cosine_schedule, diffusion_loss
 from unclip_core.prior import DiffusionPrior, PriorConfig
 from unclip_core.train.common import EMA, CsvLog, cosine_lr, load_state, save_state, set_lr, write_text_atomic
 from unclip_core.upsampler import Upsampler, UpsamplerConfig, upsample_low_res
+
+if TYPE_CHECKING:  # open_clip is slow to import; only the prior and decoder stages need it
+    from unclip_core.clip import ClipEncoder
 
 STAGES = ("prior", "decoder", "upsampler1", "upsampler2")
 PRECISIONS = ("bf16", "fp32")
@@ -187,7 +189,7 @@ def _render_batch(data: ShapesConfig, indices: list[int], sizes: tuple[int, ...]
 class _Batcher:
     """Builds a stage's training batch (inputs to the network + x0) deterministically from (seed, step, rank)."""
 
-    def __init__(self, config: DiffusionTrainConfig, model_config: Any, clip: ClipEncoder | None,
+    def __init__(self, config: DiffusionTrainConfig, model_config: Any, clip: "ClipEncoder | None",
                  rank: int, world: int) -> None:
         self.c, self.mc, self.clip = config, model_config, clip
         self.rank, self.world = rank, world
@@ -245,7 +247,7 @@ def _prepare(stage: str, model: torch.nn.Module, x0: Tensor, cond: dict[str, Any
 
 
 def train_stage(config: DiffusionTrainConfig, out_dir: str | os.PathLike, resume: bool = True,
-                progress: bool = True, clip: ClipEncoder | None = None,
+                progress: bool = True, clip: "ClipEncoder | None" = None,
                 callback: Callable[[int, dict[str, float]], None] | None = None,
                 on_end: Callable[[torch.nn.Module], None] | None = None) -> Path:
     """Train one stage; checkpoint to out_dir/state.pt every `checkpoint_every` steps; export out_dir/model.
@@ -266,6 +268,7 @@ def train_stage(config: DiffusionTrainConfig, out_dir: str | os.PathLike, resume
     mc = config.model_config()
     needs_clip = config.stage in ("prior", "decoder")
     if needs_clip and clip is None:
+        from unclip_core.clip import ClipEncoder
         clip = ClipEncoder.load(config.clip)
     if needs_clip and clip.embed_dim != mc.clip_dim:
         raise ValueError(f"the {config.stage} config has clip_dim={mc.clip_dim} but CLIP {config.clip!r} makes "
