@@ -3,6 +3,9 @@ from analyses.latent_math import (normalize, project_onto, remove_direction, sle
                                   text_diff_frame, text_diff_path, weighted_sum)
 from analyses.metrics import (clip_score, clip_score_per_pair, cmmd, frechet_distance,
                               frechet_distance_from_stats, metric_table, prdc)
+from analyses.interpolation import InterpolationResult, interpolate, interpolation_grid
+from analyses.recon import pca_reconstructions
+from analyses.text_diff import text_diff
 from analyses.projection import (PAPER_KS, Projection, explained_variance_figure, fit_projection, pca_ks,
                                  pca_truncate, projection_frame, scatter, warm_umap)
 
@@ -13,4 +16,6 @@ __all__ = [
     "metric_table",
     "Projection", "fit_projection", "projection_frame", "scatter", "explained_variance_figure",
     "pca_truncate", "pca_ks", "PAPER_KS", "warm_umap",
+    "interpolate", "interpolation_grid", "InterpolationResult", "text_diff", "pca_reconstructions",
 ]
+# variable-binding suites and probes: `from analyses import binding` (kept out of this namespace: many names)

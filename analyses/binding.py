@@ -28,7 +28,7 @@ from analyses.binding_suite import (CATEGORIES, KINDS, SHAPES_CATEGORIES, Captio
                                     case_from_dict, case_image, case_to_dict, load_suite, make_suite, parse_suite,
                                     probe_scenes, suite_lines)
 from unclip_core.checks import check_choice, check_embeddings, check_positive_int
-from unclip_core.data.shapes import (COLOURS, POSITIONS, SHAPES, SIZES, Obj, Scene, caption, complete,
+from unclip_core.data.shapes import (COLOURS, POSITIONS, SHAPES, SIZES, Obj, Relation, Scene, caption, complete,
                                      object_xy)
 
 Judge = Callable[[Any, GenerationCase], Mapping[str, bool]]  # (PIL image, case) -> {check name: passed}
@@ -192,11 +192,7 @@ def linear_probes(scenes: Sequence[Scene], features: Mapping[str, Any], n_splits
     slot value (e.g. one per colour) and pool the held-out predictions. Returns question, features, n,
     n_classes, accuracy, lo, hi (Wilson over the pooled held-out predictions).
     """
-    from sklearn.dummy import DummyClassifier
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import KFold, cross_val_predict
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    from threadpoolctl import threadpool_limits
 
     scenes = list(scenes)
     for k, s in enumerate(scenes):
@@ -218,6 +214,19 @@ def linear_probes(scenes: Sequence[Scene], features: Mapping[str, Any], n_splits
     questions = list(PROBE_QUESTIONS) if questions is None else list(questions)
     for q in questions:
         check_choice("question", q, PROBE_QUESTIONS)
+    # small fits: BLAS threads only add overhead (measured 4x slower with 2 threads)
+    with threadpool_limits(1):
+        return _probe_rows(scenes, mats, questions, n_splits, seed, level, C)
+
+
+def _probe_rows(scenes: list[Scene], mats: dict[str, np.ndarray], questions: list[str], n_splits: int, seed: int,
+                level: float, C: float) -> pd.DataFrame:
+    from sklearn.dummy import DummyClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import KFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     rows = []
     for q in questions:
         slots, label_fn = PROBE_QUESTIONS[q]
@@ -326,16 +335,50 @@ def attribute_summary(checks: Mapping[str, bool]) -> dict[str, float]:
     return out
 
 
-class ShapesJudge:
-    """Judge generated ShapesWorld images: read the scene out of the pixels, then check_expected."""
+def _expected_scene(expected: Expected) -> Scene | None:
+    """The expected objects as a ShapesWorld Scene, when they are one (single counts, ShapesWorld words)."""
+    if any(e.count != 1 or e.max_count is not None for e in expected.objects):
+        return None
+    if expected.n_objects not in (None, len(expected.objects)):
+        return None
+    rel = None
+    if expected.relation is not None:
+        kind, a, b = expected.relation
+        kind, a, b = {"right of": ("left of", b, a), "below": ("above", b, a)}.get(kind, (kind, a, b))
+        rel = Relation(kind, a, b)
+    try:
+        return Scene(tuple(Obj(e.shape, e.colour, e.size, e.position) for e in expected.objects), rel)
+    except (ValueError, TypeError):
+        return None
 
-    def __init__(self, read_scene: Callable[[Any], Scene] | None = None) -> None:
+
+def checks_from_score(score: Mapping[str, Any]) -> dict[str, bool]:
+    """unclip_core.data.readout.score_scene output -> check dict (object{k}.{attr}, object{k}, relation, n_objects)."""
+    checks: dict[str, bool] = {}
+    for entry in score["objects"]:
+        k = entry["expected"]
+        said = {a: entry[a] for a in _ATTRS if entry.get(a) is not None}
+        for attr, ok in said.items():
+            checks[f"object{k}.{attr}"] = bool(ok)
+        checks[f"object{k}"] = entry.get("matched") is not None and all(said.values())
+    if score.get("relation") is not None:
+        checks["relation"] = bool(score["relation"])
+    checks["n_objects"] = bool(score["count_correct"])
+    return checks
+
+
+class ShapesJudge:
+    """Judge generated ShapesWorld images with the read-out (unclip_core.data.readout): read the scene out of
+    the pixels, then score it with readout.score_scene (Hungarian matching on position), or check_expected
+    for specs a Scene cannot hold (counts, GenEval-style)."""
+
+    def __init__(self, read_scene: Callable[[Any], Scene | None] | None = None) -> None:
         if read_scene is not None and not callable(read_scene):
             raise TypeError(f"read_scene must be a callable image -> Scene, got {type(read_scene).__name__}")
         self._read = read_scene
 
     @property
-    def read_scene(self) -> Callable[[Any], Scene]:
+    def read_scene(self) -> Callable[[Any], Scene | None]:
         if self._read is None:
             try:
                 from unclip_core.data.readout import read_scene
@@ -357,7 +400,12 @@ class ShapesJudge:
                                      "judge=callable(image, case) -> {check: bool}")
 
     def __call__(self, image: Any, case: GenerationCase) -> dict[str, bool]:
-        return check_expected(self.read_scene(image), case.expected)
+        read = self.read_scene(image)
+        scene = _expected_scene(case.expected)
+        if scene is not None:
+            from unclip_core.data.readout import score_scene
+            return checks_from_score(score_scene(read, scene))
+        return check_expected(() if read is None else read, case.expected)
 
 
 def case_seed(seed: int, case_id: str) -> int:
@@ -446,6 +494,6 @@ __all__ = [
     "case_to_dict", "case_from_dict", "parse_suite", "load_suite", "suite_lines", "case_image", "make_suite",
     "probe_scenes", "load_aro", "load_winoground", "load_sugarcrepe", "load_geneval",
     "clip_scores", "winoground_hits", "clip_summary", "linear_probes", "probe_embeddings", "check_expected",
-    "attribute_summary", "case_seed", "true_image", "generation_scores", "generation_summary",
+    "attribute_summary", "checks_from_score", "case_seed", "true_image", "generation_scores", "generation_summary",
     "wilson_interval", "bootstrap_interval", "accuracy_table", "macro_accuracy", "mcnemar", "paired_bootstrap",
 ]

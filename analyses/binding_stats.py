@@ -42,7 +42,10 @@ def wilson_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # the bounds are exactly 0 at k = 0 and 1 at k = n; say so rather than leave rounding error
+    lo = 0.0 if k == 0 else max(0.0, float(centre - half))
+    hi = 1.0 if k == n else min(1.0, float(centre + half))
+    return lo, hi
 
 
 def bootstrap_interval(hits: Sequence[bool], level: float = 0.95, n_boot: int = 2000,

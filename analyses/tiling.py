@@ -48,13 +48,14 @@ def grid_geometry(n_rows: int, n_cols: int, cell: tuple[int, int], row_label_wid
 
 
 def make_grid(rows: Sequence[Sequence[Image.Image]], row_labels: Sequence[str] | None = None,
-              col_labels: Sequence[str] | None = None, cell_size: int | tuple[int, int] | None = None) -> Image.Image:
+              col_labels: Sequence[str] | None = None, cell_size: int | tuple[int, int] | None = None,
+              min_cell: int = 64) -> Image.Image:
     """One RGB image of `rows` (list of rows of PIL images), with optional row and column labels.
 
-    Every cell is resized to `cell_size` (default: the largest width and height among the images; nearest
-    neighbour when enlarging, so tiny 16px images stay crisp). Row labels sit in a left column as wide as the
-    longest label (at most MAX_ROW_LABEL px, longer ones are cut), column labels in a header row; labels
-    wider than a cell are cut with "...". Size: see `grid_geometry`.
+    Every cell is resized to `cell_size` (default: the largest width and height among the images, at least
+    `min_cell` px so labels stay readable; nearest neighbour when enlarging, so tiny 16px images stay crisp).
+    Row labels sit in a left column as wide as the longest label (at most MAX_ROW_LABEL px, longer ones are
+    cut), column labels in a header row; labels wider than a cell are cut with "...". Size: `grid_geometry`.
     """
     if isinstance(rows, Image.Image) or not isinstance(rows, Sequence) or not rows:
         raise ValueError("rows must be a non-empty list of rows, each a non-empty list of PIL images")
@@ -71,7 +72,10 @@ def make_grid(rows: Sequence[Sequence[Image.Image]], row_labels: Sequence[str] |
     row_labels = _check_labels("row_labels", row_labels, len(rows), "row")
     col_labels = _check_labels("col_labels", col_labels, n_cols, "column")
     if cell_size is None:
-        cell = (max(im.size[0] for row in rows for im in row), max(im.size[1] for row in rows for im in row))
+        if isinstance(min_cell, bool) or not isinstance(min_cell, int) or min_cell < 1:
+            raise ValueError(f"min_cell must be a positive int (pixels), got {min_cell!r}")
+        cell = (max(min_cell, *(im.size[0] for row in rows for im in row)),
+                max(min_cell, *(im.size[1] for row in rows for im in row)))
     elif isinstance(cell_size, int) and not isinstance(cell_size, bool) and cell_size > 0:
         cell = (cell_size, cell_size)
     elif (isinstance(cell_size, tuple) and len(cell_size) == 2

@@ -39,7 +39,10 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 SPACINGS = ("leading", "trailing")
 T_TRAIN = 1000
 CLIP_X0 = 1.0  # the pipeline's decoder clamps predicted x0 (GLIDE); diffusers' clip_sample does the same
-DEFAULT_ATOL = {"float32": 1e-3, "bfloat16": 0.25}  # bf16: the two paths round coefficients differently
+# At t = 999, x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar) multiplies eps's rounding (~1e-7 in float32, more after
+# guidance s = 3) by 1 / sqrt(abar_999) ~ 2e4: pixels whose x0 is not clipped can differ by ~1e-3 between two
+# correct float32 paths (batched vs unbatched convolutions). A wrong sampler differs by ~1.
+DEFAULT_ATOL = {"float32": 1e-2, "bfloat16": 0.25}
 
 # GLIDE / unCLIP decoder layout at 64px (Ramesh et al. 2022, app. C: 3 res blocks, attention at 32/16/8,
 # a caption pathway) with model_channels 512 -> 64 so it runs on a CPU.
@@ -47,6 +50,7 @@ PAPER_DECODER: dict[str, Any] = dict(image_size=64, model_channels=64, channel_m
                                      attention_resolutions=(32, 16, 8), head_channels=32, clip_dim=768,
                                      n_clip_tokens=4, text_width=512, learn_sigma=True, dropout=0.0, norm_groups=32)
 PAPER_TEXT_TOKENS = 77
+OVERHEAD_REPEATS = 50
 
 
 @dataclass(frozen=True)
@@ -204,6 +208,10 @@ def _max_abs_diff(a: Tensor, b: Tensor) -> float:
     return float((a.float() - b.float()).abs().max())
 
 
+def _mean_abs_diff(a: Tensor, b: Tensor) -> float:
+    return float((a.float() - b.float()).abs().mean())
+
+
 class LinearEps(torch.nn.Module):
     """A fixed network eps = x_t / 2 with zero variance channels, to time the samplers' own per-step work."""
 
@@ -238,7 +246,8 @@ def run(cfg: SamplingBenchConfig) -> dict[str, Any]:
     }
     with torch.inference_mode():
         diff_lin = _max_abs_diff(overhead["ours"](), overhead["diffusers"]())
-        t_lin = time_interleaved(overhead, max(cfg.repeats, 5), warmup=1, device=cfg.device)
+        # each run takes milliseconds: many repeats keep the median clear of one preemption
+        t_lin = time_interleaved(overhead, max(cfg.repeats, OVERHEAD_REPEATS), warmup=1, device=cfg.device)
     per_step_ms = {name: 1e3 * median(ts) / cfg.steps for name, ts in t_lin.items()}
     diff = _max_abs_diff(images["ours"], images["diffusers"])
     diff_cfg = _max_abs_diff(images["ours"], images["two_pass"])
@@ -255,6 +264,8 @@ def run(cfg: SamplingBenchConfig) -> dict[str, Any]:
         "results": results,
         "max_abs_diff_ours_diffusers": diff,
         "max_abs_diff_batched_two_pass": diff_cfg,
+        "mean_abs_diff_ours_diffusers": _mean_abs_diff(images["ours"], images["diffusers"]),
+        "mean_abs_diff_batched_two_pass": _mean_abs_diff(images["ours"], images["two_pass"]),
         "max_abs_diff_linear_eps": diff_lin,
         "sampler_ms_per_step": per_step_ms,
         "ratio_sampler_overhead": per_step_ms["ours"] / per_step_ms["diffusers"],
@@ -291,16 +302,18 @@ def format_report(r: Mapping[str, Any]) -> str:
         "1. DDIM eta=0, CFG on eps, same UNet",
         row("   ours: sample_ddim + CFG wrapper (2B)", "ours"),
         row("   diffusers: DDIMScheduler.step (2B)", "diffusers"),
-        f"   max |ours - diffusers| = {r['max_abs_diff_ours_diffusers']:.3e}",
+        f"   |ours - diffusers|: max {r['max_abs_diff_ours_diffusers']:.3e}  "
+        f"mean {r['mean_abs_diff_ours_diffusers']:.3e}",
         f"   ratio ours/diffusers (s/image) = {r['ratio_ours_diffusers']:.3f}",
         "2. classifier-free guidance, both in sample_ddim",
         row("   batched: one forward of 2B (= ours above)", "ours"),
         row("   two passes: B + B (naive loop)", "two_pass"),
-        f"   max |batched - two passes| = {r['max_abs_diff_batched_two_pass']:.3e}",
+        f"   |batched - two passes|: max {r['max_abs_diff_batched_two_pass']:.3e}  "
+        f"mean {r['mean_abs_diff_batched_two_pass']:.3e}",
         f"   ratio batched/two-pass (s/image) = {r['ratio_batched_two_pass']:.3f}",
         "3. sampler work per step, UNet replaced by eps = x_t / 2",
         f"   ours {r['sampler_ms_per_step']['ours']:.3f} ms   diffusers {r['sampler_ms_per_step']['diffusers']:.3f} ms"
-        f"   max |diff| = {r['max_abs_diff_linear_eps']:.3e}",
+        f"   max |ours - diffusers| = {r['max_abs_diff_linear_eps']:.3e}",
         f"   ratio ours/diffusers (sampler only) = {r['ratio_sampler_overhead']:.3f}",
         f"images agree within atol={s['tolerance']:g}: {ok}",
     ]

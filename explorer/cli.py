@@ -174,8 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"unclip-explorer {_tool_version()}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    discovered = discover_commands()  # importing a command module may register() more commands
     builtin = {c.name for c in COMMANDS}
-    for command in COMMANDS + [c for c in discover_commands() if c.name not in builtin]:
+    for command in COMMANDS + [c for c in discovered if c.name not in builtin]:
         command.add_parser(sub).set_defaults(_run=command.run)
     return parser
 

@@ -295,4 +295,4 @@ def test_bundled_shapes_clip_retrieves_fresh_held_out_scenes():
     sim = enc.encode_text(texts) @ enc.encode_image(x).T
     t2i = (sim.argmax(1) == torch.arange(50)).float().mean().item()
     i2t = (sim.argmax(0) == torch.arange(50)).float().mean().item()
-    assert t2i >= 0.9 and i2t >= 0.9, (t2i, i2t)
+    assert t2i >= 0.94 and i2t >= 0.94, (t2i, i2t)  # measured 0.98 and 1.00 (seed 777)

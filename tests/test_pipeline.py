@@ -135,3 +135,22 @@ def test_png_provenance_round_trip(pipe, tmp_path):
     meta = read_png_meta(path)
     assert meta["model"] == "tiny-unclip" and meta["seed"] == 3 and meta["z_i_hash"] == out.settings["z_i_hash"]
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_policy_checks_images_by_clip_zero_shot():
+    # encoders with known geometry: label j's text vector is e_j; images point at chosen labels
+    labels = ["weapon", "a picture", "an image of an object"]
+
+    def enc_text(texts):
+        return torch.eye(3)[[labels.index(t) for t in texts]]
+
+    def enc_image(images):
+        return torch.stack([torch.eye(3)[0] if im.getpixel((0, 0))[0] > 128 else torch.eye(3)[1]
+                            for im in images])
+    policy = ConceptPolicy(["weapon"], enc_text, enc_image, threshold=0.5)
+    red, black = Image.new("RGB", (4, 4), (255, 0, 0)), Image.new("RGB", (4, 4))
+    assert policy.check_images([red, black]) == [["weapon"], []]
+    with pytest.raises(ValueError, match="needs encode_text and encode_image"):
+        ConceptPolicy(["weapon"]).check_images([red])
+    with pytest.raises(ValueError, match="at least one blocked concept"):
+        ConceptPolicy([])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
 import json
 import os
 import re
@@ -49,6 +50,9 @@ def register_model_class(cls: type[nn.Module]) -> type[nn.Module]:
 
 for _cls in (DiffusionPrior, Decoder, Upsampler):
     register_model_class(_cls)
+
+# classes whose modules register them when imported; loaded on first use so this module stays light
+_LAZY_CLASSES = {"ShapeClassifier": "unclip_core.data.readout"}
 
 
 # --- configs --------------------------------------------------------------------------------------
@@ -160,6 +164,8 @@ def read_checkpoint_config(path: str | Path) -> tuple[type[nn.Module], Any, dict
     path = resolve(path)
     info = _read_json(path / CONFIG_FILE, "checkpoint")
     name = info.get("class")
+    if name not in MODEL_CLASSES and name in _LAZY_CLASSES:
+        importlib.import_module(_LAZY_CLASSES[name])  # registers itself on import
     if name not in MODEL_CLASSES:
         raise ValueError(f"{path / CONFIG_FILE} names class {name!r}, which is not known; "
                          f"known classes: {sorted(MODEL_CLASSES)}")

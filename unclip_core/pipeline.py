@@ -126,6 +126,9 @@ class UnCLIP:
         """Load a pipeline folder (pipeline.json + stage folders) or a bundled name such as "shapes-unclip"."""
         folder = resolve(spec)
         dirs, meta = read_pipeline(folder)
+        if meta.get("family") == "karlo" and cls is UnCLIP:  # imported Karlo: its own text encoder and sampling
+            from .karlo import KarloUnCLIP
+            return KarloUnCLIP.load(folder, device=device)
         clip_spec = meta.get("clip")
         if clip_spec is None:
             raise ValueError(f"{folder}/pipeline.json has no 'clip' entry naming its CLIP model")

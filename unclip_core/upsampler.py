@@ -19,9 +19,13 @@ from torch import Tensor, nn
 from .nn import TimestepEmbedding, UNet, as_timesteps, as_tuple_field, check_tensor, check_unet_shape
 
 
-def upsample_low_res(low_res: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bicubic upsampling (align_corners=False, unclamped) of the conditioning image, as in Karlo's pipeline."""
-    return F.interpolate(low_res, size=size, mode="bicubic", align_corners=False)
+def upsample_low_res(low_res: Tensor, size: tuple[int, int], antialias: bool = False) -> Tensor:
+    """Bicubic upsampling (align_corners=False, unclamped) of the conditioning image.
+
+    antialias=True is the kernel of diffusers' UnCLIPPipeline (Karlo): torch's antialiased bicubic uses a=-0.5
+    (PIL's), the plain one a=-0.75, so the two differ even when upsampling.
+    """
+    return F.interpolate(low_res, size=size, mode="bicubic", align_corners=False, antialias=antialias)
 
 
 @dataclass(frozen=True)
@@ -39,9 +43,12 @@ class UpsamplerConfig:
     use_scale_shift_norm: bool = True
     resblock_updown: bool = True
     norm_groups: int = 32
+    antialias: bool = False  # bicubic kernel of the low-res input; True for Karlo (see upsample_low_res)
 
     def __post_init__(self) -> None:
         as_tuple_field(self, "channel_mult")
+        if not isinstance(self.antialias, bool):
+            raise TypeError(f"antialias must be a bool, got {type(self.antialias).__name__} {self.antialias!r}")
         check_unet_shape(self.channel_mult, self.model_channels, self.norm_groups, self.n_res_blocks)
         if self.out_res % self.low_res or self.out_res // self.low_res not in (2, 4):
             raise ValueError(f"out_res={self.out_res} must be 2 or 4 times low_res={self.low_res}; "
@@ -91,7 +98,7 @@ class Upsampler(nn.Module):
         check_tensor("low_res", low_res, (B, c.in_channels, None, None))
         h, w = low_res.shape[-2:]
         if (h, w) == (H // c.factor, W // c.factor) and H % c.factor == 0 and W % c.factor == 0:
-            low_res = upsample_low_res(low_res, (H, W))
+            low_res = upsample_low_res(low_res, (H, W), c.antialias)
         elif (h, w) != (H, W):
             raise ValueError(f"low_res is {h}x{w} but x_t is {H}x{W}: pass low_res at 1/{c.factor} of x_t's size "
                              f"({H // c.factor}x{W // c.factor}) or already upsampled to {H}x{W}")

@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -61,7 +61,7 @@ _SIZE_SPLIT = math.sqrt(max(AREA[(s, "small")] for s in SHAPES) * min(AREA[(s, "
 @dataclass(frozen=True)
 class ReadoutConfig:
     """Shape classifier over a (crop, crop) coverage window of +-window circumradii around a blob's centroid."""
-    crop: int = 24
+    crop: int = 20
     window: float = 1.3
     channels: tuple[int, ...] = (16, 32)
     hidden: int = 64
@@ -113,13 +113,16 @@ def _register() -> None:
         register_model_class(ShapeClassifier)
 
 
+_register()  # so that load_checkpoint finds the class by name (checkpoint.py imports this module lazily)
+
+
 @lru_cache(maxsize=4)
-def _load_cached(spec: str) -> ShapeClassifier:
+def _load_cached(folder: str, mtime_ns: int) -> ShapeClassifier:
     from unclip_core.checkpoint import load_checkpoint
     _register()
-    model = load_checkpoint(spec)
+    model = load_checkpoint(folder)
     if not isinstance(model, ShapeClassifier):
-        raise TypeError(f"{spec} holds a {type(model).__name__}, not a ShapeClassifier; "
+        raise TypeError(f"{folder} holds a {type(model).__name__}, not a ShapeClassifier; "
                         f"pass the bundled {READOUT_NAME!r} or a folder written by train_readout")
     return model
 
@@ -133,7 +136,10 @@ def load_readout(spec: str | Path | ShapeClassifier | None = None) -> ShapeClass
     if not isinstance(spec, (str, Path)):
         raise TypeError(f"model must be None (bundled {READOUT_NAME!r}), a ShapeClassifier or a checkpoint "
                         f"folder, got {type(spec).__name__}")
-    return _load_cached(str(spec))
+    from unclip_core.checkpoint import WEIGHTS_FILE, resolve
+    folder = resolve(spec)
+    weights = folder / WEIGHTS_FILE
+    return _load_cached(str(folder), weights.stat().st_mtime_ns if weights.is_file() else 0)
 
 
 # ----------------------------------------------------------------------------------------------- inputs
@@ -169,11 +175,17 @@ def _to_array(image: Any, name: str = "image") -> np.ndarray:
     if h < MIN_READ_SIZE:
         raise ValueError(f"{name} is {h}x{w}; the read-out needs at least {MIN_READ_SIZE}x{MIN_READ_SIZE} "
                          "(small objects vanish below); upsample it first")
-    if h > WORK_SIZE:
-        f = math.ceil(h / WORK_SIZE)
-        t = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None]
-        x = F.interpolate(t, size=(round(h / f),) * 2, mode="area")[0].permute(1, 2, 0).numpy()
-    return x
+    return to_working(x)
+
+
+def to_working(x: np.ndarray) -> np.ndarray:
+    """Area-downsample a float (N, N, 3) image in [0, 1] by an integer factor to at most WORK_SIZE pixels."""
+    n = x.shape[0]
+    if n <= WORK_SIZE:
+        return x
+    f = math.ceil(n / WORK_SIZE)
+    t = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float64))[None]
+    return F.interpolate(t, size=(round(n / f),) * 2, mode="area")[0].permute(1, 2, 0).numpy()
 
 
 def _as_image_list(images: Any) -> list[Any]:
@@ -201,6 +213,9 @@ class _Blob:
     colour_conf: float
     colour_distance: float     # median blend residual of the pixels voting for the colour, [0, 1] RGB units
     n_px: int                  # working resolution N
+    region: np.ndarray | None = None   # (N, N) bool: the pixels that belong to this object (mask + rim)
+    noise_var: float = 0.0             # pixel noise variance in coverage units, from the background
+    raw: np.ndarray | None = None      # (N, N) coverage in the region, clipped to [-0.5, 1.5] only (unbiased)
 
 
 def _background(x: np.ndarray) -> np.ndarray:
@@ -222,15 +237,18 @@ def _segment(x: np.ndarray, min_area: float) -> list[_Blob]:
     """Palette blend fit -> foreground -> connected components (split by position cell) -> blobs."""
     n = x.shape[0]
     bg = _background(x)
-    d = x - bg                                                       # (N, N, 3)
-    c = _PALETTE - bg                                                # (6, 3)
-    a = d @ c.T / (c ** 2).sum(1)                                    # (N, N, 6) blend fraction per colour
+    d = (x - bg).astype(np.float32)                                  # (N, N, 3)
+    c = (_PALETTE - bg).astype(np.float32)                           # (6, 3)
+    cc = (c ** 2).sum(1)
+    dc = d @ c.T                                                     # (N, N, 6)
+    a = dc / cc                                                      # blend fraction per colour
     ac = a.clip(0.0, 1.0)
-    res = np.linalg.norm(d[:, :, None, :] - ac[..., None] * c, axis=-1)   # (N, N, 6)
+    dd = (d ** 2).sum(-1, keepdims=True)
+    res = np.sqrt(np.maximum(dd - 2 * ac * dc + ac ** 2 * cc, 0.0))  # |d - ac * c|, (N, N, 6)
     best = res.argmin(-1)
     best_res = np.take_along_axis(res, best[..., None], -1)[..., 0]
     best_a = np.take_along_axis(a, best[..., None], -1)[..., 0]
-    fg = np.linalg.norm(d, axis=-1) > FG_THRESHOLD
+    fg = dd[..., 0] > FG_THRESHOLD ** 2
     filled = ndimage.binary_fill_holes(fg)                           # dark label glyphs leave holes
     labels, n_lab = ndimage.label(filled, structure=np.ones((3, 3), bool))
     if n_lab == 0:
@@ -256,6 +274,8 @@ def _segment(x: np.ndarray, min_area: float) -> list[_Blob]:
         union[box] |= m
     r_d = max(1, round(0.02 * n))                                    # catch the blurred rim below FG_THRESHOLD
     disk = np.hypot(*np.mgrid[-r_d:r_d + 1, -r_d:r_d + 1]) <= r_d + 0.01
+    away = ~ndimage.binary_dilation(union, structure=disk, iterations=2)
+    bg_var = float(d[away].var(0).mean()) if away.sum() > 16 else None  # per-channel noise variance
     u = (np.arange(n) + 0.5) / n
     w_all = np.minimum(best_a, 1.0)
     blobs = []
@@ -281,8 +301,9 @@ def _segment(x: np.ndarray, min_area: float) -> list[_Blob]:
             k = int(res[big_box][sel].sum(0).argmin())
             conf, dist = 0.0, float(np.median(res[big_box][sel][:, k]))
         region = ndimage.binary_dilation(m, structure=disk) & ~(union[big_box] & ~m)
-        alpha_b = np.where(region, a[big_box][..., k].clip(-0.5, 1.0), 0.0)
-        alpha_b[m & ~fg_b] = 1.0                                     # filled holes (glyphs) are the object
+        raw_b = np.where(region, a[big_box][..., k].clip(-0.5, 1.5), 0.0)
+        raw_b[m & ~fg_b] = 1.0                                       # filled holes (glyphs) are the object
+        alpha_b = raw_b.clip(-0.5, 1.0)
         mass = float(alpha_b.sum()) / (n * n)
         pos = alpha_b.clip(0.0, 1.0)
         tot = float(pos.sum())
@@ -291,7 +312,12 @@ def _segment(x: np.ndarray, min_area: float) -> list[_Blob]:
         xy = (float((pos.sum(0) * u[big_box[1]]).sum() / tot), float((pos.sum(1) * u[big_box[0]]).sum() / tot))
         alpha = np.zeros((n, n))
         alpha[big_box] = pos
-        blobs.append(_Blob(alpha, mass, xy, k, conf, dist, n))
+        full_region = np.zeros((n, n), bool)
+        full_region[big_box] = region
+        raw = np.zeros((n, n))
+        raw[big_box] = raw_b
+        noise_var = float(bg_var / cc[k]) if bg_var is not None else 0.0
+        blobs.append(_Blob(alpha, mass, xy, k, conf, dist, n, full_region, noise_var, raw))
     return blobs
 
 
@@ -309,6 +335,17 @@ def _crops(blobs: Sequence[_Blob], radii: Sequence[float], config: ReadoutConfig
         out.append(F.grid_sample(img, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0])
         log_r.append(math.log(r * b.n_px))
     return torch.stack(out), torch.tensor(log_r, dtype=torch.float32)
+
+
+def _compactness(b: _Blob, size: str) -> float:
+    """1 when the coverage lies within the object's circumcircle (+ a blur rim), falling to 0 at 60% inside."""
+    n = b.n_px
+    r = 1.15 * RADIUS[size] * n + 1.5
+    yy, xx = np.nonzero(b.alpha)
+    w = b.alpha[yy, xx]
+    inside = np.hypot(xx + 0.5 - b.xy[0] * n, yy + 0.5 - b.xy[1] * n) <= r
+    frac = float(w[inside].sum() / max(w.sum(), 1e-9))
+    return float(np.clip((frac - 0.6) / 0.35, 0.0, 1.0))
 
 
 def _size_from_area(mass: float, shape: str | None) -> tuple[str, float]:
@@ -401,18 +438,22 @@ def _check_min_confidence(min_confidence: float) -> float:
     return float(min_confidence)
 
 
-@torch.no_grad()
 def read_objects_batch(images: Sequence[Any] | Tensor, model: str | Path | ShapeClassifier | None = None,
                        min_area: float = MIN_AREA) -> list[Reading]:
     """Read every image into a Reading (all blobs with confidences); one CNN batch for all blobs."""
     images = _as_image_list(images)
+    return _read_arrays([_to_array(im, f"images[{i}]") for i, im in enumerate(images)], model, min_area)
+
+
+def _read_arrays(arrays: list[np.ndarray], model: str | Path | ShapeClassifier | None,
+                 min_area: float) -> list[Reading]:
     min_area = _check_min_area(min_area)
     net = load_readout(model)
     cfg = net.config
-    per_image = [_segment(_to_array(im, f"images[{i}]"), min_area) for i, im in enumerate(images)]
+    per_image = [_segment(x, min_area) for x in arrays]
     flat = [b for blobs in per_image for b in blobs]
     if not flat:
-        return [Reading(()) for _ in images]
+        return [Reading(()) for _ in arrays]
     size0 = [_size_from_area(b.mass, None)[0] for b in flat]
     probs = _shape_probs(net, flat, [RADIUS[z] for z in size0], cfg)
     shapes = probs.argmax(1)
@@ -421,6 +462,11 @@ def read_objects_batch(images: Sequence[Any] | Tensor, model: str | Path | Shape
     if redo:   # the window was scaled for the other size: look again at the right scale
         probs[redo] = _shape_probs(net, [flat[i] for i in redo], [RADIUS[sizes[i]] for i in redo], cfg)
         shapes = probs.argmax(1)
+        sizes = [_size_from_area(b.mass, SHAPES[s])[0] for b, s in zip(flat, shapes)]
+    for i, (b, z) in enumerate(zip(flat, sizes)):
+        if RADIUS[z] * b.n_px < TEMPLATE_MAX_RADIUS_PX and probs[i].max() < TEMPLATE_BELOW_PROB:
+            probs[i] = _template_probs(b, z, probs[i])
+    shapes = probs.argmax(1)
     readings, i = [], 0
     for blobs in per_image:
         objs = []
@@ -430,7 +476,7 @@ def read_objects_batch(images: Sequence[Any] | Tensor, model: str | Path | Shape
             dist = np.hypot(*(_SLOTS - np.array(b.xy)).T)
             slot = int(dist.argmin())
             conf = {"shape": float(p.max()), "colour": b.colour_conf,
-                    "size": math.exp(-0.5 * (misfit / 0.5) ** 2),
+                    "size": math.exp(-0.5 * (misfit / 0.5) ** 2) * _compactness(b, size),
                     "position": math.exp(-0.5 * (float(dist[slot]) / 0.06) ** 2)}
             dx, dy = (float(np.clip(v - s, -MAX_SHIFT, MAX_SHIFT)) for v, s in zip(b.xy, _SLOTS[slot]))
             obj = Obj(shape, COLOURS[b.colour], size, POSITIONS[slot], None, dx, dy)
@@ -442,10 +488,74 @@ def read_objects_batch(images: Sequence[Any] | Tensor, model: str | Path | Shape
     return readings
 
 
+TEMPLATE_MAX_RADIUS_PX = 6.0                  # objects this few pixels across get a template fit after the CNN
+TEMPLATE_BELOW_PROB = 0.995                   # ... when the CNN is less sure than this
+_TEMPLATE_BLURS = (0.0, 0.5, 0.8, 1.1, 1.5)   # gaussian sigmas (working px) the templates are tried with
+_PERIOD = {"circle": 0.0, "square": 90.0, "triangle": 120.0, "star": 72.0, "hexagon": 60.0}  # rotational symmetry
+_TEMPLATE_SS = 8                              # supersampling of the template rasteriser
+
+
+def _template(shape: str, size: str, angle: float, xy: tuple[float, float], n: int,
+              box: tuple[slice, slice]) -> np.ndarray:
+    """Exact coverage (box-filtered polygon, supersampled) of one object inside `box` of an n x n image."""
+    from PIL import ImageDraw
+    k = _TEMPLATE_SS
+    h, w = box[0].stop - box[0].start, box[1].stop - box[1].start
+    poly = object_polygon(Obj(shape, "red", size, "centre", angle=angle)) - np.array(POSITION_XY["centre"])
+    pts = ((poly + np.array(xy)) * n - np.array([box[1].start, box[0].start])) * k
+    canvas = Image.new("L", (w * k, h * k), 0)
+    ImageDraw.Draw(canvas).polygon([tuple(p) for p in pts.tolist()], fill=255)
+    return np.asarray(canvas.reduce(k), dtype=np.float64) / 255.0
+
+
+def _template_probs(b: _Blob, size: str, p_cnn: np.ndarray) -> np.ndarray:
+    """Exact-template evidence for the CNN's two top shapes of a few-pixel object (Bayesian model comparison).
+
+    Each shape's likelihood averages exp(-|alpha - g * blur_sigma(template_angle)|^2 / 2 var) over a grid of
+    angles (3 degree steps over its symmetry period) and blur levels (the gain g fitted per template), so a
+    shape with more free angles gains nothing by fitting noise; var is the larger of the pixel noise (from
+    the background) and the best fit's mean residual. Posterior = CNN probability x likelihood, renormalised
+    over the two candidates; the other shapes keep the CNN's probability.
+    """
+    n = b.n_px
+    half = RADIUS[size] * 1.3 * n + 3 * max(_TEMPLATE_BLURS)
+    cx, cy = b.xy[0] * n, b.xy[1] * n
+    box = (slice(max(0, int(cy - half)), min(n, int(math.ceil(cy + half)))),
+           slice(max(0, int(cx - half)), min(n, int(math.ceil(cx + half)))))
+    region = b.region[box] if b.region is not None else b.alpha[box] > 0
+    obs = (b.raw if b.raw is not None else b.alpha)[box][region]
+    cands = [int(c) for c in np.argsort(-p_cnn)[:2]]
+    losses: dict[int, np.ndarray] = {}
+    for c in cands:
+        shape = SHAPES[c]
+        angles = np.arange(0.0, _PERIOD[shape], 3.0) if _PERIOD[shape] else np.zeros(1)
+        ls = []
+        for angle in angles:
+            t = _template(shape, size, float(angle), b.xy, n, box)
+            for sigma in _TEMPLATE_BLURS:
+                tv = (ndimage.gaussian_filter(t, sigma, mode="constant") if sigma > 0 else t)[region]
+                g = float(np.clip(obs @ tv / max(tv @ tv, 1e-9), 0.8, 1.25))
+                ls.append(float(((obs - g * tv) ** 2).sum()))
+        losses[c] = np.array(ls)
+    l_min = min(float(v.min()) for v in losses.values())
+    var = max(l_min / max(len(obs), 1), b.noise_var, 1e-4)
+    log_like = {c: float(np.log(np.mean(np.exp(-0.5 * (v - l_min) / var)) + 1e-300)) for c, v in losses.items()}
+    top = max(log_like.values())
+    post = {c: p_cnn[c] * math.exp(log_like[c] - top) for c in cands}
+    mass = sum(p_cnn[c] for c in cands)
+    z = sum(post.values())
+    out = p_cnn.copy()
+    if z > 0:
+        for c in cands:
+            out[c] = mass * post[c] / z
+    return out
+
+
 def _shape_probs(net: ShapeClassifier, blobs: Sequence[_Blob], radii: Sequence[float],
                  cfg: ReadoutConfig) -> np.ndarray:
     crops, log_r = _crops(blobs, radii, cfg)
-    return torch.softmax(net(crops, log_r), dim=1).numpy()
+    with torch.no_grad():
+        return torch.softmax(net(crops, log_r), dim=1).numpy()
 
 
 def read_objects(image: Any, model: str | Path | ShapeClassifier | None = None,
@@ -454,7 +564,7 @@ def read_objects(image: Any, model: str | Path | ShapeClassifier | None = None,
     if isinstance(image, Tensor) and image.ndim == 4:
         raise ValueError(f"image must be one image (3, H, W), got a batch {tuple(image.shape)}; "
                          "call read_objects_batch or read_scenes")
-    return read_objects_batch([image], model, min_area)[0]
+    return _read_arrays([_to_array(image, "image")], model, min_area)[0]
 
 
 def read_scene(image: Any, model: str | Path | ShapeClassifier | None = None, min_confidence: float = 0.25,

@@ -1,0 +1,284 @@
+"""Display glue shared by the dashboard pages: settings from the command line, cached loaders, error display.
+
+Nothing here computes a number a page shows: the helpers load models and stores (behind st.cache_resource),
+turn uploads and chart selections into library inputs, and show user errors as messages in the page.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+from PIL import Image
+
+ENV_STORE = "UNCLIP_EXPLORER_STORE"
+ENV_MODEL = "UNCLIP_EXPLORER_MODEL"
+DEFAULT_GENERATOR = "shapes-unclip"
+DEFAULT_CLIP = "shapes-clip"
+# errors a user can fix (explorer.cli.USER_ERRORS): shown in the page; anything else is a bug and keeps its traceback
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError, PermissionError)
+MAX_THUMBNAILS = 24
+
+
+# ------------------------------------------------------------------------------------------- settings
+def default_model() -> str | None:
+    """The generator spec: --model (env UNCLIP_EXPLORER_MODEL), else 'shapes-unclip' when bundled, else None."""
+    spec = os.environ.get(ENV_MODEL, "").strip()
+    if spec:
+        return spec
+    from unclip_core.checkpoint import list_bundled
+    return DEFAULT_GENERATOR if DEFAULT_GENERATOR in list_bundled() else None
+
+
+def default_store() -> str:
+    """The store folder given with --store (env UNCLIP_EXPLORER_STORE), or ''."""
+    return os.environ.get(ENV_STORE, "").strip()
+
+
+def show_error(exc: BaseException) -> None:
+    """A user error as one st.error line (no traceback)."""
+    st.error(" ".join(str(exc).split()) or type(exc).__name__)
+
+
+def attempt(fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+    """fn(*args, **kw), or None after showing a user error (ValueError, TypeError, missing file) with st.error."""
+    try:
+        return fn(*args, **kw)
+    except USER_ERRORS as exc:
+        show_error(exc)
+        return None
+
+
+# ------------------------------------------------------------------------------------------- cached loaders
+@st.cache_resource(show_spinner="Loading the unCLIP pipeline…", max_entries=4)
+def load_pipe(spec: str) -> Any:
+    """An UnCLIP for a pipeline folder or bundled name, loaded once per process."""
+    from explorer import load_pipeline
+    return load_pipeline(spec)
+
+
+@st.cache_resource(show_spinner="Loading CLIP…", max_entries=4)
+def load_clip(spec: str) -> Any:
+    """A CLIP encoder for a spec (explorer.load_encoder), loaded once per process."""
+    from explorer import load_encoder
+    return load_encoder(spec)
+
+
+def _store_stamp(path: Path) -> float:
+    manifest = path / "store.json"
+    return manifest.stat().st_mtime_ns if manifest.is_file() else 0.0
+
+
+@st.cache_resource(max_entries=8)
+def _open_store(path: str, stamp: float) -> Any:
+    from explorer import open_store
+    store = open_store(path)
+    store.metadata  # read the parquet once per version of the store
+    return store
+
+
+def open_store(path: str | Path) -> Any:
+    """An EmbeddingStore, cached until its store.json changes (an append reloads it)."""
+    path = Path(str(path).strip()).expanduser()
+    if not str(path) or str(path) == ".":
+        raise ValueError("no store folder given; type the folder of an embedding store (made with "
+                         "`unclip-explorer embed`) or embed captions on the spot")
+    return _open_store(str(path.resolve()), _store_stamp(path))
+
+
+@st.cache_resource(show_spinner="Projecting…", max_entries=16)
+def project_store(path: str, stamp: float, method: str, kind: str | None, seed: int) -> Any:
+    """explorer.project of a store (cached per store version, method, kind and seed)."""
+    from explorer import project
+    return project(open_store(path), method=method, kind=kind, seed=seed)
+
+
+# ------------------------------------------------------------------------------------------- inputs
+def read_upload(uploaded: Any, name: str = "upload") -> Image.Image:
+    """An RGB PIL image from a Streamlit UploadedFile (or bytes); ValueError naming the file when it is no image."""
+    data = uploaded.getvalue() if hasattr(uploaded, "getvalue") else bytes(uploaded)
+    label = getattr(uploaded, "name", name)
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            return im.convert("RGB")
+    except Exception:  # PIL raises several types for non-images
+        raise ValueError(f"{label!r} is not an image PIL can read ({len(data)} bytes); "
+                         "upload a PNG, JPEG or WebP file") from None
+
+
+def prompt_problem(encoder: Any, prompt: str) -> str | None:
+    """Why a prompt cannot be used as typed (empty, or longer than the CLIP context), else None."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        return "the prompt is empty; type a caption such as 'a red circle left of a blue square'"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        encoder.tokenize([prompt])  # warns when the prompt is truncated to the context length
+    for w in caught:
+        text = str(w.message)
+        if "context length" in text or "truncated" in text:
+            return (f"the prompt is too long for {getattr(encoder, 'spec', 'this CLIP model')}: {text}. "
+                    "Shorten it; the model would only read its beginning")
+    return None
+
+
+def png_bytes(image: Image.Image, meta: Mapping[str, Any]) -> bytes:
+    """PNG bytes with `meta` embedded as provenance (unclip_core.provenance.save_png, read back)."""
+    from unclip_core.provenance import save_png
+    with tempfile.TemporaryDirectory(prefix="unclip-png-") as tmp:
+        path = save_png(image, Path(tmp) / "image.png", dict(meta))
+        return path.read_bytes()
+
+
+def session_dir(name: str) -> Path:
+    """A temporary folder private to this browser session (embedding stores made on the spot, live runs)."""
+    key = f"_dir_{name}"
+    if key not in st.session_state:
+        st.session_state[key] = tempfile.mkdtemp(prefix=f"unclip-dash-{name}-")
+    return Path(st.session_state[key])
+
+
+def add_to_gallery(image: Image.Image, label: str, meta: Mapping[str, Any]) -> None:
+    """Keep an image and its settings in this session's gallery."""
+    st.session_state.setdefault("gallery", []).append({"image": image, "label": label, "meta": dict(meta)})
+
+
+def image_result(image: Image.Image, label: str, meta: Mapping[str, Any], key: str) -> None:
+    """Buttons under a result: download as PNG with its settings embedded, add to the session gallery."""
+    c1, c2 = st.columns(2)
+    c1.download_button("Download PNG", png_bytes(image, meta), file_name=f"{key}.png", mime="image/png",
+                       key=f"dl_{key}", help="The PNG carries its model, seed and settings in a text chunk "
+                                             "(read it with unclip_core.provenance.read_png_meta).")
+    if c2.button("Add to gallery", key=f"gal_{key}"):
+        add_to_gallery(image, label, meta)
+        st.toast(f"added {label!r} to the gallery")
+
+
+# ------------------------------------------------------------------------------------------- projections
+def selected_rows(event: Any, frame: pd.DataFrame) -> list[int]:
+    """Rows of `frame` picked in a plotly selection event (st.plotly_chart on_select): via the 'row' customdata.
+
+    The chart must be drawn from a frame with a 'row' column passed first in hover (customdata[0]).
+    """
+    if event is None:
+        return []
+    selection = event.get("selection", {}) if isinstance(event, Mapping) else getattr(event, "selection", {})
+    points = selection.get("points", []) if isinstance(selection, Mapping) else getattr(selection, "points", [])
+    rows = []
+    for p in points or []:
+        custom = p.get("customdata") if isinstance(p, Mapping) else None
+        if custom is not None and len(custom):
+            rows.append(int(custom[0]))
+    valid = set(range(len(frame)))
+    return sorted({r for r in rows if r in valid})
+
+
+def chart_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """The projection frame with a 'row' column (its position), so a selection maps back to rows."""
+    return frame.assign(row=np.arange(len(frame)))
+
+
+def project_rows(store: Any, rows: Sequence[int], method: str, kind: str | None, seed: int) -> Any:
+    """Re-project a subset of a store's rows of `kind` (analyses.projection): -> (frame, figure, projection)."""
+    from analyses.projection import fit_projection, projection_frame, scatter
+    Z, meta = store_rows(store, kind)
+    rows = np.asarray(sorted(set(int(r) for r in rows)), dtype=np.int64)
+    if rows.size == 0:
+        raise ValueError("the selection is empty; drag a box or lasso over some points first")
+    proj = fit_projection(Z[rows], method=method, seed=seed)
+    frame = projection_frame(proj, meta.iloc[rows].reset_index(drop=True))
+    return frame, proj
+
+
+def store_rows(store: Any, kind: str | None) -> tuple[np.ndarray, pd.DataFrame]:
+    """(vectors, metadata) of a store's rows of `kind` (all rows for None), in store order."""
+    meta = store.metadata
+    if kind is None or "kind" not in meta.columns:
+        return np.asarray(store.vectors, np.float32), meta.reset_index(drop=True)
+    keep = np.flatnonzero((meta["kind"] == kind).to_numpy())
+    if keep.size == 0:
+        raise ValueError(f"the store has no rows of kind {kind!r}; its kinds: "
+                         f"{sorted(meta['kind'].astype(str).unique())}")
+    return np.asarray(store.vectors[keep], np.float32), meta.iloc[keep].reset_index(drop=True)
+
+
+def custom_axes(store: Any, encoder: Any, x_pair: tuple[str, str], y_pair: tuple[str, str],
+                kind: str | None) -> pd.DataFrame:
+    """Embedding Projector's custom axes: x = cos(z, d1), y = cos(z, d2), d = text_diff_direction(z_t(a), z_t(b)).
+
+    Returns the store's rows of `kind` with columns x, y and their metadata.
+    """
+    from analyses.latent_math import normalize, text_diff_direction
+    from analyses.projection import projection_frame
+    store.check_model(encoder.model_id, encoder.spec)
+    captions = [*x_pair, *y_pair]
+    for c in captions:
+        if not isinstance(c, str) or not c.strip():
+            raise ValueError("custom axes need four captions: x = (a, b) and y = (a, b); one of them is empty")
+    z_t = np.asarray(encoder.encode_text(captions), dtype=np.float64)
+    d1 = text_diff_direction(z_t[0], z_t[1])
+    d2 = text_diff_direction(z_t[2], z_t[3])
+    Z, meta = store_rows(store, kind)
+    Zu = normalize(Z.astype(np.float64))
+    return projection_frame(np.stack([Zu @ d1, Zu @ d2], axis=1), meta)
+
+
+def thumbnail_paths(meta: pd.DataFrame, store_path: Path, limit: int = MAX_THUMBNAILS) -> list[tuple[Path, str]]:
+    """(image file, caption) for the image rows of a metadata table whose source file exists."""
+    out = []
+    if "source" not in meta.columns:
+        return out
+    for _, r in meta.iterrows():
+        if r.get("kind", "image") != "image":
+            continue
+        src = Path(str(r["source"]))
+        for cand in (src, store_path / src, store_path.parent / src):
+            if cand.is_file():
+                out.append((cand, str(r.get("caption", r.get("id", "")))))
+                break
+        if len(out) >= limit:
+            break
+    return out
+
+
+# ------------------------------------------------------------------------------------------- binding runs
+def load_run(folder: str | Path) -> dict[str, Any]:
+    """The tables of a finished `binding run` folder: settings, summary, cases, probes, generation_summary."""
+    folder = Path(str(folder).strip()).expanduser()
+    if not str(folder).strip() or not folder.is_dir():
+        raise FileNotFoundError(f"no binding run folder at {str(folder)!r}; type the --out folder of "
+                                "`unclip-explorer binding run`")
+    if not (folder / "settings.json").is_file():
+        raise FileNotFoundError(f"{folder} is not a binding run (no settings.json); type the --out folder of "
+                                "`unclip-explorer binding run`")
+    settings = json.loads((folder / "settings.json").read_text(encoding="utf-8"))
+    if not settings.get("finished"):
+        raise ValueError(f"the run in {folder} has not finished (settings.json has no 'finished' time); rerun "
+                         "the same `unclip-explorer binding run` command to complete it")
+
+    def table(stem: str) -> pd.DataFrame:
+        for suffix in (".parquet", ".csv"):
+            p = folder / f"{stem}{suffix}"
+            if p.is_file():
+                return pd.read_parquet(p) if suffix == ".parquet" else pd.read_csv(p)
+        return pd.DataFrame()
+
+    return {"folder": folder, "settings": settings, "summary": table("summary"), "cases": table("cases"),
+            "probes": table("probes"), "generation_summary": table("generation_summary"),
+            "failures": folder / "failures.png" if (folder / "failures.png").is_file() else None}
+
+
+def run_cases(settings: Mapping[str, Any]) -> list[Any] | None:
+    """The suite cases of a run (for the swap confusion), when its suite file is still on disk."""
+    suite = settings.get("suite")
+    if not suite or not Path(suite).is_file():
+        return None
+    from analyses.binding_suite import load_suite
+    return load_suite(suite)

@@ -1,0 +1,20 @@
+"""Entry of the unclip-explorer dashboards: `unclip-explorer dashboard` runs `streamlit run dashboards/app.py`."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import streamlit as st
+
+try:
+    import dashboards  # noqa: F401  (installed package)
+except ImportError:  # a plain checkout: the repository root holds the packages
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+st.set_page_config(page_title="unclip-explorer", page_icon="🔭", layout="wide")
+PAGES = [
+    st.Page("pages/latent_lab.py", title="Latent lab", icon="🧪", default=True),
+    st.Page("pages/projections.py", title="Projections", icon="🗺️"),
+    st.Page("pages/binding.py", title="Binding", icon="🔗"),
+]
+st.navigation(PAGES).run()

@@ -1,0 +1,281 @@
+"""The Python facade of the analyses: interpolate, text_diff, project, pca_reconstructions, metrics.
+
+Each call takes a model spec (pipeline folder or bundled name) or a loaded UnCLIP, runs the pure function
+of analyses/, and with `out=DIR` writes a folder: PNGs with provenance, a labelled grid, a CSV of the
+numbers, an index.html report and settings.json (analysis, model, seeds, settings, library versions).
+Every file is written atomically (temporary file, then rename).
+"""
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import torch
+
+from analyses.interpolation import InterpolationResult
+from analyses.interpolation import interpolate as _interpolate
+from analyses.metrics import metric_table
+from analyses.projection import Projection, fit_projection, projection_frame, scatter
+from analyses.recon import Judge, PCAReconResult
+from analyses.recon import pca_reconstructions as _pca_reconstructions
+from analyses.text_diff import TextDiffResult
+from analyses.text_diff import text_diff as _text_diff
+from explorer.grids import make_grid, save_grid, write_report, write_text
+from explorer.store import EmbeddingStore, _tool_version
+from unclip_core.checks import check_choice, check_embeddings, check_same_dim
+from unclip_core.provenance import save_png
+
+SETTINGS_FILE = "settings.json"
+_PIPES: dict[str, Any] = {}
+
+
+# ------------------------------------------------------------------------------------------- helpers
+def load_pipeline(model: Any) -> Any:
+    """An UnCLIP for a spec (pipeline folder or bundled name, loaded once and cached) or a loaded UnCLIP."""
+    from unclip_core.pipeline import UnCLIP
+    if isinstance(model, UnCLIP):
+        return model
+    if not isinstance(model, (str, Path)):
+        raise TypeError(f"model must be a pipeline folder, a bundled name (e.g. 'shapes-unclip') or an UnCLIP, "
+                        f"got {type(model).__name__}")
+    key = str(Path(model).resolve()) if Path(model).exists() else str(model)
+    if key not in _PIPES:
+        _PIPES[key] = UnCLIP.load(model)
+    return _PIPES[key]
+
+
+def versions() -> dict[str, str]:
+    """Versions of this tool, Python and the libraries that shape the numbers."""
+    out = {"unclip_explorer": _tool_version(), "python": platform.python_version(), "torch": torch.__version__,
+           "numpy": np.__version__, "pandas": pd.__version__}
+    for name, mod in (("open_clip", "open_clip"), ("pillow", "PIL"), ("sklearn", "sklearn")):
+        try:
+            out[name] = str(__import__(mod).__version__)
+        except Exception:  # a missing optional library only drops its line
+            pass
+    return out
+
+
+def _out_folder(out: str | Path) -> Path:
+    folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"out={str(folder)!r} exists and is not a folder; pass a folder path")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def write_settings(folder: Path, analysis: str, model: Mapping[str, Any] | None, settings: Mapping[str, Any],
+                   files: Sequence[str]) -> Path:
+    """folder/settings.json: {analysis, model, seed, settings, files, versions, created} (atomic)."""
+    record = {"analysis": analysis, "model": dict(model) if model is not None else None,
+              "seed": settings.get("seed"), "settings": dict(settings), "files": sorted(files),
+              "versions": versions(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    return write_text(folder / SETTINGS_FILE, json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def _write_csv(path: Path, df: pd.DataFrame) -> Path:
+    return write_text(path, df.to_csv(index=False))
+
+
+def _write_frames(folder: Path, result: InterpolationResult | TextDiffResult, meta: dict[str, Any],
+                  col_labels: list[str], title: str, analysis: str) -> None:
+    """frame-KKK.png for each frame, grid.png, frames.csv, index.html, settings.json."""
+    files = []
+    for k, image in enumerate(result.images):
+        save_png(image, folder / f"frame-{k:03d}.png", {**meta, "frame": k})
+        files.append(f"frame-{k:03d}.png")
+    grid = make_grid([result.images], None, col_labels)
+    save_grid(grid, folder / "grid.png", meta)
+    _write_csv(folder / "frames.csv", result.frame)
+    files += ["grid.png", "frames.csv", "index.html"]
+    write_report(folder, title, [{"image": "grid.png", "title": title, "settings": result.settings}])
+    write_settings(folder, analysis, meta.get("model_info"), result.settings, files)
+
+
+# ------------------------------------------------------------------------------------------- generation analyses
+def interpolate(model: Any, a: Any, b: Any, n_steps: int = 8, x_T_mode: str = "fixed", text_as: str = "prior",
+                seed: int = 0, steps: int = 50, guidance: float = 3.0, refine: int = 3, prior_steps: int = 64,
+                prior_guidance: float = 4.0, upsample: bool = True, upsampler_steps: Sequence[int] = (27, 15),
+                out: str | Path | None = None) -> InterpolationResult:
+    """Interpolate between two images or captions (Ramesh et al. 2022, fig. 4); see analyses.interpolation.
+
+    With out=DIR writes frame-KKK.png (provenance), grid.png, frames.csv, index.html and settings.json.
+    """
+    pipe = load_pipeline(model)
+    result = _interpolate(pipe, a, b, n_steps=n_steps, x_T_mode=x_T_mode, text_as=text_as, seed=seed, steps=steps,
+                          guidance=guidance, refine=refine, prior_steps=prior_steps, prior_guidance=prior_guidance,
+                          upsample=upsample, upsampler_steps=upsampler_steps)
+    if out is not None:
+        info = pipe.describe()
+        meta = {**result.settings, "model": info["model"], "model_info": info}
+        _write_frames(_out_folder(out), result, meta, [f"t={t:.2f}" for t in result.frame["t"]],
+                      f"Interpolation: {result.settings['a']} -> {result.settings['b']}", "interpolate")
+    return result
+
+
+def text_diff(model: Any, image: Any, old_caption: str, new_caption: str, theta_max: float = 0.5, n_steps: int = 6,
+              baseline: str = "caption", neutral_caption: str = "a picture", x_T_mode: str = "inverted",
+              seed: int = 0, steps: int = 50, guidance: float = 3.0, refine: int = 3, upsample: bool = True,
+              upsampler_steps: Sequence[int] = (27, 15), out: str | Path | None = None) -> TextDiffResult:
+    """Text diff of an image from old_caption to new_caption (Ramesh et al. 2022, fig. 5); see analyses.text_diff.
+
+    With out=DIR writes frame-KKK.png (provenance), grid.png, frames.csv, index.html and settings.json.
+    """
+    pipe = load_pipeline(model)
+    result = _text_diff(pipe, image, old_caption, new_caption, theta_max=theta_max, n_steps=n_steps,
+                        baseline=baseline, neutral_caption=neutral_caption, x_T_mode=x_T_mode, seed=seed,
+                        steps=steps, guidance=guidance, refine=refine, upsample=upsample,
+                        upsampler_steps=upsampler_steps)
+    if out is not None:
+        info = pipe.describe()
+        settings = {**result.settings, "image": str(image) if isinstance(image, (str, Path)) else "image"}
+        result.settings = settings
+        meta = {**settings, "model": info["model"], "model_info": info}
+        _write_frames(_out_folder(out), result, meta, [f"theta={t:.2f}" for t in result.frame["theta"]],
+                      f"Text diff: {old_caption!r} -> {new_caption!r}", "text_diff")
+    return result
+
+
+def _fit_vectors(store: EmbeddingStore, kind: str | None, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """(vectors, row indices) of a store, restricted to rows of `kind` when the store has a kind column."""
+    vectors = store.vectors
+    rows = np.arange(len(store))
+    if kind is not None and len(store):
+        meta = store.metadata
+        if "kind" in meta.columns:
+            rows = np.flatnonzero((meta["kind"] == kind).to_numpy())
+            if rows.size == 0:
+                kinds = sorted(meta["kind"].astype(str).unique().tolist())
+                raise ValueError(f"{what} at {store.path} has no rows of kind {kind!r} (its kinds: {kinds}); "
+                                 f"embed images into it, or pass kind=None to use every row")
+            vectors = vectors[rows]
+    return np.asarray(vectors, dtype=np.float32), rows
+
+
+def _open(store: EmbeddingStore | str | Path, what: str) -> EmbeddingStore:
+    if isinstance(store, EmbeddingStore):
+        return store
+    if not isinstance(store, (str, Path)):
+        raise TypeError(f"{what} must be an EmbeddingStore or a store folder, got {type(store).__name__}")
+    return EmbeddingStore.open(store)
+
+
+def pca_reconstructions(model: Any, images: Sequence[Any], fit_store: EmbeddingStore | str | Path | None = None,
+                        Z_fit: np.ndarray | None = None, ks: Sequence[int] | None = None, seed: int = 0,
+                        steps: int = 50, guidance: float = 3.0, judge: Judge | None = None, upsample: bool = True,
+                        upsampler_steps: Sequence[int] = (27, 15), kind: str | None = "image",
+                        out: str | Path | None = None) -> PCAReconResult:
+    """PCA-truncated reconstructions (Ramesh et al. 2022, fig. 7) with a PCA of fit_store's (or Z_fit's) vectors.
+
+    fit_store: an embedding store made with the pipeline's CLIP model (its rows of `kind`, default images).
+    With out=DIR writes grid.png, recon.csv, index.html and settings.json.
+    """
+    pipe = load_pipeline(model)
+    if (fit_store is None) == (Z_fit is None):
+        raise ValueError("pass exactly one of fit_store (an embedding store of images) or Z_fit (an (n, dim) array)")
+    source = "Z_fit"
+    if fit_store is not None:
+        store = _open(fit_store, "fit_store")
+        store.check_model(pipe.clip.model_id, pipe.clip.spec)
+        Z_fit, _ = _fit_vectors(store, kind, "fit_store")
+        source = str(store.path)
+    result = _pca_reconstructions(pipe, images, Z_fit, ks=ks, seed=seed, steps=steps, guidance=guidance, judge=judge,
+                                  upsample=upsample, upsampler_steps=upsampler_steps)
+    result.settings["fit"] = source
+    if out is not None:
+        folder = _out_folder(out)
+        info = pipe.describe()
+        save_grid(result.image, folder / "grid.png", {**result.settings, "model": info["model"], "model_info": info})
+        _write_csv(folder / "recon.csv", result.frame)
+        write_report(folder, "PCA reconstructions", [{"image": "grid.png", "title": "PCA reconstructions",
+                                                      "settings": result.settings}])
+        write_settings(folder, "pca_reconstructions", info, result.settings, ["grid.png", "recon.csv", "index.html"])
+    return result
+
+
+# ------------------------------------------------------------------------------------------- embedding analyses
+@dataclass
+class ProjectResult:
+    """A projection of a store: the tidy frame (coordinates + metadata), its scatter figure, the fit."""
+
+    frame: pd.DataFrame
+    figure: go.Figure
+    projection: Projection
+    settings: dict[str, Any]
+
+
+def project(store: EmbeddingStore | str | Path, method: str = "umap", n_components: int = 2, seed: int | None = 0,
+            color: str | None = None, hover: Sequence[str] | None = None, kind: str | None = None,
+            out: str | Path | None = None, **kw: Any) -> ProjectResult:
+    """Project a store's vectors with PCA, UMAP or t-SNE (fit_projection), joined with its metadata.
+
+    color: a metadata column for the scatter's colours; hover: columns shown on hover (default id, source).
+    kind: keep only rows of that kind ("image" / "text"). With out=DIR writes scatter.html (interactive,
+    plotly.js inlined so it opens offline), points.csv and settings.json. kw go to the estimator.
+    """
+    store = _open(store, "store")
+    check_choice("method", method, ("pca", "umap", "tsne"))
+    meta = store.metadata
+    if color is not None and color not in meta.columns:
+        raise ValueError(f"color={color!r} is not a metadata column of the store; columns: "
+                         f"{', '.join(map(str, meta.columns))}")
+    hover = [c for c in ("id", "source") if c in meta.columns] if hover is None else list(hover)
+    Z, rows = _fit_vectors(store, kind, "store")
+    proj = fit_projection(Z, method=method, n_components=n_components, seed=seed, **kw)
+    frame = projection_frame(proj, meta.iloc[rows].reset_index(drop=True))
+    fig = scatter(frame, color=color, hover=hover, title=f"{method.upper()} of {store.path.name}")
+    settings = {"method": method, "n_components": n_components, "seed": seed, "color": color, "kind": kind,
+                "n_points": int(len(frame)), "store": str(store.path), "params": {k: repr(v) for k, v in
+                                                                                   proj.params.items()}}
+    if out is not None:
+        folder = _out_folder(out)
+        write_text(folder / "scatter.html", fig.to_html(include_plotlyjs=True, full_html=True))
+        _write_csv(folder / "points.csv", frame)
+        write_settings(folder, "project", {"model": store.model_spec, "model_id": store.model_id}, settings,
+                       ["scatter.html", "points.csv"])
+    return ProjectResult(frame, fig, proj, settings)
+
+
+def _embeddings(name: str, x: Any, kind: str | None) -> tuple[np.ndarray, dict[str, Any]]:
+    """(n, dim) float array and a description, from a store, a store folder or an array."""
+    if isinstance(x, (EmbeddingStore, str, Path)):
+        store = _open(x, name)
+        Z, _ = _fit_vectors(store, kind, name)
+        check_embeddings(name, Z)
+        return Z, {"store": str(store.path), "model": store.model_spec, "model_id": store.model_id}
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    check_embeddings(name, x)
+    return np.asarray(x), {"array": list(np.shape(x))}
+
+
+def metrics(real: Any, fake: Any, text_emb: Any = None, k: int = 5, kind: str | None = "image",
+            out: str | Path | None = None) -> pd.DataFrame:
+    """FD, CMMD and PRDC of fake against real embeddings (stores or (n, dim) arrays); see analyses.metrics.
+
+    kind: rows of stores kept (default images). With out=DIR writes metrics.csv and settings.json.
+    """
+    R, real_info = _embeddings("real", real, kind)
+    F, fake_info = _embeddings("fake", fake, kind)
+    check_same_dim("real", R, "fake", F)
+    if "model_id" in real_info and "model_id" in fake_info and real_info["model_id"] != fake_info["model_id"]:
+        raise ValueError(f"real was embedded with {real_info['model']!r} ({real_info['model_id']}) but fake with "
+                         f"{fake_info['model']!r} ({fake_info['model_id']}); embed both with the same CLIP model")
+    T = None
+    if text_emb is not None:
+        T, _ = _embeddings("text_emb", text_emb, "text")
+    df = metric_table(R, F, text_emb=T, k=k)
+    if out is not None:
+        folder = _out_folder(out)
+        _write_csv(folder / "metrics.csv", df)
+        model = {"model": real_info.get("model"), "model_id": real_info.get("model_id")}
+        write_settings(folder, "metrics", model, {"k": k, "kind": kind, "real": real_info, "fake": fake_info,
+                                                  "seed": None}, ["metrics.csv"])
+    return df

@@ -1,0 +1,181 @@
+"""Analysis commands: `interpolate`, `text-diff`, `project`, `pca-recon`, `metrics` (also as `analysis <command>`).
+
+Each writes a folder (PNGs with provenance, CSV, HTML, settings.json recording model, seeds and settings)
+through explorer.analysis_api. The five are registered as top-level commands when explorer/cli.py
+discovers this module; `add_parser`/`run` below add the same commands grouped under `analysis`.
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Callable
+
+from explorer.cli import Command, register
+
+DEFAULT_MODEL = "shapes-unclip"
+
+
+def _model_args(p: argparse.ArgumentParser, x_T_default: str) -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL, metavar="SPEC",
+                   help=f"pipeline folder or bundled name (default {DEFAULT_MODEL})")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created; files replaced atomically)")
+    p.add_argument("--steps", type=int, default=50, help="decoder DDIM steps (default 50)")
+    p.add_argument("--guidance", type=float, default=3.0, help="decoder guidance scale (default 3)")
+    p.add_argument("--x-T", dest="x_T", choices=("fixed", "inverted"), default=x_T_default,
+                   help="x_T shared by all frames: one noise, or DDIM-inverted from the images "
+                        f"(default {x_T_default})")
+    p.add_argument("--refine", type=int, default=3, help="fixed-point iterations per DDIM inversion step (default 3)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-upsample", action="store_true", help="stop at the decoder's resolution")
+
+
+# ----------------------------------------------------------------------------------------- interpolate
+def _interpolate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("interpolate", help="slerp z_i between two images or captions and decode each frame",
+                       description="A and B are image files (.png/.jpg/...) or captions. Writes frame-KKK.png, "
+                                   "grid.png, frames.csv (CLIP similarity of each frame to both ends), "
+                                   "index.html and settings.json to DIR.")
+    p.add_argument("a", metavar="A", help="image file or caption")
+    p.add_argument("b", metavar="B", help="image file or caption")
+    p.add_argument("--n-steps", type=int, default=8, help="number of frames (default 8)")
+    p.add_argument("--text-as", choices=("prior", "z_t"), default="prior",
+                   help="a caption end's z_i: the prior's sample, or its CLIP text embedding (default prior)")
+    p.add_argument("--prior-steps", type=int, default=64)
+    _model_args(p, "fixed")
+    return p
+
+
+def _interpolate_run(args: argparse.Namespace) -> int:
+    from explorer import analysis_api
+    r = analysis_api.interpolate(args.model, args.a, args.b, n_steps=args.n_steps, x_T_mode=args.x_T,
+                                 text_as=args.text_as, seed=args.seed, steps=args.steps, guidance=args.guidance,
+                                 refine=args.refine, prior_steps=args.prior_steps, upsample=not args.no_upsample,
+                                 out=args.out)
+    print(r.frame.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(f"wrote {len(r.images)} frames, grid.png, frames.csv, index.html and settings.json to {args.out}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------- text-diff
+def _text_diff_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("text-diff", help="edit an image along normalize(z_t(NEW) - z_t(OLD)) (DALL·E 2 text diffs)",
+                       description="Decodes slerp(z_i, normalize(z_t - z_t0), theta) for theta in [0, theta_max] "
+                                   "with x_T held fixed. frames.csv has each frame's CLIP similarity to OLD and NEW.")
+    p.add_argument("image", metavar="IMAGE", help="image file")
+    p.add_argument("old", metavar="OLD", help="caption describing the image now")
+    p.add_argument("new", metavar="NEW", help="caption describing the edit")
+    p.add_argument("--theta-max", type=float, default=0.5, help="largest theta in [0, 1] (default 0.5)")
+    p.add_argument("--n-steps", type=int, default=6, help="number of frames (default 6)")
+    p.add_argument("--baseline", choices=("caption", "neutral", "none"), default="caption",
+                   help="z_t0: OLD's embedding, a neutral caption's, or none (default caption)")
+    p.add_argument("--neutral", default="a picture", help="neutral caption for --baseline neutral")
+    _model_args(p, "inverted")
+    return p
+
+
+def _text_diff_run(args: argparse.Namespace) -> int:
+    from explorer import analysis_api
+    r = analysis_api.text_diff(args.model, args.image, args.old, args.new, theta_max=args.theta_max,
+                               n_steps=args.n_steps, baseline=args.baseline, neutral_caption=args.neutral,
+                               x_T_mode=args.x_T, seed=args.seed, steps=args.steps, guidance=args.guidance,
+                               refine=args.refine, upsample=not args.no_upsample, out=args.out)
+    print(r.frame.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(f"wrote {len(r.images)} frames, grid.png, frames.csv, index.html and settings.json to {args.out}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------- project
+def _project_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("project", help="2-D projection (PCA, UMAP, t-SNE) of an embedding store, as HTML + CSV")
+    p.add_argument("store", metavar="STORE")
+    p.add_argument("--method", choices=("pca", "umap", "tsne"), default="umap")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--color", metavar="COLUMN", default=None, help="metadata column for colours")
+    p.add_argument("--kind", choices=("image", "text"), default=None, help="keep only rows of this kind")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def _project_run(args: argparse.Namespace) -> int:
+    from explorer import analysis_api
+    r = analysis_api.project(args.store, method=args.method, seed=args.seed, color=args.color, kind=args.kind,
+                             out=args.out)
+    print(f"projected {len(r.frame)} points with {args.method}; wrote scatter.html, points.csv and "
+          f"settings.json to {args.out}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------- pca-recon
+def _ks(text: str) -> list[int]:
+    try:
+        return [int(k) for k in text.split(",") if k.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--ks must be comma-separated integers such as 20,40,80, got {text!r}")
+
+
+def _pca_recon_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("pca-recon", help="decode images' z_i truncated to k principal components (DALL·E 2 fig. 7)")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--model", default=DEFAULT_MODEL, metavar="SPEC")
+    p.add_argument("--fit-store", required=True, metavar="STORE", help="store of image embeddings to fit the PCA on")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--ks", type=_ks, default=None, help="comma-separated k list (default: 20,30,...,320 below dim)")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-upsample", action="store_true")
+    return p
+
+
+def _pca_recon_run(args: argparse.Namespace) -> int:
+    from explorer import analysis_api
+    r = analysis_api.pca_reconstructions(args.model, args.images, fit_store=args.fit_store, ks=args.ks,
+                                         seed=args.seed, steps=args.steps, guidance=args.guidance,
+                                         upsample=not args.no_upsample, out=args.out)
+    print(r.frame.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(f"wrote grid.png, recon.csv, index.html and settings.json to {args.out}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------- metrics
+def _metrics_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("metrics", help="FD, CMMD, precision/recall/density/coverage between two stores")
+    p.add_argument("real", metavar="REAL_STORE")
+    p.add_argument("fake", metavar="FAKE_STORE")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("-k", type=int, default=5, help="neighbours for PRDC (default 5)")
+    p.add_argument("--kind", choices=("image", "text", "all"), default="image", help="rows used (default image)")
+    return p
+
+
+def _metrics_run(args: argparse.Namespace) -> int:
+    from explorer import analysis_api
+    df = analysis_api.metrics(args.real, args.fake, k=args.k, kind=None if args.kind == "all" else args.kind,
+                              out=args.out)
+    print(df.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(f"wrote metrics.csv and settings.json to {args.out}")
+    return 0
+
+
+COMMANDS: list[tuple[str, Callable, Callable]] = [
+    ("interpolate", _interpolate_parser, _interpolate_run),
+    ("text-diff", _text_diff_parser, _text_diff_run),
+    ("project", _project_parser, _project_run),
+    ("pca-recon", _pca_recon_parser, _pca_recon_run),
+    ("metrics", _metrics_parser, _metrics_run),
+]
+for _name, _parser, _run in COMMANDS:
+    register(Command(_name, _parser, _run))
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """`unclip-explorer analysis COMMAND ...`: the same five commands, grouped."""
+    p = sub.add_parser("analysis", help="interpolate, text-diff, project, pca-recon, metrics (also top-level)")
+    asub = p.add_subparsers(dest="analysis_command", metavar="{" + ",".join(n for n, _, _ in COMMANDS) + "}",
+                            required=True)
+    for name, parser, run_fn in COMMANDS:
+        parser(asub).set_defaults(_analysis_run=run_fn)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    return args._analysis_run(args)

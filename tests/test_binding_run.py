@@ -1,0 +1,143 @@
+"""Binding runs on disk: outputs, resume after a simulated kill, settings guard, compare, the CLI."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analyses.binding import make_suite
+from explorer import api
+from explorer.binding import compare_runs, run_suite, write_suite
+from explorer.cli import main
+
+from fake_encoder import FakeEncoder
+
+pytestmark = pytest.mark.filterwarnings("ignore:prompt")
+
+
+class Killed(Exception):
+    pass
+
+
+class CountingEncoder(FakeEncoder):
+    """FakeEncoder that counts encode_text calls and can 'die' on the call numbered `die_at`."""
+
+    def __init__(self, die_at=None):
+        super().__init__("counting-fake", dim=16, model_id="fake-16")
+        self.calls, self.die_at, self.texts = 0, die_at, []
+
+    def encode_text(self, texts):
+        self.calls += 1
+        if self.die_at is not None and self.calls == self.die_at:
+            raise Killed("simulated kill")
+        self.texts += list(texts)
+        return super().encode_text(texts)
+
+
+@pytest.fixture()
+def suite(tmp_path):
+    return write_suite(make_suite(24, seed=0, kinds=["caption_pair", "winoground"]), tmp_path / "suite.jsonl")
+
+
+def test_run_writes_every_output(tmp_path, suite):
+    out = run_suite(suite, CountingEncoder(), tmp_path / "run", probe_n=40, batch_size=8, progress=False)
+    for name in ("settings.json", "cases.csv", "cases.parquet", "summary.csv", "probes.csv", "charts/accuracy.html",
+                 "charts/confusion.html", "failures.png", "index.html"):
+        assert (out / name).is_file(), name
+    cases = pd.read_parquet(out / "cases.parquet")
+    assert len(cases) == 24 and cases["id"].is_unique
+    assert pd.read_csv(out / "cases.csv")["hit"].tolist() == cases["hit"].tolist()
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["model"] == "counting-fake" and settings["seed"] == 0 and settings["finished"]
+    summary = pd.read_csv(out / "summary.csv")
+    cp = summary[(summary["kind"] == "caption_pair") & (summary["category"] == "all")].iloc[0]
+    assert cp["k"] == cases.loc[cases["kind"] == "caption_pair", "hit"].sum()
+    assert "Binding suite" in (out / "index.html").read_text()
+    assert len(list((out / "parts").glob("clip-*.jsonl"))) == 3  # 24 cases / batches of 8
+
+
+def test_resume_after_a_simulated_kill_redoes_nothing(tmp_path, suite):
+    ref = run_suite(suite, CountingEncoder(), tmp_path / "ref", probes=False, batch_size=8, progress=False)
+    dying = CountingEncoder(die_at=3)
+    with pytest.raises(Killed):
+        run_suite(suite, dying, tmp_path / "run", probes=False, batch_size=8, progress=False)
+    assert len(list((tmp_path / "run" / "parts").glob("clip-*.jsonl"))) == 2  # two batches were finished
+    done_texts = set(dying.texts)
+    again = CountingEncoder()
+    run_suite(suite, again, tmp_path / "run", probes=False, batch_size=8, progress=False)
+    assert again.calls == 1 and not done_texts & set(again.texts)  # only the last batch was encoded
+    pd.testing.assert_frame_equal(pd.read_csv(ref / "cases.csv"), pd.read_csv(tmp_path / "run" / "cases.csv"))
+    with pytest.raises(ValueError, match="holds a run with other settings \\(seed: run has 0, now 1\\); rerun with "
+                                         "the same settings to resume it, or pass a new --out folder"):
+        run_suite(suite, CountingEncoder(), tmp_path / "run", probes=False, batch_size=8, seed=1, progress=False)
+
+
+def _fake_run(folder, hits_by_category):
+    folder.mkdir()
+    (folder / "settings.json").write_text("{}")
+    rows = [{"id": f"{cat}-{k}", "kind": "caption_pair", "category": cat, "hit": bool(h)}
+            for cat, hits in hits_by_category.items() for k, h in enumerate(hits)]
+    pd.DataFrame(rows).to_csv(folder / "cases.csv", index=False)
+    return folder
+
+
+def test_compare_constructed_runs(tmp_path):
+    a = _fake_run(tmp_path / "a", {"colour_swap": [0] * 12, "count": [1, 0, 1, 0]})
+    b = _fake_run(tmp_path / "b", {"colour_swap": [1] * 10 + [0] * 2, "count": [1, 0, 1, 0]})
+    df = compare_runs(a, b, n_boot=500).set_index("category")
+    assert df.loc["colour_swap", "b_only"] == 10 and df.loc["colour_swap", "a_only"] == 0
+    assert df.loc["colour_swap", "p_mcnemar"] == pytest.approx(2 * 0.5 ** 10)
+    assert df.loc["colour_swap", "diff"] == pytest.approx(10 / 12) and df.loc["colour_swap", "lo"] > 0
+    assert df.loc["count", "p_mcnemar"] == 1.0 and df.loc["count", "diff"] == 0.0
+    assert df.loc["all", "n"] == 16
+    with pytest.raises(FileNotFoundError, match="is not a binding run \\(no settings.json\\)"):
+        compare_runs(a, tmp_path)
+    c = _fake_run(tmp_path / "c", {"other": [1]})
+    with pytest.raises(ValueError, match="share no case ids; compare runs of the same suite"):
+        compare_runs(a, c)
+
+
+def test_cli_make_suite_run_compare_and_errors(tmp_path, capsys):
+    api.register_encoder("binding-fake", lambda spec: FakeEncoder(spec, dim=16))
+    try:
+        path = tmp_path / "suite.jsonl"
+        assert main(["binding", "make-suite", "--n", "14", "--seed", "0", "--kinds", "caption_pair,winoground",
+                     "--out", str(path)]) == 0
+        assert len(path.read_text().splitlines()) == 14
+        for run in ("r1", "r2"):
+            assert main(["binding", "run", str(path), "--model", "binding-fake", "--out", str(tmp_path / run),
+                         "--probe-n", "0", "--no-progress"]) == 0
+        out = capsys.readouterr().out
+        assert "report:" in out and "caption_pair" in out
+        assert main(["binding", "compare", str(tmp_path / "r1"), str(tmp_path / "r2"), "--json"]) == 0
+        records = json.loads(capsys.readouterr().out)
+        assert {r["p_mcnemar"] for r in records} == {1.0}  # same model: no differences
+        assert main(["binding", "run", str(path), "--model", "binding-fake", "--out", str(tmp_path / "g"),
+                     "--generate"]) == 2
+        assert "--generate needs a pipeline" in capsys.readouterr().err
+        bad = tmp_path / "bad.jsonl"
+        bad.write_text(path.read_text().splitlines()[0] + "\n" + '{"kind": "caption_pair", "id": "z"}\n')
+        assert main(["binding", "run", str(bad), "--model", "binding-fake", "--out", str(tmp_path / "b")]) == 2
+        assert f"{bad}:2: field 'caption' is missing" in capsys.readouterr().err
+        assert main(["binding", "convert", "aro", str(bad), "--out", str(tmp_path / "x.jsonl")]) == 2
+        assert "aro needs --images DIR" in capsys.readouterr().err
+    finally:
+        api.unregister_encoder("binding-fake")
+
+
+def test_generation_run_on_a_tiny_pipeline(tmp_path):
+    from tiny_models import write_tiny_pipeline
+    pipe_dir = write_tiny_pipeline(tmp_path / "pipe")
+    cases = [c for c in make_suite(7, seed=0, kinds=["generation"]) if c.category in ("colour_swap", "count")]
+    fast = {"steps": 2, "upsampler_steps": (1,)}
+
+    def judge(image, case):
+        return {"bright": float(np.asarray(image).mean()) > 100.0}
+
+    out = run_suite(cases, str(pipe_dir), tmp_path / "run", generate=True, n_images=1, judge=judge, probes=False,
+                    text_to_image_kwargs={**fast, "prior_steps": 2}, decode_kwargs=fast, progress=False)
+    gen = pd.read_csv(out / "generation.csv")
+    assert len(gen) == 4 and set(gen["path"]) == {"prior", "true_z_i"}
+    assert (out / "images" / cases[0].id / "prior-0.png").is_file()
+    assert set(pd.read_csv(out / "generation_summary.csv")["path"]) == {"prior", "true_z_i"}
+    assert json.loads((out / "settings.json").read_text())["pipeline"]["model"] == "tiny-unclip"
