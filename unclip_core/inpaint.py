@@ -8,7 +8,8 @@ from torch import Tensor
 
 from .checks import check_positive_int
 from .diffusion import Schedule
-from .samplers import Denoiser, _abar, _call_denoiser, _check_schedule, _check_x, _generator, _noise, _progress, respace
+from .samplers import (Denoiser, _abar, _call_denoiser, _check_schedule, _check_x, _generator, _noise, _progress,
+                       ddim_update, respace)
 
 
 def sample_repaint(denoise: Denoiser, x_T: Tensor, schedule: Schedule, n_steps: int, x0_known: Tensor,
@@ -37,12 +38,7 @@ def sample_repaint(denoise: Denoiser, x_T: Tensor, schedule: Schedule, n_steps: 
         a_t, a_s = _abar(schedule, t), _abar(schedule, s)
         n_inner = n_resample if s >= 0 else 1  # the last step lands on x0: nothing to resample
         for r in range(n_inner):
-            x0 = _call_denoiser(denoise, x, t)
-            eps = (x - math.sqrt(a_t) * x0) / math.sqrt(1.0 - a_t)
-            sigma = eta * math.sqrt((1.0 - a_s) / (1.0 - a_t) * (1.0 - a_t / a_s))
-            x_s = math.sqrt(a_s) * x0 + math.sqrt(max(1.0 - a_s - sigma ** 2, 0.0)) * eps
-            if sigma > 0:
-                x_s = x_s + sigma * _noise(x, g)
+            x_s = ddim_update(x, _call_denoiser(denoise, x, t), a_t, a_s, eta, g)
             known = math.sqrt(a_s) * x0_known + (math.sqrt(1.0 - a_s) * _noise(x, g) if s >= 0 else 0.0)
             x_s = mask * x_s + (1.0 - mask) * known
             if r + 1 < n_inner:

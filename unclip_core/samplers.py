@@ -249,6 +249,15 @@ def _check_eta(eta: float) -> float:
     return float(eta)
 
 
+def ddim_update(x_t: Tensor, x0: Tensor, a_t: float, a_s: float, eta: float = 0.0,
+                generator: torch.Generator | None = None) -> Tensor:
+    """One DDIM step x_t -> x_s given predicted x0 and abar at t and s (Song et al. 2021, eq. 12)."""
+    eps = (x_t - math.sqrt(a_t) * x0) / math.sqrt(1.0 - a_t)
+    sigma = eta * math.sqrt((1.0 - a_s) / (1.0 - a_t) * (1.0 - a_t / a_s))
+    x_s = math.sqrt(a_s) * x0 + math.sqrt(max(1.0 - a_s - sigma ** 2, 0.0)) * eps
+    return x_s + sigma * _noise(x_s, generator) if sigma > 0 else x_s
+
+
 def sample_ddim(denoise: Denoiser, x_T: Tensor, schedule: Schedule, n_steps: int, eta: float = 0.0,
                 generator: torch.Generator | int | None = None, spacing: str = "leading",
                 progress: bool = False) -> Tensor:
@@ -264,12 +273,7 @@ def sample_ddim(denoise: Denoiser, x_T: Tensor, schedule: Schedule, n_steps: int
     for j in _progress(range(len(ts)), progress, "DDIM"):
         t, s = ts[j], (ts[j + 1] if j + 1 < len(ts) else -1)
         a_t, a_s = _abar(schedule, t), _abar(schedule, s)
-        x0 = _call_denoiser(denoise, x, t)
-        eps = (x - math.sqrt(a_t) * x0) / math.sqrt(1.0 - a_t)
-        sigma = eta * math.sqrt((1.0 - a_s) / (1.0 - a_t) * (1.0 - a_t / a_s))
-        x = math.sqrt(a_s) * x0 + math.sqrt(max(1.0 - a_s - sigma ** 2, 0.0)) * eps
-        if sigma > 0:
-            x = x + sigma * _noise(x, g)
+        x = ddim_update(x, _call_denoiser(denoise, x, t), a_t, a_s, eta, g)
     return x
 
 

@@ -29,11 +29,18 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--precision", choices=("bf16", "fp32"), default=None)
     p.add_argument("--clip", default=None, help="CLIP spec for the prior/decoder (default: the recipe's)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's; 1 is fastest when other jobs share the cores)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.threads is not None:
+        import torch
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     out = Path(args.out) if args.out else default_runs_dir() / f"{args.recipe}-{args.stage}"
     if (out / "state.pt").is_file() and not (args.resume or args.fresh):
         raise ValueError(f"{out} already holds a training run; pass --resume to continue it or --fresh to "

@@ -129,7 +129,7 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
         "decoder": dict(model=dict(image_size=64, model_channels=32, channel_mult=(1, 2, 4, 4), n_res_blocks=1,
                                    attention_resolutions=(16, 8), head_channels=32, clip_dim=128, n_clip_tokens=4,
                                    text_width=0, learn_sigma=True, dropout=0.0, norm_groups=16),
-                        n_steps=6000, batch_size=64, lr=3e-4),
+                        n_steps=10000, batch_size=32, lr=2e-4),
         "upsampler1": dict(model=dict(low_res=64, out_res=256, model_channels=32, channel_mult=(1, 2, 2),
                                       n_res_blocks=1, norm_groups=16),
                            n_steps=3000, batch_size=16, lr=3e-4, crop=64),
@@ -390,7 +390,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default=None)
     p.add_argument("--clip", default=None)
     p.add_argument("--fresh", action="store_true")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (1 is fastest when other jobs share the cores)")
     a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     overrides = {k: v for k, v in {"n_steps": a.steps, "batch_size": a.batch_size, "precision": a.precision,
                                    "clip": a.clip}.items() if v is not None}
     folder = train_stage(recipe(a.recipe, a.stage, **overrides), a.out, resume=not a.fresh)
