@@ -118,7 +118,9 @@ class ClipTrainConfig:
 
 
 RECIPES: dict[str, dict[str, Any]] = {
-    "shapes": {},
+    # the bundled shapes-clip: 1500 steps with one-object scenes oversampled, since only they tell shapes apart
+    # when nothing else differs (450 steps with uniform counts gave 64% top-1 on one-object training scenes)
+    "shapes": dict(n_steps=1500, warmup_steps=50, object_weights=(0.45, 0.3, 0.25)),
     "tiny": dict(embed_dim=16, image_size=32, patch_size=8, vision_width=32, vision_layers=1, vision_head_width=16,
                  text_width=32, text_layers=1, text_heads=2, context_length=24, batch_size=8, n_steps=6,
                  warmup_steps=2, checkpoint_every=2, log_every=1),
@@ -384,8 +386,8 @@ unCLIP pipeline and the CLIP-latent analyses run offline in seconds. Load it wit
 - Embedding dimension {c.embed_dim}; {n_params / 1e6:.2f} M parameters; weights in fp32 safetensors.
 
 ## Training recipe ("shapes", `unclip_core.train.clip`)
-- Data: ShapesWorld split="train" (the held-out colour-shape pairs never appear), 1-3 objects, captions drawn
-  from all paraphrase styles, item i of step s is ShapesConfig(seed={c.seed}).item(s * {c.batch_size} + k).
+- Data: ShapesWorld split="train" (the held-out colour-shape pairs never appear), {c.n_objects} objects
+  (probabilities {c.object_weights or "uniform"}), captions drawn from all paraphrase styles, item i of step s is ShapesConfig(seed={c.seed}).item(s * {c.batch_size} + k).
 - Loss: symmetric InfoNCE with learned temperature (init {c.init_temperature}, logit scale clamped at
   {c.max_logit_scale:g}); captions describing the same scene in a batch count as positives.
 - AdamW (lr {c.lr:g}, betas ({c.beta1}, {c.beta2}), eps {c.adam_eps:g}, weight decay {c.weight_decay} on matrices),
