@@ -27,11 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 # Karlo's architecture at three widths. "full" is kakaobrain/karlo-v1-alpha (prior 1B, decoder 900M, SR 2 x 700M).
 SIZES: dict[str, dict[str, Any]] = {
     "tiny": dict(clip=32, clip_layers=2, clip_heads=4, context=77, prior_heads=2, prior_head_dim=16, prior_layers=2,
-                 dec_size=32, dec_channels=(32, 64, 96), dec_layers=1, head_dim=16, cross_dim=48,
-                 sr_size=64, sr_channels=(32, 64), sr_layers=1, groups=8),
+                 dec_size=16, dec_channels=(16, 32, 48), dec_layers=1, head_dim=16, cross_dim=48,
+                 sr_size=32, sr_channels=(16, 32), sr_layers=1, groups=8),
     "reduced": dict(clip=256, clip_layers=4, clip_heads=4, context=77, prior_heads=8, prior_head_dim=64,
-                    prior_layers=6, dec_size=64, dec_channels=(64, 128, 192, 256), dec_layers=2, head_dim=64,
-                    cross_dim=384, sr_size=256, sr_channels=(32, 64, 96, 128), sr_layers=1, groups=32),
+                    prior_layers=6, dec_size=64, dec_channels=(32, 64, 96, 128), dec_layers=2, head_dim=32,
+                    cross_dim=192, sr_size=256, sr_channels=(16, 32, 48, 64), sr_layers=1, groups=16),
     "full": dict(clip=768, clip_layers=12, clip_heads=12, context=77, prior_heads=32, prior_head_dim=64,
                  prior_layers=20, dec_size=64, dec_channels=(320, 640, 960, 1280), dec_layers=3, head_dim=64,
                  cross_dim=1536, sr_size=256, sr_channels=(320, 640, 960, 1280), sr_layers=3, groups=32),
@@ -194,11 +194,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", choices=tuple(SIZES), default="reduced")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
-    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3, help="timed rounds, interleaved (default 3)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: steadier on a shared CPU)")
     p.add_argument("--json", metavar="PATH", help="also write the results here")
     args = p.parse_args(argv)
+    from benchmarks._common import machine_info, median, time_interleaved, write_json_atomic
     from unclip_core.karlo import import_karlo
     from unclip_core.pipeline import UnCLIP
+    torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
     prompts = ["a red cube on the left of a blue ball"]
     with tempfile.TemporaryDirectory() as tmp:
@@ -210,33 +213,31 @@ def main(argv: list[str] | None = None) -> int:
         for m in [ours.prior, ours.decoder, *ours.upsamplers, *[u for u in ours.upsamplers_last if u is not None]]:
             m.to(dtype)
         ours.clip.model.to(dtype)
-        print(f"built, imported and loaded Karlo-{args.size} in {time.perf_counter() - t0:.1f}s "
-              f"({sum(p.numel() for p in ref.prior.parameters()) / 1e6:.1f}M prior, "
-              f"{sum(p.numel() for p in ref.decoder.parameters()) / 1e6:.1f}M decoder) on {args.device} {args.dtype}")
+        n_params = {k: sum(q.numel() for q in getattr(ref, k).parameters()) for k in ("prior", "decoder", "super_res_first")}
+        print(f"Karlo-{args.size}: built, imported, loaded in {time.perf_counter() - t0:.1f}s; parameters "
+              + ", ".join(f"{k} {v / 1e6:.1f}M" for k, v in n_params.items()) + f"; {args.device} {args.dtype}")
         noise = initial_noise(ref, len(prompts), 0, args.device, dtype)
-        times: dict[str, list[float]] = {"ours": [], "diffusers": []}
         images: dict[str, torch.Tensor] = {}
-        for r in range(args.repeats + 1):  # round 0 warms up; order alternates
-            for name in (("ours", "diffusers") if r % 2 == 0 else ("diffusers", "ours")):
-                if args.device.startswith("cuda"):
-                    torch.cuda.synchronize()
-                t = time.perf_counter()
+
+        def timed(name: str):
+            def fn() -> None:
                 with torch.inference_mode():
-                    fn = run_ours if name == "ours" else run_diffusers
-                    images[name] = fn(ours if name == "ours" else ref, prompts, noise, 0, args.device).float().cpu()
-                if args.device.startswith("cuda"):
-                    torch.cuda.synchronize()
-                if r:
-                    times[name].append(time.perf_counter() - t)
-    best = {k: min(v) for k, v in times.items()}
-    diff = float((images["ours"] - images["diffusers"]).abs().max())
-    ratio = best["ours"] / best["diffusers"]
-    print(f"seconds per image (best of {args.repeats}): ours {best['ours']:.3f}, diffusers {best['diffusers']:.3f}; "
-          f"ratio ours/diffusers {ratio:.3f}; max |image difference| {diff:.2e}")
+                    run = run_ours if name == "ours" else run_diffusers
+                    images[name] = run(ours if name == "ours" else ref, prompts, noise, 0, args.device).float().cpu()
+            return fn
+
+        times = time_interleaved({"ours": timed("ours"), "diffusers": timed("diffusers")}, args.repeats,
+                                 warmup=1, device=args.device)
+    sec = {k: median(v) for k, v in times.items()}
+    diff = float((images["ours"] - images["diffusers"]).abs().mean())
+    ratio = sec["ours"] / sec["diffusers"]
+    print(f"seconds per image (median of {args.repeats}, prior 25 + decoder 25 + super-res 7 steps): "
+          f"ours {sec['ours']:.3f}, diffusers {sec['diffusers']:.3f}; ratio ours/diffusers {ratio:.3f}; "
+          f"mean |image difference| {diff:.1e} (diffusers' float32 scheduler tables)")
     if args.json:
-        from benchmarks._common import write_json_atomic  # type: ignore[attr-defined]
-        write_json_atomic(Path(args.json), {"size": args.size, "device": args.device, "dtype": args.dtype,
-                                            "seconds": times, "ratio": ratio, "max_abs_diff": diff})
+        write_json_atomic(Path(args.json), {"size": args.size, "dtype": args.dtype, "parameters": n_params,
+                                            "seconds": times, "ratio": ratio, "mean_abs_diff": diff,
+                                            "machine": machine_info(args.device)})
     return 0
 
 

@@ -161,6 +161,44 @@ def image_result(image: Image.Image, label: str, meta: Mapping[str, Any], key: s
         st.toast(f"added {label!r} to the gallery")
 
 
+# ------------------------------------------------------------------------------------------- display
+# legend entries named after a colour are drawn in that colour (ShapesWorld colours, or any CSS colour name)
+NAMED_COLOURS = {"red": "#d62728", "green": "#2ca02c", "blue": "#1f77b4", "yellow": "#e6c200", "purple": "#9467bd",
+                 "orange": "#ff7f0e", "black": "#222222", "white": "#bbbbbb", "grey": "#7f7f7f", "gray": "#7f7f7f",
+                 "pink": "#e377c2", "brown": "#8c564b", "cyan": "#17becf"}
+
+
+def name_colour(trace: Any) -> None:
+    """Draw a trace named after a colour ('red') in that colour."""
+    colour = NAMED_COLOURS.get(str(getattr(trace, "name", "")).strip().lower())
+    if colour is not None:
+        trace.update(marker_color=colour)
+
+
+def name_colours(fig: Any) -> Any:
+    """name_colour on every trace of a figure; returns the figure."""
+    fig.for_each_trace(name_colour)
+    return fig
+
+
+def few_valued(meta: pd.DataFrame, columns: Sequence[str], max_values: int = 20) -> str | None:
+    """The first column with 2..max_values distinct values (a sensible default to colour a map by), or None."""
+    for c in columns:
+        try:
+            n = meta[c].nunique(dropna=True)
+        except TypeError:  # unhashable cells (lists): not a colouring column
+            continue
+        if 2 <= n <= max_values:
+            return c
+    return None
+
+
+def image_width(image: Image.Image, target: int = 160) -> int:
+    """Display width: small images scaled up by a whole factor to about `target` px, large ones kept."""
+    w = image.size[0]
+    return w if w >= target else w * max(1, target // w)
+
+
 # ------------------------------------------------------------------------------------------- projections
 def selected_rows(event: Any, frame: pd.DataFrame) -> list[int]:
     """Rows of `frame` picked in a plotly selection event (st.plotly_chart on_select): via the 'row' customdata.
@@ -186,7 +224,7 @@ def chart_frame(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def project_rows(store: Any, rows: Sequence[int], method: str, kind: str | None, seed: int) -> Any:
-    """Re-project a subset of a store's rows of `kind` (analyses.projection): -> (frame, figure, projection)."""
+    """Re-project a subset of a store's rows of `kind` (analyses.projection.fit_projection) -> (frame, projection)."""
     from analyses.projection import fit_projection, projection_frame, scatter
     Z, meta = store_rows(store, kind)
     rows = np.asarray(sorted(set(int(r) for r in rows)), dtype=np.int64)

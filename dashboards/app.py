@@ -11,10 +11,10 @@ try:
 except ImportError:  # a plain checkout: the repository root holds the packages
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-st.set_page_config(page_title="unclip-explorer", page_icon="🔭", layout="wide")
+st.set_page_config(page_title="unclip-explorer", page_icon=":material/explore:", layout="wide")
 PAGES = [
-    st.Page("pages/latent_lab.py", title="Latent lab", icon="🧪", default=True),
-    st.Page("pages/projections.py", title="Projections", icon="🗺️"),
-    st.Page("pages/binding.py", title="Binding", icon="🔗"),
+    st.Page("views/latent_lab.py", title="Latent lab", icon=":material/science:", default=True),
+    st.Page("views/projections.py", title="Projections", icon=":material/scatter_plot:"),
+    st.Page("views/binding.py", title="Binding", icon=":material/link:"),
 ]
 st.navigation(PAGES).run()

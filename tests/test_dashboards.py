@@ -23,7 +23,7 @@ from unclip_core.clip import ClipEncoder
 from unclip_core.pipeline import UnCLIP
 from unclip_core.provenance import read_png_meta
 
-PAGES = Path(__file__).resolve().parent.parent / "dashboards" / "pages"
+PAGES = Path(__file__).resolve().parent.parent / "dashboards" / "views"
 pytestmark = pytest.mark.filterwarnings("ignore:prompt", "ignore:.*ScriptRunContext")
 
 
@@ -95,6 +95,18 @@ def lab(monkeypatch, pipe_dir):
     at.run()
     at.slider(key="steps").set_value(2)
     return at
+
+
+# ------------------------------------------------------------------------------------------------ entry
+def test_app_navigates_between_the_three_pages(monkeypatch, pipe_dir):
+    monkeypatch.setenv(S.ENV_MODEL, str(pipe_dir))
+    at = AppTest.from_file(str(PAGES.parent / "app.py"), default_timeout=120)
+    at.run()
+    no_errors(at)
+    assert at.title[0].value == "Latent lab"
+    for view, title in (("projections", "Projections"), ("binding", "Binding")):
+        at.switch_page(f"views/{view}.py").run()
+        assert not at.exception and at.title[0].value == title
 
 
 # ------------------------------------------------------------------------------------------------ latent lab

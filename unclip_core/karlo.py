@@ -481,9 +481,16 @@ class KarloUnCLIP(UnCLIP):
     # ------------------------------------------------------------------ text
     def text_condition(self, prompts: Sequence[str]) -> tuple[Tensor, Tensor, Tensor]:
         """(z_t (B, d) unnormalised, token features (B, L, w), mask (B, L) bool) of CLIP's text tower."""
-        z_t = self.clip.encode_text(list(prompts), normalize=False).to(self.device)
-        feats, mask = self.clip.text_tokens(list(prompts))
-        return z_t, feats.to(self.device), mask.to(self.device)
+        ids = self.clip.tokenize(list(prompts)).to(self.clip.device)
+        tower = self.clip.model.text
+        tower.output_tokens = True  # one pass of the text tower gives both
+        try:
+            with torch.inference_mode():
+                z_t, feats = tower(ids)
+        finally:
+            tower.output_tokens = False
+        mask = self.clip._token_mask(ids)
+        return z_t.float().to(self.device), feats.float().to(self.device), mask.to(self.device)
 
     def _null(self, B: int) -> tuple[Tensor, Tensor, Tensor]:
         if self._null_text is None:

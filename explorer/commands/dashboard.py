@@ -45,7 +45,7 @@ def command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
     cmd = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.port", str(args.port),
            "--server.address", args.address, "--server.headless", "true",
            "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
-           "--global.developmentMode", "false"]
+           "--global.developmentMode", "false", "--client.toolbarMode", "minimal"]
     return cmd, env
 
 

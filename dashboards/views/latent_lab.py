@@ -45,7 +45,7 @@ def strip(images, labels, key, meta_of):
     cols = st.columns(len(images))
     for k, (col, im, label) in enumerate(zip(cols, images, labels)):
         with col:
-            st.image(im, caption=label, width="stretch")
+            st.image(im, caption=label, width=S.image_width(im))
             S.image_result(im, label, meta_of(k), f"{key}-{k}")
 
 
@@ -139,7 +139,7 @@ with interp_tab:
         k = ts.index(t_sel)
         c1, c2 = st.columns([1, 2])
         with c1:
-            st.image(res.images[k], caption=f"frame {k}, t={t_sel:.2f}", width="stretch")
+            st.image(res.images[k], caption=f"frame {k}, t={t_sel:.2f}", width=2 * S.image_width(res.images[k]))
             S.image_result(res.images[k], f"interpolation t={t_sel:.2f}",
                            {**res.settings, "frame": k, "t": t_sel, "model": info["model"], "model_info": info},
                            f"ip-{k}")
@@ -218,7 +218,7 @@ with gallery_tab:
         cols = st.columns(4)
         for j, item in enumerate(gallery):
             with cols[j % 4]:
-                st.image(item["image"], caption=item["label"], width="stretch")
+                st.image(item["image"], caption=item["label"], width=S.image_width(item["image"]))
                 st.download_button("Download PNG", S.png_bytes(item["image"], item["meta"]),
                                    file_name=f"gallery-{j}.png", mime="image/png", key=f"gdl-{j}")
         if st.button("Clear gallery", key="gallery_clear"):

@@ -1,8 +1,6 @@
 """Projections: PCA / UMAP / t-SNE maps of an embedding store, selections, neighbours and caption-defined axes."""
 from __future__ import annotations
 
-import time
-
 import streamlit as st
 
 import explorer
@@ -65,7 +63,7 @@ with st.sidebar:
                             key="pj_kind")
     kind = None if kind_sel == "all" else kind_sel
     columns = [c for c in meta.columns if c not in ("id", "source")]
-    preferred = next((c for c in ("scene.objects.0.colour", "kind") if c in columns), None)
+    preferred = next((c for c in ("scene.objects.0.colour",) if c in columns), None) or S.few_valued(meta, columns)
     color_sel = st.selectbox("colour by", ["(none)"] + columns,
                              index=(1 + columns.index(preferred)) if preferred else 0, key="pj_color")
     color = None if color_sel == "(none)" else color_sel
@@ -73,30 +71,31 @@ with st.sidebar:
 
 st.caption(f"Store `{store.path}` · {len(store)} rows · dim {store.dim} · model `{store.model_spec}` "
            f"(id {store.model_id})")
-t0 = time.perf_counter()
 with st.spinner(f"Fitting {method.upper()} on the store's rows…"):
     res = S.attempt(S.project_store, str(store.path), stamp, method, kind, seed)
 if res is None:
     st.stop()
 frame = S.chart_frame(res.frame)
-hover = ["row"] + [c for c in ("id", "caption", "source") if c in frame.columns]
+# large maps carry less hover text: the figure's JSON is most of the time to first render
+hover = ["row"] + [c for c in (("id", "caption", "source") if len(frame) <= 20_000 else ("id",)) if c in frame.columns]
 fig = scatter(frame, color=color, hover=hover, title=f"{method.upper()} of {len(frame)} {kind or 'all'} rows")
-fig.update_layout(dragmode="lasso", height=560, legend_title_text=color or "")
+fig.update_layout(dragmode="select", height=560, legend_title_text=color or "")
+S.name_colours(fig)
 evr = res.projection.explained_variance_ratio_
 if evr is not None:
     fig.update_layout(xaxis_title=f"PC1 ({evr[0]:.1%} of variance)", yaxis_title=f"PC2 ({evr[1]:.1%})")
 event = st.plotly_chart(fig, on_select="rerun", selection_mode=("box", "lasso", "points"), key="pj_chart",
                         width="stretch")
-st.caption(f"{len(frame)} points · fit {res.projection.fit_seconds:.2f} s"
-           f"{' (cached)' if time.perf_counter() - t0 < 0.05 else ''}")
+st.caption(f"{len(frame)} points · {method.upper()} fitted in {res.projection.fit_seconds:.2f} s (kept for reruns)")
 
 # ---------------------------------------------------------------------------------------------- selection
 st.subheader("Selection")
 rows = S.selected_rows(event, frame)
 drew = bool(event and (event.get("selection", {}).get("box") or event.get("selection", {}).get("lasso")))
 c1, c2 = st.columns([1, 2])
-filter_col = c1.selectbox("…or select rows where", [c for c in frame.columns if c not in ("x", "y", "row")],
-                          key="pj_filter_col")
+filter_cols = [c for c in frame.columns if c not in ("x", "y", "row")]
+filter_col = c1.selectbox("…or select rows where", filter_cols,
+                          index=filter_cols.index("caption") if "caption" in filter_cols else 0, key="pj_filter_col")
 filter_text = c2.text_input("contains", "", key="pj_filter_text", placeholder="e.g. red")
 if not rows and filter_text.strip():
     rows = frame.index[frame[filter_col].astype(str).str.contains(filter_text.strip(), case=False,
@@ -111,7 +110,8 @@ else:
     st.markdown(f"**{len(rows)} selected points**")
     thumbs = S.thumbnail_paths(chosen, store.path)
     if thumbs:
-        st.image([str(p) for p, _ in thumbs], caption=[c for _, c in thumbs], width=72)
+        st.caption(f"Thumbnails of the first {len(thumbs)} image rows (hover a point on the map for its caption)")
+        st.image([str(p) for p, _ in thumbs], width=72)
     st.dataframe(chosen.drop(columns=["x", "y"]), hide_index=True, height=240)
     if st.button("Re-project the selection", key="pj_reproject"):
         with st.spinner(f"Fitting {method.upper()} on {len(rows)} points…"):
@@ -122,7 +122,8 @@ if "pj_sub" in st.session_state:
     sub_frame, sub_proj = st.session_state["pj_sub"]
     st.plotly_chart(scatter(sub_frame, color=color if color in sub_frame.columns else None,
                             hover=[c for c in ("id", "caption") if c in sub_frame.columns],
-                            title=f"{method.upper()} of the {len(sub_frame)} selected points"),
+                            title=f"{method.upper()} of the {len(sub_frame)} selected points").for_each_trace(
+                        S.name_colour),
                     key="pj_sub_chart", width="stretch")
 
 # ---------------------------------------------------------------------------------------------- neighbours
@@ -177,5 +178,6 @@ if "ax" in st.session_state:
     ax, (xa_, xb_, ya_, yb_) = st.session_state["ax"]
     ax_fig = scatter(ax, color=color if color in ax.columns else None,
                      hover=[c for c in ("id", "caption") if c in ax.columns], title="Caption-defined axes")
+    S.name_colours(ax_fig)
     ax_fig.update_layout(xaxis_title=f"cos(z, '{xa_}' − '{xb_}')", yaxis_title=f"cos(z, '{ya_}' − '{yb_}')")
     st.plotly_chart(ax_fig, key="ax_chart", width="stretch")
