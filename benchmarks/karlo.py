@@ -149,7 +149,8 @@ def diffusers_pipeline(folder: str | Path) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         pipe = UnCLIPPipeline(
-            prior=PriorTransformer.from_pretrained(f / "prior"), decoder=UNet2DConditionModel.from_pretrained(f / "decoder"),
+            prior=PriorTransformer.from_pretrained(f / "prior"),
+            decoder=UNet2DConditionModel.from_pretrained(f / "decoder"),
             text_encoder=CLIPTextModelWithProjection.from_pretrained(f / "text_encoder", local_files_only=True),
             tokenizer=CLIPTokenizer.from_pretrained(f / "tokenizer", local_files_only=True),
             text_proj=UnCLIPTextProjModel.from_pretrained(f / "text_proj"),
@@ -213,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         for m in [ours.prior, ours.decoder, *ours.upsamplers, *[u for u in ours.upsamplers_last if u is not None]]:
             m.to(dtype)
         ours.clip.model.to(dtype)
-        n_params = {k: sum(q.numel() for q in getattr(ref, k).parameters()) for k in ("prior", "decoder", "super_res_first")}
+        n_params = {k: sum(q.numel() for q in getattr(ref, k).parameters())
+                    for k in ("prior", "decoder", "super_res_first")}
         print(f"Karlo-{args.size}: built, imported, loaded in {time.perf_counter() - t0:.1f}s; parameters "
               + ", ".join(f"{k} {v / 1e6:.1f}M" for k, v in n_params.items()) + f"; {args.device} {args.dtype}")
         noise = initial_noise(ref, len(prompts), 0, args.device, dtype)

@@ -295,7 +295,7 @@ def _load_mapped(model: nn.Module, state: Mapping[str, Tensor], source: str) -> 
 
 # --- Karlo's text encoder as our ClipEncoder -----------------------------------------------------
 class HFTextTower(nn.Module):
-    """Hugging Face CLIPTextModelWithProjection read as an open_clip-like tower: z_t = text_embeds, tokens = last_hidden_state."""
+    """HF CLIPTextModelWithProjection as an open_clip-like tower: z_t = text_embeds, tokens = last_hidden_state."""
 
     pool_type = "argmax"  # CLIP's [EOT] pooling; [EOT] is the largest id of CLIP's vocabulary
 
@@ -444,7 +444,8 @@ class KarloUnCLIP(UnCLIP):
         super().__init__(clip, decoder, prior, upsamplers, stage_info, name=name)
         last = list(upsamplers_last) + [None] * (len(self.upsamplers) - len(upsamplers_last))
         if len(last) != len(self.upsamplers):
-            raise ValueError(f"upsamplers_last has {len(upsamplers_last)} entries for {len(self.upsamplers)} upsamplers")
+            raise ValueError(f"upsamplers_last has {len(upsamplers_last)} entries for "
+                             f"{len(self.upsamplers)} upsamplers; pass one (or None) per upsampler")
         for k, (u, v) in enumerate(zip(self.upsamplers, last)):
             if v is not None and (v.config.low_res, v.config.out_res) != (u.config.low_res, u.config.out_res):
                 raise ValueError(f"upsampler{k + 1}_last maps {v.config.low_res}->{v.config.out_res}px but "
@@ -615,7 +616,7 @@ class KarloUnCLIP(UnCLIP):
 
     def upsample(self, low: Tensor, index: int, steps: int = 7, seed: int | torch.Generator | None = None,
                  progress: bool = False, *, sampler: str = "unclip", x_T: Tensor | None = None) -> Tensor:
-        """Run super-resolution stage `index` on (B, 3, h, h) images in [-1, 1]; its last step uses the `_last` network."""
+        """Super-resolution stage `index` on (B, 3, h, h) images in [-1, 1]; the last step uses the `_last` net."""
         if not 0 <= index < len(self.upsamplers):
             raise ValueError(f"upsampler index {index} out of range; this pipeline has {len(self.upsamplers)}")
         check_choice("sampler", sampler, KARLO_SAMPLERS)
