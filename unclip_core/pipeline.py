@@ -6,6 +6,7 @@ upsampler.py. Every stochastic call takes a seed or a torch.Generator.
 """
 from __future__ import annotations
 
+import importlib
 import math
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -30,6 +31,9 @@ from .samplers import (classifier_free_guidance, invert_ddim, model_to_denoiser,
 from .upsampler import Upsampler
 
 SAMPLERS = ("ddim", "ddpm", "dpmpp_2m")
+# pipeline folders whose pipeline.json names another family load with that family's class (a subclass of
+# UnCLIP defined in a module that imports this one, so it is found by name, not imported here)
+FAMILIES = {"karlo": "unclip_core.karlo:KarloUnCLIP"}
 # Trailing spacing starts at t = T - 1, from pure noise (Lin et al. 2024); inversion uses the same steps.
 SPACING = "trailing"
 
@@ -126,9 +130,10 @@ class UnCLIP:
         """Load a pipeline folder (pipeline.json + stage folders) or a bundled name such as "shapes-unclip"."""
         folder = resolve(spec)
         dirs, meta = read_pipeline(folder)
-        if meta.get("family") == "karlo" and cls is UnCLIP:  # imported Karlo: its own text encoder and sampling
-            from .karlo import KarloUnCLIP
-            return KarloUnCLIP.load(folder, device=device)
+        family = meta.get("family")
+        if family in FAMILIES and cls is UnCLIP:  # e.g. imported Karlo: its own text encoder and sampling
+            module, name = FAMILIES[family].split(":")
+            return getattr(importlib.import_module(module), name).load(folder, device=device)
         clip_spec = meta.get("clip")
         if clip_spec is None:
             raise ValueError(f"{folder}/pipeline.json has no 'clip' entry naming its CLIP model")
