@@ -225,7 +225,7 @@ def chart_frame(frame: pd.DataFrame) -> pd.DataFrame:
 
 def project_rows(store: Any, rows: Sequence[int], method: str, kind: str | None, seed: int) -> Any:
     """Re-project a subset of a store's rows of `kind` (analyses.projection.fit_projection) -> (frame, projection)."""
-    from analyses.projection import fit_projection, projection_frame, scatter
+    from analyses.projection import fit_projection, projection_frame
     Z, meta = store_rows(store, kind)
     rows = np.asarray(sorted(set(int(r) for r in rows)), dtype=np.int64)
     if rows.size == 0:

@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from analyses.binding import (GENERATION_PATHS, ShapesJudge, accuracy_table, case_image, case_seed, clip_summary,
+from analyses.binding import (GENERATION_PATHS, ShapesJudge, accuracy_table, case_image, clip_summary,
                               clip_scores, generation_scores, generation_summary, linear_probes, mcnemar,
                               paired_bootstrap, probe_embeddings, probe_scenes)
 from analyses.binding_suite import (CaptionPairCase, Case, GenerationCase, WinogroundCase, load_suite,

@@ -9,22 +9,21 @@ and one checkpoint folder per stage. Writes go to a temporary folder that is ren
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import importlib
 import json
 import os
 import re
 import shutil
-import uuid
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .atomic import atomic_dir
 from .decoder import Decoder
 from .prior import DiffusionPrior
 from .upsampler import Upsampler
@@ -77,29 +76,6 @@ def config_from_dict(config_cls: type, data: Mapping[str, Any]) -> Any:
     return config_cls(**{k: _to_tuples(v) for k, v in data.items()})
 
 
-# --- atomic folders -------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _atomic_dir(path: Path, overwrite: bool) -> Iterator[Path]:
-    """Yield a fresh temporary folder beside `path`, renamed to `path` when the block succeeds."""
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True or choose another folder")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        yield tmp
-        if path.exists():
-            old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
 def _json_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
     if metadata is None:
         return {}
@@ -138,7 +114,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, card: str | None = None,
                     metadata: Mapping[str, Any] | None = None, overwrite: bool = False) -> Path:
     """Write `model` as a checkpoint folder (config.json, model.safetensors, README.md card) atomically."""
     path = Path(path)
-    with _atomic_dir(path, overwrite) as tmp:
+    with atomic_dir(path, overwrite) as tmp:
         _write_checkpoint(tmp, model, card, metadata)
     return path
 
@@ -244,7 +220,7 @@ def save_pipeline(path: str | Path, stages: Mapping[str, nn.Module | str | Path]
         if not isinstance(name, str) or not _STAGE_NAME.match(name):
             raise ValueError(f"stage name {name!r} must be a simple folder name (letters, digits, _ or -)")
     manifest = {"format": FORMAT, "stages": {name: name for name in stages}, "metadata": _json_metadata(metadata)}
-    with _atomic_dir(path, overwrite) as tmp:
+    with atomic_dir(path, overwrite) as tmp:
         for name, stage in stages.items():
             if isinstance(stage, nn.Module):
                 (tmp / name).mkdir()

@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .checkpoint import (FORMAT, PIPELINE_FILE, _atomic_dir, _write_checkpoint, _write_json, check_state_dict,
+from .atomic import atomic_dir
+from .checkpoint import (FORMAT, PIPELINE_FILE, _write_checkpoint, _write_json, check_state_dict,
                          load_checkpoint, read_pipeline, resolve)
 from .checks import check_choice, check_embeddings, check_positive_int
 from .clip import ClipEncoder
@@ -393,7 +394,7 @@ def import_karlo(src: str | Path, out: str | Path, overwrite: bool = False, dtyp
             _read_config(src / folder, "UnCLIPScheduler", "scheduler_config.json"), f"{folder}/scheduler_config.json")
     clip = load_karlo_clip(src)
     out = Path(out).expanduser()
-    with _atomic_dir(out, overwrite) as tmp:
+    with atomic_dir(out, overwrite) as tmp:
         # one stage at a time, so that the full-size models need memory for one stage only
         prior = DiffusionPrior(prior_config_from_karlo(_read_config(src / "prior", "PriorTransformer")))
         state = map_prior_state(read_diffusers_weights(src / "prior"))

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import importlib
 import math
-import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 

@@ -2,9 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -15,6 +12,7 @@ from PIL import Image
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 from tqdm.auto import tqdm
 
+from unclip_core.atomic import atomic_dir
 from unclip_core.checks import check_choice, check_positive_int
 from unclip_core.data.shapes_render import check_size, render_array
 from unclip_core.data.shapes_scene import HELD_OUT_PAIRS, SPLITS, Scene, sample_scene
@@ -147,9 +145,7 @@ def export(out_dir: str | Path, n: int, seed: int, size: int = 64, split: str = 
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ValueError(f"out_dir={str(out)!r} already exists and is not empty; pass overwrite=True "
                          "or choose a new folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_dir(out, overwrite=True) as tmp:
         (tmp / "images").mkdir()
         with open(tmp / "captions.jsonl", "w", encoding="utf-8") as f:
             for i in tqdm(range(n), desc="ShapesWorld export", disable=not progress):
@@ -160,16 +156,6 @@ def export(out_dir: str | Path, n: int, seed: int, size: int = 64, split: str = 
         meta = {"generator": "unclip_core.data.shapes", "n": n, **asdict(config),
                 "held_out_pairs": sorted(map(list, HELD_OUT_PAIRS))}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        old = None
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / "x")
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -8,8 +8,6 @@ import argparse
 import json
 import math
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -22,6 +20,7 @@ from open_clip.model import CLIP
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from unclip_core.atomic import atomic_dir
 from unclip_core.checks import check_choice, check_positive_int
 from unclip_core.clip import ClipEncoder
 from unclip_core.data.shapes import ShapesConfig, caption, render_array, vocabulary
@@ -203,9 +202,7 @@ def export_clip(model: CLIP, tokenizer: WordTokenizer, config: ClipTrainConfig, 
                 card: str | None = None) -> Path:
     """Write an open_clip model folder (open_clip_config.json, model.safetensors fp32, vocab.json, README.md) atomically."""
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    try:
+    with atomic_dir(folder, overwrite=True) as tmp:
         cfg = open_clip_config(config, tokenizer.vocab_size)
         cfg["train_config"] = asdict(config)
         (tmp / "open_clip_config.json").write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
@@ -216,16 +213,6 @@ def export_clip(model: CLIP, tokenizer: WordTokenizer, config: ClipTrainConfig, 
             (tmp / "README.md").write_text(card, encoding="utf-8")
         for f in (tmp, *tmp.iterdir()):
             publish_permissions(f)
-        old = None
-        if folder.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
-            os.replace(folder, old / "x")
-        os.replace(tmp, folder)
-        if old is not None:
-            shutil.rmtree(old)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder
 
 
