@@ -7,17 +7,48 @@ import argparse
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run the demo on the bundled models and write an index.html",
                        description="Export a ShapesWorld sample, embed it with the bundled CLIP, answer text "
-                                   "queries by nearest neighbours and map the embeddings with PCA.")
+                                   "queries by nearest neighbours and map the embeddings with PCA; with a "
+                                   "generator pipeline, also write unCLIP pictures (text-to-image, variations, "
+                                   "interpolation, text diff) with the settings that made them.")
     p.add_argument("--out", default="demo-out", metavar="DIR", help="output folder (default: demo-out)")
     p.add_argument("--n", type=int, default=300, help="ShapesWorld scenes to embed")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", default="shapes-clip", metavar="SPEC", help="CLIP model (default: shapes-clip)")
+    p.add_argument("--pipeline", default="auto", metavar="SPEC",
+                   help="unCLIP pipeline folder or bundled name (default 'auto': shapes-unclip when bundled; "
+                        "'none' skips the pictures)")
+    g = p.add_argument_group("unCLIP pictures")
+    g.add_argument("--captions", nargs="+", metavar="CAPTION", default=None,
+                   help="text-to-image captions (rows of the grid)")
+    g.add_argument("--n-seeds", type=int, default=2, help="text-to-image seeds (columns of the grid)")
+    g.add_argument("--steps", type=int, default=25, help="decoder DDIM steps")
+    g.add_argument("--guidance", type=float, default=3.0, help="decoder classifier-free guidance scale")
+    g.add_argument("--prior-steps", type=int, default=25)
+    g.add_argument("--prior-guidance", type=float, default=4.0)
+    g.add_argument("--n-variations", type=int, default=3)
+    g.add_argument("--n-frames", type=int, default=5, help="interpolation frames")
+    g.add_argument("--n-theta", type=int, default=4, help="text-diff frames")
+    g.add_argument("--theta-max", type=float, default=0.5)
+    g.add_argument("--refine", type=int, default=1, help="fixed-point iterations per DDIM inversion step")
+    g.add_argument("--upsampler-steps", type=int, nargs="+", default=[27, 15], metavar="N")
+    c = g.add_mutually_exclusive_group()
+    c.add_argument("--full-cascade", action="store_true",
+                   help="run both upsamplers on one text-to-image cell (default: the first only)")
+    c.add_argument("--no-upsample", action="store_true", help="stay at the decoder's resolution")
     p.add_argument("--no-progress", action="store_true")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    from explorer.demo import run_demo
-    index = run_demo(args.out, n=args.n, seed=args.seed, model=args.model, progress=not args.no_progress)
+    from explorer.demo import DEMO_CAPTIONS, GeneratorSettings, run_demo
+    generator = GeneratorSettings(
+        captions=tuple(args.captions) if args.captions else DEMO_CAPTIONS, n_seeds=args.n_seeds,
+        steps=args.steps, guidance=args.guidance, prior_steps=args.prior_steps,
+        prior_guidance=args.prior_guidance, n_variations=args.n_variations, n_frames=args.n_frames,
+        n_theta=args.n_theta, theta_max=args.theta_max, refine=args.refine,
+        upsampler_steps=tuple(args.upsampler_steps),
+        cascade_stages=2 if args.full_cascade else 0 if args.no_upsample else None)
+    index = run_demo(args.out, n=args.n, seed=args.seed, model=args.model, progress=not args.no_progress,
+                     pipeline=args.pipeline, generator=generator)
     print(f"demo written: open {index}")
     return 0
