@@ -97,3 +97,18 @@ def test_ddp_two_cpu_ranks_hold_identical_weights(tmp_path):
     moved = sum(float((w0[k] - v).abs().sum()) for k, v in init.state_dict().items())
     assert moved > 0  # the ranks trained (the same way), they did not just keep the initial weights
     assert (tmp_path / "model" / "model.safetensors").is_file()
+
+
+def test_assembled_pipeline_samples_with_each_stage_s_prediction(clip, tmp_path):
+    from unclip_core.pipeline import UnCLIP
+    from unclip_core.train.diffusion import assemble_pipeline
+    dec = train_stage(_tiny("decoder", prediction="v", n_steps=1), tmp_path / "d", clip=clip, progress=False)
+    prior = train_stage(_tiny("prior", n_steps=1), tmp_path / "p", clip=clip, progress=False)
+    folder = assemble_pipeline(tmp_path / "pipe", {"prior": prior, "decoder": dec}, clip.spec, "tiny-family")
+    pipe = UnCLIP.load(folder)
+    assert pipe.stage_info["decoder"].prediction == "v" and pipe.stage_info["prior"].prediction == "x0"
+    assert pipe.name == "tiny-family"
+    out = pipe.text_to_image("a red circle", steps=2, prior_steps=2, seed=0)
+    assert out.images[0].size == (32, 32)
+    with pytest.raises(ValueError, match="prediction='noise' is not known; accepted"):
+        _tiny("decoder", prediction="noise")
