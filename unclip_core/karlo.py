@@ -582,14 +582,8 @@ class KarloUnCLIP(UnCLIP):
         x_T / super_res_x_T fix the decoder's and the upsampler's initial noise (decoder_latents,
         super_res_latents). With the "unclip" sampler predicted x0 is always clamped (UnCLIPScheduler).
         """
-        z_i = self._check_z_i(z_i)
-        steps = check_positive_int("steps", steps)
-        guidance = _check_guidance("guidance", guidance)
-        check_choice("sampler", sampler, KARLO_SAMPLERS)
-        prompt_list = None if prompts is None else _check_prompts(prompts)
-        if prompt_list is not None and len(prompt_list) != z_i.shape[0]:
-            raise ValueError(f"prompts has {len(prompt_list)} entries but z_i has {z_i.shape[0]} rows; "
-                             "pass one prompt per embedding")
+        z_i, steps, guidance, prompt_list = self._check_decode_args(z_i, steps, guidance, sampler, KARLO_SAMPLERS,
+                                                                    prompts)
         for k in upsampler_steps:
             check_positive_int("upsampler steps", k)
         g = _generator(seed)

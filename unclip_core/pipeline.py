@@ -247,6 +247,20 @@ class UnCLIP:
         return self._decoder_denoiser(z_i, None if prompts is None else _check_prompts(prompts),
                                       _check_guidance("guidance", guidance))
 
+    def _check_decode_args(self, z_i: Tensor, steps: int, guidance: float, sampler: str,
+                           samplers: Sequence[str], prompts: Sequence[str] | None
+                           ) -> tuple[Tensor, int, float, list[str] | None]:
+        """Validated (z_i, steps, guidance, prompt list) of a decode call; prompts must match z_i's rows."""
+        z_i = self._check_z_i(z_i)
+        steps = check_positive_int("steps", steps)
+        guidance = _check_guidance("guidance", guidance)
+        check_choice("sampler", sampler, samplers)
+        prompt_list = None if prompts is None else _check_prompts(prompts)
+        if prompt_list is not None and len(prompt_list) != z_i.shape[0]:
+            raise ValueError(f"prompts has {len(prompt_list)} entries but z_i has {z_i.shape[0]} rows; "
+                             "pass one prompt per embedding")
+        return z_i, steps, guidance, prompt_list
+
     def _check_z_i(self, z_i: Tensor) -> Tensor:
         z_i = torch.as_tensor(check_embeddings("z_i", z_i, self.decoder.config.clip_dim, allow_1d=True))
         z_i = z_i[None] if z_i.ndim == 1 else z_i
@@ -261,14 +275,8 @@ class UnCLIP:
         clip_denoised clamps each predicted x0 to [-1, 1]; by default on, and off when x_T is given, since a
         DDIM-inverted x_T reconstructs its image only through the same unclamped ODE.
         """
-        z_i = self._check_z_i(z_i)
-        steps = check_positive_int("steps", steps)
-        guidance = _check_guidance("guidance", guidance)
-        check_choice("sampler", sampler, SAMPLERS)
-        prompt_list = None if prompts is None else _check_prompts(prompts)
-        if prompt_list is not None and len(prompt_list) != z_i.shape[0]:
-            raise ValueError(f"prompts has {len(prompt_list)} entries but z_i has {z_i.shape[0]} rows; "
-                             "pass one prompt per embedding")
+        z_i, steps, guidance, prompt_list = self._check_decode_args(z_i, steps, guidance, sampler, SAMPLERS,
+                                                                    prompts)
         g = _generator(seed)
         s = self.decoder.config.image_size
         shape = (z_i.shape[0], 3, s, s)
