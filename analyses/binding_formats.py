@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from analyses.binding_suite import (CaptionPairCase, Expected, ExpectedObject, GenerationCase, SuiteError,
                                     WinogroundCase)
@@ -28,6 +28,18 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise SuiteError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
+
+
+def _jsonl_records(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed JSON) for each non-blank line of a JSONL file; bad JSON names the file and line."""
+    for lineno, text in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not text.strip():
+            continue
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SuiteError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+        yield lineno, record
 
 
 def _field(path: Path, where: str, d: Any, key: str, kind: type | tuple = str) -> Any:
@@ -100,14 +112,8 @@ def load_winoground(folder: str | Path) -> list[WinogroundCase]:
         raise FileNotFoundError(f"{folder} has no examples.jsonl; pass the Winoground folder holding examples.jsonl "
                                 "and images/")
     cases = []
-    for lineno, text in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not text.strip():
-            continue
+    for lineno, d in _jsonl_records(path):
         where = f"line {lineno}"
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise SuiteError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
         ex_id = _field(path, where, d, "id", (int, str))
         captions = (_field(path, where, d, "caption_0"), _field(path, where, d, "caption_1"))
         images = tuple(_find_image(folder / "images", _field(path, where, d, f"image_{j}"), f"{path}:{lineno}")
@@ -155,14 +161,8 @@ def load_geneval(path: str | Path) -> list[GenerationCase]:
     if not path.is_file():
         raise FileNotFoundError(f"file not found: {path}")
     cases = []
-    for lineno, text in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not text.strip():
-            continue
+    for lineno, d in _jsonl_records(path):
         where = f"line {lineno}"
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise SuiteError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
         tag = _field(path, where, d, "tag")
         if tag not in GENEVAL_TAGS:
             raise SuiteError(f"{path}:{lineno}: field 'tag': {tag!r} is not known; accepted: {', '.join(GENEVAL_TAGS)}")
