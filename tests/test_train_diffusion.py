@@ -1,4 +1,5 @@
 """Stage trainers on tiny recipes: every stage runs, a killed run resumes to the same weights, configs validate."""
+import json
 from dataclasses import replace
 
 import pytest
@@ -112,3 +113,29 @@ def test_assembled_pipeline_samples_with_each_stage_s_prediction(clip, tmp_path)
     assert out.images[0].size == (32, 32)
     with pytest.raises(ValueError, match="prediction='noise' is not known; accepted"):
         _tiny("decoder", prediction="noise")
+
+
+def test_resume_may_change_the_number_of_steps(clip, tmp_path):
+    train_stage(_tiny("decoder", n_steps=2), tmp_path, clip=clip, progress=False)
+    train_stage(_tiny("decoder", n_steps=3), tmp_path, clip=clip, progress=False)  # lengthened: one more step
+    meta = json.loads((tmp_path / "model" / "config.json").read_text())["metadata"]
+    assert meta["steps"] == 3 and meta["train"]["n_steps"] == 3
+    rows = (tmp_path / "loss.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows] == ["step", "2", "3"]  # the last step of each run is logged
+
+
+def test_train_assemble_puts_the_finished_stages_together(clip, tmp_path, capsys):
+    from explorer.cli import main
+    from unclip_core.pipeline import UnCLIP
+    runs = tmp_path / "runs"
+    args = ["train", "assemble", "--recipe", "tiny", "--runs", str(runs), "--out", str(tmp_path / "pipe")]
+    assert main(args) == 2
+    assert "no finished decoder at" in capsys.readouterr().err
+    for stage in ("decoder", "prior", "upsampler1"):
+        train_stage(_tiny(stage, n_steps=1, clip=clip.spec), runs / f"tiny-{stage}", clip=clip, progress=False)
+    assert main(args) == 0
+    assert "assembled tiny-unclip (prior, decoder, upsampler1; CLIP" in capsys.readouterr().out
+    pipe = UnCLIP.load(tmp_path / "pipe")
+    assert pipe.name == "tiny-unclip" and pipe.resolutions == [32, 128]
+    assert pipe.stage_info["upsampler1"].prediction == "eps"
+    assert (tmp_path / "pipe" / "clip" / "open_clip_config.json").is_file()  # a CLIP path is copied along

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 STAGES = ("clip", "prior", "decoder", "upsampler1", "upsampler2")
+FAMILY_STAGES = ("prior", "decoder", "upsampler1", "upsampler2")
 
 
 def default_runs_dir() -> Path:
@@ -16,9 +17,15 @@ def default_runs_dir() -> Path:
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train one stage (clip, prior, decoder, upsampler1, upsampler2)",
                        description="Train a stage of the unCLIP family on ShapesWorld. State is checkpointed "
-                                   "atomically; rerun with --resume to continue a killed run. Also runs under "
-                                   "torchrun --nproc_per_node=N -m unclip_core.train.diffusion for DDP.")
-    p.add_argument("stage", choices=STAGES)
+                                   "atomically; rerun with --resume to continue a killed run (--steps may "
+                                   "lengthen or shorten it). Also runs under torchrun --nproc_per_node=N -m "
+                                   "unclip_core.train.diffusion for DDP. `train assemble --out PIPE` puts the "
+                                   "trained stages of RUNS/RECIPE-{prior,decoder,upsampler1,upsampler2} together "
+                                   "into a pipeline folder that UnCLIP.load and --model accept.")
+    p.add_argument("stage", choices=STAGES + ("assemble",))
+    p.add_argument("--runs", default=None, help="assemble: folder holding RECIPE-STAGE runs (default: "
+                                                "$UNCLIP_RUNS or ~/.cache/unclip-explorer/runs)")
+    p.add_argument("--name", default=None, help="assemble: the pipeline's name (default: RECIPE-unclip)")
     p.add_argument("--recipe", default="shapes", help="training recipe (default: shapes)")
     p.add_argument("--out", default=None, help="training state folder (default: $UNCLIP_RUNS/RECIPE-STAGE, "
                                                "or ~/.cache/unclip-explorer/runs/RECIPE-STAGE)")
@@ -41,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
+    if args.stage == "assemble":
+        return _assemble(args)
     out = Path(args.out) if args.out else default_runs_dir() / f"{args.recipe}-{args.stage}"
     if (out / "state.pt").is_file() and not (args.resume or args.fresh):
         raise ValueError(f"{out} already holds a training run; pass --resume to continue it or --fresh to "
@@ -58,4 +67,26 @@ def run(args: argparse.Namespace) -> int:
         folder = train_stage(recipe(args.recipe, args.stage, **overrides), out, resume=args.resume,
                              progress=not args.no_progress)
     print(f"trained {args.stage}: {folder}")
+    return 0
+
+
+def _assemble(args: argparse.Namespace) -> int:
+    import json
+
+    from unclip_core.checkpoint import list_bundled
+    from unclip_core.train.diffusion import assemble_pipeline
+    if not args.out:
+        raise ValueError("train assemble needs --out PIPELINE_FOLDER (where the pipeline is written)")
+    runs = Path(args.runs) if args.runs else default_runs_dir()
+    stage_dirs = {s: runs / f"{args.recipe}-{s}" / "model" for s in FAMILY_STAGES
+                  if (runs / f"{args.recipe}-{s}" / "model" / "config.json").is_file()}
+    if "decoder" not in stage_dirs:
+        raise ValueError(f"no finished decoder at {runs / f'{args.recipe}-decoder' / 'model'}; train it first "
+                         f"(unclip-explorer train decoder --recipe {args.recipe}) or pass --runs")
+    meta = json.loads((stage_dirs["decoder"] / "config.json").read_text()).get("metadata", {})
+    clip = str(meta.get("train", {}).get("clip", "shapes-clip"))
+    name = args.name or f"{args.recipe}-unclip"
+    folder = assemble_pipeline(args.out, stage_dirs, clip, name, copy_clip=clip not in list_bundled(),
+                               overwrite=True)
+    print(f"assembled {name} ({', '.join(stage_dirs)}; CLIP {clip}): {folder}")
     return 0

@@ -130,19 +130,19 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "shapes": {
         "prior": dict(model=dict(clip_dim=128, text_width=128, width=256, n_layers=6, n_heads=4, n_text_tokens=24,
                                  clip_scale=6.1, dropout=0.0),
-                      n_steps=4000, batch_size=128, lr=3e-4, p_drop_text=0.1),
+                      n_steps=2000, batch_size=128, lr=3e-4, p_drop_text=0.1),
         # conv up/downsampling instead of ResBlock up/down: 2.1 vs 3.1 CPU s/step at batch 32 (bf16, 1 thread)
         "decoder": dict(model=dict(image_size=64, model_channels=32, channel_mult=(1, 2, 4, 4), n_res_blocks=1,
                                    attention_resolutions=(16, 8), head_channels=32, clip_dim=128, n_clip_tokens=4,
                                    text_width=0, learn_sigma=True, dropout=0.0, norm_groups=16,
                                    resblock_updown=False),
-                        prediction="v", n_steps=8000, batch_size=32, lr=2e-4),
+                        prediction="v", n_steps=2400, batch_size=32, lr=2e-4),
         "upsampler1": dict(model=dict(low_res=64, out_res=256, model_channels=32, channel_mult=(1, 2, 2),
                                       n_res_blocks=1, norm_groups=16),
-                           prediction="v", n_steps=3000, batch_size=16, lr=3e-4, crop=64),
+                           prediction="v", n_steps=1500, batch_size=16, lr=3e-4, crop=64),
         "upsampler2": dict(model=dict(low_res=256, out_res=1024, model_channels=16, channel_mult=(1, 2, 2),
                                       n_res_blocks=1, norm_groups=8),
-                           prediction="v", n_steps=1500, batch_size=8, lr=3e-4, crop=128),
+                           prediction="v", n_steps=600, batch_size=8, lr=3e-4, crop=128),
     },
     # for tests: seconds per step
     "tiny": {
@@ -289,8 +289,10 @@ def train_stage(config: DiffusionTrainConfig, out_dir: str | os.PathLike, resume
     state_path = out / STATE_FILE
     if resume and state_path.is_file():
         state = load_state(state_path)
-        if state["config"] != config.to_dict():
-            diff = sorted(k for k in state["config"] if state["config"][k] != config.to_dict().get(k))
+        # n_steps may change on resume (lengthen or shorten a run): the cosine LR schedule is recomputed for
+        # the new total from the current step on; every other field must match
+        diff = sorted(k for k in state["config"] if k != "n_steps" and state["config"][k] != config.to_dict().get(k))
+        if diff:
             raise ValueError(f"out_dir={str(out)!r} holds a run with another config (differs in {diff}); pass "
                              "the same config, resume=False to start over, or a new out_dir")
         model.load_state_dict(state["model"])
@@ -377,19 +379,22 @@ def stage_card(config: DiffusionTrainConfig, seconds: float, steps: int, n_param
 
 
 def assemble_pipeline(out: str | os.PathLike, stage_dirs: dict[str, str | os.PathLike], clip: str | os.PathLike,
-                      name: str, card: str | None = None, overwrite: bool = False) -> Path:
+                      name: str, card: str | None = None, overwrite: bool = False, copy_clip: bool = True) -> Path:
     """Write a pipeline folder (pipeline.json + stage folders + a copy of the CLIP) loadable by UnCLIP.load.
 
     Each stage's prediction target is read from the metadata its trainer wrote into its config.json.
+    copy_clip=False records `clip` by name instead of copying it (for a bundled CLIP such as "shapes-clip").
     """
     stages: dict[str, Any] = {k: Path(v) for k, v in stage_dirs.items()}
-    stages["clip"] = Path(clip)
+    if copy_clip:
+        stages["clip"] = Path(clip)
     info = {}
     for k, folder in stage_dirs.items():
         meta = json.loads((Path(folder) / "config.json").read_text()).get("metadata", {})
         info[k] = {"prediction": meta.get("prediction", _PREDICTION.get(k, "eps")),
                    "clip_x0": None if k == "prior" else 1.0}
-    return save_pipeline(out, stages, card=card, metadata={"clip": "clip", "name": name, "stage_info": info},
+    return save_pipeline(out, stages, card=card,
+                         metadata={"clip": "clip" if copy_clip else str(clip), "name": name, "stage_info": info},
                          overwrite=overwrite)
 
 
