@@ -16,9 +16,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".ti
 _PIPE_ATTRS = ("clip", "decoder", "decode", "invert", "encode_images", "sample_prior", "upsample", "describe")
 
 
-def check_pipe(pipe: Any) -> Any:
-    """Raise TypeError unless `pipe` looks like an unclip_core.pipeline.UnCLIP."""
-    missing = [a for a in _PIPE_ATTRS if not hasattr(pipe, a)]
+def check_pipe(pipe: Any, attrs: Sequence[str] = _PIPE_ATTRS) -> Any:
+    """Raise TypeError unless `pipe` looks like an unclip_core.pipeline.UnCLIP (has every name in `attrs`)."""
+    missing = [a for a in attrs if not hasattr(pipe, a)]
     if missing:
         raise TypeError(f"pipe must be an unclip_core.pipeline.UnCLIP (load one with UnCLIP.load(spec)), got "
                         f"{type(pipe).__name__} without {', '.join(missing)}")

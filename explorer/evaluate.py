@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from analyses._pipe import check_pipe
 from analyses.metrics import cmmd, frechet_distance
 from explorer.store import atomic_write
 from unclip_core.checks import check_choice, check_positive_int
@@ -103,11 +104,7 @@ class FamilyEvaluation:
 # ----------------------------------------------------------------------------------------------- helpers
 
 def _check_pipe(pipe: Any) -> Any:
-    missing = [a for a in _PIPE_ATTRS if not hasattr(pipe, a)]
-    if missing:
-        raise TypeError(f"pipe must be an unCLIP pipeline (UnCLIP.load(spec)), got {type(pipe).__name__} "
-                        f"without {', '.join(missing)}")
-    return pipe
+    return check_pipe(pipe, _PIPE_ATTRS)
 
 
 def _check_seed(seed: int) -> int:
@@ -204,7 +201,8 @@ def measure_reconstruction(pipe: Any, n: int = 100, seed: int = 0, settings: Eva
     """Decoder reconstruction (sec. 2.1): real render -> CLIP z_i -> decoder (and upsampler1) -> read-out.
 
     n one-object and n two-object training scenes. Rows: one per image, stage and expected object, with
-    n_objects, stage ("decoder" / "upsampler1") and the read-out columns of score_attributes.
+    n_objects, stage ("decoder" / "upsampler1": the batches that start below settings.n_upsample) and the
+    read-out columns of score_attributes.
     """
     _check_pipe(pipe)
     n, s = check_positive_int("n", n), _settings(settings)
@@ -217,7 +215,7 @@ def measure_reconstruction(pipe: Any, n: int = 100, seed: int = 0, settings: Eva
         n_obj = [len(sc.objects) for sc in batch]
         frames.append(_score(low, batch, stage="decoder", n_objects=n_obj))
         offsets.append(b0)
-        if len(pipe.resolutions) > 1:
+        if len(pipe.resolutions) > 1 and b0 < s.n_upsample:  # the read-out after upsampler1, on n_upsample scenes
             high = pipe.upsample(low, 0, s.upsampler_steps[0], seed=g)
             frames.append(_score(high, batch, stage="upsampler1", n_objects=n_obj))
             offsets.append(b0)

@@ -137,6 +137,14 @@ def test_oracle_meets_every_bar_exactly(monkeypatch, tmp_path):
     assert json.loads((tmp_path / "ev" / "summary.json").read_text())["metrics"]["upsampler1_psnr_model"] == "inf"
 
 
+def test_reconstruction_upsamples_only_the_first_n_upsample_scenes(monkeypatch):
+    fake = _patched(monkeypatch, OraclePipe())
+    s = EvalSettings(n_upsample=3, batch_size=4)
+    rec = ev.measure_reconstruction(fake, n=5, seed=0, settings=s)  # 10 scenes in batches of 4
+    assert sorted(rec.loc[rec["stage"] == "upsampler1", "image"].unique()) == [0, 1, 2, 3]
+    assert rec.loc[rec["stage"] == "decoder", "image"].nunique() == 10
+
+
 def test_wrong_colour_fake_scores_zero_colour_and_fails(monkeypatch):
     fake = _patched(monkeypatch, WrongColourPipe())
     r = evaluate_family(fake, n=3, seed=1, progress=False, settings=ORACLE_SETTINGS,
@@ -231,7 +239,7 @@ def test_settings_errors(kwargs, err, match):
 
 def test_evaluate_errors(monkeypatch, tmp_path):
     fake = _patched(monkeypatch, OraclePipe())
-    with pytest.raises(TypeError, match="pipe must be an unCLIP pipeline .* without encode_images"):
+    with pytest.raises(TypeError, match="pipe must be an unclip_core.pipeline.UnCLIP .* without encode_images"):
         evaluate_family(object(), n=2)
     with pytest.raises(ValueError, match="n must be >= 1"):
         evaluate_family(fake, n=0)

@@ -40,12 +40,26 @@ def test_cosine_lr_and_ema_closed_forms():
     m = torch.nn.Linear(2, 1)
     with torch.no_grad():
         m.weight.fill_(1.0)
-    ema = EMA(m, decay=0.9)
+    ema = EMA(m, decay=0.9, warmup=False)
     with torch.no_grad():
         m.weight.fill_(3.0)
     ema.update(m)
     ema.copy_to(m)
     torch.testing.assert_close(m.weight, torch.full((1, 2), 0.9 * 1.0 + 0.1 * 3.0))
+    warm = EMA(torch.nn.Linear(2, 1), decay=0.9)  # warm-up: decays 1/10, 2/11, ... capped at 0.9
+    assert [warm.current_decay()] == [0.1]
+    with torch.no_grad():
+        m.weight.fill_(1.0)
+        warm.shadow["weight"].fill_(1.0)
+        m.weight.fill_(3.0)
+    warm.update(m)
+    assert warm.shadow["weight"][0, 0].item() == pytest.approx(0.1 * 1.0 + 0.9 * 3.0)
+    assert warm.current_decay() == pytest.approx(2 / 11)
+    warm.updates = 1000
+    assert warm.current_decay() == 0.9
+    back = EMA(torch.nn.Linear(2, 1), decay=0.5)
+    back.load_state_dict(warm.state_dict())
+    assert (back.decay, back.warmup, back.updates) == (0.9, True, 1000)
     with pytest.raises(ValueError, match=r"decay must be in \(0, 1\), e.g. 0.999, got 1.5"):
         EMA(m, decay=1.5)
 

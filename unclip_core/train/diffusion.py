@@ -130,19 +130,19 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "shapes": {
         "prior": dict(model=dict(clip_dim=128, text_width=128, width=256, n_layers=6, n_heads=4, n_text_tokens=24,
                                  clip_scale=6.1, dropout=0.0),
-                      n_steps=2000, batch_size=128, lr=3e-4, p_drop_text=0.1),
+                      n_steps=1500, batch_size=128, lr=3e-4, p_drop_text=0.1),
         # conv up/downsampling instead of ResBlock up/down: 2.1 vs 3.1 CPU s/step at batch 32 (bf16, 1 thread)
         "decoder": dict(model=dict(image_size=64, model_channels=32, channel_mult=(1, 2, 4, 4), n_res_blocks=1,
                                    attention_resolutions=(16, 8), head_channels=32, clip_dim=128, n_clip_tokens=4,
                                    text_width=0, learn_sigma=True, dropout=0.0, norm_groups=16,
                                    resblock_updown=False),
-                        prediction="v", n_steps=2400, batch_size=32, lr=2e-4),
+                        prediction="v", n_steps=3000, batch_size=32, lr=2e-4),
         "upsampler1": dict(model=dict(low_res=64, out_res=256, model_channels=32, channel_mult=(1, 2, 2),
                                       n_res_blocks=1, norm_groups=16),
-                           prediction="v", n_steps=1500, batch_size=16, lr=3e-4, crop=64),
+                           prediction="v", n_steps=1000, batch_size=16, lr=3e-4, crop=64),
         "upsampler2": dict(model=dict(low_res=256, out_res=1024, model_channels=16, channel_mult=(1, 2, 2),
                                       n_res_blocks=1, norm_groups=8),
-                           prediction="v", n_steps=600, batch_size=8, lr=3e-4, crop=128),
+                           prediction="v", n_steps=500, batch_size=8, lr=3e-4, crop=128),
     },
     # for tests: seconds per step
     "tiny": {
