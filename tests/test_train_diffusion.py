@@ -139,3 +139,14 @@ def test_train_assemble_puts_the_finished_stages_together(clip, tmp_path, capsys
     assert pipe.name == "tiny-unclip" and pipe.resolutions == [32, 128]
     assert pipe.stage_info["upsampler1"].prediction == "eps"
     assert (tmp_path / "pipe" / "clip" / "open_clip_config.json").is_file()  # a CLIP path is copied along
+    assert main(args[:-1] + [str(tmp_path / "half"), "--fp16"]) == 0
+    from safetensors.torch import load_file
+    half = load_file(str(tmp_path / "half" / "decoder" / "model.safetensors"))
+    full = load_file(str(tmp_path / "pipe" / "decoder" / "model.safetensors"))
+    assert {v.dtype for v in half.values()} == {torch.float16} and {v.dtype for v in full.values()} == {torch.float32}
+    assert max(float((half[k].float() - v).abs().max()) for k, v in full.items()) < 2e-3
+    meta = json.loads((tmp_path / "half" / "decoder" / "config.json").read_text())
+    assert meta["stored_dtype"] == "float16" and meta["metadata"]["prediction"] == "eps"
+    assert (tmp_path / "half" / "decoder" / "README.md").is_file()  # the stage's card is kept
+    pipe16 = UnCLIP.load(tmp_path / "half")
+    assert next(pipe16.decoder.parameters()).dtype == torch.float32

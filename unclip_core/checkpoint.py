@@ -91,7 +91,11 @@ def _write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", encoding="utf-8")
 
 
-def _write_checkpoint(folder: Path, model: nn.Module, card: str | None, metadata: Mapping[str, Any] | None) -> None:
+STORAGE_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+
+
+def _write_checkpoint(folder: Path, model: nn.Module, card: str | None, metadata: Mapping[str, Any] | None,
+                      dtype: torch.dtype | None = None) -> None:
     name = type(model).__name__
     if MODEL_CLASSES.get(name) is not type(model):
         raise TypeError(f"model is a {name}, which is not a registered model class; registered: "
@@ -101,9 +105,14 @@ def _write_checkpoint(folder: Path, model: nn.Module, card: str | None, metadata
         raise TypeError(f"model.config must be a {type(model).config_class.__name__}, got {type(config).__name__}")
     if card is not None and not isinstance(card, str):
         raise TypeError(f"card must be a markdown string, got {type(card).__name__}")
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    if dtype is not None and dtype not in STORAGE_DTYPES:
+        raise ValueError(f"dtype must be one of {list(STORAGE_DTYPES)} (or None to keep the model's), got {dtype}")
+    state = {k: v.detach().to("cpu", dtype if dtype is not None and v.is_floating_point() else v.dtype).contiguous()
+             for k, v in model.state_dict().items()}
     info = {"format": FORMAT, "class": name, "config": config_to_dict(config), "metadata": _json_metadata(metadata),
             "n_params": sum(p.numel() for p in model.parameters())}
+    if dtype is not None:
+        info["stored_dtype"] = STORAGE_DTYPES[dtype]  # loading casts back to the model's dtype
     save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
     _write_json(folder / CONFIG_FILE, info)
     if card is not None:
@@ -111,11 +120,15 @@ def _write_checkpoint(folder: Path, model: nn.Module, card: str | None, metadata
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, card: str | None = None,
-                    metadata: Mapping[str, Any] | None = None, overwrite: bool = False) -> Path:
-    """Write `model` as a checkpoint folder (config.json, model.safetensors, README.md card) atomically."""
+                    metadata: Mapping[str, Any] | None = None, overwrite: bool = False,
+                    dtype: torch.dtype | None = None) -> Path:
+    """Write `model` as a checkpoint folder (config.json, model.safetensors, README.md card) atomically.
+
+    dtype=torch.float16 / torch.bfloat16 stores the float weights at half size (loading casts them back).
+    """
     path = Path(path)
     with atomic_dir(path, overwrite) as tmp:
-        _write_checkpoint(tmp, model, card, metadata)
+        _write_checkpoint(tmp, model, card, metadata, dtype)
     return path
 
 

@@ -26,6 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--runs", default=None, help="assemble: folder holding RECIPE-STAGE runs (default: "
                                                 "$UNCLIP_RUNS or ~/.cache/unclip-explorer/runs)")
     p.add_argument("--name", default=None, help="assemble: the pipeline's name (default: RECIPE-unclip)")
+    p.add_argument("--fp16", action="store_true", help="assemble: store the weights as float16 (half the size)")
     p.add_argument("--recipe", default="shapes", help="training recipe (default: shapes)")
     p.add_argument("--out", default=None, help="training state folder (default: $UNCLIP_RUNS/RECIPE-STAGE, "
                                                "or ~/.cache/unclip-explorer/runs/RECIPE-STAGE)")
@@ -73,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
 def _assemble(args: argparse.Namespace) -> int:
     import json
 
+    import torch
+
     from unclip_core.checkpoint import list_bundled
     from unclip_core.train.diffusion import assemble_pipeline
     if not args.out:
@@ -87,6 +90,6 @@ def _assemble(args: argparse.Namespace) -> int:
     clip = str(meta.get("train", {}).get("clip", "shapes-clip"))
     name = args.name or f"{args.recipe}-unclip"
     folder = assemble_pipeline(args.out, stage_dirs, clip, name, copy_clip=clip not in list_bundled(),
-                               overwrite=True)
+                               overwrite=True, dtype=torch.float16 if args.fp16 else None)
     print(f"assembled {name} ({', '.join(stage_dirs)}; CLIP {clip}): {folder}")
     return 0
