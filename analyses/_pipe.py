@@ -98,7 +98,7 @@ def to_decoder_tensor(pipe: Any, image: Image.Image) -> torch.Tensor:
 
 
 def decode(pipe: Any, z_i: torch.Tensor, x_T: torch.Tensor, steps: int, guidance: float, clip_denoised: bool,
-           upsample: bool, upsampler_steps: Sequence[int], g: torch.Generator,
+           upsample: bool | int, upsampler_steps: Sequence[int], g: torch.Generator,
            batch_size: int = 16) -> tuple[list[Image.Image], torch.Tensor]:
     """Decode z_i (n, d) from x_T (n, 3, s, s) in batches -> (final images, decoder-stage tensor (n, 3, s, s)).
 
@@ -113,11 +113,12 @@ def decode(pipe: Any, z_i: torch.Tensor, x_T: torch.Tensor, steps: int, guidance
         decoded.append(out.stages["decoder"])
     x = torch.cat(decoded)
     final = x
-    if upsample and pipe.upsamplers:
+    n_up = pipe.upsample_stages(upsample)  # True: all, False: none, k: the first k
+    if n_up:
         frames = []
         for j in range(x.shape[0]):
             y = x[j:j + 1]
-            for k in range(len(pipe.upsamplers)):
+            for k in range(n_up):
                 n_steps = upsampler_steps[k] if k < len(upsampler_steps) else upsampler_steps[-1]
                 y = pipe.upsample(y, k, n_steps, seed=up_seed + k).cpu()
             frames.append(y)

@@ -37,6 +37,7 @@ import explorer  # noqa: E402
 from analyses.binding_suite import make_suite  # noqa: E402
 from explorer.binding import run_suite, write_suite  # noqa: E402
 from explorer.store import EmbeddingStore  # noqa: E402
+from unclip_core.checkpoint import list_bundled  # noqa: E402
 from tiny_models import write_tiny_pipeline  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -232,6 +233,28 @@ def test_time_to_first_render_of_100k_points(tmp_path):
             assert not errors_on(browser), errors_on(browser)
         print(f"\n100k-point PCA projection page: first render {seconds[0]:.1f} s cold, {seconds[1]:.1f} s warm")
         shot(browser, "dashboard-projections-100k.png", Path(os.environ.get("UNCLIP_SCREENSHOT_DIR") or tmp_path))
+    finally:
+        browser.quit()
+        dash.close()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif("shapes-unclip" not in list_bundled(), reason="the bundled shapes-unclip is not in this checkout")
+def test_latent_lab_on_the_bundled_generator(tmp_path):
+    """`unclip-explorer dashboard` with no --model: the latent lab loads shapes-unclip and draws a prompt."""
+    dash = Dashboard(tmp_path / "dashboard.log")
+    browser = make_browser(tmp_path / "profile")
+    try:
+        browser.get(dash.url + "/")
+        wait_for_page(browser, "Latent lab", GENERATE, timeout=300)
+        assert "shapes-unclip" in browser.page_source
+        browser.find_element(By.XPATH, GENERATE).click()
+        wait_for_page(browser, "Latent lab", "//button[.//p[text()='Download PNG']]", timeout=300)
+        assert not errors_on(browser), errors_on(browser)
+        assert len(browser.find_elements(By.CSS_SELECTOR, '[data-testid="stImage"]')) >= 2
+        path = shot(browser, "dashboard-latent-lab-shapes-unclip.png",
+                    Path(os.environ.get("UNCLIP_SCREENSHOT_DIR") or tmp_path))
+        assert path.stat().st_size > 10_000
     finally:
         browser.quit()
         dash.close()

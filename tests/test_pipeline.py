@@ -28,6 +28,18 @@ def test_load_and_describe(pipe):
     assert set(d["parameters"]) == {"prior", "decoder", "upsampler1"}
 
 
+def test_upsample_may_name_how_many_stages_run(pipe):
+    z = torch.nn.functional.normalize(torch.randn(1, 16, generator=torch.Generator().manual_seed(0)), dim=-1)
+    one = pipe.decode(z, steps=2, upsample=1, upsampler_steps=(2,), seed=0)
+    assert set(one.stages) == {"decoder", "upsampler1"} and one.images[0].size == (32, 32)
+    none = pipe.decode(z, steps=2, upsample=0, seed=0)
+    assert set(none.stages) == {"decoder"} and none.images[0].size == (16, 16)
+    assert (pipe.upsample_stages(True), pipe.upsample_stages(False), pipe.upsample_stages(1)) == (1, 0, 1)
+    with pytest.raises(ValueError, match=r"upsample must be True, False or a number of stages 0..1 \(this pipeline "
+                                         r"has 1 upsamplers\), got 2"):
+        pipe.text_to_image("a red circle", steps=2, prior_steps=2, upsample=2)
+
+
 def test_text_to_image_shapes_and_seed(pipe):
     out = pipe.text_to_image(["a red circle", "a blue square"], n=2, steps=3, prior_steps=3, upsampler_steps=(2,),
                              seed=0)

@@ -574,8 +574,8 @@ class KarloUnCLIP(UnCLIP):
 
     def decode(self, z_i: Tensor, x_T: Tensor | None = None, steps: int = 25, guidance: float = 8.0,
                sampler: str = "unclip", eta: float = 0.0, prompts: Sequence[str] | None = None,
-               upsample: bool = True, upsampler_steps: Sequence[int] = (7,), seed: int | torch.Generator | None = None,
-               clip_denoised: bool | None = None, progress: bool = False, *,
+               upsample: bool | int = True, upsampler_steps: Sequence[int] = (7,),
+               seed: int | torch.Generator | None = None, clip_denoised: bool | None = None, progress: bool = False, *,
                super_res_x_T: Tensor | None = None) -> UnCLIPOutput:
         """Images from Karlo image embeddings z_i (B, d) and captions (default ""), as diffusers' UnCLIPPipeline.
 
@@ -586,6 +586,7 @@ class KarloUnCLIP(UnCLIP):
                                                                     prompts)
         for k in upsampler_steps:
             check_positive_int("upsampler steps", k)
+        n_up = self.upsample_stages(upsample)
         g = _generator(seed)
         s = self.decoder.config.image_size
         given = x_T is not None
@@ -597,12 +598,11 @@ class KarloUnCLIP(UnCLIP):
             denoise = self._decoder_denoiser(z_i, prompt_list, guidance, clip_denoised, with_variance=learned)
             x = self._sample(denoise, x_T.to(self.device), steps, sampler, g, progress, "decoder").clamp(-1, 1)
             stages = {"decoder": x.cpu()}
-            if upsample:
-                for k in range(len(self.upsamplers)):
-                    n_steps = upsampler_steps[k] if k < len(upsampler_steps) else upsampler_steps[-1]
-                    x = self.upsample(x, k, n_steps, g, progress, sampler=sampler,
-                                      x_T=super_res_x_T if k == 0 else None)
-                    stages[f"upsampler{k + 1}"] = x.cpu()
+            for k in range(n_up):
+                n_steps = upsampler_steps[k] if k < len(upsampler_steps) else upsampler_steps[-1]
+                x = self.upsample(x, k, n_steps, g, progress, sampler=sampler,
+                                  x_T=super_res_x_T if k == 0 else None)
+                stages[f"upsampler{k + 1}"] = x.cpu()
         settings = {"steps": steps, "guidance": guidance, "sampler": sampler, "upsampler_steps": list(upsampler_steps),
                     "z_i_hash": tensor_hash(z_i), "seed": seed if isinstance(seed, int) else None, **self.describe()}
         out = UnCLIPOutput(tensor_to_pil(x.cpu()), z_i.cpu(), stages, settings)

@@ -154,6 +154,15 @@ class UnCLIP:
         """Image side of each stage's output: decoder, then each upsampler."""
         return [self.decoder.config.image_size] + [u.config.out_res for u in self.upsamplers]
 
+    def upsample_stages(self, upsample: bool | int) -> int:
+        """How many upsamplers a call runs: True = all, False = none, an int k = the first k."""
+        if isinstance(upsample, bool):
+            return len(self.upsamplers) if upsample else 0
+        if not isinstance(upsample, int) or not 0 <= upsample <= len(self.upsamplers):
+            raise ValueError(f"upsample must be True, False or a number of stages 0..{len(self.upsamplers)} "
+                             f"(this pipeline has {len(self.upsamplers)} upsamplers), got {upsample!r}")
+        return upsample
+
     def describe(self) -> dict[str, Any]:
         """Model name, stage sizes and parameter counts, for provenance records."""
         def n_params(m: torch.nn.Module) -> int:
@@ -268,15 +277,19 @@ class UnCLIP:
 
     def decode(self, z_i: Tensor, x_T: Tensor | None = None, steps: int = 50, guidance: float = 3.0,
                sampler: str = "ddim", eta: float = 0.0, prompts: Sequence[str] | None = None,
-               upsample: bool = True, upsampler_steps: Sequence[int] = (27, 15), seed: int | torch.Generator | None = None,
-               clip_denoised: bool | None = None, progress: bool = False) -> UnCLIPOutput:
+               upsample: bool | int = True, upsampler_steps: Sequence[int] = (27, 15),
+               seed: int | torch.Generator | None = None, clip_denoised: bool | None = None,
+               progress: bool = False) -> UnCLIPOutput:
         """Images from CLIP image embeddings z_i (B, d) (sec. 2.1), optionally from a given x_T (B, 3, s, s).
+
+        upsample: True runs every upsampler, False none, an int k the first k (1: 64 -> 256 of the cascade).
 
         clip_denoised clamps each predicted x0 to [-1, 1]; by default on, and off when x_T is given, since a
         DDIM-inverted x_T reconstructs its image only through the same unclamped ODE.
         """
         z_i, steps, guidance, prompt_list = self._check_decode_args(z_i, steps, guidance, sampler, SAMPLERS,
                                                                     prompts)
+        n_up = self.upsample_stages(upsample)
         g = _generator(seed)
         s = self.decoder.config.image_size
         shape = (z_i.shape[0], 3, s, s)
@@ -291,11 +304,10 @@ class UnCLIP:
             x = self._run_sampler(denoise, x_T.to(self.device), steps, sampler, eta, g, progress, "decoder")
             x = x.clamp(-1, 1)
             stages = {"decoder": x.cpu()}
-            if upsample:
-                for k, up in enumerate(self.upsamplers):
-                    n_steps = upsampler_steps[k] if k < len(upsampler_steps) else upsampler_steps[-1]
-                    x = self.upsample(x, k, n_steps, g, progress)
-                    stages[f"upsampler{k + 1}"] = x.cpu()
+            for k in range(n_up):
+                n_steps = upsampler_steps[k] if k < len(upsampler_steps) else upsampler_steps[-1]
+                x = self.upsample(x, k, n_steps, g, progress)
+                stages[f"upsampler{k + 1}"] = x.cpu()
         settings = {"steps": steps, "guidance": guidance, "sampler": sampler, "eta": eta,
                     "upsampler_steps": list(upsampler_steps), "z_i_hash": tensor_hash(z_i),
                     "seed": seed if isinstance(seed, int) else None, **self.describe()}
@@ -335,11 +347,15 @@ class UnCLIP:
     # ------------------------------------------------------------------ public capabilities
     def text_to_image(self, prompts: str | Sequence[str], n: int = 1, steps: int = 50, guidance: float = 3.0,
                       prior_steps: int = 64, prior_guidance: float = 4.0, best_of: int = 2, sampler: str = "ddim",
-                      upsample: bool = True, upsampler_steps: Sequence[int] = (27, 15),
+                      upsample: bool | int = True, upsampler_steps: Sequence[int] = (27, 15),
                       seed: int | torch.Generator | None = None, progress: bool = False) -> UnCLIPOutput:
-        """Text -> prior -> z_i -> decoder -> upsamplers (Ramesh et al. 2022, fig. 2): n images per prompt."""
+        """Text -> prior -> z_i -> decoder -> upsamplers (Ramesh et al. 2022, fig. 2): n images per prompt.
+
+        upsample: True runs every upsampler, False none, an int k the first k.
+        """
         prompts = _check_prompts(prompts)
         # check the decoder's settings before spending time in the prior
+        self.upsample_stages(upsample)
         check_positive_int("steps", steps)
         _check_guidance("guidance", guidance)
         check_choice("sampler", sampler, SAMPLERS)
@@ -381,7 +397,7 @@ class UnCLIP:
         return z_i, x_T.cpu()
 
     def variations(self, image: ImageLike, n: int = 4, eta: float = 1.0, steps: int = 50, guidance: float = 3.0,
-                   seed: int | torch.Generator | None = None, upsample: bool = True,
+                   seed: int | torch.Generator | None = None, upsample: bool | int = True,
                    progress: bool = False) -> UnCLIPOutput:
         """Image variations (sec. 3.1): decode the image's z_i n times with DDIM eta > 0 from fresh noise."""
         n = check_positive_int("n", n)
@@ -392,7 +408,7 @@ class UnCLIP:
 
     def inpaint(self, image: ImageLike, mask: Tensor | Image.Image, prompt: str | None = None,
                 z_i: Tensor | None = None, n: int = 1, steps: int = 50, guidance: float = 3.0,
-                n_resample: int = 4, seed: int | torch.Generator | None = None, upsample: bool = True,
+                n_resample: int = 4, seed: int | torch.Generator | None = None, upsample: bool | int = True,
                 progress: bool = False) -> UnCLIPOutput:
         """Inpainting by RePaint-style resampling (Lugmayr et al. 2022) with the decoder conditioned on a z_i.
 

@@ -19,7 +19,6 @@ with st.sidebar:
     guidance = st.number_input("decoder guidance scale", 0.0, 20.0, 3.0, 0.5, key="guidance",
                                help="Classifier-free guidance; 1 = none. The paper uses ~1.25 for FID, Karlo 8.")
     seed = int(st.number_input("seed", 0, 2**31 - 1, 0, key="seed"))
-    upsample = st.checkbox("run the upsamplers", True, key="upsample")
 
 if not spec.strip():
     st.info("No generator is loaded. The trained unCLIP generator **shapes-unclip** is not bundled with this "
@@ -31,9 +30,15 @@ pipe = S.attempt(S.load_pipe, spec.strip())
 if pipe is None:
     st.stop()
 info = pipe.describe()
+sizes = list(info["resolutions"])
+with st.sidebar:
+    # default: one upsampler (64 -> 256 px of the cascade); the last stage to 1024 px is slow on a CPU
+    out_px = st.selectbox("output size", sizes, index=min(1, len(sizes) - 1), key="out_px",
+                          format_func=lambda px: f"{px} px",
+                          help="Each step up runs one more upsampler of the cascade (x4 each).")
+upsample = sizes.index(out_px)  # the number of upsamplers to run
 st.caption(f"Model **{info['model']}** · CLIP `{info['clip']}` · stages "
-           f"{', '.join(f'{k} ({v / 1e6:.2f}M)' for k, v in info['parameters'].items())} · "
-           f"output {info['resolutions'][-1] if upsample else info['resolutions'][0]} px")
+           f"{', '.join(f'{k} ({v / 1e6:.2f}M)' for k, v in info['parameters'].items())} · output {out_px} px")
 
 common = {"steps": steps, "guidance": guidance, "seed": seed, "upsample": upsample}
 t2i_tab, var_tab, interp_tab, diff_tab, pca_tab, gallery_tab = st.tabs(
