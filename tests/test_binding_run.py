@@ -141,3 +141,19 @@ def test_generation_run_on_a_tiny_pipeline(tmp_path):
     assert (out / "images" / cases[0].id / "prior-0.png").is_file()
     assert set(pd.read_csv(out / "generation_summary.csv")["path"]) == {"prior", "true_z_i"}
     assert json.loads((out / "settings.json").read_text())["pipeline"]["model"] == "tiny-unclip"
+
+
+def test_cli_generation_judges_the_decoder_output_unless_upsample(tmp_path):
+    from PIL import Image
+
+    from tiny_models import write_tiny_pipeline
+    pipe_dir = write_tiny_pipeline(tmp_path / "pipe")
+    cases = [c for c in make_suite(7, seed=0, kinds=["generation"]) if c.category == "colour_swap"][:1]
+    suite = write_suite(cases, tmp_path / "suite.jsonl")
+    for flag, side in (([], 16), (["--upsample"], 32)):
+        out = tmp_path / f"run{side}"
+        assert main(["binding", "run", str(suite), "--model", str(pipe_dir), "--out", str(out), "--generate",
+                     "--n-images", "1", "--steps", "2", "--prior-steps", "2", "--probe-n", "0", "--no-progress",
+                     *flag]) == 0
+        assert Image.open(out / "images" / cases[0].id / "prior-0.png").size == (side, side)
+        assert json.loads((out / "settings.json").read_text())["text_to_image_kwargs"]["upsample"] is bool(flag)

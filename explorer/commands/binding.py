@@ -42,6 +42,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     r.add_argument("--batch-size", type=int, default=32, help="cases per resumable CLIP-level batch")
     r.add_argument("--steps", type=int, default=None, help="decoder steps for --generate (default: pipeline's)")
     r.add_argument("--prior-steps", type=int, default=None, help="prior steps for --generate")
+    r.add_argument("--upsample", action="store_true", help="--generate: also run the upsamplers (slow on a CPU; "
+                                                          "the judge reads the decoder's images by default)")
     r.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     k = bsub.add_parser("compare", help="per-category differences of two runs with McNemar / paired bootstrap")
@@ -82,7 +84,8 @@ def _convert(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from explorer.binding import run_suite
-    t2i, dec = {}, {}
+    # the ShapesWorld judge reads the decoder's output; the upsamplers cost minutes per image on a CPU
+    t2i, dec = {"upsample": args.upsample}, {"upsample": args.upsample}
     if args.steps is not None:
         t2i["steps"] = dec["steps"] = args.steps
     if args.prior_steps is not None:
