@@ -201,8 +201,8 @@ def measure_reconstruction(pipe: Any, n: int = 100, seed: int = 0, settings: Eva
     """Decoder reconstruction (sec. 2.1): real render -> CLIP z_i -> decoder (and upsampler1) -> read-out.
 
     n one-object and n two-object training scenes. Rows: one per image, stage and expected object, with
-    n_objects, stage ("decoder" / "upsampler1": the batches that start below settings.n_upsample) and the
-    read-out columns of score_attributes.
+    n_objects, stage ("decoder" / "upsampler1": the first settings.n_upsample scenes) and the read-out columns
+    of score_attributes.
     """
     _check_pipe(pipe)
     n, s = check_positive_int("n", n), _settings(settings)
@@ -215,9 +215,10 @@ def measure_reconstruction(pipe: Any, n: int = 100, seed: int = 0, settings: Eva
         n_obj = [len(sc.objects) for sc in batch]
         frames.append(_score(low, batch, stage="decoder", n_objects=n_obj))
         offsets.append(b0)
-        if len(pipe.resolutions) > 1 and b0 < s.n_upsample:  # the read-out after upsampler1, on n_upsample scenes
-            high = pipe.upsample(low, 0, s.upsampler_steps[0], seed=g)
-            frames.append(_score(high, batch, stage="upsampler1", n_objects=n_obj))
+        k = min(len(batch), s.n_upsample - b0)  # the read-out after upsampler1, on the first n_upsample scenes
+        if len(pipe.resolutions) > 1 and k > 0:
+            high = pipe.upsample(low[:k], 0, s.upsampler_steps[0], seed=g)
+            frames.append(_score(high, batch[:k], stage="upsampler1", n_objects=n_obj[:k]))
             offsets.append(b0)
     df = _renumber(frames, offsets)
     df.insert(0, "measure", "reconstruction")
