@@ -130,9 +130,10 @@ def test_oracle_meets_every_bar_exactly(monkeypatch, tmp_path):
     assert m["variations_agreement"] == 1.0
     assert m["variations_mean_pairwise_l1"] > ORACLE_SETTINGS.min_pairwise_l1 and m["variations_differ"] is True
     assert m["cmmd_generated_vs_real"] >= 0 and m["fd_real_vs_real"] >= 0
-    # counts: 4 one-object + 4 two-object scenes at two stages; 3 binding categories x (4 or 8 images) x 2 sources
+    # counts: 4 one-object + 4 two-object scenes decoded, the first n_upsample = 3 (one-object) also upsampled;
+    # 3 binding categories x (4 or 8 images) x 2 sources
     rec = r.tables["reconstruction"]
-    assert len(rec) == 2 * (4 * 1 + 4 * 2) and rec["image"].nunique() == 8
+    assert len(rec) == (4 * 1 + 4 * 2) + 3 and rec["image"].nunique() == 8
     assert r.tables["binding"]["image"].nunique() == 2 * (4 + 8 + 8)
     assert json.loads((tmp_path / "ev" / "summary.json").read_text())["metrics"]["upsampler1_psnr_model"] == "inf"
 
