@@ -400,9 +400,10 @@ class ShapesJudge:
                                      "judge=callable(image, case) -> {check: bool}")
 
     def __call__(self, image: Any, case: GenerationCase) -> dict[str, bool]:
-        from unclip_core.data.readout import MIN_READ_SIZE
+        from unclip_core.data.readout import MIN_READ_SIZE, READ_SIZE
         if hasattr(image, "size") and hasattr(image, "resize") and min(image.size) < MIN_READ_SIZE:
-            image = image.convert("RGB").resize((64, 64), resample=3)  # bicubic, as `evaluate` reads small images
+            # bicubic, as `evaluate` reads small decoder outputs
+            image = image.convert("RGB").resize((READ_SIZE, READ_SIZE), resample=3)
         read = self.read_scene(image)
         scene = _expected_scene(case.expected)
         if scene is not None:

@@ -26,7 +26,7 @@ from analyses._pipe import check_pipe
 from analyses.metrics import cmmd, frechet_distance
 from explorer.store import atomic_write
 from unclip_core.checks import check_choice, check_positive_int
-from unclip_core.data.readout import MIN_READ_SIZE, score_attributes
+from unclip_core.data.readout import MIN_READ_SIZE, READ_SIZE, score_attributes
 from unclip_core.data.shapes import (
     CAPTION_STYLES,
     HELD_OUT_PAIRS,
@@ -53,7 +53,6 @@ BARS: tuple[tuple[str, str, float], ...] = (
 MEASURES: tuple[str, ...] = ("reconstruction", "text_to_image", "binding", "distribution", "upsamplers",
                              "variations")
 BINDING_CATEGORIES: tuple[str, ...] = ("held_out", "colour_swap", "relation_order")
-READ_SIZE = 64          # decoder outputs below MIN_READ_SIZE are bicubic-upscaled to this side for the read-out
 REAL_SIZE = 64          # side of the real renders whose CLIP z_i the decoder reconstructs
 _PIPE_ATTRS = ("encode_images", "decode", "text_to_image", "upsample", "variations", "resolutions")
 

@@ -34,6 +34,7 @@ from unclip_core.data.shapes_scene import (BACKGROUND_RGB, COLOUR_RGB, COLOURS, 
 READOUT_NAME = "shapes-readout"   # bundled checkpoint of the shape classifier
 ATTRIBUTES: tuple[str, ...] = ("shape", "colour", "size", "position")
 MIN_READ_SIZE = 32                # smaller images leave small objects < 2 px across
+READ_SIZE = 64                    # callers bicubic-upscale images below MIN_READ_SIZE to this side
 WORK_SIZE = 128                   # larger images are area-downsampled to at most this many pixels a side
 FG_THRESHOLD = 0.2                # |pixel - background| in [0, 1] RGB units that marks a foreground pixel
 COLOUR_THRESHOLD = 0.2            # a pixel fits a palette colour when its blend residual is below this
