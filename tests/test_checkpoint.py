@@ -133,6 +133,9 @@ def test_save_errors_and_overwrite(tmp_path):
         save_checkpoint(tmp_path / "x", m, metadata={"t": torch.zeros(1)})
     with pytest.raises(TypeError, match=r"model is a Linear, which is not a registered model class"):
         save_checkpoint(tmp_path / "y", torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match=r"dtype must be one of \[torch.float32, torch.float16, torch.bfloat16\] \(or None to keep the "
+                                         r"model's\), got torch.int8"):
+        save_checkpoint(tmp_path / "z", m, dtype=torch.int8)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["u"]  # failed writes leave nothing behind
 
 
