@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from unclip_core.diffusion import (Schedule, cosine_schedule, diffusion_loss, discretized_gaussian_log_likelihood,
-                                   linear_schedule, normal_kl)
+                                   linear_schedule, min_snr_weight, normal_kl)
 
 
 @pytest.fixture(scope="module")
@@ -229,6 +229,28 @@ def test_hybrid_loss_gradients(sch):
     torch.testing.assert_close(out.grad[:, :3], mse_grad, rtol=1e-5, atol=1e-8)
     assert out.grad[:, 3:].abs().sum().item() > 0
     assert torch.isfinite(out.grad).all()
+
+
+def test_min_snr_weighting_is_the_same_x0_loss_for_every_target(sch):
+    """Hang et al. 2023: whatever the network predicts, the weighted loss is mean_i min(SNR_i, gamma) |dx0_i|^2."""
+    x0, eps, t = _batch(5)
+    x_t = sch.q_sample(x0, t, eps)
+    g = torch.Generator().manual_seed(3)
+    x0_hat = x0 + 0.1 * torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    eps_hat = sch.eps_from_x0(x_t, t, x0_hat)
+    outs = {"x0": x0_hat, "eps": eps_hat, "v": sch.v_target(x0_hat, eps_hat, t)}
+    ac = sch.alphas_cumprod[t]
+    snr = ac / (1 - ac)
+    want = (snr.clamp(max=5.0) * ((x0_hat - x0) ** 2).flatten(1).mean(1)).mean().item()
+    for kind, out in outs.items():
+        got = diffusion_loss(out, x0, x_t, t, eps, kind, schedule=sch, min_snr_gamma=5.0).item()
+        assert got == pytest.approx(want, rel=1e-6), kind
+    # the clamp: at t = 0 (SNR ~ 1.6e5) the v weight is 5 / (SNR + 1); at t = 999 (SNR ~ 0) eps keeps weight 1
+    w_v = min_snr_weight(sch, torch.tensor([0, 999]), "v", 5.0)
+    assert w_v[0].item() == pytest.approx(5.0 / (snr[0].item() + 1), rel=1e-5)
+    assert min_snr_weight(sch, torch.tensor([999]), "eps", 5.0).item() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="gamma must be a finite number > 0"):
+        min_snr_weight(sch, t, "v", 0.0)
 
 
 def test_loss_errors(sch):

@@ -83,7 +83,7 @@ def test_state_and_csv_log_round_trip(tmp_path):
 
 
 def test_config_errors():
-    with pytest.raises(ValueError, match=r"precision='fp16' is not known; accepted: 'bf16', 'fp32'"):
+    with pytest.raises(ValueError, match=r"precision='fp16' is not known; accepted: 'auto', 'bf16', 'fp32'"):
         ClipTrainConfig(precision="fp16")
     with pytest.raises(ValueError, match="image_size=64 is not divisible by patch_size=10"):
         ClipTrainConfig(patch_size=10)

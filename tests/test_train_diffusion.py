@@ -150,3 +150,45 @@ def test_train_assemble_puts_the_finished_stages_together(clip, tmp_path, capsys
     assert (tmp_path / "half" / "decoder" / "README.md").is_file()  # the stage's card is kept
     pipe16 = UnCLIP.load(tmp_path / "half")
     assert next(pipe16.decoder.parameters()).dtype == torch.float32
+
+
+def test_warm_start_continues_an_exported_stage(clip, tmp_path):
+    first = train_stage(_tiny("upsampler1"), tmp_path / "a", clip=clip, progress=False)
+    exported = load_checkpoint(first).state_dict()
+    ends = {}
+
+    def run(name, **kw):
+        # a vanishing learning rate: the weights a one-step run ends with are the ones it started from
+        train_stage(_tiny("upsampler1", n_steps=1, lr=1e-12, **kw), tmp_path / name, clip=clip, progress=False,
+                    on_end=lambda m: ends.update({name: {k: v.detach().clone() for k, v in m.state_dict().items()}}))
+
+    run("warm", init_from=str(first), min_snr_gamma=5.0)
+    run("fresh")
+    d_warm = max(float((ends["warm"][k] - v).abs().max()) for k, v in exported.items())
+    d_fresh = max(float((ends["fresh"][k] - v).abs().max()) for k, v in exported.items())
+    assert d_warm < 1e-6 < 1e-4 < d_fresh
+    assert json.loads((tmp_path / "warm" / "config.json").read_text())["init_from"] == str(first)
+
+
+def test_warm_start_refuses_another_network(clip, tmp_path):
+    first = train_stage(_tiny("upsampler1"), tmp_path / "a", clip=clip, progress=False)
+    with pytest.raises(ValueError, match="holds a Upsampler with another config"):
+        train_stage(_tiny("upsampler2", init_from=str(first)), tmp_path / "b", clip=clip, progress=False)
+    with pytest.raises(ValueError, match="min_snr_gamma must be > 0"):
+        recipe("tiny", "decoder", min_snr_gamma=0.0)
+
+
+def test_auto_precision_follows_the_cpu_flags(monkeypatch):
+    from unclip_core.train import common
+    avx2 = "processor\t: 0\nflags\t\t: fpu sse sse2 avx avx2 fma\n"
+    sapphire = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
+    assert not common.cpu_has_native_bf16(avx2)
+    assert common.cpu_has_native_bf16(sapphire)
+    monkeypatch.setattr(common, "cpu_has_native_bf16", lambda cpuinfo=None: False)
+    assert common.resolve_precision("auto") == "fp32"
+    assert common.resolve_precision("bf16") == "bf16"  # an explicit choice is kept
+    monkeypatch.setattr(common, "cpu_has_native_bf16", lambda cpuinfo=None: True)
+    assert common.resolve_precision("auto") == "bf16"
+    with pytest.raises(ValueError, match="precision='fp16' is not known"):
+        common.resolve_precision("fp16")
+    assert recipe("shapes", "decoder").precision == "auto"

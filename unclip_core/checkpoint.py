@@ -209,6 +209,9 @@ def resolve(spec: str | Path) -> Path:
         raise TypeError(f"spec must be a bundled name or a path, got {type(spec).__name__}")
     if isinstance(spec, str) and spec in list_bundled():
         return BUNDLED_DIR / spec
+    if isinstance(spec, str) and "/" in spec and spec.split("/", 1)[0] in list_bundled() \
+            and (BUNDLED_DIR / spec).is_dir():  # a stage of a bundled pipeline, e.g. "shapes-unclip/decoder"
+        return BUNDLED_DIR / spec
     path = Path(spec).expanduser()
     if path.exists():
         return path

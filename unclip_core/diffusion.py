@@ -275,15 +275,38 @@ def discretized_gaussian_log_likelihood(x: Tensor, means: Tensor, log_scales: Te
     return torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, log_delta))
 
 
+def min_snr_weight(schedule: Schedule, t: Tensor, prediction: str, gamma: float) -> Tensor:
+    """Per-sample Min-SNR-gamma loss weights (Hang et al. 2023, eq. 11) for an MSE on `prediction`'s target.
+
+    The weight on the x0 error is min(SNR_t, gamma); an MSE on eps already weighs it by SNR_t and one on v by
+    SNR_t + 1, so those are rescaled by min(SNR_t, gamma) / SNR_t and min(SNR_t, gamma) / (SNR_t + 1). The
+    clamp stops the nearly clean timesteps, which teach only fine detail, from dominating the gradient.
+    Returns float32 (B,).
+    """
+    check_choice("prediction", prediction, PREDICTIONS)
+    if not (isinstance(gamma, (int, float)) and math.isfinite(gamma) and gamma > 0):
+        raise ValueError(f"gamma must be a finite number > 0 (the paper uses 5), got {gamma!r}")
+    ac = schedule.alphas_cumprod.to(t.device)[t.long()]
+    snr = ac / (1.0 - ac)
+    clamped = snr.clamp(max=float(gamma))
+    if prediction == "eps":
+        w = clamped / snr
+    elif prediction == "v":
+        w = clamped / (snr + 1.0)
+    else:
+        w = clamped
+    return w.float()
+
+
 def diffusion_loss(model_out: Tensor, x0: Tensor, x_t: Tensor, t: Tensor, eps: Tensor, prediction: str = "eps",
                    learn_sigma: bool = False, vlb_weight: float = 0.001, *,
-                   schedule: Schedule | None = None) -> Tensor:
+                   schedule: Schedule | None = None, min_snr_gamma: float | None = None) -> Tensor:
     """L_simple (MSE on the target), or the hybrid L_simple + lambda L_vlb (Nichol & Dhariwal 2021, sec. 3.1).
 
     model_out: (B, C, ...) or, with learn_sigma, (B, 2C, ...): the target then v in [-1, 1] of eq. 15.
     x0, x_t, eps: (B, C, ...); t: (B,) integer indices; schedule defaults to cosine_schedule(1000).
     L_vlb = T * E_t[L_t] uses a stop-gradient on the mean, so it trains only the variance channels.
-    Returns a scalar.
+    min_snr_gamma weighs each sample's MSE by `min_snr_weight` (None: the plain mean). Returns a scalar.
     """
     schedule = _default_schedule() if schedule is None else schedule
     if not isinstance(schedule, Schedule):
@@ -302,7 +325,11 @@ def diffusion_loss(model_out: Tensor, x0: Tensor, x_t: Tensor, t: Tensor, eps: T
         raise ValueError(f"model_out must have shape {want}, got {tuple(model_out.shape)}; {hint}")
     target = schedule.training_target(prediction, x0, eps, t)
     mean_out = model_out[:, :C]
-    mse = ((mean_out - target) ** 2).mean()
+    if min_snr_gamma is None:
+        mse = ((mean_out - target) ** 2).mean()
+    else:
+        per_sample = ((mean_out - target) ** 2).flatten(1).mean(1)
+        mse = (min_snr_weight(schedule, t, prediction, min_snr_gamma).to(per_sample.device) * per_sample).mean()
     if not learn_sigma:
         return mse
     var_interp = model_out[:, C:]

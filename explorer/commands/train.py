@@ -35,8 +35,15 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     group.add_argument("--fresh", action="store_true", help="discard the state in --out and start over")
     p.add_argument("--steps", type=int, default=None, help="override the recipe's number of steps")
     p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--precision", choices=("bf16", "fp32"), default=None)
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=None,
+                   help="auto (default): bf16 autocast where the CPU has native bf16 (AVX512-BF16/AMX), else fp32")
     p.add_argument("--clip", default=None, help="CLIP spec for the prior/decoder (default: the recipe's)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the recipe's)")
+    p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
+                   help="warm start a diffusion stage from a checkpoint folder or a bundled stage such as "
+                        "shapes-unclip/decoder (same network; new optimiser and LR schedule)")
+    p.add_argument("--min-snr-gamma", type=float, default=None,
+                   help="Min-SNR-gamma loss weighting of a diffusion stage (default: the recipe's)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's; 1 is fastest when other jobs share the cores)")
     p.add_argument("--no-progress", action="store_true")
@@ -56,6 +63,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{out} already holds a training run; pass --resume to continue it or --fresh to "
                          "start over")
     if args.stage == "clip":
+        unused = [f for f, v in (("--init-from", args.init_from), ("--min-snr-gamma", args.min_snr_gamma),
+                                 ("--lr", args.lr)) if v is not None]
+        if unused:
+            raise ValueError(f"{', '.join(unused)} apply to the diffusion stages, not to clip; drop them")
         from unclip_core.train.clip import ClipTrainConfig, train_clip
         overrides = {k: v for k, v in {"n_steps": args.steps, "batch_size": args.batch_size,
                                        "precision": args.precision}.items() if v is not None}
@@ -64,7 +75,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         from unclip_core.train.diffusion import recipe, train_stage
         overrides = {k: v for k, v in {"n_steps": args.steps, "batch_size": args.batch_size,
-                                       "precision": args.precision, "clip": args.clip}.items() if v is not None}
+                                       "precision": args.precision, "clip": args.clip, "lr": args.lr,
+                                       "init_from": args.init_from,
+                                       "min_snr_gamma": args.min_snr_gamma}.items() if v is not None}
         folder = train_stage(recipe(args.recipe, args.stage, **overrides), out, resume=args.resume,
                              progress=not args.no_progress)
     print(f"trained {args.stage}: {folder}")

@@ -25,10 +25,9 @@ from unclip_core.checks import check_choice, check_positive_int
 from unclip_core.clip import ClipEncoder
 from unclip_core.data.shapes import ShapesConfig, caption, render_array, vocabulary
 from unclip_core.tokenizer import WordTokenizer
-from unclip_core.train.common import (EMA, CsvLog, cosine_lr, load_state, publish_permissions, save_state,
-                                      set_lr, write_text_atomic)
+from unclip_core.train.common import (PRECISIONS, EMA, CsvLog, cosine_lr, load_state, publish_permissions,
+                                      resolve_precision, save_state, set_lr, write_text_atomic)
 
-PRECISIONS = ("bf16", "fp32")
 STATE_FILE = "state.pt"
 LOG_FIELDS = ("step", "loss", "batch_acc", "logit_scale", "lr", "seconds")
 
@@ -59,7 +58,7 @@ class ClipTrainConfig:
     adam_eps: float = 1e-6
     init_temperature: float = 0.07
     max_logit_scale: float = 100.0
-    precision: str = "bf16"
+    precision: str = "auto"  # bf16 autocast where the CPU has native bf16, else fp32
     ema_decay: float | None = None
     # data: ShapesWorld split="train", item i of step s is i = s * batch_size + k
     seed: int = 0
@@ -268,7 +267,7 @@ def train_clip(config: ClipTrainConfig, out_dir: str | os.PathLike, resume: bool
         set_lr(optimizer, lr)
         x, texts, keys = _batch(data, step, config.batch_size)
         ids = tokenizer(texts, context_length=config.context_length)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.precision == "bf16"):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=resolve_precision(config.precision) == "bf16"):
             z_i = model.encode_image(x, normalize=True)
             z_t = model.encode_text(ids, normalize=True)
         loss, acc = contrastive_loss(z_i, z_t, model.logit_scale.exp(), keys)
@@ -379,7 +378,7 @@ unCLIP pipeline and the CLIP-latent analyses run offline in seconds. Load it wit
   {c.max_logit_scale:g}); captions describing the same scene in a batch count as positives.
 - AdamW (lr {c.lr:g}, betas ({c.beta1}, {c.beta2}), eps {c.adam_eps:g}, weight decay {c.weight_decay} on matrices),
   {c.warmup_steps} warm-up steps then cosine decay to {c.min_lr_ratio} x lr; batch {c.batch_size}, {c.n_steps} steps
-  ({c.n_steps * c.batch_size:,} image-caption pairs); {c.precision} autocast on CPU; EMA: {c.ema_decay}.
+  ({c.n_steps * c.batch_size:,} image-caption pairs); {resolve_precision(c.precision)} on CPU; EMA: {c.ema_decay}.
 - Training time: {seconds / 60:.1f} min of wall-clock on a shared 2-core CPU.
 
 ## Measured retrieval (evaluate_retrieval, seed {eval_seed}; one plain caption per image, distinct captions)

@@ -25,6 +25,37 @@ def publish_permissions(path: str | os.PathLike) -> None:
     os.chmod(path, mode & ~_umask())
 
 
+PRECISIONS = ("auto", "bf16", "fp32")
+_NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether the CPU computes bf16 natively (AVX512-BF16 or AMX flags in /proc/cpuinfo, or `cpuinfo` text).
+
+    Without them, oneDNN emulates bf16: on an AVX2-only EPYC the 64 px decoder took 48 s a step under bf16
+    autocast against 2.9 s in float32, where a CPU with AVX512-BF16 ran bf16 ~1.5x faster than float32.
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return False
+    flags = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[-1].split())
+    return any(f in flags for f in _NATIVE_BF16_FLAGS)
+
+
+def resolve_precision(precision: str) -> str:
+    """"auto" -> "bf16" where the CPU has native bf16, else "fp32"; "bf16" and "fp32" are returned as they are."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r} is not known; accepted: {', '.join(map(repr, PRECISIONS))}")
+    if precision == "auto":
+        return "bf16" if cpu_has_native_bf16() else "fp32"
+    return precision
+
+
 class EMA:
     """Exponential moving average of a model's float weights (Polyak & Juditsky 1992): w_ema <- d w_ema + (1 - d) w.
 

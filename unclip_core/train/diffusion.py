@@ -35,14 +35,14 @@ from unclip_core.data.shapes import ShapesConfig, render_array
 from unclip_core.decoder import Decoder, DecoderConfig
 from unclip_core.diffusion import cosine_schedule, diffusion_loss
 from unclip_core.prior import DiffusionPrior, PriorConfig
-from unclip_core.train.common import EMA, CsvLog, cosine_lr, load_state, save_state, set_lr, write_text_atomic
+from unclip_core.train.common import (PRECISIONS, EMA, CsvLog, cosine_lr, load_state, resolve_precision, save_state,
+                                      set_lr, write_text_atomic)
 from unclip_core.upsampler import Upsampler, UpsamplerConfig, upsample_low_res
 
 if TYPE_CHECKING:  # open_clip is slow to import; only the prior and decoder stages need it
     from unclip_core.clip import ClipEncoder
 
 STAGES = ("prior", "decoder", "upsampler1", "upsampler2")
-PRECISIONS = ("bf16", "fp32")
 STATE_FILE = "state.pt"
 LOG_FIELDS = ("step", "loss", "lr", "seconds")
 _MODEL = {"prior": (DiffusionPrior, PriorConfig), "decoder": (Decoder, DecoderConfig),
@@ -66,13 +66,15 @@ class DiffusionTrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.999
-    precision: str = "bf16"
+    precision: str = "auto"  # bf16 autocast where the CPU has native bf16, else fp32 (resolve_precision)
     seed: int = 0
     p_drop_z_i: float = 0.1       # decoder: z_i dropped for CFG (paper: 10%)
     p_drop_text: float = 0.5      # decoder: caption dropped (paper: 50%); prior: 10%
     crop: int | None = None       # upsamplers: side of the high-resolution training crop
     n_objects: tuple[int, ...] = (1, 2, 3)
     object_weights: tuple[float, ...] | None = None
+    min_snr_gamma: float | None = None  # Min-SNR-gamma loss weighting (Hang et al. 2023); None: plain MSE
+    init_from: str | None = None  # warm start: a checkpoint folder or bundled "NAME/STAGE" with the same config
     log_every: int = 10
     checkpoint_every: int = 200
 
@@ -90,6 +92,8 @@ class DiffusionTrainConfig:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(self, name)}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.min_snr_gamma is not None and not self.min_snr_gamma > 0:
+            raise ValueError(f"min_snr_gamma must be > 0 (Hang et al. use 5) or None, got {self.min_snr_gamma}")
         object.__setattr__(self, "n_objects", tuple(self.n_objects))
         if self.object_weights is not None:
             object.__setattr__(self, "object_weights", tuple(self.object_weights))
@@ -137,7 +141,8 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
                                    attention_resolutions=(16, 8), head_channels=32, clip_dim=128, n_clip_tokens=4,
                                    text_width=0, learn_sigma=True, dropout=0.0, norm_groups=16,
                                    resblock_updown=False),
-                        prediction="v", n_steps=3000, batch_size=32, lr=2e-4),
+                        prediction="v", n_steps=3000, batch_size=32, lr=2e-4, min_snr_gamma=5.0,
+                        object_weights=(0.4, 0.4, 0.2)),
         "upsampler1": dict(model=dict(low_res=64, out_res=256, model_channels=32, channel_mult=(1, 2, 2),
                                       n_res_blocks=1, norm_groups=16),
                            prediction="v", n_steps=1000, batch_size=16, lr=3e-4, crop=64),
@@ -285,9 +290,11 @@ def train_stage(config: DiffusionTrainConfig, out_dir: str | os.PathLike, resume
     model_cls = _MODEL[config.stage][0]
     model = model_cls(mc)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    state_path = out / STATE_FILE
+    if config.init_from is not None and not (resume and state_path.is_file()):
+        warm_start(model, config.init_from)
     ema = EMA(model, config.ema_decay)
     step, elapsed = 0, 0.0
-    state_path = out / STATE_FILE
     if resume and state_path.is_file():
         state = load_state(state_path)
         # n_steps may change on resume (lengthen or shorten a run): the cosine LR schedule is recomputed for
@@ -315,7 +322,7 @@ def train_stage(config: DiffusionTrainConfig, out_dir: str | os.PathLike, resume
 
     model.train()
     bar = tqdm(total=config.n_steps, initial=step, desc=config.stage, disable=not progress or rank != 0)
-    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if config.precision == "bf16"
+    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if resolve_precision(config.precision) == "bf16"
                 else contextlib.nullcontext())
     while step < config.n_steps:
         t0 = time.perf_counter()
@@ -332,7 +339,8 @@ def train_stage(config: DiffusionTrainConfig, out_dir: str | os.PathLike, resume
         with autocast:
             model_out = net(x_t, t, **cond)
         loss = diffusion_loss(model_out.float(), x0, x_t, t, eps, config.prediction,
-                              learn_sigma=getattr(mc, "learn_sigma", False), schedule=schedule)
+                              learn_sigma=getattr(mc, "learn_sigma", False), schedule=schedule,
+                              min_snr_gamma=config.min_snr_gamma)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip:
@@ -363,6 +371,21 @@ def train_stage(config: DiffusionTrainConfig, out_dir: str | os.PathLike, resume
                            overwrite=True)
 
 
+def warm_start(model: torch.nn.Module, spec: str) -> None:
+    """Load the weights of checkpoint `spec` (a folder or bundled "NAME/STAGE") into `model`, which must have
+    the same class and config: a run that continues an exported stage with a new optimiser and schedule."""
+    from unclip_core.checkpoint import resolve
+    folder = resolve(spec)
+    cls, cfg, _ = read_checkpoint_config(folder)
+    if cls is not type(model) or cfg != model.config:
+        raise ValueError(f"init_from={spec!r} holds a {cls.__name__} with another config than this run's "
+                         f"{type(model).__name__}; warm starts need the same network (compare {folder}/config.json "
+                         "with the recipe's model settings)")
+    source = load_checkpoint(folder)
+    with torch.no_grad():
+        model.load_state_dict({k: v.float() for k, v in source.state_dict().items()})
+
+
 def replace_weights(model: torch.nn.Module, ema: EMA) -> torch.nn.Module:
     """`model` with the EMA weights, in eval mode."""
     ema.copy_to(model)
@@ -374,7 +397,7 @@ def stage_card(config: DiffusionTrainConfig, seconds: float, steps: int, n_param
     return (f"# ShapesWorld unCLIP {config.stage}\n\n"
             f"- parameters: {n_params:,}\n- predicts: {config.prediction}\n"
             f"- trained: {steps} steps x batch {config.batch_size}, {seconds / 60:.1f} min on CPU "
-            f"({config.precision}), seed {config.seed}\n"
+            f"({resolve_precision(config.precision)}), seed {config.seed}\n"
             f"- recipe: `unclip-explorer train {config.stage} --recipe shapes`\n\n"
             f"```json\n{json.dumps(config.to_dict(), indent=2)}\n```\n")
 
