@@ -398,7 +398,9 @@ def stage_card(config: DiffusionTrainConfig, seconds: float, steps: int, n_param
             f"- parameters: {n_params:,}\n- predicts: {config.prediction}\n"
             f"- trained: {steps} steps x batch {config.batch_size}, {seconds / 60:.1f} min on CPU "
             f"({resolve_precision(config.precision)}), seed {config.seed}\n"
-            f"- recipe: `unclip-explorer train {config.stage} --recipe shapes`\n\n"
+            + (f"- warm start: the weights of `{config.init_from}` (its own card tells how they were trained)\n"
+               if config.init_from else "")
+            + f"- recipe: `unclip-explorer train {config.stage} --recipe shapes`\n\n"
             f"```json\n{json.dumps(config.to_dict(), indent=2)}\n```\n")
 
 
