@@ -42,6 +42,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
                    help="warm start a diffusion stage from a checkpoint folder or a bundled stage such as "
                         "shapes-unclip/decoder (same network; new optimiser and LR schedule)")
+    p.add_argument("--object-weights", type=float, nargs="+", default=None, metavar="W",
+                   help="how often scenes of 1, 2, 3 objects are drawn, e.g. 0.4 0.4 0.2 (default: uniform)")
     p.add_argument("--min-snr-gamma", type=float, default=None,
                    help="Min-SNR-gamma loss weighting of a diffusion stage (default: the recipe's)")
     p.add_argument("--threads", type=int, default=None,
@@ -64,9 +66,9 @@ def run(args: argparse.Namespace) -> int:
                          "start over")
     if args.stage == "clip":
         unused = [f for f, v in (("--init-from", args.init_from), ("--min-snr-gamma", args.min_snr_gamma),
-                                 ("--lr", args.lr)) if v is not None]
+                                 ("--lr", args.lr), ("--object-weights", args.object_weights)) if v is not None]
         if unused:
-            raise ValueError(f"{', '.join(unused)} apply to the diffusion stages, not to clip; drop them")
+            raise ValueError(f"options for the diffusion stages only, not clip: {', '.join(unused)}; drop them")
         from unclip_core.train.clip import ClipTrainConfig, train_clip
         overrides = {k: v for k, v in {"n_steps": args.steps, "batch_size": args.batch_size,
                                        "precision": args.precision}.items() if v is not None}
@@ -77,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
         overrides = {k: v for k, v in {"n_steps": args.steps, "batch_size": args.batch_size,
                                        "precision": args.precision, "clip": args.clip, "lr": args.lr,
                                        "init_from": args.init_from,
-                                       "min_snr_gamma": args.min_snr_gamma}.items() if v is not None}
+                                       "min_snr_gamma": args.min_snr_gamma,
+                                       "object_weights": args.object_weights}.items() if v is not None}
         folder = train_stage(recipe(args.recipe, args.stage, **overrides), out, resume=args.resume,
                              progress=not args.no_progress)
     print(f"trained {args.stage}: {folder}")
