@@ -255,3 +255,21 @@ def test_embed_and_neighbors_with_bundled_clip(tmp_path, capsys):
     assert cli.main(["neighbors", str(tmp_path / "s"), "--text", caption, "-k", "3", "--json"]) == 0
     top = json.loads(capsys.readouterr().out)[0]
     assert top["kind"] == "text" and top["source"] == caption and top["score"] == pytest.approx(1.0, abs=2e-3)
+
+
+def test_train_options_fail_with_one_line(tmp_path, capsys):
+    cases = [
+        (["train", "clip", "--recipe", "tiny", "--out", str(tmp_path / "c"), "--lr", "1e-3"],
+         "error: options for the diffusion stages only, not clip: --lr"),
+        (["train", "upsampler1", "--recipe", "tiny", "--out", str(tmp_path / "u"), "--object-weights", "0.5", "0.5"],
+         "error: weights must be 3 non-negative numbers"),
+        (["train", "upsampler1", "--recipe", "tiny", "--out", str(tmp_path / "w"), "--init-from",
+          str(tmp_path / "nowhere")], "error: checkpoint folder"),
+        (["train", "upsampler1", "--recipe", "tiny", "--out", str(tmp_path / "m"), "--min-snr-gamma", "-1"],
+         "error: min_snr_gamma must be > 0"),
+    ]
+    for argv, start in cases:
+        assert cli.main(argv + ["--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(start) and err.count("\n") == 1 and "Traceback" not in err, err
+    assert not (tmp_path / "w").exists()  # the failed warm start wrote nothing

@@ -272,6 +272,9 @@ def train_stage(config: DiffusionTrainConfig, out_dir: str | os.PathLike, resume
     if not isinstance(config, DiffusionTrainConfig):
         raise TypeError(f"config must be a DiffusionTrainConfig (e.g. recipe('shapes', 'decoder')), "
                         f"got {type(config).__name__}")
+    if config.init_from is not None:
+        from unclip_core.checkpoint import resolve
+        resolve(config.init_from)  # a missing warm-start checkpoint fails before anything is written
     rank, world = _dist_info()
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
