@@ -260,6 +260,7 @@ def train_clip(config: ClipTrainConfig, out_dir: str | os.PathLike, resume: bool
                                 "ema": ema.state_dict() if ema is not None else None})
 
     model.train()
+    use_bf16 = resolve_precision(config.precision) == "bf16"  # once: "auto" reads /proc/cpuinfo
     bar = tqdm(total=config.n_steps, initial=step, desc="shapes-clip", disable=not progress)
     while step < config.n_steps:
         t0 = time.perf_counter()
@@ -267,7 +268,7 @@ def train_clip(config: ClipTrainConfig, out_dir: str | os.PathLike, resume: bool
         set_lr(optimizer, lr)
         x, texts, keys = _batch(data, step, config.batch_size)
         ids = tokenizer(texts, context_length=config.context_length)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=resolve_precision(config.precision) == "bf16"):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
             z_i = model.encode_image(x, normalize=True)
             z_t = model.encode_text(ids, normalize=True)
         loss, acc = contrastive_loss(z_i, z_t, model.logit_scale.exp(), keys)

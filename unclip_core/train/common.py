@@ -10,6 +10,8 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
+from unclip_core.checks import check_choice
+
 
 
 def _umask() -> int:
@@ -49,8 +51,7 @@ def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
 
 def resolve_precision(precision: str) -> str:
     """"auto" -> "bf16" where the CPU has native bf16, else "fp32"; "bf16" and "fp32" are returned as they are."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision={precision!r} is not known; accepted: {', '.join(map(repr, PRECISIONS))}")
+    check_choice("precision", precision, PRECISIONS)
     if precision == "auto":
         return "bf16" if cpu_has_native_bf16() else "fp32"
     return precision

@@ -383,9 +383,7 @@ def warm_start(model: torch.nn.Module, spec: str) -> None:
         raise ValueError(f"init_from={spec!r} holds a {cls.__name__} with another config than this run's "
                          f"{type(model).__name__}; warm starts need the same network (compare {folder}/config.json "
                          "with the recipe's model settings)")
-    source = load_checkpoint(folder)
-    with torch.no_grad():
-        model.load_state_dict({k: v.float() for k, v in source.state_dict().items()})
+    model.load_state_dict(load_checkpoint(folder).state_dict())  # copied into this model's float32 weights
 
 
 def replace_weights(model: torch.nn.Module, ema: EMA) -> torch.nn.Module:
