@@ -265,6 +265,35 @@ def test_decoder_errors():
         plain(x, t, z, tok)
 
 
+
+def test_decoder_clip_map_is_spatial_and_grows_from_a_plain_decoder():
+    torch.manual_seed(0)
+    plain = randomize(Decoder(DecoderConfig(**DEC)), seed=4)
+    grown = Decoder(DecoderConfig(**dict(DEC, clip_map_channels=3, clip_map_size=4)))
+    grown.load_grown(plain.state_dict(), plain.config)
+    grown.eval()
+    x, t, z, tok = dec_inputs()
+    # new input channels start at zero weight: the grown decoder computes what the plain one did
+    torch.testing.assert_close(grown(x, t, z, tok), plain(x, t, z, tok), rtol=0, atol=1e-6)
+    m = grown.clip_map(z).detach()
+    assert m.shape == (2, 3, 16, 16)
+    assert float(m[:, :, :8].std()) > 0 and float((m[:, :, :4] - m[:, :, 12:]).abs().amax()) > 1e-3  # varies in space
+    # once its input weights move, the map carries z_i into the first convolution
+    with torch.no_grad():
+        grown.unet.conv_in.weight[:, 3:].normal_(0, 0.5)
+        grown.clip_to_time.weight.zero_(), grown.clip_to_context_tokens.weight.zero_()
+        grown.clip_to_time.bias.zero_(), grown.clip_to_context_tokens.bias.zero_()
+    assert (grown(x, t, z, tok) - grown(x, t, z.flip(0), tok)).abs().amax() > 1e-3  # z_i reaches only via the map
+    with pytest.raises(ValueError, match=r"only \['clip_map_channels', 'clip_map_size'\] may differ.*'model_channels'"):
+        Decoder(DecoderConfig(**dict(DEC, model_channels=8, clip_map_channels=3))).load_grown(
+            plain.state_dict(), plain.config)
+    with pytest.raises(ValueError, match="can add a clip map to a decoder without one, not resize"):
+        grown.load_grown(grown.state_dict(), DecoderConfig(**dict(DEC, clip_map_channels=2, clip_map_size=4)))
+    with pytest.raises(ValueError, match="clip_map_size=5 must divide image_size=16"):
+        DecoderConfig(**dict(DEC, clip_map_channels=2, clip_map_size=5))
+    with pytest.raises(ValueError, match="this decoder has clip_map_channels=0"):
+        plain.clip_map(z)
+
 # --- upsampler -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("low,out", [(8, 32), (16, 32)])
 def test_upsampler_crops_and_full_size(low, out):

@@ -170,6 +170,21 @@ def test_warm_start_continues_an_exported_stage(clip, tmp_path):
     assert json.loads((tmp_path / "warm" / "config.json").read_text())["init_from"] == str(first)
 
 
+
+def test_warm_start_grows_a_clip_map_into_a_plain_decoder(clip, tmp_path):
+    first = train_stage(_tiny("decoder"), tmp_path / "a", clip=clip, progress=False)
+    exported = load_checkpoint(first).state_dict()
+    ends = {}
+    cfg = _tiny("decoder", n_steps=1, lr=1e-12, init_from=str(first))
+    cfg = replace(cfg, model={**cfg.model, "clip_map_channels": 2, "clip_map_size": 8})
+    train_stage(cfg, tmp_path / "grown", clip=clip, progress=False,
+                on_end=lambda m: ends.update({k: v.detach().clone() for k, v in m.state_dict().items()}))
+    assert set(ends) - set(exported) == {"clip_to_map.weight", "clip_to_map.bias"}
+    w = ends["unet.conv_in.weight"]
+    assert w.shape[1] == 5 and float(w[:, 3:].abs().max()) < 1e-6  # the new input channels start at zero
+    assert max(float((ends[k] - v).abs().max()) for k, v in exported.items() if k != "unet.conv_in.weight") < 1e-6
+    torch.testing.assert_close(w[:, :3], exported["unet.conv_in.weight"], rtol=0, atol=1e-6)
+
 def test_warm_start_refuses_another_network(clip, tmp_path):
     first = train_stage(_tiny("upsampler1"), tmp_path / "a", clip=clip, progress=False)
     with pytest.raises(ValueError, match="holds a Upsampler with another config"):

@@ -5,6 +5,13 @@ that are concatenated before the (projected, layer-normed) caption tokens; atten
 image tokens plus these context tokens as extra keys/values (GLIDE, Nichol et al. 2021). The same structure as
 Karlo's diffusers `UNet2DConditionModel` + `UnCLIPTextProjModel` (which lays out its 4 clip tokens as
 (dim, n_tokens) where we use (n_tokens, dim): an importer permutes `clip_to_context_tokens` rows).
+
+Optionally (`clip_map_channels` > 0, not in the paper) z_i is also decoded by a linear layer into a coarse
+spatial map (clip_map_channels x clip_map_size^2), upsampled to the image size and concatenated to x_t as extra
+input channels. The paper's pathways are global (a bias on every ResBlock and tokens seen only by attention at
+low resolution), so a small decoder learns where an object is from them slowly; the map gives z_i a direct,
+position-dependent route into the first convolution. Its input is z_i scaled to unit-variance components
+(x sqrt(clip_dim)), since a unit-norm 128-d z_i has components of ~0.09.
 """
 from __future__ import annotations
 
@@ -38,6 +45,11 @@ class DecoderConfig:
     use_scale_shift_norm: bool = True
     resblock_updown: bool = True
     norm_groups: int = 32
+    clip_map_channels: int = 0
+    clip_map_size: int = 16
+
+    # fields a warm start may change: the network grows new, zero-initialised inputs (see Decoder.load_grown)
+    GROWABLE = ("clip_map_channels", "clip_map_size")
 
     def __post_init__(self) -> None:
         as_tuple_field(self, "channel_mult")
@@ -47,11 +59,14 @@ class DecoderConfig:
         check_unet_shape(self.channel_mult, self.model_channels, self.norm_groups, self.n_res_blocks)
         for name in ("image_size", "in_channels", "head_channels", "clip_dim"):
             check_positive_int(name, getattr(self, name))
-        for name in ("n_clip_tokens", "text_width", "context_dim"):
+        for name in ("n_clip_tokens", "text_width", "context_dim", "clip_map_channels"):
             check_positive_int(name, getattr(self, name), minimum=0)
         factor = 2 ** (len(self.channel_mult) - 1)
         if self.image_size % factor:
             raise ValueError(f"image_size={self.image_size} must be divisible by 2**(len(channel_mult)-1)={factor}")
+        check_positive_int("clip_map_size", self.clip_map_size)
+        if self.image_size % self.clip_map_size:
+            raise ValueError(f"clip_map_size={self.clip_map_size} must divide image_size={self.image_size}")
         levels = self.level_resolutions
         unknown = [r for r in self.attention_resolutions if r not in levels]
         if unknown:
@@ -109,13 +124,51 @@ class Decoder(nn.Module):
             self.text_proj = self.text_norm = None
         # learned null z_i for classifier-free guidance (Karlo: learned_classifier_free_guidance_embeddings)
         self.null_z_i = nn.Parameter(torch.randn(c.clip_dim) * 0.02)
+        m = c.clip_map_channels
+        self.clip_to_map = nn.Linear(c.clip_dim, m * c.clip_map_size ** 2) if m else None
         has_context = bool(c.n_clip_tokens or c.text_width)
         attention_levels = [i for i, r in enumerate(c.level_resolutions) if r in c.attention_resolutions]
-        self.unet = UNet(c.in_channels, c.out_channels, c.model_channels, c.channel_mult, c.n_res_blocks, E,
+        self.unet = UNet(c.in_channels + m, c.out_channels, c.model_channels, c.channel_mult, c.n_res_blocks, E,
                          attention_levels=attention_levels, mid_attention=True, head_channels=c.head_channels,
                          context_dim=D if has_context else 0, dropout=c.dropout,
                          use_scale_shift_norm=c.use_scale_shift_norm, resblock_updown=c.resblock_updown,
                          norm_groups=c.norm_groups)
+
+    def load_grown(self, state: dict[str, Tensor], config: "DecoderConfig") -> None:
+        """Load the weights of a decoder with `config`, which may lack this one's clip map (a warm start that
+        adds it): the map's layer keeps its initialisation and the first convolution's new input channels are
+        zero, so the grown network computes exactly what the old one did until training moves them."""
+        if not isinstance(config, DecoderConfig):
+            raise TypeError(f"config must be a DecoderConfig, got {type(config).__name__}")
+        fixed = {k: v for k, v in vars(config).items() if k not in config.GROWABLE}
+        mine = {k: v for k, v in vars(self.config).items() if k not in config.GROWABLE}
+        diff = sorted(k for k in fixed if fixed[k] != mine[k])
+        if diff:
+            raise ValueError(f"only {list(config.GROWABLE)} may differ in a grown warm start, but {diff} do too")
+        if config.clip_map_channels and (config.clip_map_channels, config.clip_map_size) != (
+                self.config.clip_map_channels, self.config.clip_map_size):
+            raise ValueError("a warm start can add a clip map to a decoder without one, not resize an existing one; "
+                             f"the checkpoint has {config.clip_map_channels}x{config.clip_map_size}^2")
+        own = self.state_dict()
+        state = dict(state)
+        w = state.get("unet.conv_in.weight")
+        if w is not None and w.shape != own["unet.conv_in.weight"].shape:
+            grown = torch.zeros_like(own["unet.conv_in.weight"])
+            grown[:, :w.shape[1]] = w
+            state["unet.conv_in.weight"] = grown
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        new = [k for k in missing if not k.startswith("clip_to_map.")]
+        if new or unexpected:
+            raise ValueError(f"the checkpoint does not fit this decoder: missing {new}, unexpected {unexpected}")
+
+    def clip_map(self, z_i: Tensor) -> Tensor:
+        """The spatial z_i map (B, clip_map_channels, image_size, image_size) that joins x_t at the input."""
+        c = self.config
+        if self.clip_to_map is None:
+            raise ValueError("this decoder has clip_map_channels=0 (no spatial z_i map)")
+        m = self.clip_to_map(z_i * c.clip_dim ** 0.5)
+        m = m.reshape(z_i.shape[0], c.clip_map_channels, c.clip_map_size, c.clip_map_size)
+        return nn.functional.interpolate(m, size=(c.image_size, c.image_size), mode="bilinear", align_corners=False)
 
     def drop_condition(self, z_i: Tensor, text_tokens: Tensor | None = None, text_mask: Tensor | None = None,
                        p_z_i: float = 0.1, p_text: float = 0.5, generator: torch.Generator | None = None
@@ -186,4 +239,6 @@ class Decoder(nn.Module):
                 raise ValueError("this decoder has use_z_t=True and needs z_t (B, clip_dim), the text embedding")
             emb = emb + self.z_t_to_time(check_tensor("z_t", z_t, (B, c.clip_dim)))
         context, context_mask = self._context(z_i, text_tokens, text_mask)
+        if self.clip_to_map is not None:
+            x_t = torch.cat([x_t, self.clip_map(z_i).to(x_t.dtype)], dim=1)
         return self.unet(x_t, emb, context, context_mask)
