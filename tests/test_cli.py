@@ -267,6 +267,10 @@ def test_train_options_fail_with_one_line(tmp_path, capsys):
           str(tmp_path / "nowhere")], "error: checkpoint folder"),
         (["train", "upsampler1", "--recipe", "tiny", "--out", str(tmp_path / "m"), "--min-snr-gamma", "-1"],
          "error: min_snr_gamma must be > 0"),
+        (["train", "decoder", "--recipe", "tiny", "--out", str(tmp_path / "h"), "--high-t-fraction", "2"],
+         "error: high_t_fraction must be a share in [0, 1], got 2.0"),
+        (["train", "clip", "--recipe", "tiny", "--out", str(tmp_path / "c2"), "--high-t-from", "0.5"],
+         "error: options for the diffusion stages only, not clip: --high-t-from"),
     ]
     for argv, start in cases:
         assert cli.main(argv + ["--no-progress"]) == 2

@@ -193,6 +193,23 @@ def test_warm_start_refuses_another_network(clip, tmp_path):
         recipe("tiny", "decoder", min_snr_gamma=0.0)
 
 
+
+def test_high_t_sampling_shares_and_validation():
+    from unclip_core.train.diffusion import sample_timesteps
+    g = torch.Generator().manual_seed(0)
+    plain = sample_timesteps(200_000, 1000, g)
+    high = sample_timesteps(200_000, 1000, g, high_fraction=0.5, high_from=0.8)
+    # uniform: 20% of draws in the top fifth; half drawn from it: 0.5 + 0.5 * 0.2 = 60%
+    assert abs(float((plain >= 800).float().mean()) - 0.2) < 0.005
+    assert abs(float((high >= 800).float().mean()) - 0.6) < 0.005
+    assert int(high.min()) == 0 and int(high.max()) == 999
+    assert torch.equal(sample_timesteps(8, 1000, torch.Generator().manual_seed(3), 0.5),
+                       sample_timesteps(8, 1000, torch.Generator().manual_seed(3), 0.5))  # resumable: seeded
+    with pytest.raises(ValueError, match=r"high_t_fraction must be a share in \[0, 1\], got 1.5"):
+        recipe("tiny", "decoder", high_t_fraction=1.5)
+    with pytest.raises(ValueError, match=r"high_t_from must be in \[0, 1\)"):
+        recipe("tiny", "decoder", high_t_from=1.0)
+
 def test_auto_precision_follows_the_cpu_flags(monkeypatch):
     from unclip_core.train import common
     avx2 = "processor\t: 0\nflags\t\t: fpu sse sse2 avx avx2 fma\n"

@@ -46,6 +46,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="how often scenes of 1, 2, 3 objects are drawn, e.g. 0.4 0.4 0.2 (default: uniform)")
     p.add_argument("--min-snr-gamma", type=float, default=None,
                    help="Min-SNR-gamma loss weighting of a diffusion stage (default: the recipe's)")
+    p.add_argument("--high-t-fraction", type=float, default=None, metavar="P",
+                   help="share of each batch with t drawn from the top of the schedule (see --high-t-from), "
+                        "where the decoder must draw the scene from z_i (default: the recipe's)")
+    p.add_argument("--high-t-from", type=float, default=None, metavar="F",
+                   help="where the top of the schedule starts, as a fraction of T (default: the recipe's, 0.8)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's; 1 is fastest when other jobs share the cores)")
     p.add_argument("--no-progress", action="store_true")
@@ -66,7 +71,9 @@ def run(args: argparse.Namespace) -> int:
                          "start over")
     if args.stage == "clip":
         unused = [f for f, v in (("--init-from", args.init_from), ("--min-snr-gamma", args.min_snr_gamma),
-                                 ("--lr", args.lr), ("--object-weights", args.object_weights)) if v is not None]
+                                 ("--lr", args.lr), ("--object-weights", args.object_weights),
+                                 ("--high-t-fraction", args.high_t_fraction),
+                                 ("--high-t-from", args.high_t_from)) if v is not None]
         if unused:
             raise ValueError(f"options for the diffusion stages only, not clip: {', '.join(unused)}; drop them")
         from unclip_core.train.clip import ClipTrainConfig, train_clip
@@ -80,7 +87,9 @@ def run(args: argparse.Namespace) -> int:
                                        "precision": args.precision, "clip": args.clip, "lr": args.lr,
                                        "init_from": args.init_from,
                                        "min_snr_gamma": args.min_snr_gamma,
-                                       "object_weights": args.object_weights}.items() if v is not None}
+                                       "object_weights": args.object_weights,
+                                       "high_t_fraction": args.high_t_fraction,
+                                       "high_t_from": args.high_t_from}.items() if v is not None}
         folder = train_stage(recipe(args.recipe, args.stage, **overrides), out, resume=args.resume,
                              progress=not args.no_progress)
     print(f"trained {args.stage}: {folder}")

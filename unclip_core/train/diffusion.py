@@ -74,6 +74,10 @@ class DiffusionTrainConfig:
     n_objects: tuple[int, ...] = (1, 2, 3)
     object_weights: tuple[float, ...] | None = None
     min_snr_gamma: float | None = None  # Min-SNR-gamma loss weighting (Hang et al. 2023); None: plain MSE
+    # a share of each batch draws t from the top of the schedule [high_t_from * T, T), where a decoder must draw
+    # the scene from z_i alone; the per-t optimum is unchanged, only where the gradient is spent
+    high_t_fraction: float = 0.0
+    high_t_from: float = 0.8
     init_from: str | None = None  # warm start: a checkpoint folder or bundled "NAME/STAGE" with the same config
     log_every: int = 10
     checkpoint_every: int = 200
@@ -92,6 +96,10 @@ class DiffusionTrainConfig:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(self, name)}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.high_t_fraction <= 1.0:
+            raise ValueError(f"high_t_fraction must be a share in [0, 1], got {self.high_t_fraction}")
+        if not 0.0 <= self.high_t_from < 1.0:
+            raise ValueError(f"high_t_from must be in [0, 1) (a fraction of the schedule), got {self.high_t_from}")
         if self.min_snr_gamma is not None and not self.min_snr_gamma > 0:
             raise ValueError(f"min_snr_gamma must be > 0 (Hang et al. use 5) or None, got {self.min_snr_gamma}")
         object.__setattr__(self, "n_objects", tuple(self.n_objects))
@@ -337,7 +345,7 @@ def train_stage(config: DiffusionTrainConfig, out_dir: str | os.PathLike, resume
         with torch.no_grad():
             x0, cond = batcher(step, g)
             x0, cond = _prepare(config.stage, model, x0, cond, config, g)
-            t = torch.randint(0, schedule.T, (x0.shape[0],), generator=g)
+            t = sample_timesteps(x0.shape[0], schedule.T, g, config.high_t_fraction, config.high_t_from)
             eps = torch.randn(x0.shape, generator=g)
             x_t = schedule.q_sample(x0, t, eps).float()
         with autocast:
@@ -373,6 +381,18 @@ def train_stage(config: DiffusionTrainConfig, out_dir: str | os.PathLike, resume
                            metadata={"stage": config.stage, "prediction": config.prediction,
                                      "train": config.to_dict(), "steps": step, "seconds": round(elapsed, 1)},
                            overwrite=True)
+
+
+def sample_timesteps(n: int, T: int, generator: torch.Generator, high_fraction: float = 0.0,
+                     high_from: float = 0.8) -> Tensor:
+    """n training timesteps: uniform on [0, T), except that a share `high_fraction` (drawn per sample) is uniform
+    on [high_from * T, T), the noise levels at which a conditional model must draw the scene from its condition."""
+    t = torch.randint(0, T, (n,), generator=generator)
+    if high_fraction > 0:
+        lo = int(high_from * T)
+        high = torch.randint(lo, T, (n,), generator=generator)
+        t = torch.where(torch.rand(n, generator=generator) < high_fraction, high, t)
+    return t
 
 
 def warm_start(model: torch.nn.Module, spec: str) -> None:
