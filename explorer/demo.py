@@ -57,7 +57,7 @@ class GeneratorSettings:
     n_variations: int = 3
     eta: float = 1.0
     n_frames: int = 5
-    refine: int = 1
+    refine: int = 2  # v2 decoder, 25 steps, guidance 3: decode(invert(x)) mean |error| 0.061 at 0, 0.132 at 1, 0.024 at 2
     n_theta: int = 4
     theta_max: float = 0.5
     cascade_stages: int | None = None
