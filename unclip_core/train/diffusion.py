@@ -406,15 +406,16 @@ def warm_start(model: torch.nn.Module, spec: str) -> None:
     if cls is type(model) and cfg == model.config:
         model.load_state_dict(load_checkpoint(folder).state_dict())  # copied into this model's float32 weights
         return
-    growable = getattr(type(cfg), "GROWABLE", ())
-    if cls is type(model) and growable and all(getattr(cfg, f.name) == getattr(model.config, f.name)
-                                               for f in fields(cfg) if f.name not in growable):
-        model.load_grown(load_checkpoint(folder).state_dict(), cfg)  # e.g. a decoder that gains a clip map
+    if cls is type(model) and hasattr(model, "load_grown"):  # e.g. a decoder that gains a clip map
+        try:
+            model.load_grown(load_checkpoint(folder).state_dict(), cfg)  # checks which config fields differ
+        except ValueError as e:
+            raise ValueError(f"init_from={spec!r}: {e} (compare {folder}/config.json with the recipe's model "
+                             "settings)") from None
         return
-    also = f" (only {', '.join(growable)} may differ)" if cls is type(model) and growable else ""
     raise ValueError(f"init_from={spec!r} holds a {cls.__name__} with another config than this run's "
-                     f"{type(model).__name__}; warm starts need the same network{also} (compare "
-                     f"{folder}/config.json with the recipe's model settings)")
+                     f"{type(model).__name__}; warm starts need the same network (compare {folder}/config.json "
+                     "with the recipe's model settings)")
 
 
 def replace_weights(model: torch.nn.Module, ema: EMA) -> torch.nn.Module:
