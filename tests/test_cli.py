@@ -271,6 +271,8 @@ def test_train_options_fail_with_one_line(tmp_path, capsys):
          "error: high_t_fraction must be a share in [0, 1], got 2.0"),
         (["train", "clip", "--recipe", "tiny", "--out", str(tmp_path / "c2"), "--high-t-from", "0.5"],
          "error: options for the diffusion stages only, not clip: --high-t-from"),
+        (["train", "upsampler2", "--recipe", "tiny", "--out", str(tmp_path / "k"), "--crop-content-fraction", "-0.1"],
+         "error: crop_content_fraction must be a share in [0, 1], got -0.1"),
     ]
     for argv, start in cases:
         assert cli.main(argv + ["--no-progress"]) == 2

@@ -54,6 +54,26 @@ def test_random_crop_pair_aligned():
     assert torch.equal(again[0], hc)
 
 
+def test_random_crop_pair_content_fraction_finds_the_object():
+    """A small object in a large flat image: content_fraction=1 puts it in every window, aligned with lo."""
+    hi = torch.full((1, 3, 64, 64), -0.9)
+    hi[:, :, 50:54, 6:10] = 0.8  # a 4 x 4 object; a uniform 16 px window holds it ~6% of the time
+    lo = F.avg_pool2d(hi, 4)
+    g = torch.Generator().manual_seed(0)
+    held = [bool((random_crop_pair(hi, lo, 16, g, content_fraction=1.0)[0] > 0).any()) for _ in range(50)]
+    assert all(held)
+    uniform = [bool((random_crop_pair(hi, lo, 16, g)[0] > 0).any()) for _ in range(200)]
+    assert 0.02 < sum(uniform) / 200 < 0.25
+    half = [bool((random_crop_pair(hi, lo, 16, g, content_fraction=0.5)[0] > 0).any()) for _ in range(200)]
+    assert 0.45 < sum(half) / 200 < 0.7
+    hc, lc = random_crop_pair(hi, lo, 16, g, content_fraction=1.0)
+    torch.testing.assert_close(F.avg_pool2d(hc, 4), lc)  # still the same region
+    flat = torch.zeros(1, 3, 32, 32)  # no content: a uniform window, no error
+    assert random_crop_pair(flat, flat, 8, g, content_fraction=1.0)[0].shape == (1, 3, 8, 8)
+    with pytest.raises(ValueError, match=r"content_fraction must be a share in \[0, 1\], got 1.5"):
+        random_crop_pair(hi, lo, 16, g, content_fraction=1.5)
+
+
 def test_degrade_errors():
     with pytest.raises(ValueError, match="kernel must be an odd size, got 4"):
         blur_corrupt(torch.zeros(3, 8, 8), kernel=4)

@@ -205,6 +205,8 @@ def test_high_t_sampling_shares_and_validation():
     assert int(high.min()) == 0 and int(high.max()) == 999
     assert torch.equal(sample_timesteps(8, 1000, torch.Generator().manual_seed(3), 0.5),
                        sample_timesteps(8, 1000, torch.Generator().manual_seed(3), 0.5))  # resumable: seeded
+    with pytest.raises(ValueError, match=r"crop_content_fraction must be a share in \[0, 1\], got 1.5"):
+        recipe("tiny", "upsampler2", crop_content_fraction=1.5)
     with pytest.raises(ValueError, match=r"high_t_fraction must be a share in \[0, 1\], got 1.5"):
         recipe("tiny", "decoder", high_t_fraction=1.5)
     with pytest.raises(ValueError, match=r"high_t_from must be in \[0, 1\)"):

@@ -51,6 +51,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         "where the decoder must draw the scene from z_i (default: the recipe's)")
     p.add_argument("--high-t-from", type=float, default=None, metavar="F",
                    help="where the top of the schedule starts, as a fraction of T (default: the recipe's, 0.8)")
+    p.add_argument("--crop-content-fraction", type=float, default=None, metavar="P",
+                   help="upsamplers: share of training crops drawn to hold an object rather than anywhere "
+                        "(default: the recipe's)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's; 1 is fastest when other jobs share the cores)")
     p.add_argument("--no-progress", action="store_true")
@@ -73,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
         unused = [f for f, v in (("--init-from", args.init_from), ("--min-snr-gamma", args.min_snr_gamma),
                                  ("--lr", args.lr), ("--object-weights", args.object_weights),
                                  ("--high-t-fraction", args.high_t_fraction),
-                                 ("--high-t-from", args.high_t_from)) if v is not None]
+                                 ("--high-t-from", args.high_t_from),
+                                 ("--crop-content-fraction", args.crop_content_fraction)) if v is not None]
         if unused:
             raise ValueError(f"options for the diffusion stages only, not clip: {', '.join(unused)}; drop them")
         from unclip_core.train.clip import ClipTrainConfig, train_clip
@@ -89,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
                                        "min_snr_gamma": args.min_snr_gamma,
                                        "object_weights": args.object_weights,
                                        "high_t_fraction": args.high_t_fraction,
-                                       "high_t_from": args.high_t_from}.items() if v is not None}
+                                       "high_t_from": args.high_t_from,
+                                       "crop_content_fraction": args.crop_content_fraction}.items() if v is not None}
         folder = train_stage(recipe(args.recipe, args.stage, **overrides), out, resume=args.resume,
                              progress=not args.no_progress)
     print(f"trained {args.stage}: {folder}")

@@ -71,6 +71,7 @@ class DiffusionTrainConfig:
     p_drop_z_i: float = 0.1       # decoder: z_i dropped for CFG (paper: 10%)
     p_drop_text: float = 0.5      # decoder: caption dropped (paper: 50%); prior: 10%
     crop: int | None = None       # upsamplers: side of the high-resolution training crop
+    crop_content_fraction: float = 0.0  # upsamplers: share of crops drawn to hold an object (random_crop_pair)
     n_objects: tuple[int, ...] = (1, 2, 3)
     object_weights: tuple[float, ...] | None = None
     min_snr_gamma: float | None = None  # Min-SNR-gamma loss weighting (Hang et al. 2023); None: plain MSE
@@ -96,6 +97,8 @@ class DiffusionTrainConfig:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(self, name)}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.crop_content_fraction <= 1.0:
+            raise ValueError(f"crop_content_fraction must be a share in [0, 1], got {self.crop_content_fraction}")
         if not 0.0 <= self.high_t_fraction <= 1.0:
             raise ValueError(f"high_t_fraction must be a share in [0, 1], got {self.high_t_fraction}")
         if not 0.0 <= self.high_t_from < 1.0:
@@ -158,7 +161,7 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
                            prediction="v", n_steps=1000, batch_size=16, lr=3e-4, crop=64),
         "upsampler2": dict(model=dict(low_res=256, out_res=1024, model_channels=16, channel_mult=(1, 2, 2),
                                       n_res_blocks=1, norm_groups=8),
-                           prediction="v", n_steps=500, batch_size=8, lr=3e-4, crop=128),
+                           prediction="v", n_steps=500, batch_size=8, lr=3e-4, crop=128, crop_content_fraction=0.5),
     },
     # for tests: seconds per step
     "tiny": {
@@ -246,7 +249,8 @@ class _Batcher:
             [bsr_degrade(x[None], generator=g) for x in lo])
         lo = upsample_low_res(lo, hi.shape[-2:])  # upsample the whole image, then crop: no border effects
         if c.crop is not None and c.crop < mc.out_res:
-            pairs = [random_crop_pair(h[None], l[None], c.crop, generator=g) for h, l in zip(hi, lo)]
+            pairs = [random_crop_pair(h[None], l[None], c.crop, generator=g, content_fraction=c.crop_content_fraction)
+                     for h, l in zip(hi, lo)]
             hi = torch.cat([p[0] for p in pairs])
             lo = torch.cat([p[1] for p in pairs])
         return hi, {"low_res": lo}
