@@ -34,8 +34,8 @@ def main() -> None:
     scenes = [sample_scene(rng, 1) for _ in range(args.n)]
     images = [render(s, enc.image_size) for s in scenes]
     with torch.no_grad():
-        z = torch.cat([enc.encode_image(images[i:i + 250]) for i in range(0, len(images), 250)]).float().numpy()
-    z = z / np.linalg.norm(z, axis=1, keepdims=True) * np.sqrt(z.shape[1])  # unit-variance components
+        z = enc.encode_image(images, batch_size=250).numpy()  # L2-normalised
+    z = z * np.sqrt(z.shape[1])  # unit-variance components
     y = np.array([SHAPES.index(s.objects[0].shape) for s in scenes])
     linear = cross_val_score(LogisticRegression(max_iter=3000, C=10.0), z, y, cv=3).mean()
     mlp = cross_val_score(MLPClassifier((256,), max_iter=300, early_stopping=True, random_state=0), z, y, cv=3).mean()

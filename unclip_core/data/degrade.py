@@ -161,9 +161,7 @@ def _content_corner(img: Tensor, crop: int, f: int, generator: torch.Generator |
 
     def corner(p: int, size: int) -> int:
         lo, hi = max(0, p - crop + 1), min(p, size - crop)  # windows [c, c + crop) that hold p
-        lo, hi = -(-lo // f), hi // f  # corners on the grid of f
-        if hi < lo:  # p sits where no grid corner reaches it; the nearest grid window
-            return min(max(lo, 0), (size - crop) // f) * f
+        lo, hi = -(-lo // f), hi // f  # corners on the grid of f; crop and size are multiples of f, so lo <= hi
         return (lo + int(torch.randint(hi - lo + 1, (), generator=generator))) * f
 
     return corner(y, H), corner(x, W)

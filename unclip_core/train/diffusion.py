@@ -97,10 +97,9 @@ class DiffusionTrainConfig:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(self, name)}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
-        if not 0.0 <= self.crop_content_fraction <= 1.0:
-            raise ValueError(f"crop_content_fraction must be a share in [0, 1], got {self.crop_content_fraction}")
-        if not 0.0 <= self.high_t_fraction <= 1.0:
-            raise ValueError(f"high_t_fraction must be a share in [0, 1], got {self.high_t_fraction}")
+        for name in ("crop_content_fraction", "high_t_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be a share in [0, 1], got {getattr(self, name)}")
         if not 0.0 <= self.high_t_from < 1.0:
             raise ValueError(f"high_t_from must be in [0, 1) (a fraction of the schedule), got {self.high_t_from}")
         if self.min_snr_gamma is not None and not self.min_snr_gamma > 0:
