@@ -53,9 +53,12 @@ def test_caption_strings_follow_the_grammar():
                 Relation("left of"))
     assert caption(two) == "a small red circle left of a large orange square"
     assert caption(two, style="reversed") == "a large orange square to the right of a small red circle"
-    col = Scene((Obj("star", "green", "large", "top"), Obj("hexagon", "yellow", "small", "bottom")), Relation("above"))
-    assert caption(col) == "a large green star above a small yellow hexagon"
-    assert caption(col, style="reversed") == "a small yellow hexagon below a large green star"
+    col = Scene((Obj("star", "green", "large", "top"), Obj("cross", "yellow", "small", "bottom")), Relation("above"))
+    assert caption(col) == "a large green star above a small yellow cross"
+    assert caption(col, style="reversed") == "a small yellow cross below a large green star"
+    v1 = Scene((Obj("star", "green", "large", "top"), Obj("hexagon", "yellow", "small", "bottom")), Relation("above"),
+               world=1)
+    assert caption(v1) == "a large green star above a small yellow hexagon"
     three = Scene((Obj("circle", "red", "small", "centre"), Obj("square", "blue", "large", "left"),
                    Obj("star", "green", "small", "right")))
     assert caption(three) == "a large blue square, a small red circle and a small green star from left to right"
@@ -68,7 +71,9 @@ def test_paper_style_phrasings_parse_to_the_same_scene():
     a = parse("a red circle left of a blue square")
     assert a == parse("a blue square to the right of a red circle")
     assert a == Scene((Obj("circle", "red", None, "left"), Obj("square", "blue", None, "right")), Relation("left of"))
-    assert parse("a green star above a yellow hexagon") == parse("a yellow hexagon below a green star")
+    assert parse("a green star above a yellow cross") == parse("a yellow cross below a green star")
+    assert parse("a green star above a yellow hexagon", world=1) == \
+        parse("a yellow hexagon below a green star", world=1)
     assert parse("a red circle left of a blue square left of a green star") == \
         parse("a red circle, a blue square and a green star from left to right")
 
@@ -184,7 +189,7 @@ def test_render_closed_form_colours_and_area():
     ys, xs = np.mgrid[0:size, 0:size] + 0.5
     cx, cy = (cover * xs).sum() / cover.sum() / size, (cover * ys).sum() / cover.sum() / size
     assert (cx, cy) == pytest.approx(POSITION_XY["centre"], abs=1e-3)
-    moved = np.asarray(render(Scene((replace(sq.objects[0], dx=0.02),)), size))
+    moved = np.asarray(render(Scene((replace(sq.objects[0], dx=0.008),)), size))
     assert not np.array_equal(moved, x.astype(np.uint8))
 
 
@@ -220,9 +225,14 @@ def test_dataset_seeded_stream():
     for _, text, scene in items:
         assert parse(text) == canonical(Scene.from_dict(scene))
     assert [t for _, t, _ in items[:3]] == [
+        "a large orange cross, a large orange triangle and a small yellow cross from bottom to top",
+        "a small purple cross is above a large green circle",
+        "a small orange square, a large yellow triangle and a large orange star from right to left",
+    ]
+    # the v1 stream is the one the v1 models were trained on, unchanged
+    assert [t for _, t, _ in ShapesDataset(seed=0, size=32, n=2, world=1)] == [
         "a large orange hexagon, a large orange triangle and a small yellow hexagon from bottom to top",
         "a small purple hexagon is above a large green circle",
-        "a small orange square, a large yellow triangle and a large orange star from right to left",
     ]
 
 

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from unclip_core.atomic import atomic_dir
 from unclip_core.checks import check_choice, check_positive_int
 from unclip_core.data.shapes_render import check_size, render_array
-from unclip_core.data.shapes_scene import HELD_OUT_PAIRS, SPLITS, Scene, sample_scene
+from unclip_core.data.shapes_scene import CURRENT_WORLD, SPLITS, Scene, get_world, sample_scene
 from unclip_core.data.shapes_text import CAPTION_STYLES, caption
 
 Item = tuple[torch.Tensor, str, dict[str, Any]]
@@ -31,9 +31,11 @@ class ShapesConfig:
     weights: tuple[float, ...] | None = None  # probabilities over n_objects; None is uniform
     label_prob: float = 0.0
     caption_style: str | None = None  # None draws a paraphrase per item
+    world: int = CURRENT_WORLD  # ShapesWorld version
 
     def __post_init__(self) -> None:
         check_positive_int("seed", self.seed, minimum=0)
+        get_world(self.world)
         check_size(self.size)
         check_choice("split", self.split, SPLITS)
         n_objects = tuple(self.n_objects) if isinstance(self.n_objects, (list, tuple)) else (self.n_objects,)
@@ -57,7 +59,7 @@ class ShapesConfig:
         """Scene and caption of item i, from rng = default_rng([seed, i]) (any worker gets the same)."""
         rng = np.random.default_rng([self.seed, int(i)])
         k = self.n_objects[rng.choice(len(self.n_objects), p=self.weights)]
-        scene = sample_scene(rng, k, self.split, self.label_prob)
+        scene = sample_scene(rng, k, self.split, self.label_prob, world=self.world)
         return scene, caption(scene, rng=rng, style=self.caption_style)
 
     def item(self, i: int) -> Item:
@@ -77,9 +79,9 @@ class ShapesDataset(IterableDataset):
     def __init__(self, seed: int, size: int = 64, split: str = "train", n: int | None = None,
                  n_objects: tuple[int, ...] = (1, 2, 3), weights: tuple[float, ...] | None = None,
                  label_prob: float = 0.0, caption_style: str | None = None, rank: int = 0,
-                 world_size: int = 1) -> None:
+                 world_size: int = 1, *, world: int = CURRENT_WORLD) -> None:
         super().__init__()
-        self.config = ShapesConfig(seed, size, split, n_objects, weights, label_prob, caption_style)
+        self.config = ShapesConfig(seed, size, split, n_objects, weights, label_prob, caption_style, world)
         self.n = None if n is None else check_positive_int("n", n)
         self.world_size = check_positive_int("world_size", world_size)
         self.rank = check_positive_int("rank", rank, minimum=0)
@@ -106,8 +108,9 @@ class ShapesFixedSet(Dataset):
 
     def __init__(self, seed: int, n: int, size: int = 64, split: str = "train",
                  n_objects: tuple[int, ...] = (1, 2, 3), weights: tuple[float, ...] | None = None,
-                 label_prob: float = 0.0, caption_style: str | None = None) -> None:
-        self.config = ShapesConfig(seed, size, split, n_objects, weights, label_prob, caption_style)
+                 label_prob: float = 0.0, caption_style: str | None = None, *,
+                 world: int = CURRENT_WORLD) -> None:
+        self.config = ShapesConfig(seed, size, split, n_objects, weights, label_prob, caption_style, world)
         self.n = check_positive_int("n", n)
         pairs = [self.config.scene_caption(i) for i in range(self.n)]
         self.scenes: list[Scene] = [s for s, _ in pairs]
@@ -132,12 +135,13 @@ def collate_shapes(batch: list[Item]) -> tuple[torch.Tensor, list[str], list[dic
 
 def export(out_dir: str | Path, n: int, seed: int, size: int = 64, split: str = "train",
            n_objects: tuple[int, ...] = (1, 2, 3), weights: tuple[float, ...] | None = None,
-           label_prob: float = 0.0, overwrite: bool = False, progress: bool = True) -> Path:
+           label_prob: float = 0.0, overwrite: bool = False, progress: bool = True, *,
+           world: int = CURRENT_WORLD) -> Path:
     """Write images/000000.png ..., captions.jsonl ({file, caption, scene}) and meta.json, atomically.
 
     The folder is built in a temporary sibling and renamed into place; item i equals ShapesDataset item i.
     """
-    config = ShapesConfig(seed, size, split, n_objects, weights, label_prob)
+    config = ShapesConfig(seed, size, split, n_objects, weights, label_prob, world=world)
     n = check_positive_int("n", n)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -154,7 +158,7 @@ def export(out_dir: str | Path, n: int, seed: int, size: int = 64, split: str = 
                 Image.fromarray(render_array(scene, config.size)).save(tmp / name)
                 f.write(json.dumps({"file": name, "caption": text, "scene": scene.to_dict()}) + "\n")
         meta = {"generator": "unclip_core.data.shapes", "n": n, **asdict(config),
-                "held_out_pairs": sorted(map(list, HELD_OUT_PAIRS))}
+                "held_out_pairs": sorted(map(list, get_world(config.world).held_out_pairs))}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return out
 

@@ -3,16 +3,18 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from unclip_core.checks import check_positive_int
-from unclip_core.data.shapes_scene import BACKGROUND_RGB, COLOUR_RGB, RADIUS, Obj, Scene, object_xy
+from unclip_core.data.shapes_scene import (BACKGROUND_RGB, COLOUR_RGB, CURRENT_WORLD, SIZES, Obj, Scene, World,
+                                           get_world, object_xy)
 
 MIN_SIZE, MAX_SIZE = 32, 1024
-CIRCLE_SCALE = 0.9       # circles a bit inside the bounding circle so areas look alike across shapes
 STAR_INNER = 0.45        # inner/outer radius of the five-pointed star
+CROSS_HALF_WIDTH = 0.35  # half the width of a cross's arm, in units of its arm's half length
 N_CIRCLE_VERTICES = 96   # sagitta 5e-4 r: below a canvas pixel up to 1024 px
 PIL_EDGE_BIAS = 0.4      # canvas px by which ImageDraw.polygon's fill overshoots a polygon's edges
 
@@ -31,10 +33,16 @@ def check_size(size: object) -> int:
 
 
 @lru_cache(maxsize=None)
-def _unit_polygon(shape: str) -> np.ndarray:
-    """Vertices (n, 2) of a shape with circumradius 1, pointing up (y down), unrotated."""
+def _unit_polygon(shape: str, scale: float = 1.0) -> np.ndarray:
+    """Vertices (n, 2) of a shape with circumradius `scale` (<= 1), pointing up (y down), unrotated."""
+    if shape == "cross":  # a plus sign: 12 vertices, arm ends on the circumcircle
+        w = CROSS_HALF_WIDTH
+        pts = np.array([(w, 1), (w, w), (1, w), (1, -w), (w, -w), (w, -1), (-w, -1), (-w, -w), (-1, -w),
+                        (-1, w), (-w, w), (-w, 1)], dtype=np.float64) * (scale / math.hypot(1.0, w))
+        pts.setflags(write=False)
+        return pts
     if shape == "circle":
-        n, radii, phase = N_CIRCLE_VERTICES, [CIRCLE_SCALE], 0.0
+        n, radii, phase = N_CIRCLE_VERTICES, [1.0], 0.0
     elif shape == "square":
         n, radii, phase = 4, [1.0], math.pi / 4
     elif shape == "triangle":
@@ -46,7 +54,7 @@ def _unit_polygon(shape: str) -> np.ndarray:
     else:  # Obj validates shapes; reaching here means SHAPES grew without a polygon
         raise ValueError(f"no polygon for shape {shape!r}")
     theta = phase + 2 * math.pi * np.arange(n) / n
-    r = np.array([radii[k % len(radii)] for k in range(n)])
+    r = scale * np.array([radii[k % len(radii)] for k in range(n)])
     pts = np.stack([r * np.sin(theta), -r * np.cos(theta)], axis=1)
     pts.setflags(write=False)  # cached and shared
     return pts
@@ -57,18 +65,23 @@ def _rotation(angle: float) -> np.ndarray:
     return np.array([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]])
 
 
-def object_polygon(o: Obj) -> np.ndarray:
-    """Vertices (n, 2) of a complete object in normalised units (x right, y down)."""
-    return _unit_polygon(o.shape) @ _rotation(o.angle).T * RADIUS[o.size] + np.array(object_xy(o))
+def _world_polygon(shape: str, world: World) -> np.ndarray:
+    return _unit_polygon(shape, world.scale(shape))
+
+
+def object_polygon(o: Obj, world: int | World = CURRENT_WORLD) -> np.ndarray:
+    """Vertices (n, 2) of a complete object in normalised units (x right, y down) in a ShapesWorld version."""
+    w = get_world(world)
+    return _world_polygon(o.shape, w) @ _rotation(o.angle).T * w.radii[o.size] + np.array(object_xy(o, w))
 
 
 @lru_cache(maxsize=None)
-def _unit_miters(shape: str) -> np.ndarray:
+def _unit_miters(shape: str, scale: float = 1.0) -> np.ndarray:
     """Per-vertex shifts (n, 2) that move every edge of the unit polygon inward by 1 (mitred joins).
 
     Moving edges by d adds d * miters, for any scale and (rotating the miters) any rotation.
     """
-    pts = _unit_polygon(shape)
+    pts = _unit_polygon(shape, scale)
     e = np.roll(pts, -1, axis=0) - pts                      # edge k runs from vertex k to k + 1
     e /= np.linalg.norm(e, axis=1, keepdims=True)
     x, y = pts[:, 0], pts[:, 1]
@@ -80,11 +93,11 @@ def _unit_miters(shape: str) -> np.ndarray:
     return miters
 
 
-def _canvas_polygon(o: Obj, canvas: int, inset: float) -> list[tuple[float, float]]:
+def _canvas_polygon(o: Obj, world: World, canvas: int, inset: float) -> list[tuple[float, float]]:
     """object_polygon in canvas pixels with every edge moved inward by `inset` pixels."""
     rot = _rotation(o.angle).T
-    pts = (_unit_polygon(o.shape) @ rot * RADIUS[o.size] + np.array(object_xy(o))) * canvas
-    return [tuple(p) for p in (pts + inset * (_unit_miters(o.shape) @ rot)).tolist()]
+    pts = object_polygon(o, world) * canvas
+    return [tuple(p) for p in (pts + inset * (_unit_miters(o.shape, world.scale(o.shape)) @ rot)).tolist()]
 
 
 @lru_cache(maxsize=64)
@@ -116,30 +129,74 @@ def render(scene: Scene, size: int = 64) -> Image.Image:
                              f"position={o.position}); call complete(scene, rng) to fill unsaid fields first")
     k = supersample_factor(size)
     canvas = size * k
+    world = get_world(scene.world)
     im = Image.new("RGB", (canvas, canvas), BACKGROUND_RGB)
     draw = ImageDraw.Draw(im)
     for o in scene.objects:
         # ImageDraw.polygon's fill overshoots the outline by ~0.3 (slanted edges) to 0.5 (axis-aligned)
         # canvas px (measured); insetting by 0.4 keeps areas within ~0.1 px x perimeter, centroids exact.
-        draw.polygon(_canvas_polygon(o, canvas, PIL_EDGE_BIAS), fill=COLOUR_RGB[o.colour])
+        draw.polygon(_canvas_polygon(o, world, canvas, PIL_EDGE_BIAS), fill=COLOUR_RGB[o.colour])
         if o.label is not None:
-            _draw_label(draw, o, canvas)
+            _draw_label(draw, o, world, canvas)
     return im.reduce(k)
 
 
-_LABEL_ROOM = {"circle": 0.75, "square": 0.7, "triangle": 0.5, "star": 0.5, "hexagon": 0.8}  # inradius-ish
+# room for a label, as a fraction of the circumradius (about the inradius)
+_LABEL_ROOM = {"circle": 0.75, "square": 0.7, "triangle": 0.5, "star": 0.5, "hexagon": 0.8, "cross": 0.45}
 
 
-def _draw_label(draw: ImageDraw.ImageDraw, o: Obj, canvas: int) -> None:
-    r_in = RADIUS[o.size] * _LABEL_ROOM[o.shape]
+def coverage(scene: Scene, size: int = 64) -> np.ndarray:
+    """Per-object coverage maps (n_objects, size, size) in [0, 1]: the share of each pixel an object covers."""
+    if not isinstance(scene, Scene):
+        raise TypeError(f"scene must be a Scene, got {type(scene).__name__}")
+    size = check_size(size)
+    k = supersample_factor(size)
+    world = get_world(scene.world)
+    maps = []
+    for o in scene.objects:
+        im = Image.new("L", (size * k, size * k), 0)
+        ImageDraw.Draw(im).polygon(_canvas_polygon(o, world, size * k, PIL_EDGE_BIAS), fill=255)
+        maps.append(np.asarray(im.reduce(k), dtype=np.float64) / 255.0)
+    return np.stack(maps)
+
+
+def shape_contrast(world: int | World = CURRENT_WORLD, size: int = 64,
+                   angles: tuple[float, ...] = (-20.0, -10.0, 0.0, 10.0, 20.0),
+                   offsets: tuple[float, ...] = (0.0, 0.25, 0.5)) -> list[dict[str, Any]]:
+    """How visibly two shapes differ in the same pose: worst case over in-plane angles and sub-pixel offsets.
+
+    A mask is the pixels an object covers at least half of. For every size and pair of shapes, returns
+    {size, a, b, min_pixels_differ, max_iou, n_poses}: the fewest pixels the two masks differ in and their
+    largest intersection-over-union, over poses at the centre slot shifted by `offsets` pixels in x and y.
+    """
+    size = check_size(size)
+    w = get_world(world)
+    rows = []
+    for z in SIZES:
+        masks: dict[str, list[np.ndarray]] = {}
+        for shape in w.shapes:
+            objs = [Obj(shape, "red", z, "centre", dx=ox / size, dy=oy / size, angle=a)
+                    for a in angles for ox in offsets for oy in offsets]
+            masks[shape] = [coverage(Scene((o,), world=w.version), size)[0] >= 0.5 for o in objs]
+        for i, a in enumerate(w.shapes):
+            for b in w.shapes[i + 1:]:
+                diff = [int((ma ^ mb).sum()) for ma, mb in zip(masks[a], masks[b])]
+                iou = [float((ma & mb).sum() / (ma | mb).sum()) for ma, mb in zip(masks[a], masks[b])]
+                rows.append({"size": z, "a": a, "b": b, "min_pixels_differ": min(diff), "max_iou": max(iou),
+                             "n_poses": len(diff)})
+    return rows
+
+
+def _draw_label(draw: ImageDraw.ImageDraw, o: Obj, world: World, canvas: int) -> None:
+    r_in = world.radii[o.size] * _LABEL_ROOM[o.shape]
     px_h = 0.9 * r_in * canvas
     px_w = 1.8 * r_in * canvas / _label_width_per_px(o.label)
     px = int(min(px_h, px_w))
     if px < 1:
         return
-    cx, cy = object_xy(o)
+    cx, cy = object_xy(o, world)
     if o.shape == "triangle":
-        cy += 0.25 * RADIUS[o.size]  # the triangle's wide part is below its centre
+        cy += 0.25 * world.radii[o.size]  # the triangle's wide part is below its centre
     draw.text((cx * canvas, cy * canvas), o.label, fill=_text_rgb(o.colour), font=_font(px), anchor="mm")
 
 
@@ -148,4 +205,4 @@ def render_array(scene: Scene, size: int = 64) -> np.ndarray:
     return np.array(render(scene, size))
 
 
-__all__ = ["render", "render_array", "object_polygon", "supersample_factor", "check_size", "MIN_SIZE", "MAX_SIZE"]
+__all__ = ["render", "render_array", "coverage", "shape_contrast", "object_polygon", "supersample_factor", "check_size", "MIN_SIZE", "MAX_SIZE"]

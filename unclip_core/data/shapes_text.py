@@ -7,8 +7,8 @@ from dataclasses import replace
 import numpy as np
 
 from unclip_core.checks import check_choice
-from unclip_core.data.shapes_scene import (COLOURS, COLUMN, LABEL_WORDS, ROW, SHAPES, SIZES, Obj, Relation, Scene,
-                                           _check_rng, canonical)
+from unclip_core.data.shapes_scene import (COLOURS, COLUMN, CURRENT_WORLD, ROW, SIZES, WORLDS, Obj, Relation, Scene,
+                                           World, _check_rng, canonical, get_world)
 
 CAPTION_STYLES: tuple[str, ...] = ("plain", "reversed", "sentence")
 FOIL_CATEGORIES: tuple[str, ...] = ("colour_swap", "shape_swap", "size_swap", "relation_order",
@@ -16,7 +16,7 @@ FOIL_CATEGORIES: tuple[str, ...] = ("colour_swap", "shape_swap", "size_swap", "r
 GRAMMAR_EXAMPLES: tuple[str, ...] = (
     "a small red circle at the top",
     "a large red circle left of a small blue square",
-    "a small green star above a large yellow hexagon",
+    "a small green star above a large yellow cross",
     "a small red circle, a large blue square and a small green star from left to right",
 )
 
@@ -39,11 +39,12 @@ def tokenize_words(caption: str) -> list[str]:
     return _TOKEN.findall(caption.lower())
 
 
-def vocabulary() -> list[str]:
-    """Every token (tokenize_words) a caption, a parseable prompt or a label can contain, sorted."""
+def vocabulary(world: int | World = CURRENT_WORLD) -> list[str]:
+    """Every token (tokenize_words) a caption, a parseable prompt or a label can contain in a world, sorted."""
+    w = get_world(world)
     words = {"a", "an", "the", "there", "is", "of", "to", "and", "from", "row", "column", ",", ".",
              "left", "right", "above", "below"}
-    words |= set(SIZES) | set(COLOURS) | set(SHAPES) | set(LABEL_WORDS)
+    words |= set(SIZES) | set(COLOURS) | set(w.shapes) | set(w.label_words)
     words |= set(_POSITION_WORDS) | set(_PREPOSITIONS) | set(_LABEL_VERBS) | set(_QUOTES)
     return sorted(words)
 
@@ -102,8 +103,9 @@ def caption(scene: Scene, rng: np.random.Generator | int | None = None, style: s
 # ----------------------------------------------------------------------------------------------- parser
 
 class _Parser:
-    def __init__(self, text: str):
+    def __init__(self, text: str, world: World):
         self.text, self.toks, self.i = text, tokenize_words(text), 0
+        self.world = world
         while self.toks and self.toks[-1] == ".":  # a typed prompt may end like a sentence
             self.toks.pop()
 
@@ -135,9 +137,13 @@ class _Parser:
             else:
                 raise self.fail("one size and one colour word at most")
             self.i += 1
-        if self.peek() not in SHAPES:
-            raise self.fail(f"a shape ({', '.join(SHAPES)}) or, before it, a size ({', '.join(SIZES)}) "
-                            f"or a colour ({', '.join(COLOURS)})")
+        shapes = self.world.shapes
+        if self.peek() not in shapes:
+            other = [v for v, w in WORLDS.items() if self.peek() in w.shapes]
+            hint = (f" ({self.peek()!r} is a ShapesWorld v{other[0]} shape; this is v{self.world.version}: "
+                    f"pass world={other[0]} to read v{other[0]} captions)") if other else ""
+            raise self.fail(f"a shape ({', '.join(shapes)}) or, before it, a size ({', '.join(SIZES)}) "
+                            f"or a colour ({', '.join(COLOURS)}){hint}")
         shape = self.toks[self.i]
         self.i += 1
         label = None
@@ -146,8 +152,8 @@ class _Parser:
             quote = self.peek() if self.peek() in _QUOTES else None
             if quote:
                 self.i += 1
-            if self.peek() not in LABEL_WORDS:
-                raise self.fail(f"a label word ({', '.join(LABEL_WORDS)})")
+            if self.peek() not in self.world.label_words:
+                raise self.fail(f"a label word ({', '.join(self.world.label_words)})")
             label = self.toks[self.i]
             self.i += 1
             if quote and not self.take(quote):
@@ -204,7 +210,7 @@ class _Parser:
             self.take(",")
             o = self.obj()
             self.end()
-            return Scene((replace(o, position=pos),))
+            return Scene((replace(o, position=pos),), world=self.world.version)
         first = self.obj()
         rel = self.relation()
         if rel is not None:
@@ -235,14 +241,14 @@ class _Parser:
             return _layout_scene(objs, layout, self)
         pos = self.position()
         self.end()
-        return Scene((replace(first, position=pos),))
+        return Scene((replace(first, position=pos),), world=self.world.version)
 
 
 def _layout_scene(objs: list[Obj], layout: str | None, p: _Parser) -> Scene:
     if len(objs) > 3:
         raise p.fail("at most three objects")
     if layout is None:
-        return Scene(tuple(objs))
+        return Scene(tuple(objs), world=p.world.version)
     if layout.endswith("_rev"):
         objs, layout = objs[::-1], layout[:-4]
     slots = ROW if layout == "row" else COLUMN
@@ -252,18 +258,20 @@ def _layout_scene(objs: list[Obj], layout: str | None, p: _Parser) -> Scene:
         raise p.fail("two or three objects in a row or column")
     placed = tuple(replace(o, position=pos) for o, pos in zip(objs, slots))
     rel = Relation("left of" if layout == "row" else "above", 0, 1) if len(objs) == 2 else None
-    return Scene(placed, rel)
+    return Scene(placed, rel, p.world.version)
 
 
-def parse(caption: str) -> Scene:
-    """Read a caption (or a short typed prompt) into its canonical Scene; unsaid fields are None.
+def parse(caption: str, *, world: int | World = CURRENT_WORLD) -> Scene:
+    """Read a caption (or a short typed prompt) into its canonical Scene in a ShapesWorld version.
 
-    parse(caption(s, style=...)) == canonical(s) for every style; parse("a red circle") has size=None,
-    position=None. Raises ValueError naming the caption and showing the grammar when it cannot be read.
+    parse(caption(s, style=...), world=s.world) == canonical(s) for every style; parse("a red circle") has
+    size=None, position=None. Raises ValueError naming the caption and showing the grammar when it cannot be
+    read.
     """
     if not isinstance(caption, str):
         raise TypeError(f"caption must be a str, got {type(caption).__name__}")
-    return canonical(_Parser(caption).scene())
+    return canonical(_Parser(caption, get_world(world)).scene())
+
 
 
 # ----------------------------------------------------------------------------------------------- foils
@@ -276,7 +284,7 @@ def _swap(scene: Scene, i: int, j: int, fields: tuple[str, ...]) -> Scene:
     a, b = objs[i], objs[j]
     objs[i] = replace(a, **{f: getattr(b, f) for f in fields})
     objs[j] = replace(b, **{f: getattr(a, f) for f in fields})
-    return canonical(Scene(tuple(objs), scene.relation))
+    return canonical(Scene(tuple(objs), scene.relation, scene.world))
 
 
 def foil_scenes(scene: Scene) -> list[tuple[str, Scene]]:
@@ -288,15 +296,17 @@ def foil_scenes(scene: Scene) -> list[tuple[str, Scene]]:
     n = len(truth.objects)
     if n == 1:
         o = truth.objects[0]
+        shapes = get_world(truth.world).shapes
         changes = {
             "colour_change": ("colour", None if o.colour is None else COLOURS[(COLOURS.index(o.colour) + 3) % 6]),
-            "shape_change": ("shape", None if o.shape is None else SHAPES[(SHAPES.index(o.shape) + 2) % 5]),
+            "shape_change": ("shape", None if o.shape is None
+                             else shapes[(shapes.index(o.shape) + 2) % len(shapes)]),
             "size_change": ("size", None if o.size is None else SIZES[1 - SIZES.index(o.size)]),
             "position_change": ("position", None if o.position is None else _OPPOSITE[o.position]),
         }
         for cat, (f, v) in changes.items():
             if v is not None:
-                out.append((cat, Scene((replace(o, **{f: v}),))))
+                out.append((cat, Scene((replace(o, **{f: v}),), world=truth.world)))
         return out
     attrs = ("shape", "colour", "size", "label")
     swaps = {"colour_swap": ("colour",), "shape_swap": ("shape",), "size_swap": ("size",)}
