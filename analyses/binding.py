@@ -28,8 +28,8 @@ from analyses.binding_suite import (CATEGORIES, KINDS, SHAPES_CATEGORIES, Captio
                                     case_from_dict, case_image, case_to_dict, load_suite, make_suite, parse_suite,
                                     probe_scenes, suite_lines)
 from unclip_core.checks import check_choice, check_embeddings, check_positive_int
-from unclip_core.data.shapes import (COLOURS, POSITIONS, SHAPES, SIZES, Obj, Relation, Scene, caption, complete,
-                                     object_xy)
+from unclip_core.data.shapes import (COLOURS, CURRENT_WORLD, POSITIONS, SIZES, Obj, Relation, Scene, caption, complete,
+                                     get_world, object_xy)
 
 Judge = Callable[[Any, GenerationCase], Mapping[str, bool]]  # (PIL image, case) -> {check name: passed}
 GENERATION_PATHS: tuple[str, ...] = ("prior", "true_z_i")
@@ -152,11 +152,12 @@ def clip_summary(scores: pd.DataFrame, ci: str = "wilson", level: float = 0.95, 
 
 def _bag(scene: Scene) -> np.ndarray:
     """Bag of attributes: how often each colour, shape and size occurs; says nothing of which object has which."""
-    v = np.zeros(len(COLOURS) + len(SHAPES) + len(SIZES))
+    shapes = get_world(scene.world).shapes
+    v = np.zeros(len(COLOURS) + len(shapes) + len(SIZES))
     for o in scene.objects:
         v[COLOURS.index(o.colour)] += 1
-        v[len(COLOURS) + SHAPES.index(o.shape)] += 1
-        v[len(COLOURS) + len(SHAPES) + SIZES.index(o.size)] += 1
+        v[len(COLOURS) + shapes.index(o.shape)] += 1
+        v[len(COLOURS) + len(shapes) + SIZES.index(o.size)] += 1
     return v
 
 
@@ -170,15 +171,17 @@ def _only(scene: Scene, attr: str, value: str) -> Obj | None:
     return found[0] if len(found) == 1 else None
 
 
-# question -> (condition values, label function(scene, condition) -> label or None)
-PROBE_QUESTIONS: dict[str, tuple[tuple[str | None, ...], Callable[[Scene, str | None], str | None]]] = {
+# question -> (condition values, label function(scene, condition) -> label or None); the condition values
+# WORLD_SHAPES stand for the shapes of the scenes' ShapesWorld version
+WORLD_SHAPES = "<the world's shapes>"
+PROBE_QUESTIONS: dict[str, tuple[tuple[str | None, ...] | str, Callable[[Scene, str | None], str | None]]] = {
     "colour of the object on the left": ((None,), lambda s, _: getattr(_at(s, "left"), "colour", None)),
     "shape of the object on the left": ((None,), lambda s, _: getattr(_at(s, "left"), "shape", None)),
     "colour of the object on the right": ((None,), lambda s, _: getattr(_at(s, "right"), "colour", None)),
     "colour of the object at the top": ((None,), lambda s, _: getattr(_at(s, "top"), "colour", None)),
     "size of the object on the left": ((None,), lambda s, _: getattr(_at(s, "left"), "size", None)),
     "shape of the <colour> object": (COLOURS, lambda s, c: getattr(_only(s, "colour", c), "shape", None)),
-    "colour of the <shape> object": (SHAPES, lambda s, c: getattr(_only(s, "shape", c), "colour", None)),
+    "colour of the <shape> object": (WORLD_SHAPES, lambda s, c: getattr(_only(s, "shape", c), "colour", None)),
     "position of the <colour> object": (COLOURS, lambda s, c: getattr(_only(s, "colour", c), "position", None)),
 }
 
@@ -198,6 +201,9 @@ def linear_probes(scenes: Sequence[Scene], features: Mapping[str, Any], n_splits
     for k, s in enumerate(scenes):
         if not isinstance(s, Scene) or not s.is_complete:
             raise TypeError(f"scenes[{k}] must be a complete ShapesWorld Scene, got {s!r}"[:200])
+    worlds = sorted({s.world for s in scenes})
+    if len(worlds) > 1:
+        raise ValueError(f"scenes mix ShapesWorld versions {worlds}; probe scenes of one version at a time")
     n_splits = check_positive_int("n_splits", n_splits, minimum=2)
     if not isinstance(features, Mapping) or not features:
         raise TypeError("features must be a dict {name: (n, d) array}, e.g. {'z_i': z_i, 'z_t': z_t}")
@@ -230,6 +236,8 @@ def _probe_rows(scenes: list[Scene], mats: dict[str, np.ndarray], questions: lis
     rows = []
     for q in questions:
         slots, label_fn = PROBE_QUESTIONS[q]
+        if slots == WORLD_SHAPES:
+            slots = get_world(scenes[0].world).shapes
         correct: dict[str, list[np.ndarray]] = {name: [] for name in [*mats, "majority"]}
         n_total, classes = 0, set()
         for slot in slots:
@@ -335,8 +343,8 @@ def attribute_summary(checks: Mapping[str, bool]) -> dict[str, float]:
     return out
 
 
-def _expected_scene(expected: Expected) -> Scene | None:
-    """The expected objects as a ShapesWorld Scene, when they are one (single counts, ShapesWorld words)."""
+def _expected_scene(expected: Expected, world: int = CURRENT_WORLD) -> Scene | None:
+    """The expected objects as a ShapesWorld Scene, when they are one (single counts, the world's words)."""
     if any(e.count != 1 or e.max_count is not None for e in expected.objects):
         return None
     if expected.n_objects not in (None, len(expected.objects)):
@@ -347,7 +355,7 @@ def _expected_scene(expected: Expected) -> Scene | None:
         kind, a, b = {"right of": ("left of", b, a), "below": ("above", b, a)}.get(kind, (kind, a, b))
         rel = Relation(kind, a, b)
     try:
-        return Scene(tuple(Obj(e.shape, e.colour, e.size, e.position) for e in expected.objects), rel)
+        return Scene(tuple(Obj(e.shape, e.colour, e.size, e.position) for e in expected.objects), rel, world)
     except (ValueError, TypeError):
         return None
 
@@ -372,10 +380,18 @@ class ShapesJudge:
     the pixels, then score it with readout.score_scene (Hungarian matching on position), or check_expected
     for specs a Scene cannot hold (counts, GenEval-style)."""
 
-    def __init__(self, read_scene: Callable[[Any], Scene | None] | None = None) -> None:
+    def __init__(self, read_scene: Callable[[Any], Scene | None] | None = None, *, world: int | None = None) -> None:
         if read_scene is not None and not callable(read_scene):
             raise TypeError(f"read_scene must be a callable image -> Scene, got {type(read_scene).__name__}")
         self._read = read_scene
+        # the ShapesWorld version judged; None: each case's own (its true image's), else the current world
+        self.world = None if world is None else get_world(world).version
+
+    def case_world(self, case: GenerationCase) -> int:
+        """The ShapesWorld version a case is judged in."""
+        if self.world is not None:
+            return self.world
+        return case.image.world if isinstance(case.image, Scene) else CURRENT_WORLD
 
     @property
     def read_scene(self) -> Callable[[Any], Scene | None]:
@@ -390,26 +406,55 @@ class ShapesJudge:
 
     def check_case(self, case: GenerationCase) -> None:
         """Raise when the case asks for something ShapesWorld cannot show (e.g. GenEval's COCO classes)."""
-        vocab = {"shape": SHAPES, "colour": COLOURS, "size": SIZES, "position": POSITIONS}
+        w = get_world(self.case_world(case))
+        vocab = {"shape": w.shapes, "colour": COLOURS, "size": SIZES, "position": POSITIONS}
         for k, e in enumerate(case.expected.objects):
             for attr, accepted in vocab.items():
                 v = getattr(e, attr)
                 if v is not None and v not in accepted:
                     raise ValueError(f"case {case.id!r}: expected.objects[{k}].{attr}={v!r} is not a ShapesWorld "
-                                     f"{attr}; accepted: {', '.join(accepted)}. For real images pass your own "
-                                     "judge=callable(image, case) -> {check: bool}")
+                                     f"v{w.version} {attr}; accepted: {', '.join(accepted)}. For real images pass "
+                                     "your own judge=callable(image, case) -> {check: bool}")
 
     def __call__(self, image: Any, case: GenerationCase) -> dict[str, bool]:
         from unclip_core.data.readout import MIN_READ_SIZE, READ_SIZE
         if hasattr(image, "size") and hasattr(image, "resize") and min(image.size) < MIN_READ_SIZE:
             # bicubic, as `evaluate` reads small decoder outputs
             image = image.convert("RGB").resize((READ_SIZE, READ_SIZE), resample=3)
-        read = self.read_scene(image)
-        scene = _expected_scene(case.expected)
+        world = self.case_world(case)
+        read = self.read_scene(image) if self._read is not None else self.read_scene(image, world=world)
+        scene = _expected_scene(case.expected, world)
         if scene is not None:
             from unclip_core.data.readout import score_scene
             return checks_from_score(score_scene(read, scene))
         return check_expected(() if read is None else read, case.expected)
+
+
+def model_world(model: Any) -> int:
+    """The ShapesWorld version a CLIP encoder or pipeline was trained on (its CLIP's), else the current one."""
+    encoder = getattr(model, "clip", model)
+    world = getattr(encoder, "world", None)
+    return CURRENT_WORLD if world is None else int(world)
+
+
+def check_suite_world(cases: Sequence[Case], model: Any) -> None:
+    """Refuse a suite whose ShapesWorld scenes are of another version than the model was trained on."""
+    encoder = getattr(model, "clip", model)
+    world = getattr(encoder, "world", None)
+    if world is None:
+        return  # not a ShapesWorld model: any scene renders
+    found: dict[int, str] = {}
+    for c in cases:
+        specs = c.images if isinstance(c, WinogroundCase) else (c.image,)
+        for spec in specs:
+            if isinstance(spec, Scene) and spec.world != world:
+                found.setdefault(spec.world, c.id)
+    if found:
+        v, cid = sorted(found.items())[0]
+        raise ValueError(f"the suite holds ShapesWorld v{v} scenes (e.g. case {cid!r}) but the model "
+                         f"{getattr(encoder, 'spec', '')!r} was trained on ShapesWorld v{world}; make a v{world} "
+                         f"suite with `unclip-explorer binding make-suite --world {world}` "
+                         f"(make_suite(..., world={world}))")
 
 
 def case_seed(seed: int, case_id: str) -> int:
@@ -417,13 +462,15 @@ def case_seed(seed: int, case_id: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{case_id}".encode()).digest()[:4], "little") & 0x7FFFFFFF
 
 
-def true_image(case: GenerationCase, image_size: int = 64, seed: int = 0) -> Any | None:
-    """The case's true image: its `image`, else a render of the expected scene when it is ShapesWorld-complete."""
+def true_image(case: GenerationCase, image_size: int = 64, seed: int = 0, *,
+               world: int = CURRENT_WORLD) -> Any | None:
+    """The case's true image: its `image`, else a render of the expected scene when it is ShapesWorld-complete
+    (in ShapesWorld version `world`)."""
     if case.image is not None:
         return case_image(case.image, image_size)
     try:
         objs = tuple(Obj(e.shape, e.colour, e.size, e.position) for e in case.expected.objects)
-        return case_image(complete(Scene(objs), case_seed(seed, case.id)), image_size)
+        return case_image(complete(Scene(objs, world=world), case_seed(seed, case.id)), image_size)
     except (ValueError, TypeError):
         return None
 
@@ -457,7 +504,7 @@ def generation_scores(cases: Sequence[Case], pipe: Any, judge: Judge, n_images: 
             if path == "prior":
                 images = pipe.text_to_image([c.prompt], n=n_images, seed=s, **t2i_kw).images
             else:
-                im = true_image(c, image_size, seed)
+                im = true_image(c, image_size, seed, world=model_world(pipe))
                 if im is None:
                     continue  # no true image to encode
                 z_i = pipe.encode_images([im])
@@ -496,7 +543,7 @@ __all__ = [
     "KINDS", "CATEGORIES", "SHAPES_CATEGORIES", "GENERATION_PATHS", "PROBE_QUESTIONS", "SuiteError",
     "CaptionPairCase", "WinogroundCase", "GenerationCase", "Expected", "ExpectedObject", "Judge", "ShapesJudge",
     "case_to_dict", "case_from_dict", "parse_suite", "load_suite", "suite_lines", "case_image", "make_suite",
-    "probe_scenes", "load_aro", "load_winoground", "load_sugarcrepe", "load_geneval",
+    "probe_scenes", "model_world", "check_suite_world", "load_aro", "load_winoground", "load_sugarcrepe", "load_geneval",
     "clip_scores", "winoground_hits", "clip_summary", "linear_probes", "probe_embeddings", "check_expected",
     "attribute_summary", "checks_from_score", "case_seed", "true_image", "generation_scores", "generation_summary",
     "wilson_interval", "bootstrap_interval", "accuracy_table", "macro_accuracy", "mcnemar", "paired_bootstrap",

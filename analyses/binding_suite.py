@@ -14,8 +14,8 @@ from typing import Any, ClassVar, Iterable, Mapping, Sequence
 import numpy as np
 
 from unclip_core.checks import check_positive_int
-from unclip_core.data.shapes import (COLOURS, HELD_OUT_PAIRS, SHAPES, Obj, Relation, Scene, canonical, caption,
-                                     foil_scenes, render, sample_scene)
+from unclip_core.data.shapes import (COLOURS, CURRENT_WORLD, Obj, Relation, Scene, World, canonical, caption,
+                                     foil_scenes, get_world, render, sample_scene)
 from unclip_core.imageio import load_image
 
 KINDS: tuple[str, ...] = ("caption_pair", "winoground", "generation")
@@ -372,7 +372,7 @@ _SWAP_ATTRIBUTE = {"colour_swap": "colour", "shape_swap": "shape", "size_swap": 
 
 
 def _unlabelled(scene: Scene) -> Scene:
-    return Scene(tuple(replace(o, label=None) for o in scene.objects), scene.relation)
+    return Scene(tuple(replace(o, label=None) for o in scene.objects), scene.relation, scene.world)
 
 
 def _swapped_values(truth: Scene, foil: Scene, attribute: str) -> list[str]:
@@ -385,67 +385,68 @@ def _swapped_values(truth: Scene, foil: Scene, attribute: str) -> list[str]:
 
 
 def _split_tag(scene: Scene) -> str:
-    return "held_out" if any((o.colour, o.shape) in HELD_OUT_PAIRS for o in scene.objects) else "train"
+    held_out = get_world(scene.world).held_out_pairs
+    return "held_out" if any((o.colour, o.shape) in held_out for o in scene.objects) else "train"
 
 
-def _swap_truth(rng: np.random.Generator, category: str, split: str) -> tuple[Scene, Scene]:
+def _swap_truth(rng: np.random.Generator, category: str, split: str, w: World) -> tuple[Scene, Scene]:
     for _ in range(1000):
-        s = sample_scene(rng, n_objects=int(rng.integers(2, 4)), split=split)
+        s = sample_scene(rng, n_objects=int(rng.integers(2, 4)), split=split, world=w)
         found = dict(foil_scenes(s))
         if category in found:
             return s, found[category]
     raise RuntimeError(f"no {category} foil found in 1000 scenes")  # cannot happen: swaps exist for most scenes
 
 
-def _count_truth(rng: np.random.Generator, split: str) -> tuple[Scene, Scene]:
+def _count_truth(rng: np.random.Generator, split: str, w: World) -> tuple[Scene, Scene]:
     """A foil with one object more or fewer: drop the middle (or second) object, or add one in the middle."""
     n = int(rng.integers(2, 4))
-    s = sample_scene(rng, n_objects=n, split=split)  # objects come in canonical order, jitter kept
+    s = sample_scene(rng, n_objects=n, split=split, world=w)  # objects come in canonical order, jitter kept
     objs = list(s.objects)
     horizontal = objs[0].position == "left"
     if n == 3:  # drop the middle object: the outer two keep their places
-        return s, Scene((objs[0], objs[2]), Relation("left of" if horizontal else "above"))
+        return s, Scene((objs[0], objs[2]), Relation("left of" if horizontal else "above"), w.version)
     if rng.random() < 0.5:  # two objects -> the first alone
-        return s, Scene((replace(objs[0], position="centre"),))
+        return s, Scene((replace(objs[0], position="centre"),), world=w.version)
     used = {(o.colour, o.shape) for o in objs}
-    pool = [(c, sh) for c in COLOURS for sh in SHAPES if (c, sh) not in used and (c, sh) not in HELD_OUT_PAIRS]
+    pool = [(c, sh) for c in COLOURS for sh in w.shapes if (c, sh) not in used and (c, sh) not in w.held_out_pairs]
     colour, shape = pool[rng.integers(len(pool))]
     extra = Obj(shape, colour, "small" if rng.random() < 0.5 else "large", "centre")
-    return s, Scene((objs[0], extra, objs[1]))  # a third object in the middle of the row / column
+    return s, Scene((objs[0], extra, objs[1]), world=w.version)  # a third object in the middle of the row / column
 
 
-def _typographic_truth(rng: np.random.Generator, split: str) -> tuple[Scene, Scene, str]:
+def _typographic_truth(rng: np.random.Generator, split: str, w: World) -> tuple[Scene, Scene, str]:
     """One object labelled with a conflicting colour or shape word; the foil follows the word, not the pixels."""
-    s = sample_scene(rng, n_objects=1, split=split)
+    s = sample_scene(rng, n_objects=1, split=split, world=w)
     o = s.objects[0]
     if rng.random() < 0.5:
         word = [c for c in COLOURS if c != o.colour][rng.integers(len(COLOURS) - 1)]
         follow_word, kind = replace(o, colour=word), "colour"
     else:
-        word = [sh for sh in SHAPES if sh != o.shape][rng.integers(len(SHAPES) - 1)]
+        word = [sh for sh in w.shapes if sh != o.shape][rng.integers(len(w.shapes) - 1)]
         follow_word, kind = replace(o, shape=word), "shape"
-    labelled = Scene((replace(o, label=word),))
-    return labelled, Scene((follow_word,)), kind
+    labelled = Scene((replace(o, label=word),), world=w.version)
+    return labelled, Scene((follow_word,), world=w.version), kind
 
 
-def _make_case(kind: str, category: str, i: int, seed: int) -> Case:
+def _make_case(kind: str, category: str, i: int, seed: int, w: World) -> Case:
     rng = np.random.default_rng([seed, i])
     split = "held_out" if category == "held_out_composition" or rng.random() < 0.2 else "train"
     meta: dict[str, Any] = {}
     if category in _SWAP_ATTRIBUTE:
-        truth, foil = _swap_truth(rng, category, "train" if split == "train" else "held_out")
+        truth, foil = _swap_truth(rng, category, "train" if split == "train" else "held_out", w)
         attribute = _SWAP_ATTRIBUTE[category]
         meta = {"attribute": attribute, "swap": _swapped_values(truth, foil, attribute)}
     elif category == "held_out_composition":
         sub = ("colour_swap", "shape_swap", "size_swap", "relation_order")[rng.integers(4)]
-        truth, foil = _swap_truth(rng, sub, "held_out")
+        truth, foil = _swap_truth(rng, sub, "held_out", w)
         meta = {"foil_category": sub, "attribute": _SWAP_ATTRIBUTE[sub],
                 "swap": _swapped_values(truth, foil, _SWAP_ATTRIBUTE[sub])}
     elif category == "count":
-        truth, foil = _count_truth(rng, split)
+        truth, foil = _count_truth(rng, split, w)
         meta = {"n_true": len(truth.objects), "n_foil": len(foil.objects)}
     elif category == "typographic":
-        truth, foil, label_kind = _typographic_truth(rng, split)
+        truth, foil, label_kind = _typographic_truth(rng, split, w)
         o = truth.objects[0]
         meta = {"attribute": label_kind, "label": o.label, "pixels": getattr(o, label_kind),
                 "swap": sorted([getattr(o, label_kind), o.label])}
@@ -461,7 +462,7 @@ def _make_case(kind: str, category: str, i: int, seed: int) -> Case:
     if kind == "winoground":
         if category == "typographic":  # the foil image carries the word of the truth's pixels
             o, f = truth.objects[0], foil.objects[0]
-            foil_img = Scene((replace(f, label=getattr(o, meta["attribute"])),))
+            foil_img = Scene((replace(f, label=getattr(o, meta["attribute"])),), world=w.version)
             return WinogroundCase(cid, category, (caption(_unlabelled(truth)), caption(foil)), (truth, foil_img),
                                   tags, meta)
         return WinogroundCase(cid, category, (caption(truth), caption(foil)), (truth, foil), tags, meta)
@@ -470,13 +471,15 @@ def _make_case(kind: str, category: str, i: int, seed: int) -> Case:
 
 
 def make_suite(n: int = 500, seed: int = 0, kinds: Sequence[str] = KINDS,
-               weights: Sequence[float] | None = None) -> list[Case]:
+               weights: Sequence[float] | None = None, *, world: int | World = CURRENT_WORLD) -> list[Case]:
     """The built-in ShapesWorld binding suite: n cases over every category, train and held-out compositions.
 
     Cases cycle through SHAPES_CATEGORIES within each kind; `weights` (default 0.6 / 0.2 / 0.2 for
-    caption_pair / winoground / generation) split n between `kinds`. Case i depends only on (seed, i).
+    caption_pair / winoground / generation) split n between `kinds`. Case i depends only on (seed, i, world);
+    its scenes record the ShapesWorld version.
     """
     n = check_positive_int("n", n)
+    the_world = get_world(world)
     kinds = list(kinds)
     for k in kinds:
         if k not in KINDS:
@@ -493,15 +496,17 @@ def make_suite(n: int = 500, seed: int = 0, kinds: Sequence[str] = KINDS,
     i = 0
     for kind, count in zip(kinds, counts):
         for j in range(count):
-            cases.append(_make_case(kind, SHAPES_CATEGORIES[j % len(SHAPES_CATEGORIES)], i, seed))
+            cases.append(_make_case(kind, SHAPES_CATEGORIES[j % len(SHAPES_CATEGORIES)], i, seed, the_world))
             i += 1
     return cases
 
 
-def probe_scenes(n: int = 600, seed: int = 0, split: str = "all") -> list[Scene]:
-    """Scenes of 2-3 objects for the representation probes; scene i depends only on (seed, i)."""
+def probe_scenes(n: int = 600, seed: int = 0, split: str = "all", *,
+                 world: int | World = CURRENT_WORLD) -> list[Scene]:
+    """Scenes of 2-3 objects for the representation probes; scene i depends only on (seed, i, world)."""
     n = check_positive_int("n", n)
-    return [sample_scene(np.random.default_rng([seed, 7, i]), n_objects=2 + i % 2, split=split) for i in range(n)]
+    return [sample_scene(np.random.default_rng([seed, 7, i]), n_objects=2 + i % 2, split=split, world=world)
+            for i in range(n)]
 
 
 __all__ = ["KINDS", "CATEGORIES", "SHAPES_CATEGORIES", "PUBLIC_CATEGORIES", "CUSTOM_PREFIX", "RELATION_KINDS",

@@ -140,7 +140,12 @@ def list_models() -> pd.DataFrame:
 
 
 def export_shapes(out: str | Path, n: int = 200, seed: int = 0, size: int = 64, split: str = "train",
-                  overwrite: bool = False, progress: bool = True) -> Path:
-    """Write a ShapesWorld sample (images/*.png + captions.jsonl) to `out`; returns the folder."""
+                  overwrite: bool = False, progress: bool = True, *, world: int | None = None) -> Path:
+    """Write a ShapesWorld sample (images/*.png + captions.jsonl + meta.json) to `out`; returns the folder.
+
+    world: the ShapesWorld version; None takes the one the bundled models were trained on (bundled_world()).
+    """
+    from unclip_core.clip import bundled_world
     from unclip_core.data.shapes import export
-    return Path(export(out, n=n, seed=seed, size=size, split=split, overwrite=overwrite, progress=progress))
+    return Path(export(out, n=n, seed=seed, size=size, split=split, overwrite=overwrite, progress=progress,
+                       world=bundled_world() if world is None else world))

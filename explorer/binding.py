@@ -24,7 +24,7 @@ import pandas as pd
 
 from analyses.binding import (GENERATION_PATHS, ShapesJudge, accuracy_table, case_image, clip_summary,
                               clip_scores, generation_scores, generation_summary, linear_probes, mcnemar,
-                              paired_bootstrap, probe_embeddings, probe_scenes)
+                              check_suite_world, model_world, paired_bootstrap, probe_embeddings, probe_scenes)
 from analyses.binding_suite import (CaptionPairCase, Case, GenerationCase, WinogroundCase, load_suite,
                                     suite_lines)
 from explorer.store import _parquet_safe, _tool_version, atomic_write
@@ -158,6 +158,11 @@ def run_suite(suite: str | Path | Sequence[Case], model: Any, out: str | Path, g
     }
     _check_resume(folder, settings)
     encoder, pipe = _load_models(model, generate)
+    check_suite_world(cases, encoder)
+    world = model_world(encoder)
+    settings["world"] = world
+    if judge is None:
+        judge_obj = ShapesJudge(world=world)  # reads images in the world the model draws
     settings["model_id"] = str(getattr(encoder, "model_id", getattr(encoder, "spec", "")))
     if pipe is not None and hasattr(pipe, "describe"):
         settings["pipeline"] = pipe.describe()
@@ -180,7 +185,7 @@ def run_suite(suite: str | Path | Sequence[Case], model: Any, out: str | Path, g
 
     # representation level
     if probes and probe_n and not (folder / "probes.csv").is_file():
-        scenes = probe_scenes(probe_n, seed)
+        scenes = probe_scenes(probe_n, seed, world=world)
         df = linear_probes(scenes, probe_embeddings(scenes, encoder, image_size, batch_size), seed=seed)
         _write_table(folder / "probes", df, parquet=False)
 

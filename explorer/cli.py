@@ -132,6 +132,8 @@ def _shapes_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
     e.add_argument("--split", default="train", help="train, held_out or all (default train)")
+    e.add_argument("--world", type=int, default=None, metavar="VERSION",
+                   help="ShapesWorld version (default: the one the bundled models were trained on)")
     e.add_argument("--overwrite", action="store_true", help="replace OUT when it exists")
     e.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
@@ -140,8 +142,9 @@ def _shapes_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def _shapes_run(args: argparse.Namespace) -> int:
     from explorer import api
     out = api.export_shapes(args.out, n=args.n, seed=args.seed, size=args.size, split=args.split,
-                            overwrite=args.overwrite, progress=not args.no_progress)
-    print(f"wrote {args.n} ShapesWorld scenes ({args.split}, seed {args.seed}, {args.size}px) to {out}")
+                            overwrite=args.overwrite, progress=not args.no_progress, world=args.world)
+    world = json.loads((out / "meta.json").read_text(encoding="utf-8"))["world"]
+    print(f"wrote {args.n} ShapesWorld v{world} scenes ({args.split}, seed {args.seed}, {args.size}px) to {out}")
     return 0
 
 

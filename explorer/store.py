@@ -681,6 +681,21 @@ def _encode(encoder: Encoder, kind: str, payloads: list[Any]) -> np.ndarray:
     return _as_numpy(z)
 
 
+def _check_world(meta: pd.DataFrame, encoder: Any) -> None:
+    """Refuse ShapesWorld scenes of another version than a ShapesWorld-trained encoder's (its words differ)."""
+    world = getattr(encoder, "world", None)
+    if world is None or "scene" not in meta.columns:
+        return
+    has_scene = meta["scene"].notna()
+    # scenes written before versions were recorded carry no world: they are v1
+    worlds = meta["scene.world"] if "scene.world" in meta.columns else pd.Series(1, index=meta.index)
+    found = sorted({int(v) for v in worlds[has_scene].fillna(1)} - {int(world)})
+    if found:
+        raise ValueError(f"the input holds ShapesWorld v{found[0]} scenes but the encoder {encoder.spec!r} was "
+                         f"trained on ShapesWorld v{world}; export v{world} scenes (`unclip-explorer shapes export "
+                         f"--world {world}`) or embed with a v{found[0]} model")
+
+
 def embed_items(encoder: Encoder, items: str | Path | Sequence[Any], out: str | Path,
                 kind: str | None = None, batch_size: int = 64, chunk_size: int = 1024,
                 extra_metadata: Mapping[str, Any] | pd.DataFrame | Sequence[Mapping[str, Any]] | None = None,
@@ -711,6 +726,7 @@ def embed_items(encoder: Encoder, items: str | Path | Sequence[Any], out: str | 
     if dup:
         raise ValueError(f"the input yields duplicate ids {dup[:3]} (e.g. a captions.jsonl naming one file "
                          "twice); make each file / item appear once")
+    _check_world(meta, encoder)
     dim = int(encoder.embed_dim)
 
     out = Path(out)

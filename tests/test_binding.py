@@ -419,7 +419,7 @@ def test_shapes_judge_with_a_read_out_and_vocabulary_errors():
     two = Scene((Obj("circle", "red", "small", "left"), Obj("circle", "blue", "large", "right")), Relation("left of"))
     assert ShapesJudge(read_scene=lambda image: two)(None, counting) == {"object0": True, "object0.shape": True}
     dog = GenerationCase("d", "single_object", "a dog", Expected((ExpectedObject("dog"),)))
-    with pytest.raises(ValueError, match="case 'd': expected.objects\\[0\\].shape='dog' is not a ShapesWorld shape; "
+    with pytest.raises(ValueError, match="case 'd': expected.objects\\[0\\].shape='dog' is not a ShapesWorld v2 shape; "
                                          "accepted: circle, square"):
         judge.check_case(dog)
     with pytest.raises(TypeError, match="read_scene must be a callable"):

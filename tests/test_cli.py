@@ -12,6 +12,7 @@ import pytest
 
 from explorer import api, cli
 from explorer.store import EmbeddingStore
+from unclip_core.clip import bundled_world
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fake_encoder import FakeEncoder  # noqa: E402
@@ -170,7 +171,8 @@ def test_shapes_export(tmp_path, capsys):
     assert cli.main(argv) == 0
     rows = [json.loads(line) for line in (tmp_path / "ex" / "captions.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and all({"file", "caption", "scene"} <= set(r) for r in rows)
-    assert "wrote 4 ShapesWorld scenes" in capsys.readouterr().out
+    assert f"wrote 4 ShapesWorld v{bundled_world()} scenes" in capsys.readouterr().out  # the bundled models' world
+    assert all(r["scene"]["world"] == bundled_world() for r in rows)
     assert cli.main(argv) == 2 and "already exists" in capsys.readouterr().err
     assert cli.main(argv + ["--overwrite"]) == 0
     rows2 = [json.loads(line) for line in (tmp_path / "ex" / "captions.jsonl").read_text().splitlines()]

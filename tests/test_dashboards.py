@@ -19,7 +19,7 @@ from explorer.binding import run_suite
 from explorer.cli import main
 from explorer.commands import dashboard as dashboard_cmd
 from tiny_models import write_tiny_pipeline
-from unclip_core.clip import ClipEncoder
+from unclip_core.clip import ClipEncoder, bundled_world
 from unclip_core.pipeline import UnCLIP
 from unclip_core.provenance import read_png_meta
 
@@ -82,7 +82,7 @@ def shapes_store(tmp_path_factory):
 @pytest.fixture(scope="module")
 def binding_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("binding")
-    suite = explorer.binding.write_suite(make_suite(24, seed=0, kinds=["caption_pair", "winoground"]),
+    suite = explorer.binding.write_suite(make_suite(24, seed=0, kinds=["caption_pair", "winoground"], world=bundled_world()),
                                          root / "suite.jsonl")
     return run_suite(suite, "shapes-clip", root / "run", probes=False, progress=False), suite
 
@@ -368,7 +368,7 @@ def test_binding_live_run_and_compare(binding_run, tmp_path):
     at.number_input(key="live_n").set_value(12)
     at.button(key="live_go").click().run()
     no_errors(at)
-    cases = make_suite(12, seed=0, kinds=["caption_pair", "winoground"])
+    cases = make_suite(12, seed=0, kinds=["caption_pair", "winoground"], world=bundled_world())
     ref = clip_summary(clip_scores(cases, ClipEncoder.load("shapes-clip")))
     acc = ref[(ref["kind"] == "caption_pair") & (ref["category"] == "all")]["accuracy"].iloc[0]
     metric = next(m for m in at.metric if m.label == "caption_pair accuracy (all)")

@@ -38,6 +38,7 @@ from analyses.binding_suite import make_suite  # noqa: E402
 from explorer.binding import run_suite, write_suite  # noqa: E402
 from explorer.store import EmbeddingStore  # noqa: E402
 from unclip_core.checkpoint import list_bundled  # noqa: E402
+from unclip_core.clip import bundled_world  # noqa: E402
 from tiny_models import write_tiny_pipeline  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -139,7 +140,7 @@ def setup(tmp_path_factory):
     pipe_dir = write_tiny_pipeline(root / "pipe")
     explorer.export_shapes(root / "export", n=300, seed=0, progress=False)
     store = explorer.embed(root / "export", "shapes-clip", root / "store", kind="image", progress=False)
-    suite = write_suite(make_suite(60, seed=0, kinds=["caption_pair", "winoground"]), root / "suite.jsonl")
+    suite = write_suite(make_suite(60, seed=0, kinds=["caption_pair", "winoground"], world=bundled_world()), root / "suite.jsonl")
     run = run_suite(suite, "shapes-clip", root / "run", probe_n=200, progress=False)
     dash = Dashboard(root / "dashboard.log", store=store.path, model=pipe_dir)
     browser = make_browser(root / "profile")

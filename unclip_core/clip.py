@@ -166,6 +166,23 @@ def _load_state(model: torch.nn.Module, state: dict, spec: str) -> None:
     model.load_state_dict(state, strict=True)
 
 
+def _folder_world(folder: Path) -> int | None:
+    """The ShapesWorld version a CLIP folder was trained on (its train_config), None for other models."""
+    cfg = json.loads((folder / "open_clip_config.json").read_text(encoding="utf-8"))
+    train = cfg.get("train_config")
+    return int(train.get("world", 1)) if isinstance(train, dict) else None  # v1 predates the field
+
+
+def bundled_world(name: str = "shapes-clip") -> int:
+    """The ShapesWorld version a bundled CLIP (and the bundled family built on it) was trained on."""
+    if name not in bundled_names():
+        raise ValueError(f"{name!r} is not a bundled CLIP; bundled: {', '.join(bundled_names())}")
+    world = _folder_world(_resolve_bundled(name))
+    if world is None:
+        raise ValueError(f"bundled CLIP {name!r} records no ShapesWorld training config")
+    return world
+
+
 def _load_folder(folder: Path, spec: str, device: str) -> tuple[torch.nn.Module, Any]:
     config = folder / "open_clip_config.json"
     if not config.is_file():
@@ -190,10 +207,12 @@ def _load_folder(folder: Path, spec: str, device: str) -> tuple[torch.nn.Module,
 class ClipEncoder:
     """A CLIP model (Radford et al. 2021): z_t = encode_text, z_i = encode_image, per-token text features."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Callable, spec: str, device: str = "cpu") -> None:
+    def __init__(self, model: torch.nn.Module, tokenizer: Callable, spec: str, device: str = "cpu", *,
+                 world: int | None = None) -> None:
         self.model = model.eval().to(device)
         self.tokenizer = tokenizer
         self.spec = spec
+        self.world = world  # the ShapesWorld version of a CLIP trained on it, else None
         self.device = torch.device(device)
         pp = open_clip.get_model_preprocess_cfg(model)
         self._preprocess_cfg = PreprocessCfg(**{k: v for k, v in pp.items()
@@ -216,14 +235,15 @@ class ClipEncoder:
 
         bundled = bundled_names()
         if spec in bundled:
-            model, tok = _load_folder(_resolve_bundled(spec), spec, device)
-            return cls(model, tok, spec, device)
+            folder = _resolve_bundled(spec)
+            model, tok = _load_folder(folder, spec, device)
+            return cls(model, tok, spec, device, world=_folder_world(folder))
         if spec.startswith("hf-hub:"):
             return cls._load_hub(spec, device)
         path = Path(spec).expanduser()
         if path.is_dir():
             model, tok = _load_folder(path, spec, device)
-            return cls(model, tok, spec, device)
+            return cls(model, tok, spec, device, world=_folder_world(path))
         if path.is_file():
             raise ValueError(f"spec={spec!r} is a weights file without an architecture; pass 'ARCH:{spec}' "
                              "(e.g. 'ViT-B-32:/path/to/file.pt'; see open_clip.list_models())")

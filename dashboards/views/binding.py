@@ -5,7 +5,9 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import explorer
+from analyses.binding import model_world
 from analyses.binding_suite import make_suite
+from unclip_core.data.shapes import CURRENT_WORLD
 from dashboards import _state as S
 from explorer.binding import _accuracy_figure, _confusion_figure, failure_gallery, swap_confusion
 
@@ -68,7 +70,9 @@ with live_tab:
     model = c3.text_input("CLIP model", S.DEFAULT_CLIP, key="live_model")
     probe_n = int(c4.number_input("probe scenes (0 = no probes)", 0, 2000, 0, key="live_probe_n"))
     if st.button("Run suite", type="primary", key="live_go"):
-        cases = make_suite(n, seed=seed, kinds=["caption_pair", "winoground"])
+        encoder = S.attempt(S.load_clip, model.strip())
+        cases = make_suite(n, seed=seed, kinds=["caption_pair", "winoground"],
+                           world=model_world(encoder) if encoder is not None else CURRENT_WORLD)
         runs = st.session_state.get("live_runs", 0) + 1
         st.session_state["live_runs"] = runs
         with st.spinner(f"Scoring {n} cases with {model}…"):

@@ -18,6 +18,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                                            "held-out compositions)")
     m.add_argument("--n", type=int, default=500, help="number of cases (default 500)")
     m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--world", type=int, default=None, metavar="VERSION",
+                   help="ShapesWorld version of the scenes (default: the one the bundled shapes-clip was "
+                        "trained on)")
     m.add_argument("--kinds", default="caption_pair,winoground,generation",
                    help="comma-separated case kinds (default all three)")
     m.add_argument("--out", required=True, metavar="SUITE.jsonl")
@@ -58,9 +61,11 @@ def _make_suite(args: argparse.Namespace) -> int:
     from analyses.binding_suite import make_suite
     from explorer.binding import write_suite
     kinds = [s.strip() for s in args.kinds.split(",") if s.strip()]
-    cases = make_suite(args.n, args.seed, kinds=kinds)
+    from unclip_core.clip import bundled_world
+    world = bundled_world() if args.world is None else args.world
+    cases = make_suite(args.n, args.seed, kinds=kinds, world=world)
     path = write_suite(cases, args.out)
-    print(f"wrote {len(cases)} cases (seed {args.seed}) to {path}")
+    print(f"wrote {len(cases)} ShapesWorld v{world} cases (seed {args.seed}) to {path}")
     return 0
 
 
