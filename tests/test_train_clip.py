@@ -89,7 +89,7 @@ def test_config_errors():
         ClipTrainConfig(patch_size=10)
     with pytest.raises(ValueError, match="batch_size must be >= 2 for a contrastive loss, got 1"):
         ClipTrainConfig(batch_size=1)
-    with pytest.raises(ValueError, match=r"recipe='big' is not known; accepted: 'shapes', 'tiny'"):
+    with pytest.raises(ValueError, match=r"recipe='big' is not known; accepted: 'shapes', 'shapes-v1', 'tiny'"):
         ClipTrainConfig.recipe("big")
     with pytest.raises(ValueError, match=r"unknown ClipTrainConfig fields \['depth'\]"):
         ClipTrainConfig.from_dict({"depth": 3})
@@ -147,3 +147,55 @@ def test_export_loads_with_clip_encoder_and_evaluates(tmp_path, one_thread):
     assert all(0.0 <= r["t2i_top1"] <= 1.0 and 0.0 <= r["i2t_top1"] <= 1.0 for r in rows)
     with pytest.raises(ValueError, match=r"split='test' is not known; accepted: 'held_out', 'train', 'all'"):
         evaluate_retrieval(enc, n=8, splits=("test",))
+
+
+def test_twins_change_one_attribute_of_one_object_and_keep_the_pose():
+    import numpy as np
+
+    from unclip_core.data.shapes import ShapesConfig, get_world, sample_scene
+    from unclip_core.train.clip import _batch, twin_scene
+    w = get_world(2)
+    for i in range(200):
+        scene = sample_scene(np.random.default_rng([1, i]), world=2)
+        for attribute in ("shape", "size", "colour"):
+            twin = twin_scene(scene, np.random.default_rng([2, i]), attribute)
+            if twin is None:
+                continue
+            changed = [(a, b) for a, b in zip(scene.objects, twin.objects) if a != b]
+            assert len(changed) == 1 and twin.world == 2 and twin.relation == scene.relation
+            a, b = changed[0]
+            assert getattr(a, attribute) != getattr(b, attribute)
+            for f in ("shape", "colour", "size", "position", "dx", "dy", "angle"):
+                assert f == attribute or getattr(a, f) == getattr(b, f)
+            assert not any((o.colour, o.shape) in w.held_out_pairs for o in twin.objects)
+    config = ClipTrainConfig.recipe("tiny", batch_size=8, twin_fraction=0.5, image_size=32)
+    data = ShapesConfig(0, 32, "train", world=2)
+    x, texts, keys = _batch(data, 3, config)
+    x2, texts2, _ = _batch(data, 3, config)
+    assert torch.equal(x, x2) and texts == texts2 and x.shape == (8, 3, 32, 32)
+    assert len(set(keys[:4])) == 4  # two (scene, twin) pairs, four different descriptions
+    assert sum(k1.split() != k2.split() for k1, k2 in zip(keys[0:4:2], keys[1:4:2])) == 2
+    with pytest.raises(ValueError, match=r"twin_fraction must be a share of the batch in \[0, 1\], got 1.5"):
+        ClipTrainConfig(twin_fraction=1.5)
+    with pytest.raises(ValueError, match=r"twin_weights must be 3 non-negative numbers"):
+        ClipTrainConfig(twin_weights=(1.0,))
+    with pytest.raises(ValueError, match=r"twin_attributes entry='label' is not known"):
+        ClipTrainConfig(twin_attributes=("label",), twin_weights=(1.0,))
+
+
+def test_shape_gates_on_a_tiny_model(tmp_path, one_thread):
+    from unclip_core.train.clip import minimal_pair_cosines, shape_probes
+    config = ClipTrainConfig.recipe("tiny", world=2)
+    tok = shapes_tokenizer(config.context_length, 2)
+    folder = export_clip(build_model(config, tok.vocab_size).eval(), tok, config, tmp_path / "m")
+    enc = ClipEncoder.load(folder)
+    assert enc.world == 2
+    rows = minimal_pair_cosines(enc, n_poses=6)
+    assert len(rows) == 10 and {r["n"] for r in rows} == {6}
+    assert all(-1.0 <= r["mean_cosine"] <= r["max_cosine"] <= 1.0 + 1e-6 for r in rows)
+    assert {(r["a"], r["b"]) for r in rows} >= {("circle", "cross"), ("triangle", "star")}
+    probes = shape_probes(enc, n=60)
+    assert probes["n"] == 60 and 0.0 <= probes["linear"] <= 1.0 and 0.0 <= probes["mlp"] <= 1.0
+    assert 0.2 <= probes["majority"] < 0.5  # five shapes drawn uniformly
+    with pytest.raises(TypeError, match="encoder must be a ClipEncoder"):
+        shape_probes("shapes-clip")

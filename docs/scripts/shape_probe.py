@@ -1,20 +1,17 @@
-"""How well does a CLIP's image embedding z_i determine each object's shape? (the shapes-unclip card's probes)
+"""How well does a CLIP's image embedding z_i determine each object's shape? (the model cards' probes)
 
 Cross-validated linear (weakly regularised) and MLP probes of shape from z_i on fresh one-object ShapesWorld
-training scenes. Prints the accuracies and the majority baseline. About 2 minutes on 1 CPU thread:
+scenes of the CLIP's own world (unclip_core.train.clip.shape_probes). Prints the accuracies and the majority
+baseline. About 2 minutes on 1 CPU thread:
 
     python docs/scripts/shape_probe.py --n 2400 --clip shapes-clip
 """
 import argparse
 
-import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import cross_val_score
-from sklearn.neural_network import MLPClassifier
 
 from unclip_core.clip import ClipEncoder
-from unclip_core.data.shapes import SHAPES, render, sample_scene
+from unclip_core.train.clip import shape_probes
 
 
 def main() -> None:
@@ -30,17 +27,9 @@ def main() -> None:
         enc = ClipEncoder.load(args.clip)
     except (FileNotFoundError, ValueError, KeyError) as e:
         ap.error(f"--clip {args.clip}: {e}")
-    rng = np.random.default_rng(args.seed)
-    scenes = [sample_scene(rng, 1) for _ in range(args.n)]
-    images = [render(s, enc.image_size) for s in scenes]
-    with torch.no_grad():
-        z = enc.encode_image(images, batch_size=250).numpy()  # L2-normalised
-    z = z * np.sqrt(z.shape[1])  # unit-variance components
-    y = np.array([SHAPES.index(s.objects[0].shape) for s in scenes])
-    linear = cross_val_score(LogisticRegression(max_iter=3000, C=10.0), z, y, cv=3).mean()
-    mlp = cross_val_score(MLPClassifier((256,), max_iter=300, early_stopping=True, random_state=0), z, y, cv=3).mean()
-    print(f"shape from z_i ({args.n} one-object scenes, 3-fold): linear {linear:.3f}, MLP {mlp:.3f}, "
-          f"majority {np.bincount(y).max() / len(y):.3f}")
+    r = shape_probes(enc, args.n, args.seed)
+    print(f"shape from z_i ({r['n']} one-object ShapesWorld v{enc.world} scenes, 3-fold): linear {r['linear']:.3f}, "
+          f"MLP {r['mlp']:.3f}, majority {r['majority']:.3f}")
 
 
 if __name__ == "__main__":
