@@ -108,7 +108,7 @@ def decode(pipe: Any, z_i: torch.Tensor, x_T: torch.Tensor, steps: int, guidance
     up_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=g).item())
     decoded = []
     for s in range(0, z_i.shape[0], batch_size):
-        out = pipe.decode(z_i[s:s + batch_size], x_T[s:s + batch_size], steps=steps, guidance=guidance,
+        out = pipe.decode(z_i[s:s + batch_size], x_T=x_T[s:s + batch_size], steps=steps, guidance=guidance,
                           upsample=False, seed=0, clip_denoised=clip_denoised)
         decoded.append(out.stages["decoder"])
     x = torch.cat(decoded)
@@ -120,7 +120,7 @@ def decode(pipe: Any, z_i: torch.Tensor, x_T: torch.Tensor, steps: int, guidance
             y = x[j:j + 1]
             for k in range(n_up):
                 n_steps = upsampler_steps[k] if k < len(upsampler_steps) else upsampler_steps[-1]
-                y = pipe.upsample(y, k, n_steps, seed=up_seed + k).cpu()
+                y = pipe.upsample(y, k, steps=n_steps, seed=up_seed + k).cpu()
             frames.append(y)
         final = torch.cat(frames)
     from unclip_core.imageio import tensor_to_pil

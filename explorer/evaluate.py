@@ -176,14 +176,21 @@ def _renumber(frames: list[pd.DataFrame], offsets: list[int]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def _decode(pipe: Any, z_i: torch.Tensor, s: EvalSettings, g: torch.Generator) -> torch.Tensor:
-    return pipe.decode(z_i, steps=s.steps, guidance=s.guidance, upsample=False, seed=g).stages["decoder"]
+# Reconstruction, text -> image, binding and variations all decode from fresh noise and leave clip_denoised to
+# the pipeline's one rule (UnCLIP.clip_denoised_rule: clamped from fresh noise), so every measure scores images
+# made the same way; each table records the value the pipeline reports in its settings.
+def _decoded(out: Any) -> tuple[torch.Tensor, bool | None]:
+    """(decoder-stage images, the clip_denoised the output records; None when the pipeline records none)."""
+    return out.stages["decoder"], dict(getattr(out, "settings", None) or {}).get("clip_denoised")
 
 
-def _t2i(pipe: Any, captions: list[str], s: EvalSettings, g: torch.Generator) -> torch.Tensor:
-    out = pipe.text_to_image(captions, n=1, steps=s.steps, guidance=s.guidance, prior_steps=s.prior_steps,
-                             prior_guidance=s.prior_guidance, best_of=s.best_of, upsample=False, seed=g)
-    return out.stages["decoder"]
+def _decode(pipe: Any, z_i: torch.Tensor, s: EvalSettings, g: torch.Generator) -> tuple[torch.Tensor, bool | None]:
+    return _decoded(pipe.decode(z_i, steps=s.steps, guidance=s.guidance, upsample=False, seed=g))
+
+
+def _t2i(pipe: Any, captions: list[str], s: EvalSettings, g: torch.Generator) -> tuple[torch.Tensor, bool | None]:
+    return _decoded(pipe.text_to_image(captions, n=1, steps=s.steps, guidance=s.guidance, prior_steps=s.prior_steps,
+                                       prior_guidance=s.prior_guidance, best_of=s.best_of, upsample=False, seed=g))
 
 
 def _image_rate(df: pd.DataFrame, col: str = "shape_colour_correct") -> float:
@@ -210,14 +217,14 @@ def measure_reconstruction(pipe: Any, n: int = 100, seed: int = 0, settings: Eva
     frames, offsets = [], []
     for b0, batch in zip(range(0, len(scenes), s.batch_size), _batches(scenes, s.batch_size)):
         z_i = pipe.encode_images([render_at(sc, REAL_SIZE) for sc in batch])
-        low = _decode(pipe, z_i, s, g)
+        low, clipped = _decode(pipe, z_i, s, g)
         n_obj = [len(sc.objects) for sc in batch]
-        frames.append(_score(low, batch, stage="decoder", n_objects=n_obj))
+        frames.append(_score(low, batch, stage="decoder", n_objects=n_obj, clip_denoised=clipped))
         offsets.append(b0)
         k = min(len(batch), s.n_upsample - b0)  # the read-out after upsampler1, on the first n_upsample scenes
         if len(pipe.resolutions) > 1 and k > 0:
-            high = pipe.upsample(low[:k], 0, s.upsampler_steps[0], seed=g)
-            frames.append(_score(high, batch[:k], stage="upsampler1", n_objects=n_obj[:k]))
+            high = pipe.upsample(low[:k], 0, steps=s.upsampler_steps[0], seed=g)
+            frames.append(_score(high, batch[:k], stage="upsampler1", n_objects=n_obj[:k], clip_denoised=clipped))
             offsets.append(b0)
     df = _renumber(frames, offsets)
     df.insert(0, "measure", "reconstruction")
@@ -237,7 +244,8 @@ def measure_text_to_image(pipe: Any, n: int = 100, seed: int = 0,
     captions = [caption(sample_scene(rng, 1), style=s.caption_style) for _ in range(n)]
     frames = []
     for batch in _batches(captions, s.batch_size):
-        frames.append(_score(_t2i(pipe, list(batch), s, g), [parse(c) for c in batch], caption=list(batch)))
+        x, clipped = _t2i(pipe, list(batch), s, g)
+        frames.append(_score(x, [parse(c) for c in batch], caption=list(batch), clip_denoised=clipped))
     df = _renumber(frames, list(range(0, n, s.batch_size)))
     df.insert(0, "measure", "text_to_image")
     df["source"], df["stage"], df["n_objects"] = "prior", "decoder", 1
@@ -286,11 +294,12 @@ def measure_binding(pipe: Any, n: int = 50, seed: int = 0, settings: EvalSetting
             scenes = [cases[i][1] for i in bi]
             caps = [caption(sc, style=s.caption_style) for sc in scenes]
             if source == "prior":
-                x = _t2i(pipe, caps, s, g)
+                x, clipped = _t2i(pipe, caps, s, g)
             else:
-                x = _decode(pipe, pipe.encode_images([render_at(sc, REAL_SIZE) for sc in scenes]), s, g)
+                x, clipped = _decode(pipe, pipe.encode_images([render_at(sc, REAL_SIZE) for sc in scenes]), s, g)
             frames.append(_score(x, scenes, source=source, category=[cats[i] for i in bi],
-                                 pair=[pair[i] for i in bi], caption=caps, n_objects=[len(sc.objects) for sc in scenes]))
+                                 pair=[pair[i] for i in bi], caption=caps, n_objects=[len(sc.objects) for sc in scenes],
+                                 clip_denoised=clipped))
             offsets.append(bi[0] + (len(cases) if source == "true_z_i" else 0))
     df = _renumber(frames, offsets)
     df.insert(0, "measure", "binding")
@@ -323,7 +332,9 @@ def measure_distribution(pipe: Any, n: int = 100, seed: int = 0,
     scenes = [sample_scene(rng) for _ in range(n)]
     caps = [caption(sc, style=s.caption_style) for sc in scenes]
     res = pipe.resolutions[0]
-    gen = torch.cat([_t2i(pipe, list(b), s, g) for b in _batches(caps, s.batch_size)])
+    made = [(_t2i(pipe, list(b), s, g), len(b)) for b in _batches(caps, s.batch_size)]
+    gen = torch.cat([x for (x, _), _ in made])
+    clipped = [c for (_, c), k in made for _ in range(k)]
     z_gen = pipe.encode_images([Image.fromarray(a) for a in _to_uint8(gen)])
     z_a = pipe.encode_images([render_at(sc, res) for sc in scenes])
     z_b = pipe.encode_images([render_at(_rejitter(sc, rng), res) for sc in scenes])
@@ -334,7 +345,7 @@ def measure_distribution(pipe: Any, n: int = 100, seed: int = 0,
     cos = F.cosine_similarity(torch.as_tensor(z_gen).float(), torch.as_tensor(z_a).float(), dim=-1)
     per = pd.DataFrame({"measure": "distribution", "image": range(n), "caption": caps, "source": "prior",
                         "stage": "decoder", "n_objects": [len(sc.objects) for sc in scenes],
-                        "clip_cos_to_real": cos.numpy().astype(float)})
+                        "clip_cos_to_real": cos.numpy().astype(float), "clip_denoised": clipped})
     return per, pd.DataFrame(rows)
 
 
@@ -354,7 +365,7 @@ def measure_upsamplers(pipe: Any, n: int = 16, seed: int = 0, settings: EvalSett
         steps = s.upsampler_steps[k] if k < len(s.upsampler_steps) else s.upsampler_steps[-1]
         for b0, batch in zip(range(0, n, s.batch_size), _batches(scenes, s.batch_size)):
             lows = [render_at(sc, lo) for sc in batch]
-            up = _to_uint8(pipe.upsample(pil_to_tensor(lows), k, steps, seed=g))
+            up = _to_uint8(pipe.upsample(pil_to_tensor(lows), k, steps=steps, seed=g))
             for j, (sc, low, u) in enumerate(zip(batch, lows, up)):
                 true = np.asarray(render_at(sc, hi))
                 bic = np.asarray(low.resize((hi, hi), Image.BICUBIC))
@@ -379,12 +390,12 @@ def measure_variations(pipe: Any, n: int = 8, n_variations: int = 4, seed: int =
     scenes = [sample_scene(rng, int(rng.integers(1, 3))) for _ in range(n)]
     frames = []
     for i, sc in enumerate(scenes):
-        x = pipe.variations(render_at(sc, REAL_SIZE), n=m, eta=s.variation_eta, steps=s.steps,
-                            guidance=s.guidance, seed=g, upsample=False).stages["decoder"]
+        x, clipped = _decoded(pipe.variations(render_at(sc, REAL_SIZE), n=m, eta=s.variation_eta, steps=s.steps,
+                                              guidance=s.guidance, seed=g, upsample=False))
         u = torch.from_numpy(_to_uint8(x)).double() / 255.0                           # (m, H, W, 3)
         l1 = float(np.mean([(u[a] - u[b]).abs().mean().item() for a in range(m) for b in range(a + 1, m)]))
         df = _score(x, [sc] * m, source=i, variation=list(range(m)), mean_pairwise_l1=l1,
-                    n_objects=len(sc.objects))
+                    n_objects=len(sc.objects), clip_denoised=clipped)
         df["image"] = df["image"] + i * m
         frames.append(df)
     df = pd.concat(frames, ignore_index=True)

@@ -59,7 +59,7 @@ class OraclePipe:
     def encode_images(self, images):
         return torch.stack([self._embed(im) for im in images])
 
-    def decode(self, z_i, x_T=None, steps=50, guidance=3.0, sampler="ddim", eta=0.0, prompts=None, upsample=True,
+    def decode(self, z_i, *, x_T=None, steps=50, guidance=3.0, sampler="ddim", eta=0.0, prompts=None, upsample=True,
                upsampler_steps=(27, 15), seed=None, **kw):
         scenes = [self._nearest(z) for z in z_i]
         if eta > 0:
@@ -70,16 +70,16 @@ class OraclePipe:
         x = pil_to_tensor([self.draw(sc, 64) for sc in scenes])
         return _Out(tensor_to_pil(x), z_i, {"decoder": x})
 
-    def text_to_image(self, prompts, n=1, seed=None, **kw):
+    def text_to_image(self, prompts, *, n=1, seed=None, **kw):
         for p in prompts:
             self.remember(parse(p))
         z = torch.stack([self._embed(render(parse(p), 64)) for p in prompts])
         return self.decode(z, seed=seed)
 
-    def upsample(self, low, index, steps=27, seed=None, progress=False):
+    def upsample(self, low, index, *, steps=27, seed=None, progress=False):
         return pil_to_tensor([render(self._nearest(self._embed(im)), 256) for im in tensor_to_pil(low)])
 
-    def variations(self, image, n=4, eta=1.0, seed=None, upsample=True, **kw):
+    def variations(self, image, *, n=4, eta=1.0, seed=None, upsample=True, **kw):
         return self.decode(self.encode_images([image]).expand(n, -1), eta=eta, seed=seed)
 
     def describe(self):
@@ -204,6 +204,10 @@ def test_tiny_pipeline_end_to_end_writes_files(tiny_dir, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["seed"] == 0 and summary["n"] == 2 and summary["model"]["model"] == "tiny-unclip"
     assert [b["name"] for b in summary["bars"]] == [k for _, k, _ in ev.BARS]
+    # every generated image comes from fresh noise under the one clip_denoised rule (clamped), as its output
+    # records: text -> image is no longer measured unclamped beside a clamped reconstruction
+    for name in ("reconstruction", "text_to_image", "binding", "distribution", "variations"):
+        assert r.tables[name]["clip_denoised"].tolist() == [True] * len(r.tables[name]), name
     ups = r.tables["upsamplers"]
     assert list(ups[["low_res", "out_res"]].iloc[0]) == [16, 32] and np.isfinite(ups["psnr_bicubic"]).all()
     assert (out / "evaluation.md").read_text().startswith("## Evaluation")

@@ -183,7 +183,8 @@ def test_text_to_image_matches_diffusers_step_for_step(karlo, ours):
     g = torch.Generator().manual_seed(0)
     z_i = ours.sample_prior(PROMPTS, seed=g, x_T=noise["prior_latents"])
     torch.testing.assert_close(z_i, z_want, rtol=1e-5, atol=1e-5 * float(z_want.abs().max()))
-    out = ours.decode(z_i, noise["decoder_latents"], prompts=PROMPTS, seed=g, super_res_x_T=noise["super_res_latents"])
+    out = ours.decode(z_i, x_T=noise["decoder_latents"], prompts=PROMPTS, seed=g,
+                      super_res_x_T=noise["super_res_latents"])
     got = out.stages["upsampler1"]
     assert got.shape == want.shape == (2, 3, 32, 32) and want.std() > 0.3
     diff = (got - want).abs()
@@ -210,11 +211,38 @@ def test_seeded_output_is_reproducible_and_decode_defaults_to_empty_prompt(ours)
     assert a.settings["sampler"] == "unclip" and a.settings["parameters"]["upsampler1_last"] > 0
     # decode without prompts conditions on "" (Karlo's image-variation convention); the caption matters
     x_T = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    c = ours.decode(a.z_i, x_T, steps=5, upsample=False, seed=1)
-    d = ours.decode(a.z_i, x_T, steps=5, upsample=False, seed=1, prompts=["a red cube"])
+    c = ours.decode(a.z_i, x_T=x_T, steps=5, upsample=False, seed=1)
+    d = ours.decode(a.z_i, x_T=x_T, steps=5, upsample=False, seed=1, prompts=["a red cube"])
     assert float((c.stages["decoder"] - d.stages["decoder"]).abs().max()) > 1e-3
     z_null, _, mask_null = ours.text_condition([""])
     assert torch.equal(z_null, ours.clip.encode_text([""], normalize=False)) and mask_null.sum() == 2
+
+
+def test_progress_changes_nothing_and_clip_denoised_follows_the_rule(ours, capsys):
+    """Karlo follows UnCLIP's clip_denoised rule, except that its "unclip" sampler always clamps (as diffusers'
+    UnCLIPScheduler); progress only adds one labelled bar per stage; calls are keyword-only."""
+    kw = {"seed": 3, "steps": 3, "prior_steps": 3, "upsampler_steps": (2,)}
+    quiet = ours.text_to_image("a red cube", **kw)
+    assert capsys.readouterr().err == ""
+    shown = ours.text_to_image("a red cube", progress=True, **kw)
+    err = capsys.readouterr().err
+    for label in ("prior: DDPM", "decoder: DDPM", "upsampler1: DDPM"):
+        assert f"{label}: 100%" in err, (label, err)
+    for stage in ("decoder", "upsampler1"):
+        assert torch.equal(quiet.stages[stage], shown.stages[stage])
+    assert quiet.settings["clip_denoised"] is shown.settings["clip_denoised"] is True
+    x_T = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    dec = {"steps": 3, "upsample": False, "seed": 1}
+    assert ours.decode(quiet.z_i, x_T=x_T, **dec).settings["clip_denoised"] is True          # unclip sampler
+    assert ours.decode(quiet.z_i, sampler="ddim", **dec).settings["clip_denoised"] is True   # fresh noise
+    given = ours.decode(quiet.z_i, x_T=x_T, sampler="ddim", **dec)
+    assert given.settings["clip_denoised"] is False and given.settings["x_T_given"] is True
+    clamped = ours.decode(quiet.z_i, x_T=x_T, sampler="ddim", clip_denoised=True, **dec)
+    assert float((given.stages["decoder"] - clamped.stages["decoder"]).abs().max()) > 1e-3
+    with pytest.raises(TypeError, match=r"decode\(\) takes 2 positional arguments but 3 were given"):
+        ours.decode(quiet.z_i, x_T)
+    with pytest.raises(TypeError, match=r"text_to_image\(\) takes 2 positional arguments but 3 were given"):
+        ours.text_to_image("a red cube", 1)
 
 
 def test_float16_storage_loads_close(karlo, ours, tmp_path):

@@ -74,8 +74,8 @@ def test_best_of_n_keeps_the_larger_dot_product(pipe):
 def test_decode_with_given_x_T_is_deterministic(pipe):
     z = torch.nn.functional.normalize(torch.randn(2, 16, generator=torch.Generator().manual_seed(0)), dim=-1)
     x_T = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
-    a = pipe.decode(z, x_T, steps=4, upsample=False, seed=0)
-    b = pipe.decode(z, x_T, steps=4, upsample=False, seed=99)
+    a = pipe.decode(z, x_T=x_T, steps=4, upsample=False, seed=0)
+    b = pipe.decode(z, x_T=x_T, steps=4, upsample=False, seed=99)
     assert torch.equal(a.stages["decoder"], b.stages["decoder"])  # eta=0: x_T fixes the image
     assert a.images[0].size == (16, 16)
 
@@ -83,7 +83,7 @@ def test_decode_with_given_x_T_is_deterministic(pipe):
 def test_invert_then_decode_reconstructs(pipe):
     img = Image.fromarray((np.random.default_rng(0).random((16, 16, 3)) * 255).astype(np.uint8))
     z_i, x_T = pipe.invert([img], steps=20, guidance=1.0, refine=3)
-    out = pipe.decode(z_i, x_T, steps=20, guidance=1.0, upsample=False)
+    out = pipe.decode(z_i, x_T=x_T, steps=20, guidance=1.0, upsample=False)
     x0 = torch.from_numpy(np.asarray(img, np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
     err = (out.stages["decoder"] - x0).abs().mean().item()
     assert err < 0.05, err  # measured 0.012; plain inversion (refine=0) of this random net is far off
@@ -126,7 +126,7 @@ def test_bad_inputs(pipe):
     with pytest.raises(ValueError, match="sampler='euler' is not known; accepted"):
         pipe.decode(z, sampler="euler")
     with pytest.raises(ValueError, match="x_T has shape"):
-        pipe.decode(z, torch.randn(1, 3, 8, 8))
+        pipe.decode(z, x_T=torch.randn(1, 3, 8, 8))
     with pytest.raises(ValueError, match="mask has shape"):
         pipe.inpaint(Image.new("RGB", (16, 16)), torch.zeros(8, 8), steps=1)
     with pytest.raises(ValueError, match="prompts must be a non-empty"):

@@ -54,7 +54,7 @@ def test_same_x_T_per_image_across_k(pipe):
     img = noise_image(3)
     r = pca_reconstructions(pipe, [img], _Z(20), ks=[16], steps=2, seed=7, upsample=False)
     x_T = torch.randn((1, 3, 16, 16), generator=torch.Generator().manual_seed(7))
-    want = pipe.decode(pipe.clip.encode_image([img]), x_T, steps=2, guidance=3.0, upsample=False,
+    want = pipe.decode(pipe.clip.encode_image([img]), x_T=x_T, steps=2, guidance=3.0, upsample=False,
                        clip_denoised=True).images[0]
     np.testing.assert_array_equal(np.asarray(r.rows[0][1]), np.asarray(want))
 

@@ -15,7 +15,7 @@ from .samplers import (Denoiser, _abar, _call_denoiser, _check_schedule, _check_
 def sample_repaint(denoise: Denoiser, x_T: Tensor, schedule: Schedule, n_steps: int, x0_known: Tensor,
                    mask: Tensor, n_resample: int = 4, eta: float = 1.0,
                    generator: torch.Generator | int | None = None, spacing: str = "trailing",
-                   progress: bool = False) -> Tensor:
+                   progress: bool = False, *, label: str | None = None) -> Tensor:
     """RePaint (Lugmayr et al. 2022, alg. 1) with DDIM steps: known pixels from q(x_s|x0), `n_resample` jumps per step.
 
     x0_known (B, C, H, W) is the image; mask (B or 1, 1, H, W) is 1 where pixels are regenerated, 0 where kept.
@@ -33,7 +33,7 @@ def sample_repaint(denoise: Denoiser, x_T: Tensor, schedule: Schedule, n_steps: 
     g = _generator(generator, x.device)
     mask = mask.to(x.dtype)
     ts = respace(schedule, n_steps, spacing).tolist()
-    for j in _progress(range(len(ts)), progress, "RePaint"):
+    for j in _progress(range(len(ts)), progress, "RePaint", label):
         t, s = ts[j], (ts[j + 1] if j + 1 < len(ts) else -1)
         a_t, a_s = _abar(schedule, t), _abar(schedule, s)
         n_inner = n_resample if s >= 0 else 1  # the last step lands on x0: nothing to resample

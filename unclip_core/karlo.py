@@ -500,12 +500,19 @@ class KarloUnCLIP(UnCLIP):
         return tuple(x.expand(B, *x.shape[1:]) for x in self._null_text)  # type: ignore[return-value]
 
     # ------------------------------------------------------------------ sampling
-    def _sample(self, denoise: Callable, x_T: Tensor, steps: int, sampler: str, g: torch.Generator,
+    def _sample(self, denoise: Callable, x_T: Tensor, *, steps: int, sampler: str, generator: torch.Generator,
                 progress: bool, stage: str) -> Tensor:
         if sampler == "unclip":
-            return sample_unclip(denoise, x_T, self.schedule, steps, self.variances[stage], generator=g,
-                                 progress=progress)
-        return self._run_sampler(denoise, x_T, steps, sampler, 0.0, g, progress, stage)
+            return sample_unclip(denoise, x_T, self.schedule, steps, self.variances[stage], generator=generator,
+                                 progress=progress, label=stage)
+        return self._run_sampler(denoise, x_T, steps=steps, sampler=sampler, eta=0.0, generator=generator,
+                                 progress=progress, stage=stage)
+
+    def clip_denoised_rule(self, clip_denoised: bool | None, *, x_T_given: bool, sampler: str) -> bool:
+        """UnCLIP's rule, except that the "unclip" sampler always clamps (diffusers' UnCLIPScheduler does)."""
+        if clip_denoised is None and sampler == "unclip":
+            return True
+        return super().clip_denoised_rule(clip_denoised, x_T_given=x_T_given, sampler=sampler)
 
     def _learned(self, stage: str, sampler: str) -> bool:
         return sampler == "unclip" and self.variances[stage] == "learned_range"
@@ -520,9 +527,9 @@ class KarloUnCLIP(UnCLIP):
                              "from the seed")
         return x_T
 
-    def sample_prior(self, prompts: str | Sequence[str], n: int = 1, steps: int = 25, guidance: float = 4.0,
+    def sample_prior(self, prompts: str | Sequence[str], *, n: int = 1, steps: int = 25, guidance: float = 4.0,
                      best_of: int = 1, sampler: str = "unclip", seed: int | torch.Generator | None = None,
-                     progress: bool = False, *, x_T: Tensor | None = None) -> Tensor:
+                     progress: bool = False, x_T: Tensor | None = None) -> Tensor:
         """z_i ~ p(z_i | y) (Ramesh et al. 2022, sec. 2.2) as Karlo: raw (not unit-norm) image embeddings (len*n, d).
 
         x_T (len*n*best_of, d) fixes the prior's initial noise (diffusers' prior_latents).
@@ -549,7 +556,8 @@ class KarloUnCLIP(UnCLIP):
             net = classifier_free_guidance(prior, cond, uncond, guidance)
             info = self.stage_info["prior"]
             denoise = model_to_denoiser(net, self.schedule, info.prediction, info.clip_x0)
-            x0 = self._sample(denoise, x_T.to(self.device), steps, sampler, g, progress, "prior")
+            x0 = self._sample(denoise, x_T.to(self.device), steps=steps, sampler=sampler, generator=g,
+                              progress=progress, stage="prior")
             z_i = prior.scale_out(x0).float()
         z_i = z_i.view(len(prompts) * n, best_of, -1)
         scores = F.cosine_similarity(z_i, z_t.float().view(len(prompts) * n, best_of, -1), dim=-1)
@@ -559,8 +567,8 @@ class KarloUnCLIP(UnCLIP):
         z_i = torch.as_tensor(check_embeddings("z_i", z_i, self.decoder.config.clip_dim, allow_1d=True))
         return (z_i[None] if z_i.ndim == 1 else z_i).float()  # Karlo's decoder reads raw embeddings
 
-    def _decoder_denoiser(self, z_i: Tensor, prompts: list[str] | None, guidance: float,
-                          clip_denoised: bool = True, with_variance: bool = False) -> Callable:
+    def _decoder_denoiser(self, z_i: Tensor, prompts: list[str] | None, guidance: float, *,
+                          clip_denoised: bool, with_variance: bool = False) -> Callable:
         dec = self.decoder
         B = z_i.shape[0]
         z_t, feats, mask = self.text_condition(prompts if prompts is not None else [""] * B)
@@ -572,15 +580,16 @@ class KarloUnCLIP(UnCLIP):
         return model_to_denoiser(net, self.schedule, info.prediction, info.clip_x0 if clip_denoised else None,
                                  with_variance=with_variance)
 
-    def decode(self, z_i: Tensor, x_T: Tensor | None = None, steps: int = 25, guidance: float = 8.0,
+    def decode(self, z_i: Tensor, *, x_T: Tensor | None = None, steps: int = 25, guidance: float = 8.0,
                sampler: str = "unclip", eta: float = 0.0, prompts: Sequence[str] | None = None,
                upsample: bool | int = True, upsampler_steps: Sequence[int] = (7,),
-               seed: int | torch.Generator | None = None, clip_denoised: bool | None = None, progress: bool = False, *,
+               seed: int | torch.Generator | None = None, clip_denoised: bool | None = None, progress: bool = False,
                super_res_x_T: Tensor | None = None) -> UnCLIPOutput:
         """Images from Karlo image embeddings z_i (B, d) and captions (default ""), as diffusers' UnCLIPPipeline.
 
         x_T / super_res_x_T fix the decoder's and the upsampler's initial noise (decoder_latents,
-        super_res_latents). With the "unclip" sampler predicted x0 is always clamped (UnCLIPScheduler).
+        super_res_latents). clip_denoised=None follows clip_denoised_rule: with the "unclip" sampler predicted x0
+        is always clamped (UnCLIPScheduler); the value used is recorded in settings["clip_denoised"].
         """
         z_i, steps, guidance, prompt_list = self._check_decode_args(z_i, steps, guidance, sampler, KARLO_SAMPLERS,
                                                                     prompts)
@@ -590,27 +599,29 @@ class KarloUnCLIP(UnCLIP):
         g = _generator(seed)
         s = self.decoder.config.image_size
         given = x_T is not None
+        clip_denoised = self.clip_denoised_rule(clip_denoised, x_T_given=given, sampler=sampler)
         x_T = self._noise(x_T, (z_i.shape[0], 3, s, s), g, "x_T")
-        if clip_denoised is None:
-            clip_denoised = sampler == "unclip" or not given
         with torch.inference_mode():
             learned = self._learned("decoder", sampler)
-            denoise = self._decoder_denoiser(z_i, prompt_list, guidance, clip_denoised, with_variance=learned)
-            x = self._sample(denoise, x_T.to(self.device), steps, sampler, g, progress, "decoder").clamp(-1, 1)
+            denoise = self._decoder_denoiser(z_i, prompt_list, guidance, clip_denoised=clip_denoised,
+                                             with_variance=learned)
+            x = self._sample(denoise, x_T.to(self.device), steps=steps, sampler=sampler, generator=g,
+                             progress=progress, stage="decoder").clamp(-1, 1)
             stages = {"decoder": x.cpu()}
             for k in range(n_up):
                 n_steps = upsampler_steps[k] if k < len(upsampler_steps) else upsampler_steps[-1]
-                x = self.upsample(x, k, n_steps, g, progress, sampler=sampler,
+                x = self.upsample(x, k, steps=n_steps, seed=g, progress=progress, sampler=sampler,
                                   x_T=super_res_x_T if k == 0 else None)
                 stages[f"upsampler{k + 1}"] = x.cpu()
-        settings = {"steps": steps, "guidance": guidance, "sampler": sampler, "upsampler_steps": list(upsampler_steps),
+        settings = {"steps": steps, "guidance": guidance, "sampler": sampler, "clip_denoised": clip_denoised,
+                    "x_T_given": given, "upsampler_steps": list(upsampler_steps),
                     "z_i_hash": tensor_hash(z_i), "seed": seed if isinstance(seed, int) else None, **self.describe()}
         out = UnCLIPOutput(tensor_to_pil(x.cpu()), z_i.cpu(), stages, settings)
         self._check_images(out)
         return out
 
-    def upsample(self, low: Tensor, index: int, steps: int = 7, seed: int | torch.Generator | None = None,
-                 progress: bool = False, *, sampler: str = "unclip", x_T: Tensor | None = None) -> Tensor:
+    def upsample(self, low: Tensor, index: int, *, steps: int = 7, seed: int | torch.Generator | None = None,
+                 progress: bool = False, sampler: str = "unclip", x_T: Tensor | None = None) -> Tensor:
         """Super-resolution stage `index` on (B, 3, h, h) images in [-1, 1]; the last step uses the `_last` net."""
         if not 0 <= index < len(self.upsamplers):
             raise ValueError(f"upsampler index {index} out of range; this pipeline has {len(self.upsamplers)}")
@@ -637,12 +648,13 @@ class KarloUnCLIP(UnCLIP):
                                     with_variance=self._learned(stage, sampler))
         x_T = self._noise(x_T, (B, 3, h * f, w * f), g, "super_res_x_T")
         with torch.inference_mode():
-            return self._sample(denoise, x_T.to(self.device), steps, sampler, g, progress, stage).clamp(-1, 1)
+            return self._sample(denoise, x_T.to(self.device), steps=steps, sampler=sampler, generator=g,
+                                progress=progress, stage=stage).clamp(-1, 1)
 
-    def text_to_image(self, prompts: str | Sequence[str], n: int = 1, steps: int = 25, guidance: float = 8.0,
+    def text_to_image(self, prompts: str | Sequence[str], *, n: int = 1, steps: int = 25, guidance: float = 8.0,
                       prior_steps: int = 25, prior_guidance: float = 4.0, best_of: int = 1, sampler: str = "unclip",
                       upsample: bool = True, upsampler_steps: Sequence[int] = (7,),
-                      seed: int | torch.Generator | None = None, progress: bool = False, *,
+                      seed: int | torch.Generator | None = None, progress: bool = False,
                       prior_x_T: Tensor | None = None, decoder_x_T: Tensor | None = None,
                       super_res_x_T: Tensor | None = None) -> UnCLIPOutput:
         """Text -> prior -> z_i -> decoder -> super-resolution with Karlo's defaults (25, 25, 7 steps; guidance 4, 8).
@@ -655,10 +667,12 @@ class KarloUnCLIP(UnCLIP):
         _check_guidance("guidance", guidance)
         check_choice("sampler", sampler, KARLO_SAMPLERS)
         g = _generator(seed)
-        z_i = self.sample_prior(prompts, n, prior_steps, prior_guidance, best_of, sampler, g, progress, x_T=prior_x_T)
+        z_i = self.sample_prior(prompts, n=n, steps=prior_steps, guidance=prior_guidance, best_of=best_of,
+                                sampler=sampler, seed=g, progress=progress, x_T=prior_x_T)
         expanded = [p for p in prompts for _ in range(n)]
-        out = self.decode(z_i, decoder_x_T, steps, guidance, sampler, 0.0, expanded, upsample, upsampler_steps, g,
-                          None, progress, super_res_x_T=super_res_x_T)
+        out = self.decode(z_i, x_T=decoder_x_T, steps=steps, guidance=guidance, sampler=sampler, eta=0.0,
+                          prompts=expanded, upsample=upsample, upsampler_steps=upsampler_steps, seed=g,
+                          progress=progress, super_res_x_T=super_res_x_T)
         out.settings.update({"prompts": prompts, "n": n, "prior_steps": prior_steps, "prior_guidance": prior_guidance,
                              "best_of": best_of, "seed": seed if isinstance(seed, int) else None})
         return out

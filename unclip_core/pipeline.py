@@ -80,6 +80,13 @@ def _check_guidance(name: str, scale: float) -> float:
     return float(scale)
 
 
+def _check_clip_denoised(clip_denoised: bool | None, allow_none: bool = True) -> bool | None:
+    if (clip_denoised is None and allow_none) or isinstance(clip_denoised, bool):
+        return clip_denoised
+    accepted = "True, False or None (None: the rule of UnCLIP.clip_denoised_rule)" if allow_none else "True or False"
+    raise TypeError(f"clip_denoised must be {accepted}, got {type(clip_denoised).__name__} {clip_denoised!r}")
+
+
 def _check_prompts(prompts: str | Sequence[str]) -> list[str]:
     if isinstance(prompts, str):
         prompts = [prompts]
@@ -191,7 +198,7 @@ class UnCLIP:
                 raise BlockedContentError(f"prompt {p!r} names blocked concept(s) {hits}")
 
     # ------------------------------------------------------------------ prior
-    def sample_prior(self, prompts: str | Sequence[str], n: int = 1, steps: int = 64, guidance: float = 4.0,
+    def sample_prior(self, prompts: str | Sequence[str], *, n: int = 1, steps: int = 64, guidance: float = 4.0,
                      best_of: int = 2, sampler: str = "ddim", seed: int | torch.Generator | None = None,
                      progress: bool = False) -> Tensor:
         """z_i ~ p(z_i | y) with the diffusion prior (sec. 2.2), best of `best_of` by z_i·z_t; -> (len*n, d) unit."""
@@ -218,7 +225,8 @@ class UnCLIP:
             info = self.stage_info["prior"]
             denoise = model_to_denoiser(net, self.schedule, info.prediction, info.clip_x0)
             x_T = torch.randn(len(expanded), c.clip_dim, generator=g).to(self.device)
-            x0 = self._run_sampler(denoise, x_T, steps, sampler, 0.0, g, progress, "prior")
+            x0 = self._run_sampler(denoise, x_T, steps=steps, sampler=sampler, eta=0.0, generator=g,
+                                   progress=progress, stage="prior")
             z_i = torch.nn.functional.normalize(prior.scale_out(x0).float(), dim=-1)
         # best of n (sec. 2.2): keep the candidate with the largest z_i . z_t
         z_i = z_i.view(len(prompts) * n, best_of, -1)
@@ -226,17 +234,29 @@ class UnCLIP:
         return z_i[torch.arange(z_i.shape[0]), scores.argmax(dim=1)].cpu()
 
     # ------------------------------------------------------------------ decoder + upsamplers
-    def _run_sampler(self, denoise: Callable, x_T: Tensor, steps: int, sampler: str, eta: float,
-                     g: torch.Generator, progress: bool, what: str) -> Tensor:
+    def _run_sampler(self, denoise: Callable, x_T: Tensor, *, steps: int, sampler: str, eta: float,
+                     generator: torch.Generator, progress: bool, stage: str) -> Tensor:
+        """One stage's sampler; its progress bar is labelled with the stage ("decoder: DDIM")."""
         if sampler == "ddim":
-            return sample_ddim(denoise, x_T, self.schedule, steps, eta=eta, generator=g, spacing=SPACING,
-                               progress=progress)
+            return sample_ddim(denoise, x_T, self.schedule, steps, eta=eta, generator=generator, spacing=SPACING,
+                               progress=progress, label=stage)
         if sampler == "ddpm":
-            return sample_ddpm(denoise, x_T, self.schedule, steps, generator=g, progress=progress)
-        return sample_dpmpp_2m(denoise, x_T, self.schedule, steps, progress=progress)
+            return sample_ddpm(denoise, x_T, self.schedule, steps, generator=generator, progress=progress,
+                               label=stage)
+        return sample_dpmpp_2m(denoise, x_T, self.schedule, steps, progress=progress, label=stage)
 
-    def _decoder_denoiser(self, z_i: Tensor, prompts: list[str] | None, guidance: float,
-                          clip_denoised: bool = True) -> Callable:
+    def clip_denoised_rule(self, clip_denoised: bool | None, *, x_T_given: bool, sampler: str) -> bool:
+        """Whether the decoder clamps each predicted x0 to [-1, 1]: the one rule of every decoding call.
+
+        An explicit True/False wins. Otherwise clamp when sampling from fresh noise (text_to_image, variations,
+        inpaint, decode without x_T) and not when decoding from a given x_T: a DDIM-inverted x_T reconstructs
+        its image only through the same unclamped ODE that `invert` ran.
+        """
+        clip_denoised = _check_clip_denoised(clip_denoised)
+        return (not x_T_given) if clip_denoised is None else clip_denoised
+
+    def _decoder_denoiser(self, z_i: Tensor, prompts: list[str] | None, guidance: float, *,
+                          clip_denoised: bool) -> Callable:
         dec, c = self.decoder, self.decoder.config
         B = z_i.shape[0]
         cond: dict[str, Tensor | None] = {"z_i": z_i.to(self.device), "text_tokens": None, "text_mask": None}
@@ -250,11 +270,17 @@ class UnCLIP:
         info = self.stage_info["decoder"]
         return model_to_denoiser(net, self.schedule, info.prediction, info.clip_x0 if clip_denoised else None)
 
-    def decoder_denoiser(self, z_i: Tensor, guidance: float = 3.0, prompts: Sequence[str] | None = None) -> Callable:
-        """The guided decoder as a Denoiser (x_t, t) -> x0, for samplers and DDIM inversion."""
+    def decoder_denoiser(self, z_i: Tensor, *, guidance: float = 3.0, prompts: Sequence[str] | None = None,
+                         clip_denoised: bool = True) -> Callable:
+        """The guided decoder as a Denoiser (x_t, t) -> x0, for samplers and DDIM inversion.
+
+        clip_denoised=True (for sampling from fresh noise) clamps each predicted x0 to [-1, 1]; pass False for
+        DDIM inversion and for decoding a given x_T (see clip_denoised_rule).
+        """
         z_i = self._check_z_i(z_i)
         return self._decoder_denoiser(z_i, None if prompts is None else _check_prompts(prompts),
-                                      _check_guidance("guidance", guidance))
+                                      _check_guidance("guidance", guidance),
+                                      clip_denoised=_check_clip_denoised(clip_denoised, allow_none=False))
 
     def _check_decode_args(self, z_i: Tensor, steps: int, guidance: float, sampler: str,
                            samplers: Sequence[str], prompts: Sequence[str] | None
@@ -275,7 +301,7 @@ class UnCLIP:
         z_i = z_i[None] if z_i.ndim == 1 else z_i
         return torch.nn.functional.normalize(z_i.float(), dim=-1)
 
-    def decode(self, z_i: Tensor, x_T: Tensor | None = None, steps: int = 50, guidance: float = 3.0,
+    def decode(self, z_i: Tensor, *, x_T: Tensor | None = None, steps: int = 50, guidance: float = 3.0,
                sampler: str = "ddim", eta: float = 0.0, prompts: Sequence[str] | None = None,
                upsample: bool | int = True, upsampler_steps: Sequence[int] = (27, 15),
                seed: int | torch.Generator | None = None, clip_denoised: bool | None = None,
@@ -284,38 +310,41 @@ class UnCLIP:
 
         upsample: True runs every upsampler, False none, an int k the first k (1: 64 -> 256 of the cascade).
 
-        clip_denoised clamps each predicted x0 to [-1, 1]; by default on, and off when x_T is given, since a
-        DDIM-inverted x_T reconstructs its image only through the same unclamped ODE.
+        clip_denoised clamps each predicted x0 to [-1, 1]; None (the default) follows clip_denoised_rule: on
+        from fresh noise, off when x_T is given, since a DDIM-inverted x_T reconstructs its image only through
+        the same unclamped ODE. The value used is recorded in settings["clip_denoised"].
         """
         z_i, steps, guidance, prompt_list = self._check_decode_args(z_i, steps, guidance, sampler, SAMPLERS,
                                                                     prompts)
         n_up = self.upsample_stages(upsample)
+        given = x_T is not None
+        clip_denoised = self.clip_denoised_rule(clip_denoised, x_T_given=given, sampler=sampler)
         g = _generator(seed)
         s = self.decoder.config.image_size
         shape = (z_i.shape[0], 3, s, s)
-        given_x_T = x_T
         if x_T is None:
             x_T = torch.randn(shape, generator=g)
         elif tuple(x_T.shape) != shape:
             raise ValueError(f"x_T has shape {tuple(x_T.shape)}, expected {shape} (one noise image per z_i)")
         with torch.inference_mode():
-            clip_denoised = given_x_T is None if clip_denoised is None else clip_denoised
-            denoise = self._decoder_denoiser(z_i, prompt_list, guidance, clip_denoised)
-            x = self._run_sampler(denoise, x_T.to(self.device), steps, sampler, eta, g, progress, "decoder")
+            denoise = self._decoder_denoiser(z_i, prompt_list, guidance, clip_denoised=clip_denoised)
+            x = self._run_sampler(denoise, x_T.to(self.device), steps=steps, sampler=sampler, eta=eta, generator=g,
+                                  progress=progress, stage="decoder")
             x = x.clamp(-1, 1)
             stages = {"decoder": x.cpu()}
             for k in range(n_up):
                 n_steps = upsampler_steps[k] if k < len(upsampler_steps) else upsampler_steps[-1]
-                x = self.upsample(x, k, n_steps, g, progress)
+                x = self.upsample(x, k, steps=n_steps, seed=g, progress=progress)
                 stages[f"upsampler{k + 1}"] = x.cpu()
         settings = {"steps": steps, "guidance": guidance, "sampler": sampler, "eta": eta,
+                    "clip_denoised": clip_denoised, "x_T_given": given,
                     "upsampler_steps": list(upsampler_steps), "z_i_hash": tensor_hash(z_i),
                     "seed": seed if isinstance(seed, int) else None, **self.describe()}
         out = UnCLIPOutput(tensor_to_pil(x.cpu()), z_i.cpu(), stages, settings)
         self._check_images(out)
         return out
 
-    def upsample(self, low: Tensor, index: int, steps: int = 27, seed: int | torch.Generator | None = None,
+    def upsample(self, low: Tensor, index: int, *, steps: int = 27, seed: int | torch.Generator | None = None,
                  progress: bool = False) -> Tensor:
         """Run upsampler `index` (0 or 1) on images (B, 3, h, h) in [-1, 1] with DDIM -> (B, 3, f*h, f*h)."""
         if not 0 <= index < len(self.upsamplers):
@@ -333,7 +362,7 @@ class UnCLIP:
         x_T = torch.randn((B, 3, h * f, w * f), generator=g).to(self.device)
         with torch.inference_mode():
             return sample_ddim(denoise, x_T, self.schedule, steps, generator=g, spacing=SPACING,
-                               progress=progress).clamp(-1, 1)
+                               progress=progress, label=f"upsampler{index + 1}").clamp(-1, 1)
 
     def _check_images(self, out: UnCLIPOutput) -> None:
         if self.policy is None or self.policy.encode_image is None:
@@ -345,13 +374,14 @@ class UnCLIP:
                                       f"{[hits[i] for i in flagged]}")
 
     # ------------------------------------------------------------------ public capabilities
-    def text_to_image(self, prompts: str | Sequence[str], n: int = 1, steps: int = 50, guidance: float = 3.0,
+    def text_to_image(self, prompts: str | Sequence[str], *, n: int = 1, steps: int = 50, guidance: float = 3.0,
                       prior_steps: int = 64, prior_guidance: float = 4.0, best_of: int = 2, sampler: str = "ddim",
                       upsample: bool | int = True, upsampler_steps: Sequence[int] = (27, 15),
                       seed: int | torch.Generator | None = None, progress: bool = False) -> UnCLIPOutput:
         """Text -> prior -> z_i -> decoder -> upsamplers (Ramesh et al. 2022, fig. 2): n images per prompt.
 
-        upsample: True runs every upsampler, False none, an int k the first k.
+        upsample: True runs every upsampler, False none, an int k the first k. The decoder starts from fresh
+        noise, so predicted x0 is clamped (clip_denoised_rule); progress shows one bar per stage.
         """
         prompts = _check_prompts(prompts)
         # check the decoder's settings before spending time in the prior
@@ -362,10 +392,12 @@ class UnCLIP:
         for k in upsampler_steps:
             check_positive_int("upsampler steps", k)
         g = _generator(seed)
-        z_i = self.sample_prior(prompts, n, prior_steps, prior_guidance, best_of, sampler, g, progress)
+        z_i = self.sample_prior(prompts, n=n, steps=prior_steps, guidance=prior_guidance, best_of=best_of,
+                                sampler=sampler, seed=g, progress=progress)
         expanded = [p for p in prompts for _ in range(n)]
-        out = self.decode(z_i, None, steps, guidance, sampler, 0.0,
-                          expanded if self.decoder.config.text_width else None, upsample, upsampler_steps, g, progress)
+        out = self.decode(z_i, steps=steps, guidance=guidance, sampler=sampler, eta=0.0,
+                          prompts=expanded if self.decoder.config.text_width else None, upsample=upsample,
+                          upsampler_steps=upsampler_steps, seed=g, progress=progress)
         out.settings.update({"prompts": prompts, "n": n, "prior_steps": prior_steps,
                              "prior_guidance": prior_guidance, "best_of": best_of,
                              "seed": seed if isinstance(seed, int) else None})
@@ -380,7 +412,7 @@ class UnCLIP:
         s = self.decoder.config.image_size
         return pil_to_tensor([load_image(im) for im in items], size=s)
 
-    def invert(self, images: ImageLike | Sequence[ImageLike], steps: int = 50, guidance: float = 1.0,
+    def invert(self, images: ImageLike | Sequence[ImageLike], *, steps: int = 50, guidance: float = 1.0,
                refine: int = 2, progress: bool = False) -> tuple[Tensor, Tensor]:
         """image -> (z_i, x_T): CLIP image encoder, then DDIM inversion of the decoder (sec. 3.1, fig. 4).
 
@@ -391,22 +423,24 @@ class UnCLIP:
         z_i = self.encode_images(images)
         x0 = self._decoder_input(images).to(self.device)
         with torch.inference_mode():
+            # the unclamped ODE that decode(z_i, x_T=x_T) runs back (clip_denoised_rule with x_T given)
             denoise = self._decoder_denoiser(z_i, None, _check_guidance("guidance", guidance), clip_denoised=False)
             x_T = invert_ddim(denoise, x0, self.schedule, steps, spacing=SPACING, n_fixed_point=refine,
-                              progress=progress)
+                              progress=progress, label="decoder")
         return z_i, x_T.cpu()
 
-    def variations(self, image: ImageLike, n: int = 4, eta: float = 1.0, steps: int = 50, guidance: float = 3.0,
+    def variations(self, image: ImageLike, *, n: int = 4, eta: float = 1.0, steps: int = 50, guidance: float = 3.0,
                    seed: int | torch.Generator | None = None, upsample: bool | int = True,
                    progress: bool = False) -> UnCLIPOutput:
         """Image variations (sec. 3.1): decode the image's z_i n times with DDIM eta > 0 from fresh noise."""
         n = check_positive_int("n", n)
         z_i = self.encode_images([image]).expand(n, -1)
-        out = self.decode(z_i, None, steps, guidance, "ddim", eta, None, upsample, seed=seed, progress=progress)
+        out = self.decode(z_i, steps=steps, guidance=guidance, sampler="ddim", eta=eta, upsample=upsample, seed=seed,
+                          progress=progress)
         out.settings.update({"task": "variations", "n": n})
         return out
 
-    def inpaint(self, image: ImageLike, mask: Tensor | Image.Image, prompt: str | None = None,
+    def inpaint(self, image: ImageLike, mask: Tensor | Image.Image, *, prompt: str | None = None,
                 z_i: Tensor | None = None, n: int = 1, steps: int = 50, guidance: float = 3.0,
                 n_resample: int = 4, seed: int | torch.Generator | None = None, upsample: bool | int = True,
                 progress: bool = False) -> UnCLIPOutput:
@@ -414,28 +448,33 @@ class UnCLIP:
 
         mask: (s, s) or (1, s, s) tensor / L-mode image at the decoder resolution, 1 (white) = regenerate.
         The condition is z_i if given, else the prior's z_i for `prompt`, else the image's own z_i.
+        Sampling starts from fresh noise, so predicted x0 is clamped (clip_denoised_rule).
         """
         n = check_positive_int("n", n)
+        n_up = self.upsample_stages(upsample)
+        clip_denoised = self.clip_denoised_rule(None, x_T_given=False, sampler="ddim")
         s = self.decoder.config.image_size
         m = self._check_mask(mask, s)
         g = _generator(seed)
         if z_i is None:
-            z_i = (self.sample_prior([prompt], 1, seed=g) if prompt is not None
+            z_i = (self.sample_prior([prompt], n=1, seed=g, progress=progress) if prompt is not None
                    else self.encode_images([image]))
         z_i = self._check_z_i(z_i)[:1].expand(n, -1)
         x0 = self._decoder_input([image]).expand(n, -1, -1, -1).to(self.device)
         with torch.inference_mode():
-            denoise = self._decoder_denoiser(z_i, None, _check_guidance("guidance", guidance))
+            denoise = self._decoder_denoiser(z_i, None, _check_guidance("guidance", guidance),
+                                             clip_denoised=clip_denoised)
             x_T = torch.randn((n, 3, s, s), generator=g).to(self.device)
             x = sample_repaint(denoise, x_T, self.schedule, check_positive_int("steps", steps), x0,
-                               m.to(self.device), n_resample=n_resample, generator=g, progress=progress)
+                               m.to(self.device), n_resample=n_resample, generator=g, progress=progress,
+                               label="decoder")
             x = x.clamp(-1, 1)
             stages = {"decoder": x.cpu()}
-            if upsample:
-                for k in range(len(self.upsamplers)):
-                    x = self.upsample(x, k, (27, 15)[k], g, progress)
-                    stages[f"upsampler{k + 1}"] = x.cpu()
+            for k in range(n_up):
+                x = self.upsample(x, k, steps=(27, 15)[k], seed=g, progress=progress)
+                stages[f"upsampler{k + 1}"] = x.cpu()
         settings = {"task": "inpaint", "steps": steps, "guidance": guidance, "n_resample": n_resample,
+                    "clip_denoised": clip_denoised,
                     "prompt": prompt, "z_i_hash": tensor_hash(z_i), "seed": seed if isinstance(seed, int) else None,
                     **self.describe()}
         return UnCLIPOutput(tensor_to_pil(x.cpu()), z_i.cpu(), stages, settings)

@@ -52,10 +52,12 @@ def _noise(x: Tensor, generator: torch.Generator | None) -> Tensor:
     return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
-def _progress(it: Iterable, progress: bool, desc: str) -> Iterable:
+def _progress(it: Iterable, progress: bool, desc: str, label: str | None = None) -> Iterable:
+    """`it` behind a tqdm bar when progress is on; `label` names the stage ("decoder: DDIM")."""
     if not progress:
         return it
     from tqdm.auto import tqdm
+    desc = desc if label is None else f"{label}: {desc}"
     return tqdm(it, desc=desc, total=len(it) if hasattr(it, "__len__") else None)
 
 
@@ -198,7 +200,7 @@ cfg_denoiser = classifier_free_guidance  # name used in docs/INTERFACES.md
 # ---- samplers -----------------------------------------------------------------------------------
 def sample_ddpm(denoise: Denoiser, x_T: Tensor, schedule: Schedule, n_steps: int | None = None,
                 variance: str = "fixed_small", generator: torch.Generator | int | None = None,
-                progress: bool = False, spacing: str = "linspace") -> Tensor:
+                progress: bool = False, spacing: str = "linspace", *, label: str | None = None) -> Tensor:
     """Ancestral sampling of p(x_{t-1}|x_t) (Ho et al. 2020), respaced as Nichol & Dhariwal 2021, sec. 4.
 
     variance: "fixed_small" (beta~), "fixed_large" (beta) or "learned" (eq. 15; the denoiser returns
@@ -212,7 +214,7 @@ def sample_ddpm(denoise: Denoiser, x_T: Tensor, schedule: Schedule, n_steps: int
     n = len(ts)
     g = _generator(generator, x.device)
     learned = variance == "learned"
-    for j in _progress(range(n), progress, "DDPM"):
+    for j in _progress(range(n), progress, "DDPM", label):
         t, i = int(ts[j]), n - 1 - j
         out = _call_denoiser(denoise, x, t, learned)
         x0, v = out if learned else (out, None)
@@ -220,7 +222,7 @@ def sample_ddpm(denoise: Denoiser, x_T: Tensor, schedule: Schedule, n_steps: int
         mean, _, _ = sub.q_posterior(x0, x, ii)
         if i == 0:
             x = mean
-            break
+            continue  # the last step (i == 0 only there); not break, so a progress bar reaches 100%
         if variance == "fixed_small":
             log_var = torch.log(sub.posterior_variance[i]).to(x.dtype)
         elif variance == "fixed_large":
@@ -233,14 +235,14 @@ def sample_ddpm(denoise: Denoiser, x_T: Tensor, schedule: Schedule, n_steps: int
 
 def sample_unclip(denoise: Denoiser, x_T: Tensor, schedule: Schedule, n_steps: int = 25,
                   variance: str = "learned_range", generator: torch.Generator | int | None = None,
-                  progress: bool = False) -> Tensor:
+                  progress: bool = False, *, label: str | None = None) -> Tensor:
     """Karlo's unCLIP sampler (diffusers' UnCLIPScheduler): sample_ddpm on "linspace" steps.
 
     variance: "learned_range" (the denoiser returns (x0, var_interp)) or "fixed_small_log" (beta~).
     """
     check_choice("variance", variance, ("learned_range", "fixed_small_log"))
     mapped = "learned" if variance == "learned_range" else "fixed_small"
-    return sample_ddpm(denoise, x_T, schedule, n_steps, mapped, generator, progress, spacing="linspace")
+    return sample_ddpm(denoise, x_T, schedule, n_steps, mapped, generator, progress, spacing="linspace", label=label)
 
 
 def _check_eta(eta: float) -> float:
@@ -260,7 +262,7 @@ def ddim_update(x_t: Tensor, x0: Tensor, a_t: float, a_s: float, eta: float = 0.
 
 def sample_ddim(denoise: Denoiser, x_T: Tensor, schedule: Schedule, n_steps: int, eta: float = 0.0,
                 generator: torch.Generator | int | None = None, spacing: str = "leading",
-                progress: bool = False) -> Tensor:
+                progress: bool = False, *, label: str | None = None) -> Tensor:
     """DDIM (Song et al. 2021, eq. 12); eta=0 is deterministic and invertible, eta=1 matches DDPM's variance.
 
     With eta > 0, one noise tensor is drawn per step except the last (whose sigma is 0).
@@ -270,7 +272,7 @@ def sample_ddim(denoise: Denoiser, x_T: Tensor, schedule: Schedule, n_steps: int
     eta = _check_eta(eta)
     ts = respace(schedule, n_steps, spacing).tolist()
     g = _generator(generator, x.device)
-    for j in _progress(range(len(ts)), progress, "DDIM"):
+    for j in _progress(range(len(ts)), progress, "DDIM", label):
         t, s = ts[j], (ts[j + 1] if j + 1 < len(ts) else -1)
         a_t, a_s = _abar(schedule, t), _abar(schedule, s)
         x = ddim_update(x, _call_denoiser(denoise, x, t), a_t, a_s, eta, g)
@@ -278,7 +280,7 @@ def sample_ddim(denoise: Denoiser, x_T: Tensor, schedule: Schedule, n_steps: int
 
 
 def invert_ddim(denoise: Denoiser, x0: Tensor, schedule: Schedule, n_steps: int, spacing: str = "leading",
-                n_fixed_point: int = 0, progress: bool = False) -> Tensor:
+                n_fixed_point: int = 0, progress: bool = False, *, label: str | None = None) -> Tensor:
     """Deterministic DDIM inversion x0 -> x_T, the eta=0 ODE run forwards (Song et al. 2021, sec. 4.3).
 
     Each step s -> t evaluates the denoiser at (x_s, t). With `n_fixed_point` > 0, each step then solves
@@ -290,7 +292,7 @@ def invert_ddim(denoise: Denoiser, x0: Tensor, schedule: Schedule, n_steps: int,
     n_fixed_point = check_positive_int("n_fixed_point", n_fixed_point, minimum=0)
     ts = respace(schedule, n_steps, spacing).flip(0).tolist()
     dims = tuple(range(1, x.ndim))
-    for j in _progress(range(len(ts)), progress, "DDIM inversion"):
+    for j in _progress(range(len(ts)), progress, "DDIM inversion", label):
         t, s = ts[j], (ts[j - 1] if j > 0 else -1)
         a_t, a_s = _abar(schedule, t), _abar(schedule, s)
         k = math.sqrt((1.0 - a_s) / (1.0 - a_t))
@@ -321,7 +323,7 @@ def invert_ddim(denoise: Denoiser, x0: Tensor, schedule: Schedule, n_steps: int,
 
 
 def sample_dpmpp_2m(denoise: Denoiser, x_T: Tensor, schedule: Schedule, n_steps: int,
-                    spacing: str = "trailing", progress: bool = False) -> Tensor:
+                    spacing: str = "trailing", progress: bool = False, *, label: str | None = None) -> Tensor:
     """DPM-Solver++(2M), multistep data prediction on discrete-time lambda = log(alpha/sigma) (Lu et al. 2022, alg. 2).
 
     The first step and the last (to sigma = 0) are first order, as in diffusers' DPMSolverMultistepScheduler.
@@ -330,12 +332,12 @@ def sample_dpmpp_2m(denoise: Denoiser, x_T: Tensor, schedule: Schedule, n_steps:
     x = _check_x("x_T", x_T)
     ts = respace(schedule, n_steps, spacing).tolist()
     x0_prev, h_prev = None, None
-    for j in _progress(range(len(ts)), progress, "DPM-Solver++ 2M"):
+    for j in _progress(range(len(ts)), progress, "DPM-Solver++ 2M", label):
         t, s = ts[j], (ts[j + 1] if j + 1 < len(ts) else -1)
         x0 = _call_denoiser(denoise, x, t)
         if s < 0:
             x = x0  # sigma_s = 0, alpha_s = 1: the first-order step lands on the denoised sample
-            break
+            continue  # the last step; not break, so a progress bar reaches 100%
         a_t, a_s = _abar(schedule, t), _abar(schedule, s)
         alpha_t, sigma_t = math.sqrt(a_t), math.sqrt(1.0 - a_t)
         alpha_s, sigma_s = math.sqrt(a_s), math.sqrt(1.0 - a_s)

@@ -1,0 +1,179 @@
+"""The progress bug: keyword-only pipeline calls, one clip_denoised rule, progress that changes nothing but bars.
+
+`text_to_image` once called decode with 11 positional arguments and fed `progress` into `clip_denoised`, so
+the same seed gave different pictures with and without a progress bar. These tests pin: bit-identical images
+whatever `progress` is; TypeError for positional arguments past the first one or two; clip_denoised clamped
+from fresh noise and unclamped from a given x_T, recorded in every output's settings; a labelled bar per stage.
+"""
+import inspect
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from unclip_core.checkpoint import list_bundled
+from unclip_core.karlo import KarloUnCLIP
+from unclip_core.pipeline import UnCLIP
+
+from tiny_models import write_tiny_pipeline
+
+PROMPT = "a red circle left of a blue square"
+FAST = {"steps": 3, "upsample": False}  # decoder steps of every bundled call below
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    if "shapes-unclip" not in list_bundled():
+        pytest.skip("unclip_core/bundled/shapes-unclip is not in this checkout")
+    return UnCLIP.load("shapes-unclip")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return UnCLIP.load(write_tiny_pipeline(tmp_path_factory.mktemp("kwonly")))
+
+
+def _z(pipe: UnCLIP, seed: int = 0, n: int = 2) -> torch.Tensor:
+    d = pipe.decoder.config.clip_dim
+    return torch.nn.functional.normalize(torch.randn(n, d, generator=torch.Generator().manual_seed(seed)), dim=-1)
+
+
+def _image(seed: int, size: int) -> Image.Image:
+    return Image.fromarray((np.random.default_rng(seed).random((size, size, 3)) * 255).astype(np.uint8))
+
+
+def _max_abs_255(a: list[Image.Image], b: list[Image.Image]) -> int:
+    return max(int(np.abs(np.asarray(x, np.int16) - np.asarray(y, np.int16)).max()) for x, y in zip(a, b))
+
+
+# ---- (a) progress changes nothing but the bars -----------------------------------------------------------
+@pytest.mark.parametrize("call", ["text_to_image", "decode", "variations"])
+def test_same_seed_same_images_whatever_progress(bundled, call, capsys):
+    def run(progress: bool):
+        if call == "text_to_image":
+            return bundled.text_to_image(PROMPT, n=2, prior_steps=2, seed=11, progress=progress, **FAST)
+        if call == "decode":
+            return bundled.decode(_z(bundled), seed=11, progress=progress, **FAST)
+        return bundled.variations(_image(1, 64), n=2, seed=11, progress=progress, **FAST)
+
+    quiet, shown = run(False), run(True)
+    assert "decoder: DDIM" in capsys.readouterr().err  # the bar was really shown
+    assert torch.equal(quiet.stages["decoder"], shown.stages["decoder"])
+    assert torch.equal(quiet.z_i, shown.z_i)
+    assert [np.asarray(a).tolist() for a in quiet.images] == [np.asarray(b).tolist() for b in shown.images]
+    assert quiet.settings["clip_denoised"] is shown.settings["clip_denoised"] is True
+
+
+def test_the_clamp_matters_so_the_progress_test_has_teeth(bundled):
+    """On the bundled decoder clamping predicted x0 changes pixels: had progress leaked into clip_denoised
+    (the bug), the test above would see it. text_to_image equals prior + decode with the clamp on."""
+    g = torch.Generator().manual_seed(11)
+    z_i = bundled.sample_prior(PROMPT, n=2, steps=2, seed=g)
+    state = g.get_state()
+    clamped = bundled.decode(z_i, seed=g, **FAST)
+    unclamped = bundled.decode(z_i, seed=torch.Generator().set_state(state), clip_denoised=False, **FAST)
+    t2i = bundled.text_to_image(PROMPT, n=2, prior_steps=2, seed=11, **FAST)
+    assert torch.equal(t2i.z_i, clamped.z_i)  # decode re-normalises the prior's z_i
+    assert torch.equal(t2i.stages["decoder"], clamped.stages["decoder"])
+    assert _max_abs_255(clamped.images, unclamped.images) >= 20  # measured 100 / 255 at 3 steps
+    assert unclamped.settings["clip_denoised"] is False
+
+
+# ---- (b) keyword-only past the first one or two arguments -----------------------------------------------
+POSITIONAL = {"sample_prior": 1, "decoder_denoiser": 1, "decode": 1, "upsample": 2, "text_to_image": 1,
+              "invert": 1, "variations": 1, "inpaint": 2}
+
+
+@pytest.mark.parametrize("cls", [UnCLIP, KarloUnCLIP])
+@pytest.mark.parametrize("name", sorted(POSITIONAL))
+def test_signatures_are_keyword_only_past_the_first_arguments(cls, name):
+    params = list(inspect.signature(getattr(cls, name)).parameters.values())[1:]  # without self
+    n = POSITIONAL[name]
+    assert [p.kind for p in params[:n]] == [inspect.Parameter.POSITIONAL_OR_KEYWORD] * n
+    assert params[n:] and all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params[n:]), \
+        [(p.name, p.kind.name) for p in params[n:]]
+
+
+def test_extra_positional_arguments_raise_type_error(tiny):
+    z = _z(tiny, n=1)
+    x_T = torch.randn(1, 3, 16, 16)
+    img = _image(0, 16)
+    with pytest.raises(TypeError, match=r"decode\(\) takes 2 positional arguments but 3 were given"):
+        tiny.decode(z, x_T)
+    with pytest.raises(TypeError, match=r"decode\(\) takes 2 positional arguments but 4 were given"):
+        tiny.decode(z, None, 3)
+    with pytest.raises(TypeError, match=r"text_to_image\(\) takes 2 positional arguments but 3 were given"):
+        tiny.text_to_image("a red circle", 1)
+    with pytest.raises(TypeError, match=r"text_to_image\(\) takes 2 positional arguments but 4 were given"):
+        tiny.text_to_image("a red circle", 1, 3)
+    with pytest.raises(TypeError, match=r"sample_prior\(\) takes 2 positional arguments but 3 were given"):
+        tiny.sample_prior("a red circle", 1)
+    with pytest.raises(TypeError, match=r"variations\(\) takes 2 positional arguments but 3 were given"):
+        tiny.variations(img, 2)
+    with pytest.raises(TypeError, match=r"invert\(\) takes 2 positional arguments but 3 were given"):
+        tiny.invert([img], 4)
+    with pytest.raises(TypeError, match=r"upsample\(\) takes 3 positional arguments but 4 were given"):
+        tiny.upsample(torch.zeros(1, 3, 16, 16), 0, 2)
+    with pytest.raises(TypeError, match=r"inpaint\(\) takes 3 positional arguments but 4 were given"):
+        tiny.inpaint(img, torch.zeros(16, 16), "a red circle")
+    with pytest.raises(TypeError, match=r"decoder_denoiser\(\) takes 2 positional arguments but 3 were given"):
+        tiny.decoder_denoiser(z, 3.0)
+
+
+# ---- (c) one clip_denoised rule, recorded -----------------------------------------------------------------
+def test_clip_denoised_rule_and_settings(bundled, tiny):
+    z = bundled.sample_prior(PROMPT, n=2, steps=2, seed=0)
+    fresh = bundled.decode(z, seed=3, **FAST)
+    t2i = bundled.text_to_image(PROMPT, prior_steps=2, seed=3, **FAST)
+    assert fresh.settings["clip_denoised"] is True and fresh.settings["x_T_given"] is False
+    assert t2i.settings["clip_denoised"] is True and t2i.settings["x_T_given"] is False
+    # decode(z_i) from the seed's noise is decode with that noise as x_T and the clamp on
+    x_T = torch.randn(z.shape[0], 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    given = bundled.decode(z, x_T=x_T, **FAST)
+    given_clamped = bundled.decode(z, x_T=x_T, clip_denoised=True, **FAST)
+    assert given.settings["clip_denoised"] is False and given.settings["x_T_given"] is True
+    assert given_clamped.settings["clip_denoised"] is True
+    assert torch.equal(given_clamped.stages["decoder"], fresh.stages["decoder"])
+    # a given x_T runs the unclamped ODE, which here moves pixels by tens of levels
+    assert _max_abs_255(given.images, fresh.images) >= 20
+    assert torch.equal(bundled.decode(z, x_T=x_T, clip_denoised=False, **FAST).stages["decoder"],
+                       given.stages["decoder"])
+    var = tiny.variations(_image(2, 16), n=2, steps=2, seed=0, upsample=False)
+    mask = torch.zeros(16, 16)
+    mask[:, 8:] = 1
+    inp = tiny.inpaint(_image(2, 16), mask, n=1, steps=2, n_resample=1, seed=0, upsample=False)
+    assert var.settings["clip_denoised"] is True and inp.settings["clip_denoised"] is True
+    assert [tiny.clip_denoised_rule(None, x_T_given=g, sampler="ddim") for g in (False, True)] == [True, False]
+    assert tiny.clip_denoised_rule(False, x_T_given=False, sampler="ddim") is False
+    with pytest.raises(TypeError, match=r"clip_denoised must be True, False or None .* got int 1"):
+        tiny.decode(_z(tiny), clip_denoised=1)
+    with pytest.raises(TypeError, match=r"clip_denoised must be True or False, got NoneType None"):
+        tiny.decoder_denoiser(_z(tiny), clip_denoised=None)
+
+
+def test_every_stage_shows_a_labelled_bar(tiny, capsys):
+    quiet = tiny.text_to_image("a red circle", prior_steps=2, steps=2, upsample=True, upsampler_steps=(2,), seed=1)
+    assert capsys.readouterr().err == ""
+    shown = tiny.text_to_image("a red circle", prior_steps=2, steps=2, upsample=True, upsampler_steps=(2,), seed=1,
+                               progress=True)
+    err = capsys.readouterr().err
+    for label in ("prior: DDIM", "decoder: DDIM", "upsampler1: DDIM"):
+        assert f"{label}: 100%" in err, (label, err)
+    assert torch.equal(quiet.stages["upsampler1"], shown.stages["upsampler1"])
+    tiny.upsample(quiet.stages["decoder"], 0, steps=2, seed=0, progress=True)
+    tiny.invert([_image(0, 16)], steps=2, progress=True)
+    mask = torch.ones(16, 16)
+    tiny.inpaint(_image(0, 16), mask, prompt="a red circle", steps=2, n_resample=1, seed=0, upsample=True,
+                 progress=True)
+    err = capsys.readouterr().err
+    for label in ("upsampler1: DDIM", "decoder: DDIM inversion", "prior: DDIM", "decoder: RePaint"):
+        assert f"{label}: 100%" in err, (label, err)
