@@ -226,3 +226,11 @@ def test_auto_precision_follows_the_cpu_flags(monkeypatch):
     with pytest.raises(ValueError, match="precision='fp16' is not known"):
         common.resolve_precision("fp16")
     assert recipe("shapes", "decoder").precision == "auto"
+
+
+def test_the_data_world_follows_the_config_then_the_clip():
+    from unclip_core.train.diffusion import data_world, recipe
+    assert data_world(recipe("shapes", "decoder")) == 1  # the bundled shapes-clip is a v1 model
+    assert data_world(recipe("shapes", "upsampler1", world=2)) == 2
+    with pytest.raises(ValueError, match=r"world must be a ShapesWorld version in \[1, 2\], got 7"):
+        recipe("shapes", "decoder", world=7)

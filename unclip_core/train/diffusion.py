@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from unclip_core.checkpoint import load_checkpoint, read_checkpoint_config, save_checkpoint, save_pipeline
 from unclip_core.checks import check_choice, check_positive_int
 from unclip_core.data.degrade import blur_corrupt, bsr_degrade, random_crop_pair
-from unclip_core.data.shapes import ShapesConfig, render_array
+from unclip_core.data.shapes import CURRENT_WORLD, ShapesConfig, get_world, render_array
 from unclip_core.decoder import Decoder, DecoderConfig
 from unclip_core.diffusion import cosine_schedule, diffusion_loss
 from unclip_core.prior import DiffusionPrior, PriorConfig
@@ -74,6 +74,7 @@ class DiffusionTrainConfig:
     crop_content_fraction: float = 0.0  # upsamplers: share of crops drawn to hold an object (random_crop_pair)
     n_objects: tuple[int, ...] = (1, 2, 3)
     object_weights: tuple[float, ...] | None = None
+    world: int | None = None  # ShapesWorld version of the data; None: the CLIP's (data_world)
     min_snr_gamma: float | None = None  # Min-SNR-gamma loss weighting (Hang et al. 2023); None: plain MSE
     # a share of each batch draws t from the top of the schedule [high_t_from * T, T), where a decoder must draw
     # the scene from z_i alone; the per-t optimum is unchanged, only where the gradient is spent
@@ -107,6 +108,8 @@ class DiffusionTrainConfig:
         object.__setattr__(self, "n_objects", tuple(self.n_objects))
         if self.object_weights is not None:
             object.__setattr__(self, "object_weights", tuple(self.object_weights))
+        if self.world is not None:
+            object.__setattr__(self, "world", get_world(self.world).version)
         self.model_config()  # validates the network config now, not at step 0
 
     def model_config(self) -> Any:
@@ -211,6 +214,19 @@ def _render_batch(data: ShapesConfig, indices: list[int], sizes: tuple[int, ...]
     return tensors, captions
 
 
+def data_world(config: DiffusionTrainConfig, clip: "ClipEncoder | None" = None) -> int:
+    """The ShapesWorld version a stage trains on: config.world, else its CLIP's (loaded, or read from the CLIP
+    folder that config.clip names), else the current world."""
+    if config.world is not None:
+        return config.world
+    if clip is not None and clip.world is not None:
+        return clip.world
+    from unclip_core.clip import _folder_world, _resolve_bundled, bundled_names
+    folder = _resolve_bundled(config.clip) if config.clip in bundled_names() else Path(config.clip)
+    world = _folder_world(folder) if (folder / "open_clip_config.json").is_file() else None
+    return CURRENT_WORLD if world is None else world
+
+
 class _Batcher:
     """Builds a stage's training batch (inputs to the network + x0) deterministically from (seed, step, rank)."""
 
@@ -218,7 +234,8 @@ class _Batcher:
                  rank: int, world: int) -> None:
         self.c, self.mc, self.clip = config, model_config, clip
         self.rank, self.world = rank, world
-        self.data = ShapesConfig(config.seed, 64, "train", config.n_objects, config.object_weights)
+        self.data = ShapesConfig(config.seed, 64, "train", config.n_objects, config.object_weights,
+                                 world=data_world(config, clip))
 
     def indices(self, step: int) -> list[int]:
         B = self.c.batch_size
@@ -431,6 +448,7 @@ def stage_card(config: DiffusionTrainConfig, seconds: float, steps: int, n_param
     """A short model card for one trained stage (quality numbers are added by the evaluation)."""
     return (f"# ShapesWorld unCLIP {config.stage}\n\n"
             f"- parameters: {n_params:,}\n- predicts: {config.prediction}\n"
+            f"- data: ShapesWorld v{data_world(config)}\n"
             f"- trained: {steps} steps x batch {config.batch_size}, {seconds / 60:.1f} min on CPU "
             f"({resolve_precision(config.precision)}), seed {config.seed}\n"
             + (f"- warm start: the weights of `{config.init_from}` (its own card tells how they were trained)\n"
