@@ -23,21 +23,22 @@ import torch.nn.functional as F
 from PIL import Image
 
 from analyses._pipe import check_pipe
+from analyses.binding import model_world
 from analyses.metrics import cmmd, frechet_distance
 from explorer.store import atomic_write
 from unclip_core.checks import check_choice, check_positive_int
 from unclip_core.data.readout import MIN_READ_SIZE, READ_SIZE, score_attributes
 from unclip_core.data.shapes import (
     CAPTION_STYLES,
-    HELD_OUT_PAIRS,
+    CURRENT_WORLD,
     MAX_ANGLE,
-    MAX_SHIFT,
     MAX_SIZE,
     MIN_SIZE,
     Scene,
     canonical,
     caption,
     foil_scenes,
+    get_world,
     parse,
     render,
     sample_scene,
@@ -213,7 +214,8 @@ def measure_reconstruction(pipe: Any, n: int = 100, seed: int = 0, settings: Eva
     _check_pipe(pipe)
     n, s = check_positive_int("n", n), _settings(settings)
     rng, g = _streams(_check_seed(seed), "reconstruction")
-    scenes = [sample_scene(rng, 1) for _ in range(n)] + [sample_scene(rng, 2) for _ in range(n)]
+    w = model_world(pipe)
+    scenes = [sample_scene(rng, 1, world=w) for _ in range(n)] + [sample_scene(rng, 2, world=w) for _ in range(n)]
     frames, offsets = [], []
     for b0, batch in zip(range(0, len(scenes), s.batch_size), _batches(scenes, s.batch_size)):
         z_i = pipe.encode_images([render_at(sc, REAL_SIZE) for sc in batch])
@@ -241,18 +243,19 @@ def measure_text_to_image(pipe: Any, n: int = 100, seed: int = 0,
     _check_pipe(pipe)
     n, s = check_positive_int("n", n), _settings(settings)
     rng, g = _streams(_check_seed(seed), "text_to_image")
-    captions = [caption(sample_scene(rng, 1), style=s.caption_style) for _ in range(n)]
+    w = model_world(pipe)
+    captions = [caption(sample_scene(rng, 1, world=w), style=s.caption_style) for _ in range(n)]
     frames = []
     for batch in _batches(captions, s.batch_size):
         x, clipped = _t2i(pipe, list(batch), s, g)
-        frames.append(_score(x, [parse(c) for c in batch], caption=list(batch), clip_denoised=clipped))
+        frames.append(_score(x, [parse(c, world=w) for c in batch], caption=list(batch), clip_denoised=clipped))
     df = _renumber(frames, list(range(0, n, s.batch_size)))
     df.insert(0, "measure", "text_to_image")
     df["source"], df["stage"], df["n_objects"] = "prior", "decoder", 1
     return df
 
 
-def binding_cases(n: int, seed: int) -> list[tuple[str, Scene]]:
+def binding_cases(n: int, seed: int, *, world: int = CURRENT_WORLD) -> list[tuple[str, Scene]]:
     """(category, scene) cases: n held-out one-object scenes, n colour-swap and n relation-order pairs.
 
     A pair is a training scene and its foil (foil_scenes), both of training compositions only, so binding
@@ -260,14 +263,15 @@ def binding_cases(n: int, seed: int) -> list[tuple[str, Scene]]:
     """
     n = check_positive_int("n", n)
     rng = np.random.default_rng(np.random.SeedSequence([_check_seed(seed), MEASURES.index("binding")]))
-    cases: list[tuple[str, Scene]] = [("held_out", canonical(sample_scene(rng, 1, split="held_out")))
+    held_out = get_world(world).held_out_pairs
+    cases: list[tuple[str, Scene]] = [("held_out", canonical(sample_scene(rng, 1, split="held_out", world=world)))
                                       for _ in range(n)]
     for cat in ("colour_swap", "relation_order"):
         made = 0
         while made < n:
-            truth = canonical(sample_scene(rng, 2))
+            truth = canonical(sample_scene(rng, 2, world=world))
             foil = dict(foil_scenes(truth)).get(cat)
-            if foil is None or any((o.colour, o.shape) in HELD_OUT_PAIRS for o in foil.objects):
+            if foil is None or any((o.colour, o.shape) in held_out for o in foil.objects):
                 continue
             cases += [(cat, truth), (cat, foil)]
             made += 1
@@ -284,7 +288,7 @@ def measure_binding(pipe: Any, n: int = 50, seed: int = 0, settings: EvalSetting
     _check_pipe(pipe)
     s = _settings(settings)
     _, g = _streams(_check_seed(seed), "binding")
-    cases = binding_cases(n, seed)
+    cases = binding_cases(n, seed, world=model_world(pipe))
     cats = [c for c, _ in cases]
     pair = list(range(n)) + [n + i // 2 for i in range(2 * n)] + [2 * n + i // 2 for i in range(2 * n)]
     frames, offsets = [], []
@@ -313,9 +317,10 @@ def measure_binding(pipe: Any, n: int = 50, seed: int = 0, settings: EvalSetting
 
 def _rejitter(scene: Scene, rng: np.random.Generator) -> Scene:
     """The same described scene with fresh jitter: an independent real render of the same caption."""
-    objs = tuple(replace(o, dx=float(rng.uniform(-MAX_SHIFT, MAX_SHIFT)), dy=float(rng.uniform(-MAX_SHIFT, MAX_SHIFT)),
+    shift = get_world(scene.world).max_shift
+    objs = tuple(replace(o, dx=float(rng.uniform(-shift, shift)), dy=float(rng.uniform(-shift, shift)),
                          angle=float(rng.uniform(-MAX_ANGLE, MAX_ANGLE))) for o in scene.objects)
-    return Scene(objs, scene.relation)
+    return Scene(objs, scene.relation, scene.world)
 
 
 def measure_distribution(pipe: Any, n: int = 100, seed: int = 0,
@@ -329,7 +334,7 @@ def measure_distribution(pipe: Any, n: int = 100, seed: int = 0,
     _check_pipe(pipe)
     n, s = check_positive_int("n", n, minimum=2), _settings(settings)
     rng, g = _streams(_check_seed(seed), "distribution")
-    scenes = [sample_scene(rng) for _ in range(n)]
+    scenes = [sample_scene(rng, world=model_world(pipe)) for _ in range(n)]
     caps = [caption(sc, style=s.caption_style) for sc in scenes]
     res = pipe.resolutions[0]
     made = [(_t2i(pipe, list(b), s, g), len(b)) for b in _batches(caps, s.batch_size)]
@@ -357,7 +362,7 @@ def measure_upsamplers(pipe: Any, n: int = 16, seed: int = 0, settings: EvalSett
     _check_pipe(pipe)
     n, s = check_positive_int("n", n), _settings(settings)
     rng, g = _streams(_check_seed(seed), "upsamplers")
-    scenes = [sample_scene(rng) for _ in range(n)]
+    scenes = [sample_scene(rng, world=model_world(pipe)) for _ in range(n)]
     res = list(pipe.resolutions)
     rows = []
     for k in range(len(res) - 1):
@@ -387,7 +392,7 @@ def measure_variations(pipe: Any, n: int = 8, n_variations: int = 4, seed: int =
     n, s = check_positive_int("n", n), _settings(settings)
     m = check_positive_int("n_variations", n_variations, minimum=2)
     rng, g = _streams(_check_seed(seed), "variations")
-    scenes = [sample_scene(rng, int(rng.integers(1, 3))) for _ in range(n)]
+    scenes = [sample_scene(rng, int(rng.integers(1, 3)), world=model_world(pipe)) for _ in range(n)]
     frames = []
     for i, sc in enumerate(scenes):
         x, clipped = _decoded(pipe.variations(render_at(sc, REAL_SIZE), n=m, eta=s.variation_eta, steps=s.steps,
@@ -465,7 +470,8 @@ def _fmt(v: Any) -> str:
 def to_markdown(summary: dict[str, Any]) -> str:
     """The model-card section: bars with pass/fail, then every measured number."""
     head = (f"Model `{summary.get('model', {}).get('model', '?')}`, seed {summary.get('seed')}, n {summary.get('n')}, "
-            f"{summary.get('elapsed_s', '?')} s. Read-out: bundled `shapes-readout`.")
+            f"{summary.get('elapsed_s', '?')} s. ShapesWorld v{summary.get('world', '?')}, judged by the bundled "
+            "read-out of that world.")
     lines = ["## Evaluation", "", head, "",
              "| bar | value | threshold | pass |", "| --- | --- | --- | --- |"]
     for b in summary["bars"]:
@@ -560,8 +566,8 @@ def evaluate_family(pipe: Any, n: int = 100, seed: int = 0, out: str | Path | No
     elapsed = round(time.perf_counter() - t_all, 2)
     summary = summarize(tables, s)
     describe = getattr(pipe, "describe", None)
-    summary.update({"model": describe() if callable(describe) else {}, "seed": seed, "n": n,
-                    "settings": asdict(s), "measures": measures, "elapsed_s": elapsed, "seconds": timings})
+    summary.update({"model": describe() if callable(describe) else {}, "world": model_world(pipe),
+                    "seed": seed, "n": n, "settings": asdict(s), "measures": measures, "elapsed_s": elapsed, "seconds": timings})
     print(f"evaluation finished in {elapsed:.1f} s ({'all bars pass' if summary['passed'] else 'bars missed'})")
     result = FamilyEvaluation(tables, summary, to_markdown(summary))
     if out is not None:

@@ -13,7 +13,7 @@ from tiny_models import write_tiny_pipeline
 import explorer.evaluate as ev
 from explorer.cli import main
 from explorer.evaluate import EvalSettings, evaluate_family
-from unclip_core.data.shapes import COLOURS, Scene, parse, render
+from unclip_core.data.shapes import COLOURS, Scene, get_world, parse, render
 from unclip_core.imageio import pil_to_tensor, tensor_to_pil
 
 FAST = EvalSettings(steps=2, prior_steps=2, best_of=1, upsampler_steps=(2,), n_upsample=2, n_variation_images=2,
@@ -167,9 +167,13 @@ def test_binding_cases_are_seeded_pairs_of_training_compositions():
     assert [o.shape for o in a.objects] == [o.shape for o in b.objects]
     a, b = cases[9][1], cases[10][1]
     assert [o.shape for o in a.objects] == [o.shape for o in b.objects][::-1]
+    held_out = get_world(2).held_out_pairs
     for cat, sc in cases[3:]:
-        assert all((o.colour, o.shape) not in ev.HELD_OUT_PAIRS for o in sc.objects)
-    assert all(any((o.colour, o.shape) in ev.HELD_OUT_PAIRS for o in sc.objects) for _, sc in cases[:3])
+        assert sc.world == 2 and all((o.colour, o.shape) not in held_out for o in sc.objects)
+    assert all(any((o.colour, o.shape) in held_out for o in sc.objects) for _, sc in cases[:3])
+    v1 = ev.binding_cases(3, seed=5, world=1)
+    assert {sc.world for _, sc in v1} == {1}
+    assert all(any((o.colour, o.shape) in get_world(1).held_out_pairs for o in sc.objects) for _, sc in v1[:3])
 
 
 def test_psnr_closed_form_and_render_at():
