@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .atomic import atomic_dir
+from .autoencoder import Autoencoder
 from .decoder import Decoder
 from .prior import DiffusionPrior
 from .upsampler import Upsampler
@@ -47,7 +48,7 @@ def register_model_class(cls: type[nn.Module]) -> type[nn.Module]:
     return cls
 
 
-for _cls in (DiffusionPrior, Decoder, Upsampler):
+for _cls in (DiffusionPrior, Decoder, Upsampler, Autoencoder):
     register_model_class(_cls)
 
 # classes whose modules register them when imported; loaded on first use so this module stays light
