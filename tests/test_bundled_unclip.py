@@ -34,7 +34,7 @@ def test_decoder_reconstructs_colour_of_one_object_scenes(pipe):
     """Fixed seeds: read-out of 8 reconstructions from the true z_i (the v3 decoder: colour, size, position and
     count 8/8, shape 2/8; v2 had size 7/8 and shape 3/8, v0 colour 4/8)."""
     rng = np.random.default_rng(123)
-    scenes = [sample_scene(rng, 1) for _ in range(8)]
+    scenes = [sample_scene(rng, 1, world=1) for _ in range(8)]  # the bundled pipeline is ShapesWorld v1
     z_i = pipe.encode_images([render(s, 64) for s in scenes])
     out = pipe.decode(z_i, steps=15, upsample=False, seed=0)
     assert out.images[0].size == (64, 64)
@@ -48,7 +48,7 @@ def test_decoder_reconstructs_colour_of_one_object_scenes(pipe):
 def test_prior_maps_captions_next_to_their_renders(pipe):
     """z_i from the prior lies near the CLIP embedding of a render of its caption (fresh scenes, fixed seeds)."""
     rng = np.random.default_rng(7)
-    scenes = [sample_scene(rng, 1 + k % 2) for k in range(16)]
+    scenes = [sample_scene(rng, 1 + k % 2, world=1) for k in range(16)]
     z_true = pipe.encode_images([render(s, 64) for s in scenes])
     z_hat = pipe.sample_prior([caption(s) for s in scenes], steps=25, seed=0)
     sim = z_hat @ z_true.T

@@ -28,3 +28,22 @@ def test_shape_probe_rejects_a_missing_clip():
     small = subprocess.run([sys.executable, str(ROOT / "docs" / "scripts" / "shape_probe.py"), "--n", "5"],
                            capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert small.returncode == 2 and "--n must be >= 60" in small.stderr and "Traceback" not in small.stderr
+
+
+def test_readout_accuracy_prints_wilson_intervals_and_rejects_bad_options():
+    script = str(ROOT / "docs" / "scripts" / "readout_accuracy.py")
+    proc = subprocess.run([sys.executable, script, "--n", "40", "--seed", "5", "--conditions", "clean,degraded"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    rows = re.findall(r"(shape|colour|size|position|count) +(\d+)/(\d+) = [\d.]+% +\[([\d.]+), ([\d.]+)\]", proc.stdout)
+    assert len(rows) == 10                                # 5 metrics x 2 conditions
+    for name, k, n, lo, hi in rows:
+        assert int(k) == int(n) and float(hi) == 100.0   # the v2 read-out reads 64 px renders exactly
+        assert float(lo) < 100.0                         # ... and n = 40 scenes cannot prove more than ~91%
+    bad = subprocess.run([sys.executable, script, "--conditions", "fog"], capture_output=True, text=True,
+                         timeout=120, cwd=ROOT)
+    assert bad.returncode == 2 and "--conditions ['fog'] not known; accepted: clean" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    wrong = subprocess.run([sys.executable, script, "--world", "2", "--model", "shapes-readout-v1"],
+                           capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert wrong.returncode == 2 and "reads ShapesWorld v1 but ShapesWorld v2 was asked for" in wrong.stderr

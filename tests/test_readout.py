@@ -1,4 +1,8 @@
-"""ShapesWorld read-out ("the judge"): accuracy on fresh renders, robustness, scoring and input errors."""
+"""ShapesWorld read-out ("the judge"): accuracy on fresh renders of both worlds, robustness, scoring, input errors.
+
+The v1 tests pin the bundled v1 read-out (shapes-readout-v1) on v1 renders as before versions existed; the v2
+tests pin the bundled shapes-readout (the current world).
+"""
 import math
 
 import numpy as np
@@ -8,17 +12,19 @@ import torch
 from PIL import Image, ImageDraw
 
 from unclip_core.data import Obj, Relation, Scene, object_xy, parse, render, render_array, sample_scene
-from unclip_core.data.readout import (AREA, ReadoutConfig, Reading, ShapeClassifier, load_readout, read_objects,
-                                      read_objects_batch, read_scene, read_scenes, score_attributes, score_scene,
-                                      summarize_scores)
+from unclip_core.data.readout import (AREA, AREAS, READOUT_NAME, ReadoutConfig, Reading, ShapeClassifier,
+                                      load_readout, read_objects, read_objects_batch, read_scene, read_scenes,
+                                      readout_name, score_attributes, score_scene, summarize_scores)
+from unclip_core.data.shapes_scene import CURRENT_WORLD
 from unclip_core.imageio import pil_to_tensor
 from unclip_core.train.readout import ReadoutTrainConfig, corrupt, evaluate_readout, shape_crops, train_readout
 
 SEED = 271828  # scenes never seen in development or training (training used seed 0)
 
 
-def _scenes(n, label_prob=0.0, seed=SEED):
-    return [sample_scene(np.random.default_rng([seed, i]), split="all", label_prob=label_prob) for i in range(n)]
+def _scenes(n, label_prob=0.0, seed=SEED, *, world=1):
+    return [sample_scene(np.random.default_rng([seed, i]), split="all", label_prob=label_prob, world=world)
+            for i in range(n)]
 
 
 def _accuracy(df):
@@ -43,11 +49,38 @@ def test_accuracy_on_fresh_renders(size, n, shape_floor):
 
 def test_accuracy_on_degraded_renders():
     """Blur sigma 1 px + noise std 0.05 (in [0, 1] units): 64 px shape ~97%, 128 px 100%, others 100%."""
-    res = evaluate_readout(n_scenes=100, sizes=(64, 128), seed=SEED, blur_sigma=1.0, noise_std=0.05)
+    res = evaluate_readout(world=1, n_scenes=100, sizes=(64, 128), seed=SEED, blur_sigma=1.0, noise_std=0.05)
     r64, r128 = res.iloc[0], res.iloc[1]
     assert r64["shape"] >= 0.93 and r128["shape"] >= 0.99
     for key in ("colour", "size", "position", "count"):
         assert r64[key] >= 0.99 and r128[key] >= 0.99, key
+
+
+V2_N = 1000  # fresh v2 scenes at 64 px (2,000 objects), ~8 s
+
+
+def test_v2_readout_meets_the_bar_on_fresh_64px_renders():
+    """The bar: >= 99.5% per attribute on clean 64 px v2 renders (measured here: every attribute 100% of 2,022)."""
+    scenes = _scenes(V2_N, world=2)
+    df = score_attributes([render(s, 64) for s in scenes], scenes)
+    assert len(df) == sum(len(s.objects) for s in scenes) == 2022
+    acc = _accuracy(df)
+    for key in ("shape", "colour", "size", "position", "count", "relation"):
+        assert acc[key] == MEASURED_V2[key], key
+        assert acc[key] >= 0.995, key
+
+
+MEASURED_V2 = {"shape": 1.0, "colour": 1.0, "size": 1.0, "position": 1.0, "count": 1.0, "relation": 1.0}
+
+
+def test_v2_readout_on_degraded_renders():
+    """Blur sigma 1 px + noise std 0.05 at 64 px (as generators blur): every attribute >= 99% (measured: 100%
+    of 802 objects)."""
+    res = evaluate_readout(world=2, n_scenes=400, sizes=(64,), seed=SEED, blur_sigma=1.0, noise_std=0.05)
+    r = res.iloc[0]
+    assert r["world"] == 2
+    for key in ("shape", "colour", "size", "position", "count"):
+        assert r[key] >= 0.99, key
 
 
 def test_typographic_labels_do_not_change_the_reading():
@@ -61,28 +94,37 @@ def test_typographic_labels_do_not_change_the_reading():
 @pytest.mark.parametrize("size", [200, 512])
 def test_large_and_odd_resolutions_read_like_small_ones(size):
     for s in _scenes(6):
-        read = read_scene(render(s, size))
+        read = read_scene(render(s, size), world=s.world)
+        assert read.world == 1
         assert [_attrs(o) for o in read.objects] == [_attrs(o) for o in s.objects]
         assert read.relation == s.relation
 
 
 def test_centroid_and_area_are_exact_on_clean_renders():
     o = Obj("hexagon", "green", "large", "left", dx=0.013, dy=-0.017, angle=11.0)
-    r = read_objects(render(Scene((o,)), 128))
-    assert r.n_objects == 1
+    r = read_objects(render(Scene((o,), world=1), 128), world=1)
+    assert r.n_objects == 1 and r.world == 1
     ro = r.objects[0]
-    x, y = object_xy(o)
+    x, y = object_xy(o, 1)
     assert abs(ro.xy[0] - x) < 2e-3 and abs(ro.xy[1] - y) < 2e-3
-    assert ro.area == pytest.approx(AREA[("hexagon", "large")], rel=0.03)
+    assert ro.area == pytest.approx(AREAS[1][("hexagon", "large")], rel=0.03)
     assert ro.obj.dx == pytest.approx(0.013, abs=2e-3) and ro.obj.dy == pytest.approx(-0.017, abs=2e-3)
     assert ro.confidence > 0.8 and ro.colour_distance < 0.02
     assert np.argmax(ro.shape_probs) == 2 + 2 and sum(ro.shape_probs) == pytest.approx(1.0, abs=1e-5)
 
 
 def test_area_table_is_the_polygon_area():
-    assert AREA[("square", "large")] == pytest.approx(2 * 0.13 ** 2, rel=1e-9)
-    assert AREA[("hexagon", "small")] == pytest.approx(1.5 * math.sqrt(3) * 0.075 ** 2, rel=1e-9)
-    assert AREA[("circle", "large")] == pytest.approx(math.pi * (0.9 * 0.13) ** 2, rel=1e-3)
+    v1, v2 = AREAS[1], AREAS[2]
+    assert v1[("square", "large")] == pytest.approx(2 * 0.13 ** 2, rel=1e-9)
+    assert v1[("hexagon", "small")] == pytest.approx(1.5 * math.sqrt(3) * 0.075 ** 2, rel=1e-9)
+    assert v1[("circle", "large")] == pytest.approx(math.pi * (0.9 * 0.13) ** 2, rel=1e-3)
+    assert AREA is v2 and CURRENT_WORLD == 2 and ("hexagon", "small") not in v2
+    assert v2[("square", "small")] == pytest.approx(2 * 0.125 ** 2, rel=1e-9)
+    assert v2[("circle", "large")] == pytest.approx(math.pi * (0.95 * 0.155) ** 2, rel=1e-3)
+    # cross: arms of half length L and half width w = 0.35 L, arm ends on the circumcircle r = L * hypot(1, w)
+    assert v2[("cross", "large")] == pytest.approx((8 * 0.35 - 4 * 0.35 ** 2) * 0.155 ** 2 / (1 + 0.35 ** 2), rel=1e-9)
+    # v2's small circle outweighs its large triangle: size needs the shape (the read-out tries both windows)
+    assert v2[("circle", "small")] > v2[("triangle", "large")]
 
 
 def _key(scene):
@@ -90,7 +132,7 @@ def _key(scene):
 
 
 def test_tensor_pil_and_batch_inputs_agree():
-    scenes = _scenes(4)
+    scenes = _scenes(4, world=2)
     ims = [render(s, 64) for s in scenes]
     x = pil_to_tensor(ims)                                   # (4, 3, 64, 64) in [-1, 1]
     from_pil = [read_scene(im) for im in ims]
@@ -195,7 +237,7 @@ def test_score_attributes_is_tidy_and_summary_counts():
     scenes = _scenes(5)
     wrong = list(scenes)
     wrong[0] = Scene(tuple(Obj(o.shape, "purple" if o.colour != "purple" else "red", o.size, o.position)
-                           for o in scenes[0].objects), scenes[0].relation)
+                           for o in scenes[0].objects), scenes[0].relation, scenes[0].world)
     df = score_attributes([render(s, 64) for s in scenes], wrong)
     assert len(df) == sum(len(s.objects) for s in scenes)
     assert list(df.columns[:2]) == ["image", "object"]
@@ -223,13 +265,34 @@ def test_reading_to_scene_handles_layouts_a_scene_cannot_hold():
 
 # ----------------------------------------------------------------------------------------------- model files
 
-def test_bundled_model_loads_and_gives_a_seeded_output():
-    net = load_readout()
-    assert isinstance(net, ShapeClassifier) and load_readout(net) is net
+@pytest.mark.parametrize("world", [1, 2])
+def test_bundled_model_loads_and_gives_a_seeded_output(world):
+    net = load_readout(world=world)
+    assert isinstance(net, ShapeClassifier) and load_readout(net) is net and load_readout(net, world=world) is net
+    assert net.config.world == world and net.config.shapes[3] == "star"
     assert sum(p.numel() for p in net.parameters()) == 68021
     o = Obj("star", "blue", "small", "centre", angle=7.0)
-    probs = read_objects(render(Scene((o,)), 32)).objects[0].shape_probs
+    probs = read_objects(render(Scene((o,), world=world), 32), world=world).objects[0].shape_probs
     assert int(np.argmax(probs)) == 3 and probs[3] > 0.9
+
+
+def test_bundled_names_follow_the_world():
+    assert readout_name(2) == READOUT_NAME == "shapes-readout" and readout_name(1) == "shapes-readout-v1"
+    assert load_readout() is load_readout(None, world=2) is load_readout("shapes-readout")
+    assert load_readout(world=1) is load_readout("shapes-readout-v1")
+
+
+def test_checkpoint_without_world_key_is_v1(tmp_path):
+    import json
+    import shutil
+    from unclip_core.checkpoint import BUNDLED_DIR
+    folder = tmp_path / "legacy"
+    shutil.copytree(BUNDLED_DIR / "shapes-readout-v1", folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    assert cfg["config"].pop("world") == 1
+    (folder / "config.json").write_text(json.dumps(cfg))
+    net = load_readout(folder)
+    assert net.config.world == 1 and net.config == load_readout(world=1).config
 
 
 def test_train_tiny_readout_save_load_round_trip(tmp_path):
@@ -241,10 +304,13 @@ def test_train_tiny_readout_save_load_round_trip(tmp_path):
     assert len(labels) >= 24 and int(labels.max()) < 5
     model = train_readout(cfg, tmp_path / "ro", log=False)
     loaded = load_readout(tmp_path / "ro")
+    assert cfg.model.world == loaded.config.world == CURRENT_WORLD          # trains on the current world
+    assert (tmp_path / "ro" / "README.md").read_text().startswith("# shapes-readout: ShapesWorld v2")
     with torch.no_grad():
         assert torch.equal(model(crops[:8], log_r[:8]), loaded(crops[:8], log_r[:8]))
     assert (tmp_path / "ro" / "README.md").is_file()
-    assert read_scene(render(_scenes(1)[0], 64), model=loaded) is not None
+    reading = read_objects(render(_scenes(1, world=2)[0], 64), model=loaded)
+    assert reading.n_objects >= 1 and reading.world == 2
 
 
 def test_corrupt_blur_keeps_mass_and_noise_is_seeded():
@@ -306,6 +372,30 @@ def test_bad_options_raise_clear_errors():
         corrupt(np.zeros((8, 8, 3), np.uint8), noise_std=0.1)
     with pytest.raises(ValueError, match=r"\(H, W, 3\) numpy image"):
         corrupt(np.zeros((8, 8)), 1.0)
+
+
+def test_world_mismatch_raises_naming_both_versions():
+    v1 = _scenes(2, world=1)
+    v2 = _scenes(2, world=2)
+    ims = [render(s, 64) for s in v2]
+    with pytest.raises(ValueError, match=r"read is ShapesWorld v1 but expected is v2"):
+        score_scene(v1[0], v2[0])
+    with pytest.raises(ValueError, match=r"read is ShapesWorld v2 but expected is v1"):
+        score_scene(read_objects(ims[0]), v1[0])
+    with pytest.raises(ValueError, match=r"expected_scenes are ShapesWorld v2 but the read-out \(model\) reads v1"):
+        score_attributes(ims, v2, model="shapes-readout-v1")
+    with pytest.raises(ValueError, match=r"expected_scenes mix ShapesWorld versions \[1, 2\]"):
+        score_attributes(ims, [v1[0], v2[1]])
+    with pytest.raises(ValueError, match=r"reads ShapesWorld v1 but ShapesWorld v2 was asked for"):
+        load_readout("shapes-readout-v1", world=2)
+    with pytest.raises(ValueError, match=r"reads ShapesWorld v2 but ShapesWorld v1 was asked for"):
+        read_scene(ims[0], model=load_readout(), world=1)
+    with pytest.raises(ValueError, match=r"world must be a ShapesWorld version in \[1, 2\], got 3"):
+        ReadoutConfig(world=3)
+    with pytest.raises(ValueError, match=r"world must be a ShapesWorld version"):
+        load_readout(world=0)
+    with pytest.raises(ValueError, match=r"world must be a ShapesWorld version"):
+        evaluate_readout(world=9, n_scenes=1)
 
 
 def test_bad_scoring_inputs_raise_clear_errors():

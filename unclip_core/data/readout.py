@@ -5,9 +5,11 @@ for every palette colour, pixels far from the background are grouped into connec
 is the palette line most pixels fit (within a distance threshold), size comes from the coverage area
 sum(a), position from the coverage-weighted centroid. Shape comes from a tiny CNN (ShapeClassifier) that sees
 a colour-agnostic coverage crop scaled to the object's circumradius, trained on renders with blur, noise and
-colour jitter (unclip_core/train/readout.py); the trained weights ship as the bundled "shapes-readout".
-Images larger than 128 px are area-downsampled to <= 128 px first, so every resolution reads the same way.
-See docs/readout.md.
+colour jitter (unclip_core/train/readout.py). A read-out reads one ShapesWorld version (ReadoutConfig.world):
+its shapes, sizes, slots and exact areas come from that World. The current world's weights ship as the bundled
+"shapes-readout", older worlds' as "shapes-readout-v{N}" (readout_name); scoring picks the read-out of the
+expected scenes' world. Images larger than 128 px are area-downsampled to <= 128 px first, so every resolution
+reads the same way. See docs/readout.md.
 """
 from __future__ import annotations
 
@@ -28,10 +30,10 @@ from torch import Tensor, nn
 
 from unclip_core.checks import check_positive_int
 from unclip_core.data.shapes_render import object_polygon
-from unclip_core.data.shapes_scene import (BACKGROUND_RGB, COLOUR_RGB, COLOURS, COLUMN, MAX_SHIFT, POSITION_XY,
-                                           POSITIONS, RADIUS, ROW, SHAPES, SIZES, Obj, Relation, Scene, object_xy)
+from unclip_core.data.shapes_scene import (BACKGROUND_RGB, COLOUR_RGB, COLOURS, COLUMN, CURRENT_WORLD, POSITIONS,
+                                           ROW, SIZES, WORLDS, Obj, Relation, Scene, World, get_world, object_xy)
 
-READOUT_NAME = "shapes-readout"   # bundled checkpoint of the shape classifier
+READOUT_NAME = "shapes-readout"   # bundled read-out of the current ShapesWorld; others are "shapes-readout-v{N}"
 ATTRIBUTES: tuple[str, ...] = ("shape", "colour", "size", "position")
 MIN_READ_SIZE = 32                # smaller images leave small objects < 2 px across
 READ_SIZE = 64                    # callers bicubic-upscale images below MIN_READ_SIZE to this side
@@ -42,7 +44,14 @@ MIN_AREA = 0.002                  # blobs with less coverage (fraction of the im
 
 _PALETTE = np.array([COLOUR_RGB[c] for c in COLOURS], dtype=np.float64) / 255.0   # (6, 3)
 _BG = np.array(BACKGROUND_RGB, dtype=np.float64) / 255.0
-_SLOTS = np.array([POSITION_XY[p] for p in POSITIONS])                             # (5, 2)
+# Rotational symmetry of each shape in degrees (0: any angle); the template fit searches one period.
+_PERIOD = {"circle": 0.0, "square": 90.0, "triangle": 120.0, "star": 72.0, "hexagon": 60.0, "cross": 90.0}
+
+
+def readout_name(world: int | World = CURRENT_WORLD) -> str:
+    """Bundled read-out of a ShapesWorld version: "shapes-readout" for the current one, else "shapes-readout-v{N}"."""
+    v = get_world(world).version
+    return READOUT_NAME if v == CURRENT_WORLD else f"{READOUT_NAME}-v{v}"
 
 
 def _polygon_area(pts: np.ndarray) -> float:
@@ -50,25 +59,66 @@ def _polygon_area(pts: np.ndarray) -> float:
     return 0.5 * abs(float(np.sum(x * np.roll(y, -1) - np.roll(x, -1) * y)))
 
 
-# Exact area of every (shape, size) in normalised units (fraction of the image): the size read-out's reference.
-AREA: dict[tuple[str, str], float] = {
-    (s, z): _polygon_area(object_polygon(Obj(s, "red", z, "centre"))) for s in SHAPES for z in SIZES}
-# Any small object has area < 0.0147, any large one > 0.0219: the geometric mean splits them before the shape is known.
-_SIZE_SPLIT = math.sqrt(max(AREA[(s, "small")] for s in SHAPES) * min(AREA[(s, "large")] for s in SHAPES))
+def _area_table(world: World) -> dict[tuple[str, str], float]:
+    return {(s, z): _polygon_area(object_polygon(Obj(s, "red", z, "centre"), world)) for s in world.shapes
+            for z in SIZES}
+
+
+# Exact area of every (shape, size) in normalised units (fraction of the image) per ShapesWorld version: the size
+# read-out's reference. AREA is the current world's.
+AREAS: dict[int, dict[tuple[str, str], float]] = {v: _area_table(w) for v, w in WORLDS.items()}
+AREA: dict[tuple[str, str], float] = AREAS[CURRENT_WORLD]
+_SMALLEST_AREA = min(a for t in AREAS.values() for a in t.values())   # v1's small triangle, 0.0073
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    """What the read-out needs of one ShapesWorld version, in the arrays it reads with."""
+    world: World
+    shapes: tuple[str, ...]
+    radius: dict[str, float]              # circumradius per size
+    slots: np.ndarray                     # (5, 2) position centres, in POSITIONS order
+    max_shift: float
+    area: dict[tuple[str, str], float]
+    size_split: float | None              # area splitting small from large before the shape is known; None:
+                                          # the sizes' area ranges overlap (v2: small circle > large triangle)
+    period: dict[str, float]
+
+
+@lru_cache(maxsize=None)
+def _geometry(version: int) -> _Geometry:
+    w = get_world(version)
+    missing = [s for s in w.shapes if s not in _PERIOD]
+    if missing:   # a new world's shape needs its symmetry period for the template fit
+        raise ValueError(f"ShapesWorld v{w.version} shapes {missing} have no symmetry period in readout._PERIOD")
+    area = AREAS[w.version]
+    lo, hi = max(area[(s, "small")] for s in w.shapes), min(area[(s, "large")] for s in w.shapes)
+    # v1: any small object has area < 0.0147, any large one > 0.0219: the geometric mean splits them
+    split = math.sqrt(lo * hi) if lo < hi else None
+    return _Geometry(w, w.shapes, w.radii, np.array([w.positions_xy[p] for p in POSITIONS]), w.max_shift, area,
+                     split, {s: _PERIOD[s] for s in w.shapes})
 
 
 # ----------------------------------------------------------------------------------------------- shape CNN
 
 @dataclass(frozen=True)
 class ReadoutConfig:
-    """Shape classifier over a (crop, crop) coverage window of +-window circumradii around a blob's centroid."""
+    """Shape classifier over a (crop, crop) coverage window of +-window circumradii around a blob's centroid.
+
+    `world` is the ShapesWorld version whose shapes (the classes, in World.shapes order) and geometry the
+    read-out reads. It defaults to 1 because checkpoints written before versions (no "world" key) are v1;
+    new read-outs name their world (ReadoutTrainConfig does).
+    """
     crop: int = 20
     window: float = 1.3
     channels: tuple[int, ...] = (16, 32)
     hidden: int = 64
-    n_classes: int = len(SHAPES)
+    n_classes: int = 5
+    world: int = 1
 
     def __post_init__(self) -> None:
+        w = get_world(self.world)
+        object.__setattr__(self, "world", w.version)
         check_positive_int("crop", self.crop, minimum=8)
         if self.crop % (2 ** len(self.channels)):
             raise ValueError(f"crop={self.crop} must be divisible by 2**len(channels)={2 ** len(self.channels)} "
@@ -81,12 +131,18 @@ class ReadoutConfig:
         for c in self.channels:
             check_positive_int("channels entry", c)
         check_positive_int("hidden", self.hidden)
-        if self.n_classes != len(SHAPES):
-            raise ValueError(f"n_classes must be {len(SHAPES)} (one per shape in {SHAPES}), got {self.n_classes}")
+        if self.n_classes != len(w.shapes):
+            raise ValueError(f"n_classes must be {len(w.shapes)} (one per ShapesWorld v{w.version} shape in "
+                             f"{w.shapes}), got {self.n_classes}")
+
+    @property
+    def shapes(self) -> tuple[str, ...]:
+        """The class names, in logit order."""
+        return get_world(self.world).shapes
 
 
 class ShapeClassifier(nn.Module):
-    """Tiny CNN: coverage crop (B, 1, crop, crop) + log circumradius in pixels (B,) -> shape logits (B, 5)."""
+    """Tiny CNN: coverage crop (B, 1, crop, crop) + log circumradius in pixels (B,) -> shape logits (B, n_classes)."""
     config_class = ReadoutConfig
 
     def __init__(self, config: ReadoutConfig) -> None:
@@ -128,19 +184,31 @@ def _load_cached(folder: str, mtime_ns: int) -> ShapeClassifier:
     return model
 
 
-def load_readout(spec: str | Path | ShapeClassifier | None = None) -> ShapeClassifier:
-    """The shape classifier: a model as is, a checkpoint folder, or (None) the bundled "shapes-readout"."""
-    if isinstance(spec, ShapeClassifier):
-        return spec
+def load_readout(spec: str | Path | ShapeClassifier | None = None, *,
+                 world: int | World | None = None) -> ShapeClassifier:
+    """The shape classifier: a model as is, a checkpoint folder, or (None) the bundled read-out of `world`.
+
+    world: the ShapesWorld version to read (None: the model's own, or CURRENT_WORLD when spec is None). A model
+    of another version raises ValueError naming both: its shapes and geometry would misread the images.
+    """
+    version = None if world is None else get_world(world).version
     if spec is None:
-        spec = READOUT_NAME
-    if not isinstance(spec, (str, Path)):
-        raise TypeError(f"model must be None (bundled {READOUT_NAME!r}), a ShapeClassifier or a checkpoint "
-                        f"folder, got {type(spec).__name__}")
-    from unclip_core.checkpoint import WEIGHTS_FILE, resolve
-    folder = resolve(spec)
-    weights = folder / WEIGHTS_FILE
-    return _load_cached(str(folder), weights.stat().st_mtime_ns if weights.is_file() else 0)
+        spec = readout_name(CURRENT_WORLD if version is None else version)
+    if isinstance(spec, ShapeClassifier):
+        model = spec
+    elif isinstance(spec, (str, Path)):
+        from unclip_core.checkpoint import WEIGHTS_FILE, resolve
+        folder = resolve(spec)
+        weights = folder / WEIGHTS_FILE
+        model = _load_cached(str(folder), weights.stat().st_mtime_ns if weights.is_file() else 0)
+    else:
+        raise TypeError(f"model must be None (the bundled read-out of the world, e.g. {READOUT_NAME!r}), a "
+                        f"ShapeClassifier or a checkpoint folder, got {type(spec).__name__}")
+    if version is not None and model.config.world != version:
+        raise ValueError(f"the read-out {spec if isinstance(spec, (str, Path)) else 'model'} reads ShapesWorld "
+                         f"v{model.config.world} but ShapesWorld v{version} was asked for; pass model=None (the "
+                         f"bundled {readout_name(version)!r}) or a read-out trained on v{version}")
+    return model
 
 
 # ----------------------------------------------------------------------------------------------- inputs
@@ -227,14 +295,15 @@ def _background(x: np.ndarray) -> np.ndarray:
 
 
 @lru_cache(maxsize=16)
-def _cells(n: int) -> np.ndarray:
+def _cells(n: int, version: int) -> np.ndarray:
     """(n, n) index of the nearest position slot of every pixel centre."""
+    slots = _geometry(version).slots
     u = (np.arange(n) + 0.5) / n
-    d = (u[None, :, None] - _SLOTS[None, None, :, 0]) ** 2 + (u[:, None, None] - _SLOTS[None, None, :, 1]) ** 2
+    d = (u[None, :, None] - slots[None, None, :, 0]) ** 2 + (u[:, None, None] - slots[None, None, :, 1]) ** 2
     return d.argmin(-1)
 
 
-def _segment(x: np.ndarray, min_area: float) -> list[_Blob]:
+def _segment(x: np.ndarray, min_area: float, version: int) -> list[_Blob]:
     """Palette blend fit -> foreground -> connected components (split by position cell) -> blobs."""
     n = x.shape[0]
     bg = _background(x)
@@ -254,7 +323,7 @@ def _segment(x: np.ndarray, min_area: float) -> list[_Blob]:
     labels, n_lab = ndimage.label(filled, structure=np.ones((3, 3), bool))
     if n_lab == 0:
         return []
-    cells = _cells(n)
+    cells = _cells(n, version)
     min_px = min_area * n * n
     sizes = np.bincount(labels.ravel(), minlength=n_lab + 1)
     boxes = ndimage.find_objects(labels)
@@ -262,7 +331,7 @@ def _segment(x: np.ndarray, min_area: float) -> list[_Blob]:
     for j in np.flatnonzero(sizes[1:] >= min_px) + 1:
         box = boxes[j - 1]
         m = labels[box] == j
-        counts = np.bincount(cells[box][m], minlength=len(_SLOTS))
+        counts = np.bincount(cells[box][m], minlength=len(POSITIONS))
         big = np.flatnonzero(counts >= min_px)
         if len(big) >= 2:    # touching (blurred) neighbours: objects never cross their slot's cell
             parts += [(box, m & (cells[box] == k)) for k in big]
@@ -338,10 +407,10 @@ def _crops(blobs: Sequence[_Blob], radii: Sequence[float], config: ReadoutConfig
     return torch.stack(out), torch.tensor(log_r, dtype=torch.float32)
 
 
-def _compactness(b: _Blob, size: str) -> float:
+def _compactness(b: _Blob, radius: float) -> float:
     """1 when the coverage lies within the object's circumcircle (+ a blur rim), falling to 0 at 60% inside."""
     n = b.n_px
-    r = 1.15 * RADIUS[size] * n + 1.5
+    r = 1.15 * radius * n + 1.5
     yy, xx = np.nonzero(b.alpha)
     w = b.alpha[yy, xx]
     inside = np.hypot(xx + 0.5 - b.xy[0] * n, yy + 0.5 - b.xy[1] * n) <= r
@@ -349,11 +418,9 @@ def _compactness(b: _Blob, size: str) -> float:
     return float(np.clip((frac - 0.6) / 0.35, 0.0, 1.0))
 
 
-def _size_from_area(mass: float, shape: str | None) -> tuple[str, float]:
-    """Nearest size in log area (shape-aware when the shape is known) and the log-area misfit."""
-    if shape is None:
-        return ("small" if mass < _SIZE_SPLIT else "large"), 0.0
-    misfit = {z: abs(math.log(max(mass, 1e-6) / AREA[(shape, z)])) for z in SIZES}
+def _size_from_area(mass: float, shape: str, geo: _Geometry) -> tuple[str, float]:
+    """Nearest size of a shape in log area and the log-area misfit."""
+    misfit = {z: abs(math.log(max(mass, 1e-6) / geo.area[(shape, z)])) for z in SIZES}
     z = min(misfit, key=misfit.get)
     return z, misfit[z]
 
@@ -368,7 +435,7 @@ class ReadObject:
     area: float                        # coverage area, fraction of the image
     confidence: float                  # product of the four per-attribute confidences, in [0, 1]
     attribute_confidence: dict[str, float] = field(default_factory=dict)
-    shape_probs: tuple[float, ...] = ()   # softmax over SHAPES
+    shape_probs: tuple[float, ...] = ()   # softmax over the world's shapes
     colour_distance: float = 0.0       # median blend residual to the palette colour, [0, 1] RGB units
 
 
@@ -377,6 +444,7 @@ class Reading:
     """Everything read from one image: all blobs above the minimum area, in reading order, with a relation."""
     objects: tuple[ReadObject, ...]
     relation: Relation | None = None   # for two objects, from their centroids
+    world: int = CURRENT_WORLD         # the ShapesWorld version the read-out read (its shapes and slots)
 
     @property
     def n_objects(self) -> int:
@@ -404,7 +472,7 @@ class Reading:
                 objs = [_without_position(o) for o in objs]
         elif len(objs) == 3 and positions not in (list(ROW), list(COLUMN)):
             objs = [_without_position(o) for o in objs]
-        return Scene(tuple(objs), rel)
+        return Scene(tuple(objs), rel, self.world)
 
 
 def _without_position(o: Obj) -> Obj:
@@ -426,9 +494,10 @@ def _relation_from_centroids(objs: Sequence[ReadObject]) -> Relation | None:
 
 
 def _check_min_area(min_area: float) -> float:
-    if isinstance(min_area, bool) or not isinstance(min_area, (int, float)) or not 0 < float(min_area) < 0.0073:
-        raise ValueError(f"min_area must be a fraction of the image in (0, 0.0073) (the smallest object covers "
-                         f"0.0073), got {min_area!r}; the default is {MIN_AREA}")
+    a = round(_SMALLEST_AREA, 4)
+    if isinstance(min_area, bool) or not isinstance(min_area, (int, float)) or not 0 < float(min_area) < a:
+        raise ValueError(f"min_area must be a fraction of the image in (0, {a}) (the smallest object of any "
+                         f"ShapesWorld version covers {a}), got {min_area!r}; the default is {MIN_AREA}")
     return float(min_area)
 
 
@@ -439,77 +508,112 @@ def _check_min_confidence(min_confidence: float) -> float:
     return float(min_confidence)
 
 
-def read_objects_batch(images: Sequence[Any] | Tensor, model: str | Path | ShapeClassifier | None = None,
-                       min_area: float = MIN_AREA) -> list[Reading]:
-    """Read every image into a Reading (all blobs with confidences); one CNN batch for all blobs."""
+def read_objects_batch(images: Sequence[Any] | Tensor, model: str | Path | ShapeClassifier | None = None, *,
+                       world: int | World | None = None, min_area: float = MIN_AREA) -> list[Reading]:
+    """Read every image into a Reading (all blobs with confidences); one CNN batch for all blobs.
+
+    world: the ShapesWorld version of the images (None: the model's; with model=None, CURRENT_WORLD).
+    """
     images = _as_image_list(images)
-    return _read_arrays([_to_array(im, f"images[{i}]") for i, im in enumerate(images)], model, min_area)
+    return _read_arrays([_to_array(im, f"images[{i}]") for i, im in enumerate(images)], model, min_area, world)
 
 
-def _read_arrays(arrays: list[np.ndarray], model: str | Path | ShapeClassifier | None,
-                 min_area: float) -> list[Reading]:
+_AREA_TOLERANCE = 1.2   # measured areas stay within this factor of the exact ones (blur keeps mass; noise, edges)
+
+
+def _size_candidates(mass: float, geo: _Geometry) -> list[str]:
+    """Sizes whose area range over the world's shapes holds `mass` (x/ _AREA_TOLERANCE); else the nearest one."""
+    ranges = {z: (min(geo.area[(s, z)] for s in geo.shapes), max(geo.area[(s, z)] for s in geo.shapes))
+              for z in SIZES}
+    inside = [z for z, (lo, hi) in ranges.items() if lo / _AREA_TOLERANCE <= mass <= hi * _AREA_TOLERANCE]
+    if inside:
+        return inside
+    gap = {z: min(abs(math.log(max(mass, 1e-6) / v)) for v in r) for z, r in ranges.items()}
+    return [min(gap, key=gap.get)]
+
+
+def _shapes_and_sizes(net: ShapeClassifier, blobs: Sequence[_Blob], geo: _Geometry) -> tuple[np.ndarray, list[str]]:
+    """Shape probabilities (B, n_shapes) of blobs, each seen in a window scaled for its size, and those sizes.
+
+    The CNN looks at a blob at the scale of every size its area allows (one size in v1, where the areas of
+    small and large objects never overlap; both for v2's overlap) and keeps the look whose shape's exact area
+    agrees with that size (the surer one when both do). When none agrees, it looks again at the scale of
+    the size the area gives for the shape it saw.
+    """
+    jobs = [(i, z) for i, b in enumerate(blobs) for z in _size_candidates(b.mass, geo)]
+    p = _shape_probs(net, [blobs[i] for i, _ in jobs], [geo.radius[z] for _, z in jobs])
+    best: dict[int, tuple[tuple[bool, float], str, np.ndarray]] = {}
+    for (i, z), pz in zip(jobs, p):
+        z_fit = _size_from_area(blobs[i].mass, geo.shapes[int(pz.argmax())], geo)[0]
+        key = (z_fit == z, float(pz.max()))
+        if i not in best or key > best[i][0]:
+            best[i] = (key, z_fit, pz)
+    probs = np.stack([best[i][2] for i in range(len(blobs))])
+    sizes = [best[i][1] for i in range(len(blobs))]
+    redo = [i for i in range(len(blobs)) if not best[i][0][0]]
+    if redo:   # the window was scaled for the other size: look again at the right scale
+        probs[redo] = _shape_probs(net, [blobs[i] for i in redo], [geo.radius[sizes[i]] for i in redo])
+        for i in redo:
+            sizes[i] = _size_from_area(blobs[i].mass, geo.shapes[int(probs[i].argmax())], geo)[0]
+    return probs, sizes
+
+
+def _read_arrays(arrays: list[np.ndarray], model: str | Path | ShapeClassifier | None, min_area: float,
+                 world: int | World | None = None) -> list[Reading]:
     min_area = _check_min_area(min_area)
-    net = load_readout(model)
-    cfg = net.config
-    per_image = [_segment(x, min_area) for x in arrays]
+    net = load_readout(model, world=world)
+    geo = _geometry(net.config.world)
+    per_image = [_segment(x, min_area, geo.world.version) for x in arrays]
     flat = [b for blobs in per_image for b in blobs]
     if not flat:
-        return [Reading(()) for _ in arrays]
-    size0 = [_size_from_area(b.mass, None)[0] for b in flat]
-    probs = _shape_probs(net, flat, [RADIUS[z] for z in size0], cfg)
-    shapes = probs.argmax(1)
-    sizes = [_size_from_area(b.mass, SHAPES[s])[0] for b, s in zip(flat, shapes)]
-    redo = [i for i, (z0, z) in enumerate(zip(size0, sizes)) if z0 != z]
-    if redo:   # the window was scaled for the other size: look again at the right scale
-        probs[redo] = _shape_probs(net, [flat[i] for i in redo], [RADIUS[sizes[i]] for i in redo], cfg)
-        shapes = probs.argmax(1)
-        sizes = [_size_from_area(b.mass, SHAPES[s])[0] for b, s in zip(flat, shapes)]
+        return [Reading((), None, geo.world.version) for _ in arrays]
+    probs, sizes = _shapes_and_sizes(net, flat, geo)
     for i, (b, z) in enumerate(zip(flat, sizes)):
-        if RADIUS[z] * b.n_px < TEMPLATE_MAX_RADIUS_PX and probs[i].max() < TEMPLATE_BELOW_PROB:
-            probs[i] = _template_probs(b, z, probs[i])
+        if geo.radius[z] * b.n_px < TEMPLATE_MAX_RADIUS_PX and probs[i].max() < TEMPLATE_BELOW_PROB:
+            probs[i] = _template_probs(b, z, probs[i], geo)
     shapes = probs.argmax(1)
     readings, i = [], 0
     for blobs in per_image:
         objs = []
         for b in blobs:
-            p, shape = probs[i], SHAPES[int(shapes[i])]
-            size, misfit = _size_from_area(b.mass, shape)
-            dist = np.hypot(*(_SLOTS - np.array(b.xy)).T)
+            p, shape = probs[i], geo.shapes[int(shapes[i])]
+            size, misfit = _size_from_area(b.mass, shape, geo)
+            dist = np.hypot(*(geo.slots - np.array(b.xy)).T)
             slot = int(dist.argmin())
             conf = {"shape": float(p.max()), "colour": b.colour_conf,
-                    "size": math.exp(-0.5 * (misfit / 0.5) ** 2) * _compactness(b, size),
+                    "size": math.exp(-0.5 * (misfit / 0.5) ** 2) * _compactness(b, geo.radius[size]),
                     "position": math.exp(-0.5 * (float(dist[slot]) / 0.06) ** 2)}
-            dx, dy = (float(np.clip(v - s, -MAX_SHIFT, MAX_SHIFT)) for v, s in zip(b.xy, _SLOTS[slot]))
+            dx, dy = (float(np.clip(v - s, -geo.max_shift, geo.max_shift)) for v, s in zip(b.xy, geo.slots[slot]))
             obj = Obj(shape, COLOURS[b.colour], size, POSITIONS[slot], None, dx, dy)
             objs.append(ReadObject(obj, b.xy, b.mass, float(np.prod(list(conf.values()))), conf,
                                    tuple(float(v) for v in p), b.colour_distance))
             i += 1
         objs = _reading_order(objs)
-        readings.append(Reading(tuple(objs), _relation_from_centroids(objs)))
+        readings.append(Reading(tuple(objs), _relation_from_centroids(objs), geo.world.version))
     return readings
 
 
 TEMPLATE_MAX_RADIUS_PX = 6.0                  # objects this few pixels across get a template fit after the CNN
 TEMPLATE_BELOW_PROB = 0.995                   # ... when the CNN is less sure than this
 _TEMPLATE_BLURS = (0.0, 0.5, 0.8, 1.1, 1.5)   # gaussian sigmas (working px) the templates are tried with
-_PERIOD = {"circle": 0.0, "square": 90.0, "triangle": 120.0, "star": 72.0, "hexagon": 60.0}  # rotational symmetry
 _TEMPLATE_SS = 8                              # supersampling of the template rasteriser
 
 
 def _template(shape: str, size: str, angle: float, xy: tuple[float, float], n: int,
-              box: tuple[slice, slice]) -> np.ndarray:
+              box: tuple[slice, slice], world: World) -> np.ndarray:
     """Exact coverage (box-filtered polygon, supersampled) of one object inside `box` of an n x n image."""
     from PIL import ImageDraw
     k = _TEMPLATE_SS
     h, w = box[0].stop - box[0].start, box[1].stop - box[1].start
-    poly = object_polygon(Obj(shape, "red", size, "centre", angle=angle)) - np.array(POSITION_XY["centre"])
+    poly = object_polygon(Obj(shape, "red", size, "centre", angle=angle), world) - np.array(object_xy(
+        Obj(shape, "red", size, "centre"), world))
     pts = ((poly + np.array(xy)) * n - np.array([box[1].start, box[0].start])) * k
     canvas = Image.new("L", (w * k, h * k), 0)
     ImageDraw.Draw(canvas).polygon([tuple(p) for p in pts.tolist()], fill=255)
     return np.asarray(canvas.reduce(k), dtype=np.float64) / 255.0
 
 
-def _template_probs(b: _Blob, size: str, p_cnn: np.ndarray) -> np.ndarray:
+def _template_probs(b: _Blob, size: str, p_cnn: np.ndarray, geo: _Geometry) -> np.ndarray:
     """Exact-template evidence for the CNN's two top shapes of a few-pixel object (Bayesian model comparison).
 
     Each shape's likelihood averages exp(-|alpha - g * blur_sigma(template_angle)|^2 / 2 var) over a grid of
@@ -519,7 +623,7 @@ def _template_probs(b: _Blob, size: str, p_cnn: np.ndarray) -> np.ndarray:
     over the two candidates; the other shapes keep the CNN's probability.
     """
     n = b.n_px
-    half = RADIUS[size] * 1.3 * n + 3 * max(_TEMPLATE_BLURS)
+    half = geo.radius[size] * 1.3 * n + 3 * max(_TEMPLATE_BLURS)
     cx, cy = b.xy[0] * n, b.xy[1] * n
     box = (slice(max(0, int(cy - half)), min(n, int(math.ceil(cy + half)))),
            slice(max(0, int(cx - half)), min(n, int(math.ceil(cx + half)))))
@@ -528,11 +632,12 @@ def _template_probs(b: _Blob, size: str, p_cnn: np.ndarray) -> np.ndarray:
     cands = [int(c) for c in np.argsort(-p_cnn)[:2]]
     losses: dict[int, np.ndarray] = {}
     for c in cands:
-        shape = SHAPES[c]
-        angles = np.arange(0.0, _PERIOD[shape], 3.0) if _PERIOD[shape] else np.zeros(1)
+        shape = geo.shapes[c]
+        period = geo.period[shape]
+        angles = np.arange(0.0, period, 3.0) if period else np.zeros(1)
         ls = []
         for angle in angles:
-            t = _template(shape, size, float(angle), b.xy, n, box)
+            t = _template(shape, size, float(angle), b.xy, n, box, geo.world)
             for sigma in _TEMPLATE_BLURS:
                 tv = (ndimage.gaussian_filter(t, sigma, mode="constant") if sigma > 0 else t)[region]
                 g = float(np.clip(obs @ tv / max(tv @ tv, 1e-9), 0.8, 1.25))
@@ -552,34 +657,38 @@ def _template_probs(b: _Blob, size: str, p_cnn: np.ndarray) -> np.ndarray:
     return out
 
 
-def _shape_probs(net: ShapeClassifier, blobs: Sequence[_Blob], radii: Sequence[float],
-                 cfg: ReadoutConfig) -> np.ndarray:
-    crops, log_r = _crops(blobs, radii, cfg)
+def _shape_probs(net: ShapeClassifier, blobs: Sequence[_Blob], radii: Sequence[float]) -> np.ndarray:
+    crops, log_r = _crops(blobs, radii, net.config)
     with torch.no_grad():
         return torch.softmax(net(crops, log_r), dim=1).numpy()
 
 
-def read_objects(image: Any, model: str | Path | ShapeClassifier | None = None,
-                 min_area: float = MIN_AREA) -> Reading:
-    """Read one image (PIL, (3, H, W) tensor in [-1, 1], (H, W, 3) uint8) into a Reading with confidences."""
+def read_objects(image: Any, model: str | Path | ShapeClassifier | None = None, *,
+                 world: int | World | None = None, min_area: float = MIN_AREA) -> Reading:
+    """Read one image (PIL, (3, H, W) tensor in [-1, 1], (H, W, 3) uint8) into a Reading with confidences.
+
+    world: the ShapesWorld version of the image (None: the model's; with model=None, CURRENT_WORLD).
+    """
     if isinstance(image, Tensor) and image.ndim == 4:
         raise ValueError(f"image must be one image (3, H, W), got a batch {tuple(image.shape)}; "
                          "call read_objects_batch or read_scenes")
-    return _read_arrays([_to_array(image, "image")], model, min_area)[0]
+    return _read_arrays([_to_array(image, "image")], model, min_area, world)[0]
 
 
-def read_scene(image: Any, model: str | Path | ShapeClassifier | None = None, min_confidence: float = 0.25,
-               min_area: float = MIN_AREA) -> Scene | None:
-    """Read one image into a Scene (shape, colour, size, position, relation); None when it shows no object."""
+def read_scene(image: Any, model: str | Path | ShapeClassifier | None = None, *, world: int | World | None = None,
+               min_confidence: float = 0.25, min_area: float = MIN_AREA) -> Scene | None:
+    """Read one image into a Scene of the read-out's world (shape, colour, size, position, relation); None when
+    it shows no object."""
     min_confidence = _check_min_confidence(min_confidence)
-    return read_objects(image, model, min_area).to_scene(min_confidence)
+    return read_objects(image, model, world=world, min_area=min_area).to_scene(min_confidence)
 
 
-def read_scenes(images: Sequence[Any] | Tensor, model: str | Path | ShapeClassifier | None = None,
-                min_confidence: float = 0.25, min_area: float = MIN_AREA) -> list[Scene | None]:
+def read_scenes(images: Sequence[Any] | Tensor, model: str | Path | ShapeClassifier | None = None, *,
+                world: int | World | None = None, min_confidence: float = 0.25,
+                min_area: float = MIN_AREA) -> list[Scene | None]:
     """read_scene over a list of images or a (B, 3, H, W) tensor in [-1, 1]."""
     min_confidence = _check_min_confidence(min_confidence)
-    return [r.to_scene(min_confidence) for r in read_objects_batch(images, model, min_area)]
+    return [r.to_scene(min_confidence) for r in read_objects_batch(images, model, world=world, min_area=min_area)]
 
 
 # ----------------------------------------------------------------------------------------------- scoring
@@ -591,7 +700,7 @@ def _objects_of(read: Scene | Reading | None, name: str) -> tuple[list[Obj], lis
     if isinstance(read, Reading):
         return [o.obj for o in read.objects], [o.xy for o in read.objects], read.relation
     if isinstance(read, Scene):
-        xys = [object_xy(o) if o.position is not None else None for o in read.objects]
+        xys = [object_xy(o, read.world) if o.position is not None else None for o in read.objects]
         return list(read.objects), xys, read.relation
     raise TypeError(f"{name} must be a Scene, a Reading or None, got {type(read).__name__}")
 
@@ -599,8 +708,9 @@ def _objects_of(read: Scene | Reading | None, name: str) -> tuple[list[Obj], lis
 def score_scene(read: Scene | Reading | None, expected: Scene) -> dict[str, Any]:
     """Score a read scene against the expected one (GenEval-style): per-attribute, count, relation, all.
 
-    Objects are matched by Hungarian assignment on centroid distance (attribute agreement breaks ties, and
-    decides alone when the expected scene has no positions). Attributes that `expected` leaves None are not
+    Both must be of one ShapesWorld version (ValueError otherwise: slots and shapes differ). Objects are
+    matched by Hungarian assignment on centroid distance (attribute agreement breaks ties, and decides alone
+    when the expected scene has no positions). Attributes that `expected` leaves None are not
     scored. Returns {"n_expected", "n_read", "count_correct", "shape", "colour", "size", "position" (fraction
     of the scored expected objects read correctly, None when none is scored), "relation" (bool, None when
     expected has none), "all_correct", "objects": [{"expected", "matched", "shape", ...} per expected object]}.
@@ -609,8 +719,12 @@ def score_scene(read: Scene | Reading | None, expected: Scene) -> dict[str, Any]
         raise TypeError(f"expected must be a Scene (e.g. parse(caption) or sample_scene(...)), "
                         f"got {type(expected).__name__}")
     r_objs, r_xy, r_rel = _objects_of(read, "read")
+    if read is not None and read.world != expected.world:
+        raise ValueError(f"read is ShapesWorld v{read.world} but expected is v{expected.world}; read the image "
+                         f"with the v{expected.world} read-out (read_scene(image, world={expected.world}) or "
+                         f"score_attributes, which picks it from the expected scenes)")
     e_objs = list(expected.objects)
-    e_xy = [object_xy(o) if o.position is not None else None for o in e_objs]
+    e_xy = [object_xy(o, expected.world) if o.position is not None else None for o in e_objs]
     match: dict[int, int] = {}
     if r_objs:
         cost = np.zeros((len(e_objs), len(r_objs)))
@@ -651,11 +765,13 @@ def score_scene(read: Scene | Reading | None, expected: Scene) -> dict[str, Any]
     return out
 
 
-def score_attributes(images: Sequence[Any] | Tensor, expected_scenes: Sequence[Scene],
+def score_attributes(images: Sequence[Any] | Tensor, expected_scenes: Sequence[Scene], *,
                      model: str | Path | ShapeClassifier | None = None,
                      min_confidence: float = 0.25, min_area: float = MIN_AREA) -> pd.DataFrame:
     """Read and score every image against its expected scene: one row per image per expected object (tidy).
 
+    The images are read with the read-out of the expected scenes' ShapesWorld version (model=None: the bundled
+    one; a model of another version raises ValueError naming both; scenes of mixed versions too).
     Columns: image, object, expected_<attr>, read_<attr>, <attr>_correct (boolean, NA when not scored),
     confidence (of the matched object), n_expected, n_read, count_correct, relation_correct, all_correct
     (image-level, repeated on the image's rows). Objects below min_confidence count as not read.
@@ -670,11 +786,21 @@ def score_attributes(images: Sequence[Any] | Tensor, expected_scenes: Sequence[S
     for i, s in enumerate(expected_scenes):
         if not isinstance(s, Scene):
             raise TypeError(f"expected_scenes[{i}] must be a Scene, got {type(s).__name__}")
+    worlds = sorted({s.world for s in expected_scenes})
+    if len(worlds) > 1:
+        raise ValueError(f"expected_scenes mix ShapesWorld versions {worlds}; score each version's images "
+                         "separately (each is read with its own read-out)")
     min_confidence = _check_min_confidence(min_confidence)
+    world = worlds[0] if worlds else CURRENT_WORLD
+    net = load_readout(model) if model is not None else load_readout(world=world)
+    if net.config.world != world:
+        raise ValueError(f"expected_scenes are ShapesWorld v{world} but the read-out (model) reads "
+                         f"v{net.config.world}; pass model=None to read them with the bundled "
+                         f"{readout_name(world)!r}, or a read-out trained on v{world}")
     rows = []
-    for i, (reading, exp) in enumerate(zip(read_objects_batch(images, model, min_area), expected_scenes)):
+    for i, (reading, exp) in enumerate(zip(read_objects_batch(images, net, min_area=min_area), expected_scenes)):
         kept = tuple(o for o in reading.objects if o.confidence >= min_confidence)
-        reading = Reading(kept, _relation_from_centroids(kept))
+        reading = Reading(kept, _relation_from_centroids(kept), reading.world)
         s = score_scene(reading, exp)
         for e in s["objects"]:
             eo = exp.objects[e["expected"]]
@@ -713,6 +839,6 @@ def summarize_scores(scores: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-__all__ = ["READOUT_NAME", "ATTRIBUTES", "AREA", "MIN_AREA", "ReadoutConfig", "ShapeClassifier", "ReadObject",
-           "Reading", "load_readout", "read_objects", "read_objects_batch", "read_scene", "read_scenes",
+__all__ = ["READOUT_NAME", "readout_name", "ATTRIBUTES", "AREA", "AREAS", "MIN_AREA", "ReadoutConfig",
+           "ShapeClassifier", "ReadObject", "Reading", "load_readout", "read_objects", "read_objects_batch", "read_scene", "read_scenes",
            "score_scene", "score_attributes", "summarize_scores"]

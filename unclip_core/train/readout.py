@@ -1,9 +1,10 @@
-"""Trainer of the ShapesWorld read-out's shape classifier: coverage crops of corrupted renders -> 5 shapes.
+"""Trainer of the ShapesWorld read-out's shape classifier: coverage crops of corrupted renders -> a world's shapes.
 
 Crops come from the read-out's own segmentation (unclip_core.data.readout), so training and reading see the
 same inputs. Renders are corrupted with gaussian blur, gaussian noise and per-channel colour jitter, carry
 printed labels half the time, and are rotated anywhere 30% of the time (generated images need not keep the
-+-20 degree range). Single-threaded CPU; the bundled "shapes-readout" took about 2 minutes (53 s data, 75 s training).
++-20 degree range). The scenes are of the ShapesWorld version in `model.world`. Single-threaded CPU; the bundled
+v1 read-out ("shapes-readout-v1") took about 2 minutes (53 s data, 75 s training).
 """
 from __future__ import annotations
 
@@ -19,10 +20,10 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from unclip_core.checks import check_positive_int
-from unclip_core.data.readout import (MIN_AREA, RADIUS, ReadoutConfig, ShapeClassifier, _crops, _register,
-                                      _segment, to_working)
+from unclip_core.data.readout import (MIN_AREA, ReadoutConfig, ShapeClassifier, _crops, _register, _segment,
+                                      load_readout, readout_name, to_working)
 from unclip_core.data.shapes_render import check_size, render_array
-from unclip_core.data.shapes_scene import SHAPES, Scene, object_xy, sample_scene
+from unclip_core.data.shapes_scene import CURRENT_WORLD, Scene, World, get_world, object_xy, sample_scene
 
 
 @dataclass(frozen=True)
@@ -37,11 +38,11 @@ class ReadoutTrainConfig:
     max_noise: float = 0.08         # noise std in [0, 1] intensity units, ~ U[0, max_noise]
     colour_jitter: float = 0.1      # per-channel gain in 1 +- jitter, offset in +- jitter / 3
     p_any_angle: float = 0.3        # probability that objects are rotated anywhere, not within +-MAX_ANGLE
-    scale_jitter: float = 0.1       # crop window radius x U[1 - s, 1 + s]
+    scale_jitter: float = 0.25      # crop window radius x U[1 - s, 1 + s]; covers v2's other size (x0.81, x1.24)
     epochs: int = 8
     batch_size: int = 128
     lr: float = 2e-3
-    model: ReadoutConfig = ReadoutConfig()
+    model: ReadoutConfig = ReadoutConfig(world=CURRENT_WORLD)   # model.world: the ShapesWorld version to train on
 
     def __post_init__(self) -> None:
         check_positive_int("seed", self.seed, minimum=0)
@@ -100,9 +101,11 @@ def corrupt(x: np.ndarray, blur_sigma: float = 0.0, noise_std: float = 0.0,
 
 def _scene_crops(config: ReadoutTrainConfig, i: int) -> tuple[list[torch.Tensor], list[float], list[int]]:
     rng = np.random.default_rng([config.seed, i])
-    scene = sample_scene(rng, split="all", label_prob=config.label_prob)
+    world = get_world(config.model.world)
+    scene = sample_scene(rng, split="all", label_prob=config.label_prob, world=world)
     if rng.random() < config.p_any_angle:
-        scene = Scene(tuple(replace(o, angle=float(rng.uniform(-180, 180))) for o in scene.objects), scene.relation)
+        scene = Scene(tuple(replace(o, angle=float(rng.uniform(-180, 180))) for o in scene.objects), scene.relation,
+                      scene.world)
     size = int(config.sizes[rng.integers(len(config.sizes))])
     x = render_array(scene, size)
     if rng.random() < config.p_corrupt:
@@ -111,18 +114,18 @@ def _scene_crops(config: ReadoutTrainConfig, i: int) -> tuple[list[torch.Tensor]
                     gain=rng.uniform(1 - j, 1 + j, 3), offset=rng.uniform(-j / 3, j / 3, 3))
     else:
         x = x.astype(np.float64) / 255.0
-    blobs = _segment(to_working(x), MIN_AREA)
+    blobs = _segment(to_working(x), MIN_AREA, world.version)
     crops, log_r, labels = [], [], []
     for o in scene.objects:
-        ox, oy = object_xy(o)
+        ox, oy = object_xy(o, world)
         near = [b for b in blobs if math.hypot(b.xy[0] - ox, b.xy[1] - oy) < 0.06]
         if len(near) != 1:
             continue
-        r = RADIUS[o.size] * float(rng.uniform(1 - config.scale_jitter, 1 + config.scale_jitter))
+        r = world.radii[o.size] * float(rng.uniform(1 - config.scale_jitter, 1 + config.scale_jitter))
         c, lr = _crops(near, [r], config.model)
         crops.append(c[0])
         log_r.append(float(lr[0]))
-        labels.append(SHAPES.index(o.shape))
+        labels.append(world.shapes.index(o.shape))
     return crops, log_r, labels
 
 
@@ -200,14 +203,15 @@ def _jsonable(d: object) -> object:
 
 
 def _card(config: ReadoutTrainConfig, n_crops: int) -> str:
-    return f"""# shapes-readout: ShapesWorld shape classifier
+    w = get_world(config.model.world)
+    return f"""# {readout_name(w)}: ShapesWorld v{w.version} shape classifier
 
-The shape head of the ShapesWorld attribute read-out (`unclip_core.data.readout`). Input: the coverage map
+The shape head of the ShapesWorld v{w.version} attribute read-out (`unclip_core.data.readout`). Input: the coverage map
 of one segmented object (colour-agnostic, values in [0, 1]) sampled on a {config.model.crop}x{config.model.crop}
 grid spanning +-{config.model.window} circumradii around its centroid, plus log(circumradius in pixels).
-Output: logits over {list(SHAPES)}. Colour, size and position are read without learned weights.
+Output: logits over {list(w.shapes)}. Colour, size and position are read without learned weights.
 
-- Training data: {config.n_scenes} ShapesWorld scenes (split "all", seed {config.seed}), {n_crops} object crops;
+- Training data: {config.n_scenes} ShapesWorld v{w.version} scenes (split "all", seed {config.seed}), {n_crops} object crops;
   render sizes {list(config.sizes)} (above 128 px area-downsampled to <= 128 as at read time); labels printed
   with probability {config.label_prob}; with probability {config.p_corrupt} gaussian blur sigma ~ U[0, {config.max_blur}] px,
   noise std ~ U[0, {config.max_noise}] and colour jitter {config.colour_jitter}; any rotation with probability
@@ -220,17 +224,21 @@ Output: logits over {list(SHAPES)}. Colour, size and position are read without l
 """
 
 
-def evaluate_readout(model: str | Path | ShapeClassifier | None = None, n_scenes: int = 1000,
-                     sizes: tuple[int, ...] = (32, 64, 128), seed: int = 20250101, blur_sigma: float = 0.0,
-                     noise_std: float = 0.0, label_prob: float = 0.0, split: str = "all") -> pd.DataFrame:
+def evaluate_readout(model: str | Path | ShapeClassifier | None = None, *, world: int | World | None = None,
+                     n_scenes: int = 1000, sizes: tuple[int, ...] = (32, 64, 128), seed: int = 20250101,
+                     blur_sigma: float = 0.0, noise_std: float = 0.0, label_prob: float = 0.0,
+                     split: str = "all") -> pd.DataFrame:
     """Accuracy of the read-out on fresh renders: one row per size (summarize_scores metrics as columns) + images/s.
 
-    Scene i is sample_scene(default_rng([seed, i])) with 1-3 objects; the same scenes at every size. Degraded
-    renders use corrupt(blur_sigma in pixels of that size, noise_std in [0, 1] units, rng [seed, i, size]).
+    Scene i is sample_scene(default_rng([seed, i]), world=world) with 1-3 objects; the same scenes at every size.
+    world None: the model's (CURRENT_WORLD for model=None). Degraded renders use corrupt(blur_sigma in pixels of
+    that size, noise_std in [0, 1] units, rng [seed, i, size]).
     """
     from unclip_core.data.readout import score_attributes, summarize_scores
     check_positive_int("n_scenes", n_scenes)
-    scenes = [sample_scene(np.random.default_rng([seed, i]), split=split, label_prob=label_prob)
+    net = load_readout(model, world=world)
+    w = get_world(net.config.world)
+    scenes = [sample_scene(np.random.default_rng([seed, i]), split=split, label_prob=label_prob, world=w)
               for i in range(n_scenes)]
     rows = []
     for size in sizes:
@@ -243,11 +251,11 @@ def evaluate_readout(model: str | Path | ShapeClassifier | None = None, n_scenes
                 x = x.astype(np.uint8)
             images.append(x)
         t0 = time.perf_counter()
-        df = score_attributes(images, scenes, model=model)
+        df = score_attributes(images, scenes, model=net)
         dt = time.perf_counter() - t0
         summary = summarize_scores(df).set_index("metric")["accuracy"].to_dict()
-        rows.append({"resolution": size, "blur_sigma": blur_sigma, "noise_std": noise_std, "label_prob": label_prob,
-                     **summary, "n_scenes": n_scenes, "n_objects": len(df),
+        rows.append({"world": w.version, "resolution": size, "blur_sigma": blur_sigma, "noise_std": noise_std,
+                     "label_prob": label_prob, **summary, "n_scenes": n_scenes, "n_objects": len(df),
                      "images_per_s": n_scenes / dt})
     return pd.DataFrame(rows)
 
