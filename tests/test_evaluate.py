@@ -64,9 +64,10 @@ class OraclePipe:
         scenes = [self._nearest(z) for z in z_i]
         if eta > 0:
             u = torch.rand(len(scenes), 3, generator=seed)
-            scenes = [Scene(tuple(replace(o, dx=0.04 * float(v[0]) - 0.02, dy=0.04 * float(v[1]) - 0.02,
-                                          angle=40 * float(v[2]) - 20) for o in sc.objects), sc.relation)
-                      for sc, v in zip(scenes, u)]
+            shift = [get_world(sc.world).max_shift for sc in scenes]
+            scenes = [Scene(tuple(replace(o, dx=m * (2 * float(v[0]) - 1), dy=m * (2 * float(v[1]) - 1),
+                                          angle=40 * float(v[2]) - 20) for o in sc.objects), sc.relation, sc.world)
+                      for sc, v, m in zip(scenes, u, shift)]
         x = pil_to_tensor([self.draw(sc, 64) for sc in scenes])
         return _Out(tensor_to_pil(x), z_i, {"decoder": x})
 

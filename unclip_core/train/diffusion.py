@@ -28,6 +28,7 @@ import torch.distributed as dist
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from unclip_core.autoencoder import Autoencoder
 from unclip_core.checkpoint import load_checkpoint, read_checkpoint_config, save_checkpoint, save_pipeline
 from unclip_core.checks import check_choice, check_positive_int
 from unclip_core.data.degrade import blur_corrupt, bsr_degrade, random_crop_pair
@@ -75,6 +76,9 @@ class DiffusionTrainConfig:
     n_objects: tuple[int, ...] = (1, 2, 3)
     object_weights: tuple[float, ...] | None = None
     world: int | None = None  # ShapesWorld version of the data; None: the CLIP's (data_world)
+    # decoder: an autoencoder checkpoint (folder or bundled NAME/STAGE) makes it a latent decoder, trained on
+    # autoencoder.encode(render) (Rombach et al. 2022; Kandinsky 2.2's MoVQ plays this part)
+    autoencoder: str | None = None
     min_snr_gamma: float | None = None  # Min-SNR-gamma loss weighting (Hang et al. 2023); None: plain MSE
     # a share of each batch draws t from the top of the schedule [high_t_from * T, T), where a decoder must draw
     # the scene from z_i alone; the per-t optimum is unchanged, only where the gradient is spent
@@ -110,6 +114,8 @@ class DiffusionTrainConfig:
             object.__setattr__(self, "object_weights", tuple(self.object_weights))
         if self.world is not None:
             object.__setattr__(self, "world", get_world(self.world).version)
+        if self.autoencoder is not None and self.stage != "decoder":
+            raise ValueError(f"autoencoder is a decoder setting (a latent decoder); the {self.stage} stage takes none")
         self.model_config()  # validates the network config now, not at step 0
 
     def model_config(self) -> Any:
@@ -231,8 +237,8 @@ class _Batcher:
     """Builds a stage's training batch (inputs to the network + x0) deterministically from (seed, step, rank)."""
 
     def __init__(self, config: DiffusionTrainConfig, model_config: Any, clip: "ClipEncoder | None",
-                 rank: int, world: int) -> None:
-        self.c, self.mc, self.clip = config, model_config, clip
+                 rank: int, world: int, autoencoder: Autoencoder | None = None) -> None:
+        self.c, self.mc, self.clip, self.autoencoder = config, model_config, clip, autoencoder
         self.rank, self.world = rank, world
         self.data = ShapesConfig(config.seed, 64, "train", config.n_objects, config.object_weights,
                                  world=data_world(config, clip))
@@ -248,7 +254,8 @@ class _Batcher:
         idx = self.indices(step)
         if c.stage in ("prior", "decoder"):
             size = self.clip.image_size
-            sizes = (size,) if c.stage == "prior" else (size, mc.image_size)
+            pixels = mc.image_size if self.autoencoder is None else self.autoencoder.config.image_size
+            sizes = (size,) if c.stage == "prior" else (size, pixels)
             images, captions = _render_batch(self.data, idx, sizes)
             z_i = self.clip.encode_image(images[0])
             if c.stage == "prior":
@@ -259,6 +266,9 @@ class _Batcher:
             cond: dict[str, Any] = {"z_i": z_i}
             if mc.text_width:
                 cond["text_tokens"], cond["text_mask"] = self.clip.text_tokens(captions)
+            if self.autoencoder is not None:
+                with torch.no_grad():
+                    return self.autoencoder.encode(images[1]), cond
             return images[1], cond
         (lo, hi), _ = _render_batch(self.data, idx, (mc.low_res, mc.out_res))
         lo = blur_corrupt(lo) if c.stage == "upsampler1" else torch.cat(
@@ -270,6 +280,24 @@ class _Batcher:
             hi = torch.cat([p[0] for p in pairs])
             lo = torch.cat([p[1] for p in pairs])
         return hi, {"low_res": lo}
+
+
+def load_autoencoder_for(config: DiffusionTrainConfig, model_config: Any) -> Autoencoder | None:
+    """The autoencoder of a latent decoder run (None for pixel stages), checked against the decoder's shape."""
+    if config.autoencoder is None:
+        return None
+    from unclip_core.checkpoint import resolve
+    ae = load_checkpoint(resolve(config.autoencoder)).eval()
+    if not isinstance(ae, Autoencoder):
+        raise ValueError(f"autoencoder={config.autoencoder!r} is a {type(ae).__name__} checkpoint, not an Autoencoder")
+    want = (ae.config.latent_size, ae.config.latent_channels)
+    if (model_config.image_size, model_config.in_channels) != want:
+        raise ValueError(f"a latent decoder over {config.autoencoder!r} needs model image_size={want[0]} and "
+                         f"in_channels={want[1]} (its latents), got {model_config.image_size} and "
+                         f"{model_config.in_channels}")
+    for p in ae.parameters():
+        p.requires_grad_(False)
+    return ae
 
 
 def _prepare(stage: str, model: torch.nn.Module, x0: Tensor, cond: dict[str, Any], config: DiffusionTrainConfig,
@@ -319,6 +347,7 @@ def train_stage(config: DiffusionTrainConfig, out_dir: str | os.PathLike, resume
     if needs_clip and clip.embed_dim != mc.clip_dim:
         raise ValueError(f"the {config.stage} config has clip_dim={mc.clip_dim} but CLIP {config.clip!r} makes "
                          f"{clip.embed_dim}-d embeddings; set model clip_dim={clip.embed_dim}")
+    autoencoder = load_autoencoder_for(config, mc)
     torch.manual_seed(config.seed)  # the same initial weights on every rank
     model_cls = _MODEL[config.stage][0]
     model = model_cls(mc)
@@ -345,7 +374,7 @@ def train_stage(config: DiffusionTrainConfig, out_dir: str | os.PathLike, resume
     if rank == 0:
         write_text_atomic(out / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
     schedule = cosine_schedule(1000)
-    batcher = _Batcher(config, mc, clip, rank, world)
+    batcher = _Batcher(config, mc, clip, rank, world, autoencoder)
 
     def checkpoint() -> None:
         if rank == 0:
