@@ -23,7 +23,7 @@ from unclip_core.autoencoder import Autoencoder, AutoencoderConfig
 from unclip_core.checkpoint import save_checkpoint
 from unclip_core.checks import check_choice, check_positive_int
 from unclip_core.data.shapes import CURRENT_WORLD, ShapesConfig, get_world, render_array
-from unclip_core.train.common import (PRECISIONS, EMA, CsvLog, cosine_lr, load_state, resolve_precision, save_state,
+from unclip_core.train.common import (PRECISIONS, EMA, CsvLog, cosine_lr, resolve_precision, resume_run, save_state,
                                       set_lr, write_text_atomic)
 
 STATE_FILE = "state.pt"
@@ -139,19 +139,9 @@ def train_autoencoder(config: AutoencoderTrainConfig, out_dir: str | os.PathLike
         model = Autoencoder(mc)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.99), weight_decay=0.0)
     ema = EMA(model, config.ema_decay) if config.ema_decay is not None else None
-    step, elapsed = 0, 0.0
     state_path = out / STATE_FILE
-    if resume and state_path.is_file():
-        state = load_state(state_path)
-        if state["config"] != config.to_dict():
-            diff = sorted(k for k in state["config"] if state["config"][k] != config.to_dict().get(k))
-            raise ValueError(f"out_dir={str(out)!r} holds a run with another config (differs in {diff}); pass the "
-                             "same config, resume=False to start over, or a new out_dir")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-        step, elapsed = int(state["step"]), float(state["seconds"])
+    step, elapsed = (resume_run(state_path, config.to_dict(), model=model, optimizer=optimizer, ema=ema)
+                     if resume else (0, 0.0))
     log = CsvLog(out / "loss.csv", LOG_FIELDS, resume_step=step if step else None)
     write_text_atomic(out / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
     data = ShapesConfig(config.seed, mc.image_size, "all", config.n_objects, None, config.label_prob,

@@ -27,7 +27,7 @@ from unclip_core.data.shapes import ShapesConfig, caption, render_array, sample_
 from unclip_core.data.shapes_scene import CURRENT_WORLD, COLOURS, SIZES, Scene, get_world
 from unclip_core.tokenizer import WordTokenizer
 from unclip_core.train.common import (PRECISIONS, EMA, CsvLog, cosine_lr, load_state, publish_permissions,
-                                      resolve_precision, save_state, set_lr, write_text_atomic)
+                                      resolve_precision, resume_run, save_state, set_lr, write_text_atomic)
 
 STATE_FILE = "state.pt"
 LOG_FIELDS = ("step", "loss", "batch_acc", "logit_scale", "lr", "seconds")
@@ -297,19 +297,9 @@ def train_clip(config: ClipTrainConfig, out_dir: str | os.PathLike, resume: bool
     optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr,
                                   betas=(config.beta1, config.beta2), eps=config.adam_eps)
     ema = EMA(model, config.ema_decay) if config.ema_decay is not None else None
-    step, elapsed = 0, 0.0
     state_path = out / STATE_FILE
-    if resume and state_path.is_file():
-        state = load_state(state_path)
-        if state["config"] != asdict(config):
-            diff = sorted(k for k in state["config"] if state["config"][k] != asdict(config).get(k))
-            raise ValueError(f"out_dir={str(out)!r} holds a run with another config (differs in {diff}); "
-                             "pass the same config, resume=False to start over, or a new out_dir")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-        step, elapsed = int(state["step"]), float(state["seconds"])
+    step, elapsed = (resume_run(state_path, asdict(config), model=model, optimizer=optimizer, ema=ema)
+                     if resume else (0, 0.0))
     log = CsvLog(out / "loss.csv", LOG_FIELDS, resume_step=step if step else None)
     write_text_atomic(out / "config.json", json.dumps(asdict(config), indent=2) + "\n")
 

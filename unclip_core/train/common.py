@@ -148,6 +148,27 @@ def load_state(path: str | os.PathLike) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def resume_run(state_path: Path, config: dict[str, Any], *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+               ema: "EMA | None" = None, exempt: tuple[str, ...] = ()) -> tuple[int, float]:
+    """Load a run's state into model, optimizer and EMA when state_path exists; -> (step, seconds) (0, 0.0 if not).
+
+    The saved config must equal `config` except in the `exempt` fields; otherwise ValueError names the fields.
+    """
+    if not state_path.is_file():
+        return 0, 0.0
+    state = load_state(state_path)
+    diff = sorted(k for k in set(state["config"]) | set(config)
+                  if k not in exempt and state["config"].get(k) != config.get(k))
+    if diff:
+        raise ValueError(f"out_dir={str(state_path.parent)!r} holds a run with another config (differs in {diff}); "
+                         "pass the same config, resume=False to start over, or a new out_dir")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if ema is not None:
+        ema.load_state_dict(state["ema"])
+    return int(state["step"]), float(state["seconds"])
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Write a text file atomically (temp file in the same folder, then rename)."""
     path = Path(path)
