@@ -89,18 +89,24 @@ def encode_texts(pipe: Any, texts: Sequence[str]) -> np.ndarray:
 
 
 def decoder_size(pipe: Any) -> int:
-    return int(pipe.decoder.config.image_size)
+    """Pixel side of the decoder stage's images (after the autoencoder, for a latent decoder)."""
+    return int(pipe.resolutions[0])
 
 
 def to_decoder_tensor(pipe: Any, image: Image.Image) -> torch.Tensor:
-    """(1, 3, s, s) tensor in [-1, 1] at the decoder's resolution, as pipe.invert sees the image."""
+    """(1, 3, s, s) pixels in [-1, 1] at the decoder stage's pixel size, as pipe.invert sees the image."""
     return pil_to_tensor([image], size=decoder_size(pipe))
+
+
+def noise(pipe: Any, n: int, generator: torch.Generator) -> torch.Tensor:
+    """n draws of the decoder's x_T from `generator`: (n, *pipe.x_T_shape(n)[1:]), pixels or latents."""
+    return torch.randn(pipe.x_T_shape(check_positive_int("n", n)), generator=generator)
 
 
 def decode(pipe: Any, z_i: torch.Tensor, x_T: torch.Tensor, steps: int, guidance: float, clip_denoised: bool,
            upsample: bool | int, upsampler_steps: Sequence[int], g: torch.Generator,
            batch_size: int = 16) -> tuple[list[Image.Image], torch.Tensor]:
-    """Decode z_i (n, d) from x_T (n, 3, s, s) in batches -> (final images, decoder-stage tensor (n, 3, s, s)).
+    """Decode z_i (n, d) from x_T of pipe.x_T_shape(n) in batches -> (final images, decoder-stage pixels (n, 3, s, s)).
 
     DDIM with eta = 0, so a frame depends only on its z_i and x_T. When upsampling, every frame gets the
     same upsampler noise (one seed drawn from g), so frames differ only through z_i and x_T.

@@ -15,8 +15,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from analyses._pipe import (as_image, check_guidance, check_pipe, decode, decoder_size, encode_images, generator,
-                            unit_rows)
+from analyses._pipe import as_image, check_guidance, check_pipe, decode, encode_images, generator, noise, unit_rows
 from analyses.projection import PAPER_KS, fit_projection, pca_truncate
 from analyses.tiling import make_grid
 from unclip_core.checks import check_embeddings, check_positive_int
@@ -111,8 +110,8 @@ def pca_reconstructions(pipe: Any, images: Sequence[Any], Z_fit: np.ndarray | to
     z_i = torch.as_tensor(encode_images(pipe, pics))  # (n_images, dim) float64
     z_k = torch.stack([z_i if k == dim else pca_truncate(z_i, proj, k, renormalize=True) for k in ks], dim=1)
     n_img, n_k = len(pics), len(ks)
-    s = decoder_size(pipe)
-    x_T = torch.randn((n_img, 1, 3, s, s), generator=g).expand(-1, n_k, -1, -1, -1).reshape(n_img * n_k, 3, s, s)
+    x_T = noise(pipe, n_img, g)  # one x_T per image, shared by its k columns
+    x_T = x_T.repeat_interleave(n_k, dim=0)
     recons, _ = decode(pipe, z_k.reshape(n_img * n_k, dim).float(), x_T, steps, guidance, clip_denoised=True,
                        upsample=upsample, upsampler_steps=upsampler_steps, g=g)
     emb = encode_images(pipe, recons).reshape(n_img, n_k, -1)

@@ -48,3 +48,48 @@ def write_tiny_pipeline(root: Path) -> Path:
                                              n_res_blocks=1, norm_groups=8)), 3)
     return save_pipeline(root / "tiny-unclip", {"prior": prior, "decoder": dec, "upsampler1": up, "clip": clip_dir},
                          metadata={"clip": "clip", "name": "tiny-unclip"})
+
+
+def write_tiny_latent_stages(root: Path) -> dict[str, Path]:
+    """Checkpoint folders of a tiny random latent-decoder family, as trainers export them.
+
+    autoencoder: 16px RGB <-> (4, 8, 8) latents (f = 2, default torch init); decoder: a latent Decoder with
+    image_size 8 and in_channels 4 whose metadata records its autoencoder (as train_stage does); prior and a
+    16->32 upsampler as in write_tiny_pipeline; clip: the tiny CLIP folder.
+    """
+    from unclip_core.autoencoder import Autoencoder, AutoencoderConfig
+    from unclip_core.checkpoint import save_checkpoint
+    from unclip_core.decoder import Decoder, DecoderConfig
+    from unclip_core.prior import DiffusionPrior, PriorConfig
+    from unclip_core.upsampler import Upsampler, UpsamplerConfig
+
+    root.mkdir(parents=True, exist_ok=True)
+    with torch.random.fork_rng():
+        torch.manual_seed(4)
+        ae = Autoencoder(AutoencoderConfig(image_size=16, latent_channels=4, channels=8, channel_mult=(1, 2),
+                                           n_res_blocks=1, norm_groups=4)).eval()
+    prior = randomize(DiffusionPrior(PriorConfig(clip_dim=16, text_width=32, width=32, n_layers=2, n_heads=2,
+                                                 n_text_tokens=12)), 1)
+    dec = randomize(Decoder(DecoderConfig(image_size=8, in_channels=4, model_channels=16, channel_mult=(1, 2),
+                                          n_res_blocks=1, attention_resolutions=(4,), head_channels=8, clip_dim=16,
+                                          norm_groups=8, dropout=0.0, clip_map_size=8)), 2)
+    up = randomize(Upsampler(UpsamplerConfig(low_res=16, out_res=32, model_channels=16, channel_mult=(1, 2),
+                                             n_res_blocks=1, norm_groups=8)), 3)
+    ae_dir = save_checkpoint(root / "autoencoder", ae)
+    return {"clip": write_tiny_clip(root / "clip"),
+            "prior": save_checkpoint(root / "prior", prior, metadata={"stage": "prior", "prediction": "x0"}),
+            "decoder": save_checkpoint(root / "decoder", dec, metadata={"stage": "decoder", "prediction": "v",
+                                                                        "autoencoder": str(ae_dir)}),
+            "upsampler1": save_checkpoint(root / "upsampler1", up, metadata={"stage": "upsampler1",
+                                                                             "prediction": "eps"}),
+            "autoencoder": ae_dir}
+
+
+def write_tiny_latent_pipeline(root: Path) -> Path:
+    """A tiny random UnCLIP with a latent decoder, assembled as `train assemble` does (the autoencoder stage comes
+    from the decoder's metadata)."""
+    from unclip_core.train.diffusion import assemble_pipeline
+
+    dirs = write_tiny_latent_stages(root / "stages")
+    return assemble_pipeline(root / "tiny-latent-unclip", {k: dirs[k] for k in ("prior", "decoder", "upsampler1")},
+                             dirs["clip"], "tiny-latent-unclip")

@@ -597,10 +597,9 @@ class KarloUnCLIP(UnCLIP):
             check_positive_int("upsampler steps", k)
         n_up = self.upsample_stages(upsample)
         g = _generator(seed)
-        s = self.decoder.config.image_size
         given = x_T is not None
         clip_denoised = self.clip_denoised_rule(clip_denoised, x_T_given=given, sampler=sampler)
-        x_T = self._noise(x_T, (z_i.shape[0], 3, s, s), g, "x_T")
+        x_T = self._noise(x_T, self.x_T_shape(z_i.shape[0]), g, "x_T")
         with torch.inference_mode():
             learned = self._learned("decoder", sampler)
             denoise = self._decoder_denoiser(z_i, prompt_list, guidance, clip_denoised=clip_denoised,

@@ -1,8 +1,12 @@
 """The unCLIP cascade (Ramesh et al. 2022): CLIP text -> prior -> z_i -> decoder -> upsamplers -> image.
 
-`UnCLIP` composes a CLIP encoder, a diffusion prior, a decoder and up to two upsamplers. It owns no maths:
-the schedule and samplers live in diffusion.py / samplers.py, the networks in prior.py / decoder.py /
-upsampler.py. Every stochastic call takes a seed or a torch.Generator.
+`UnCLIP` composes a CLIP encoder, a diffusion prior, a decoder, an optional autoencoder and up to two
+upsamplers. It owns no maths: the schedule and samplers live in diffusion.py / samplers.py, the networks in
+prior.py / decoder.py / autoencoder.py / upsampler.py. Every stochastic call takes a seed or a torch.Generator.
+
+With an autoencoder the decoder is a latent decoder (Rombach et al. 2022; Kandinsky 2.2 decodes MoVQ latents):
+it samples, inverts and inpaints in the autoencoder's latent space (x_T has `x_T_shape(n)`), and its output is
+decoded to pixels before anything else sees it, so upsamplers, outputs and callers get pixels either way.
 """
 from __future__ import annotations
 
@@ -13,9 +17,11 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from .autoencoder import Autoencoder
 from .checkpoint import load_checkpoint, read_pipeline, resolve
 from .checks import check_choice, check_embeddings, check_positive_int
 from .clip import ClipEncoder
@@ -61,6 +67,9 @@ class UnCLIPOutput:
         """PIL images of one stage ("decoder", "upsampler1", ...)."""
         if name not in self.stages:
             raise ValueError(f"stage {name!r} is not in this output; stages: {list(self.stages)}")
+        if self.stages[name].shape[1] != 3:
+            raise ValueError(f"stage {name!r} holds latents {tuple(self.stages[name].shape)}, not images; its pixels "
+                             "are stage 'decoder' (the autoencoder's decoding)")
         return tensor_to_pil(self.stages[name])
 
 
@@ -103,16 +112,20 @@ class UnCLIP:
     def __init__(self, clip: ClipEncoder, decoder: Decoder, prior: DiffusionPrior | None = None,
                  upsamplers: Sequence[Upsampler] = (), stage_info: Mapping[str, StageInfo] | None = None,
                  schedule: Schedule | None = None, name: str = "custom",
-                 policy: ConceptPolicy | None = None) -> None:
+                 policy: ConceptPolicy | None = None, *, autoencoder: Autoencoder | None = None) -> None:
         if not isinstance(decoder, Decoder):
             raise TypeError(f"decoder must be a Decoder, got {type(decoder).__name__}")
         if prior is not None and not isinstance(prior, DiffusionPrior):
             raise TypeError(f"prior must be a DiffusionPrior or None, got {type(prior).__name__}")
+        if autoencoder is not None and not isinstance(autoencoder, Autoencoder):
+            raise TypeError(f"autoencoder must be an Autoencoder or None, got {type(autoencoder).__name__}")
         if len(upsamplers) > 2:
             raise ValueError(f"at most two upsamplers are supported (the paper's cascade), got {len(upsamplers)}")
+        self._check_decoder_space(decoder, autoencoder)
         self.clip, self.decoder, self.prior = clip, decoder.eval(), prior.eval() if prior is not None else None
+        self.autoencoder = autoencoder.eval() if autoencoder is not None else None
         self.upsamplers = [u.eval() for u in upsamplers]
-        for k, (u, prev) in enumerate(zip(self.upsamplers, [decoder.config.image_size]
+        for k, (u, prev) in enumerate(zip(self.upsamplers, [self.resolutions[0]]
                                           + [u.config.out_res for u in self.upsamplers])):
             if u.config.low_res != prev:
                 raise ValueError(f"upsampler{k + 1} expects {u.config.low_res}px input but the stage before it "
@@ -123,12 +136,40 @@ class UnCLIP:
         if len(set(dims.values())) != 1:
             raise ValueError(f"the stages disagree on the CLIP embedding dimension: {dims}; "
                              "load a decoder/prior trained with this CLIP model")
-        self.stage_info = {"prior": StageInfo("x0", None), "decoder": StageInfo("eps", 1.0),
+        # a latent decoder's x0 is a latent, which has no [-1, 1] range: its stage has no clip_x0
+        self.stage_info = {"prior": StageInfo("x0", None),
+                           "decoder": StageInfo("eps", None if autoencoder is not None else 1.0),
                            "upsampler1": StageInfo("eps", 1.0), "upsampler2": StageInfo("eps", 1.0)}
         self.stage_info.update(stage_info or {})
+        if autoencoder is not None and self.stage_info["decoder"].clip_x0 is not None:
+            raise ValueError(f"stage_info['decoder'].clip_x0={self.stage_info['decoder'].clip_x0} clamps x0 to a pixel "
+                             "range, but this decoder samples the autoencoder's latents; set the decoder's clip_x0 "
+                             "to None (pipeline.json stage_info) for a latent decoder")
         self.schedule = schedule or cosine_schedule(1000)
         self.name = name
         self.policy = policy
+
+    @staticmethod
+    def _check_decoder_space(decoder: Decoder, autoencoder: Autoencoder | None) -> None:
+        """A pixel decoder makes RGB images; a latent decoder samples exactly its autoencoder's latent shape."""
+        dc = decoder.config
+        if autoencoder is None:
+            if dc.in_channels != 3:
+                raise ValueError(f"the decoder samples {dc.in_channels}-channel {dc.image_size}x{dc.image_size} "
+                                 "arrays, not RGB images: a latent decoder; pass its autoencoder (autoencoder=, or "
+                                 "an 'autoencoder' stage in the pipeline folder)")
+            return
+        ac = autoencoder.config
+        if ac.in_channels != 3:
+            raise ValueError(f"the autoencoder encodes {ac.in_channels}-channel images; the cascade needs RGB "
+                             "(in_channels=3)")
+        latent = (ac.latent_channels, ac.latent_size, ac.latent_size)
+        sampled = (dc.in_channels, dc.image_size, dc.image_size)
+        if latent != sampled:
+            raise ValueError(f"the autoencoder makes latents of shape {latent} (latent_channels, latent_size, "
+                             f"latent_size) but the decoder samples {sampled} (in_channels, image_size, image_size); "
+                             f"pair the decoder with the autoencoder it was trained on, or train one with "
+                             f"image_size={ac.latent_size} and in_channels={ac.latent_channels}")
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -150,16 +191,29 @@ class UnCLIP:
         models = {n: load_checkpoint(d, device=device) for n, d in dirs.items() if d.resolve() != local.resolve()}
         ups = [models[n] for n in ("upsampler1", "upsampler2") if n in models]
         info = {n: StageInfo(**v) for n, v in meta.get("stage_info", {}).items()}
-        return cls(clip, models["decoder"], models.get("prior"), ups, info, name=str(meta.get("name", spec)))
+        return cls(clip, models["decoder"], models.get("prior"), ups, info, name=str(meta.get("name", spec)),
+                   autoencoder=models.get("autoencoder"))
 
     @property
     def device(self) -> torch.device:
         return next(self.decoder.parameters()).device
 
     @property
+    def is_latent(self) -> bool:
+        """Whether the decoder samples an autoencoder's latents (a latent decoder) rather than pixels."""
+        return self.autoencoder is not None
+
+    @property
     def resolutions(self) -> list[int]:
-        """Image side of each stage's output: decoder, then each upsampler."""
-        return [self.decoder.config.image_size] + [u.config.out_res for u in self.upsamplers]
+        """Pixel side of each stage's output: decoder (after the autoencoder, for a latent decoder), then upsamplers."""
+        first = self.autoencoder.config.image_size if self.autoencoder is not None else self.decoder.config.image_size
+        return [first] + [u.config.out_res for u in self.upsamplers]
+
+    def x_T_shape(self, n: int) -> tuple[int, ...]:
+        """Shape of the decoder's noise x_T for n samples: (n, 3, s, s) in pixels, (n, C, h, h) for latents."""
+        n = check_positive_int("n", n)
+        c = self.decoder.config
+        return (n, c.in_channels, c.image_size, c.image_size)
 
     def upsample_stages(self, upsample: bool | int) -> int:
         """How many upsamplers a call runs: True = all, False = none, an int k = the first k."""
@@ -177,10 +231,18 @@ class UnCLIP:
         stages = {"decoder": n_params(self.decoder)}
         if self.prior is not None:
             stages["prior"] = n_params(self.prior)
+        if self.autoencoder is not None:
+            stages["autoencoder"] = n_params(self.autoencoder)
         for k, u in enumerate(self.upsamplers):
             stages[f"upsampler{k + 1}"] = n_params(u)
-        return {"model": self.name, "clip": self.clip.spec, "clip_id": self.clip.model_id,
-                "resolutions": self.resolutions, "parameters": stages}
+        d = {"model": self.name, "clip": self.clip.spec, "clip_id": self.clip.model_id,
+             "resolutions": self.resolutions, "parameters": stages, "latent_decoder": self.is_latent}
+        if self.autoencoder is not None:
+            ac = self.autoencoder.config
+            d["autoencoder"] = {"parameters": stages["autoencoder"], "image_size": ac.image_size,
+                                "latent_shape": [ac.latent_channels, ac.latent_size, ac.latent_size],
+                                "factor": ac.factor, "scaling_factor": ac.scaling_factor}
+        return d
 
     # ------------------------------------------------------------------ text
     def _text_features(self, prompts: list[str], n_tokens: int) -> tuple[Tensor, Tensor]:
@@ -248,11 +310,15 @@ class UnCLIP:
     def clip_denoised_rule(self, clip_denoised: bool | None, *, x_T_given: bool, sampler: str) -> bool:
         """Whether the decoder clamps each predicted x0 to [-1, 1]: the one rule of every decoding call.
 
-        An explicit True/False wins. Otherwise clamp when sampling from fresh noise (text_to_image, variations,
-        inpaint, decode without x_T) and not when decoding from a given x_T: a DDIM-inverted x_T reconstructs
-        its image only through the same unclamped ODE that `invert` ran.
+        A decoder stage without an x0 range (stage_info["decoder"].clip_x0 None, as every latent decoder: its x0
+        is a latent, and [-1, 1] bounds pixels) never clamps, whatever is asked: False. Otherwise an explicit
+        True/False wins, and None clamps when sampling from fresh noise (text_to_image, variations, inpaint,
+        decode without x_T) and not when decoding from a given x_T: a DDIM-inverted x_T reconstructs its image
+        only through the same unclamped ODE that `invert` ran.
         """
         clip_denoised = _check_clip_denoised(clip_denoised)
+        if self.stage_info["decoder"].clip_x0 is None:
+            return False
         return (not x_T_given) if clip_denoised is None else clip_denoised
 
     def _decoder_denoiser(self, z_i: Tensor, prompts: list[str] | None, guidance: float, *,
@@ -301,18 +367,46 @@ class UnCLIP:
         z_i = z_i[None] if z_i.ndim == 1 else z_i
         return torch.nn.functional.normalize(z_i.float(), dim=-1)
 
+    def _check_x_T(self, x_T: Tensor | None, n: int, g: torch.Generator) -> Tensor:
+        """The decoder's x_T of shape x_T_shape(n): drawn from g when None, else checked."""
+        shape = self.x_T_shape(n)
+        if x_T is None:
+            return torch.randn(shape, generator=g)
+        if not isinstance(x_T, Tensor) or not x_T.dtype.is_floating_point or tuple(x_T.shape) != shape:
+            got = tuple(x_T.shape) if isinstance(x_T, Tensor) else type(x_T).__name__
+            what = "latent of the autoencoder" if self.is_latent else "noise image"
+            raise ValueError(f"x_T has shape {got}, expected a float tensor of shape {shape} (pipe.x_T_shape({n}): "
+                             f"one {what} per z_i); pass None to draw it from the seed")
+        return x_T
+
+    def _to_pixels(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Decoder samples -> (pixels (B, 3, s, s) in [-1, 1], stages); a latent decoder's pass the autoencoder."""
+        if self.autoencoder is None:
+            x = x.clamp(-1, 1)
+            return x, {"decoder": x.cpu()}
+        pixels = self.autoencoder.decode(x.to(next(self.autoencoder.parameters()).dtype)).float().clamp(-1, 1)
+        return pixels, {"decoder_latents": x.cpu(), "decoder": pixels.cpu()}
+
+    def _to_latents(self, pixels: Tensor) -> Tensor:
+        """Images (B, 3, s, s) in [-1, 1] -> what the decoder samples: the pixels, or the autoencoder's latents."""
+        if self.autoencoder is None:
+            return pixels
+        return self.autoencoder.encode(pixels.to(next(self.autoencoder.parameters()).dtype)).float()
+
     def decode(self, z_i: Tensor, *, x_T: Tensor | None = None, steps: int = 50, guidance: float = 3.0,
                sampler: str = "ddim", eta: float = 0.0, prompts: Sequence[str] | None = None,
                upsample: bool | int = True, upsampler_steps: Sequence[int] = (27, 15),
                seed: int | torch.Generator | None = None, clip_denoised: bool | None = None,
                progress: bool = False) -> UnCLIPOutput:
-        """Images from CLIP image embeddings z_i (B, d) (sec. 2.1), optionally from a given x_T (B, 3, s, s).
+        """Images from CLIP image embeddings z_i (B, d) (sec. 2.1), optionally from a given x_T of x_T_shape(B).
 
         upsample: True runs every upsampler, False none, an int k the first k (1: 64 -> 256 of the cascade).
+        A latent decoder samples latents (kept in stages["decoder_latents"]); the autoencoder decodes them to the
+        pixels of stages["decoder"], which the upsamplers take.
 
         clip_denoised clamps each predicted x0 to [-1, 1]; None (the default) follows clip_denoised_rule: on
         from fresh noise, off when x_T is given, since a DDIM-inverted x_T reconstructs its image only through
-        the same unclamped ODE. The value used is recorded in settings["clip_denoised"].
+        the same unclamped ODE; always off for a latent decoder. The value used is in settings["clip_denoised"].
         """
         z_i, steps, guidance, prompt_list = self._check_decode_args(z_i, steps, guidance, sampler, SAMPLERS,
                                                                     prompts)
@@ -320,18 +414,12 @@ class UnCLIP:
         given = x_T is not None
         clip_denoised = self.clip_denoised_rule(clip_denoised, x_T_given=given, sampler=sampler)
         g = _generator(seed)
-        s = self.decoder.config.image_size
-        shape = (z_i.shape[0], 3, s, s)
-        if x_T is None:
-            x_T = torch.randn(shape, generator=g)
-        elif tuple(x_T.shape) != shape:
-            raise ValueError(f"x_T has shape {tuple(x_T.shape)}, expected {shape} (one noise image per z_i)")
+        x_T = self._check_x_T(x_T, z_i.shape[0], g)
         with torch.inference_mode():
             denoise = self._decoder_denoiser(z_i, prompt_list, guidance, clip_denoised=clip_denoised)
             x = self._run_sampler(denoise, x_T.to(self.device), steps=steps, sampler=sampler, eta=eta, generator=g,
                                   progress=progress, stage="decoder")
-            x = x.clamp(-1, 1)
-            stages = {"decoder": x.cpu()}
+            x, stages = self._to_pixels(x)
             for k in range(n_up):
                 n_steps = upsampler_steps[k] if k < len(upsampler_steps) else upsampler_steps[-1]
                 x = self.upsample(x, k, steps=n_steps, seed=g, progress=progress)
@@ -408,21 +496,23 @@ class UnCLIP:
         return self.clip.encode_image(images)
 
     def _decoder_input(self, images: ImageLike | Sequence[ImageLike]) -> Tensor:
+        """Images as (B, 3, s, s) pixels in [-1, 1] at the decoder stage's output size (resolutions[0])."""
         items = images if isinstance(images, (list, tuple)) else [images]
-        s = self.decoder.config.image_size
-        return pil_to_tensor([load_image(im) for im in items], size=s)
+        return pil_to_tensor([load_image(im) for im in items], size=self.resolutions[0])
 
     def invert(self, images: ImageLike | Sequence[ImageLike], *, steps: int = 50, guidance: float = 1.0,
                refine: int = 2, progress: bool = False) -> tuple[Tensor, Tensor]:
         """image -> (z_i, x_T): CLIP image encoder, then DDIM inversion of the decoder (sec. 3.1, fig. 4).
 
+        Returns z_i (B, d) and x_T of x_T_shape(B): a latent decoder inverts the autoencoder's latents of the
+        image, so decode(z_i, x_T=x_T) reconstructs those latents and, through the autoencoder, the image.
         `refine` fixed-point iterations per step make decode(z_i, x_T) reconstruct the image more closely
         (each costs one more decoder pass per step).
         """
         steps = check_positive_int("steps", steps)
         z_i = self.encode_images(images)
-        x0 = self._decoder_input(images).to(self.device)
         with torch.inference_mode():
+            x0 = self._to_latents(self._decoder_input(images).to(self.device))
             # the unclamped ODE that decode(z_i, x_T=x_T) runs back (clip_denoised_rule with x_T given)
             denoise = self._decoder_denoiser(z_i, None, _check_guidance("guidance", guidance), clip_denoised=False)
             x_T = invert_ddim(denoise, x0, self.schedule, steps, spacing=SPACING, n_fixed_point=refine,
@@ -446,30 +536,32 @@ class UnCLIP:
                 progress: bool = False) -> UnCLIPOutput:
         """Inpainting by RePaint-style resampling (Lugmayr et al. 2022) with the decoder conditioned on a z_i.
 
-        mask: (s, s) or (1, s, s) tensor / L-mode image at the decoder resolution, 1 (white) = regenerate.
+        mask: (s, s) or (1, s, s) tensor / L-mode image at the decoder stage's pixel size (resolutions[0]),
+        1 (white) = regenerate. A latent decoder resamples in latent space from x0 = the image's latents, with the
+        mask taken to the latent grid: a latent cell is regenerated when any of its pixels is.
         The condition is z_i if given, else the prior's z_i for `prompt`, else the image's own z_i.
-        Sampling starts from fresh noise, so predicted x0 is clamped (clip_denoised_rule).
+        Sampling starts from fresh noise, so predicted x0 is clamped (clip_denoised_rule; never for latents).
         """
         n = check_positive_int("n", n)
         n_up = self.upsample_stages(upsample)
         clip_denoised = self.clip_denoised_rule(None, x_T_given=False, sampler="ddim")
-        s = self.decoder.config.image_size
-        m = self._check_mask(mask, s)
+        m = self._check_mask(mask, self.resolutions[0])
         g = _generator(seed)
         if z_i is None:
             z_i = (self.sample_prior([prompt], n=1, seed=g, progress=progress) if prompt is not None
                    else self.encode_images([image]))
         z_i = self._check_z_i(z_i)[:1].expand(n, -1)
-        x0 = self._decoder_input([image]).expand(n, -1, -1, -1).to(self.device)
         with torch.inference_mode():
+            x0 = self._to_latents(self._decoder_input([image]).to(self.device)).expand(n, -1, -1, -1)
+            if self.autoencoder is not None:
+                m = F.max_pool2d(m, self.autoencoder.config.factor)  # (1, 1, h, h): any regenerated pixel
             denoise = self._decoder_denoiser(z_i, None, _check_guidance("guidance", guidance),
                                              clip_denoised=clip_denoised)
-            x_T = torch.randn((n, 3, s, s), generator=g).to(self.device)
+            x_T = torch.randn(self.x_T_shape(n), generator=g).to(self.device)
             x = sample_repaint(denoise, x_T, self.schedule, check_positive_int("steps", steps), x0,
                                m.to(self.device), n_resample=n_resample, generator=g, progress=progress,
                                label="decoder")
-            x = x.clamp(-1, 1)
-            stages = {"decoder": x.cpu()}
+            x, stages = self._to_pixels(x)
             for k in range(n_up):
                 x = self.upsample(x, k, steps=(27, 15)[k], seed=g, progress=progress)
                 stages[f"upsampler{k + 1}"] = x.cpu()
@@ -483,7 +575,7 @@ class UnCLIP:
     def _check_mask(mask: Tensor | Image.Image, s: int) -> Tensor:
         if isinstance(mask, Image.Image):
             if mask.size != (s, s):
-                raise ValueError(f"mask is {mask.size[0]}x{mask.size[1]} but the decoder works at {s}x{s}; "
+                raise ValueError(f"mask is {mask.size[0]}x{mask.size[1]} but the decoder makes {s}x{s} images; "
                                  f"resize the mask to {s}x{s}")
             mask = torch.from_numpy(__import__("numpy").asarray(mask.convert("L"), dtype="float32") / 255.0)
         if not isinstance(mask, Tensor):
@@ -491,6 +583,6 @@ class UnCLIP:
         if mask.ndim == 3 and mask.shape[0] == 1:
             mask = mask[0]
         if tuple(mask.shape) != (s, s):
-            raise ValueError(f"mask has shape {tuple(mask.shape)} but the decoder works at {s}x{s}; "
+            raise ValueError(f"mask has shape {tuple(mask.shape)} but the decoder makes {s}x{s} images; "
                              f"pass an ({s}, {s}) mask with 1 = regenerate")
         return (mask.float() > 0.5).float()[None, None]

@@ -38,6 +38,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=None,
                    help="auto (default): bf16 autocast where the CPU has native bf16 (AVX512-BF16/AMX), else fp32")
     p.add_argument("--clip", default=None, help="CLIP spec for the prior/decoder (default: the recipe's)")
+    p.add_argument("--autoencoder", default=None, metavar="PATH",
+                   help="decoder: an autoencoder checkpoint (folder or bundled NAME/STAGE, from `python -m "
+                        "unclip_core.train.autoencoder`); the decoder then samples its latents, its image_size and "
+                        "in_channels set to the latent shape. assemble: the autoencoder stage (default: the one the "
+                        "decoder was trained with)")
+    p.add_argument("--world", type=int, default=None, metavar="N",
+                   help="ShapesWorld version of the training data (default: the recipe's, or the CLIP's)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the recipe's)")
     p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
                    help="warm start a diffusion stage from a checkpoint folder or a bundled stage such as "
@@ -74,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
                          "start over")
     if args.stage == "clip":
         unused = [f for f, v in (("--init-from", args.init_from), ("--min-snr-gamma", args.min_snr_gamma),
+                                 ("--autoencoder", args.autoencoder),
                                  ("--lr", args.lr), ("--object-weights", args.object_weights),
                                  ("--high-t-fraction", args.high_t_fraction),
                                  ("--high-t-from", args.high_t_from),
@@ -82,11 +90,11 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"options for the diffusion stages only, not clip: {', '.join(unused)}; drop them")
         from unclip_core.train.clip import ClipTrainConfig, train_clip
         overrides = {k: v for k, v in {"n_steps": args.steps, "batch_size": args.batch_size,
-                                       "precision": args.precision}.items() if v is not None}
+                                       "precision": args.precision, "world": args.world}.items() if v is not None}
         folder = train_clip(ClipTrainConfig.recipe(args.recipe, **overrides), out, resume=args.resume,
                             progress=not args.no_progress)
     else:
-        from unclip_core.train.diffusion import recipe, train_stage
+        from unclip_core.train.diffusion import fit_to_autoencoder, recipe, train_stage
         overrides = {k: v for k, v in {"n_steps": args.steps, "batch_size": args.batch_size,
                                        "precision": args.precision, "clip": args.clip, "lr": args.lr,
                                        "init_from": args.init_from,
@@ -94,9 +102,11 @@ def run(args: argparse.Namespace) -> int:
                                        "object_weights": args.object_weights,
                                        "high_t_fraction": args.high_t_fraction,
                                        "high_t_from": args.high_t_from,
-                                       "crop_content_fraction": args.crop_content_fraction}.items() if v is not None}
-        folder = train_stage(recipe(args.recipe, args.stage, **overrides), out, resume=args.resume,
-                             progress=not args.no_progress)
+                                       "crop_content_fraction": args.crop_content_fraction,
+                                       "autoencoder": args.autoencoder, "world": args.world}.items() if v is not None}
+        # --autoencoder on a prior or an upsampler: the config's one-line ValueError
+        config = fit_to_autoencoder(recipe(args.recipe, args.stage, **overrides))
+        folder = train_stage(config, out, resume=args.resume, progress=not args.no_progress)
     print(f"trained {args.stage}: {folder}")
     return 0
 
@@ -110,6 +120,8 @@ def _assemble(args: argparse.Namespace) -> int:
     from unclip_core.train.diffusion import assemble_pipeline
     if not args.out:
         raise ValueError("train assemble needs --out PIPELINE_FOLDER (where the pipeline is written)")
+    if args.world is not None:
+        raise ValueError("--world sets the training data; train assemble takes the stages as trained, drop it")
     runs = Path(args.runs) if args.runs else default_runs_dir()
     stage_dirs = {s: runs / f"{args.recipe}-{s}" / "model" for s in FAMILY_STAGES
                   if (runs / f"{args.recipe}-{s}" / "model" / "config.json").is_file()}
@@ -119,7 +131,10 @@ def _assemble(args: argparse.Namespace) -> int:
     meta = json.loads((stage_dirs["decoder"] / "config.json").read_text()).get("metadata", {})
     clip = str(meta.get("train", {}).get("clip", "shapes-clip"))
     name = args.name or f"{args.recipe}-unclip"
+    if args.autoencoder is not None:  # else the one the decoder recorded (assemble_pipeline)
+        stage_dirs["autoencoder"] = args.autoencoder
     folder = assemble_pipeline(args.out, stage_dirs, clip, name, copy_clip=clip not in list_bundled(),
                                overwrite=True, dtype=torch.float16 if args.fp16 else None)
-    print(f"assembled {name} ({', '.join(stage_dirs)}; CLIP {clip}): {folder}")
+    written = [k for k in json.loads((folder / "pipeline.json").read_text())["stages"] if k != "clip"]
+    print(f"assembled {name} ({', '.join(written)}; CLIP {clip}): {folder}")
     return 0

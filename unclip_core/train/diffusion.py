@@ -254,8 +254,10 @@ class _Batcher:
         idx = self.indices(step)
         if c.stage in ("prior", "decoder"):
             size = self.clip.image_size
-            pixels = mc.image_size if self.autoencoder is None else self.autoencoder.config.image_size
-            sizes = (size,) if c.stage == "prior" else (size, pixels)
+            if c.stage == "prior":  # a PriorConfig has no image size
+                sizes: tuple[int, ...] = (size,)
+            else:
+                sizes = (size, mc.image_size if self.autoencoder is None else self.autoencoder.config.image_size)
             images, captions = _render_batch(self.data, idx, sizes)
             z_i = self.clip.encode_image(images[0])
             if c.stage == "prior":
@@ -280,6 +282,20 @@ class _Batcher:
             hi = torch.cat([p[0] for p in pairs])
             lo = torch.cat([p[1] for p in pairs])
         return hi, {"low_res": lo}
+
+
+def fit_to_autoencoder(config: DiffusionTrainConfig) -> DiffusionTrainConfig:
+    """`config` with its decoder's image_size and in_channels set to its autoencoder's latent shape (a latent
+    decoder, Rombach et al. 2022); unchanged without an autoencoder. The other network settings are the recipe's."""
+    if config.autoencoder is None:
+        return config
+    from dataclasses import replace
+
+    from unclip_core.checkpoint import resolve
+    cls, ac, _ = read_checkpoint_config(resolve(config.autoencoder))
+    if cls is not Autoencoder:
+        raise ValueError(f"autoencoder={config.autoencoder!r} is a {cls.__name__} checkpoint, not an Autoencoder")
+    return replace(config, model={**config.model, "image_size": ac.latent_size, "in_channels": ac.latent_channels})
 
 
 def load_autoencoder_for(config: DiffusionTrainConfig, model_config: Any) -> Autoencoder | None:
@@ -429,6 +445,7 @@ def train_stage(config: DiffusionTrainConfig, out_dir: str | os.PathLike, resume
     card = stage_card(config, elapsed, step, sum(p.numel() for p in model.parameters()))
     return save_checkpoint(out / "model", export, card=card,
                            metadata={"stage": config.stage, "prediction": config.prediction,
+                                     "autoencoder": config.autoencoder,
                                      "train": config.to_dict(), "steps": step, "seconds": round(elapsed, 1)},
                            overwrite=True)
 
@@ -482,6 +499,8 @@ def stage_card(config: DiffusionTrainConfig, seconds: float, steps: int, n_param
             f"({resolve_precision(config.precision)}), seed {config.seed}\n"
             + (f"- warm start: the weights of `{config.init_from}` (its own card tells how they were trained)\n"
                if config.init_from else "")
+            + (f"- latent decoder: samples the latents of the autoencoder `{config.autoencoder}`\n"
+               if config.autoencoder else "")
             + f"- recipe: `unclip-explorer train {config.stage} --recipe shapes`\n\n"
             f"```json\n{json.dumps(config.to_dict(), indent=2)}\n```\n")
 
@@ -492,15 +511,30 @@ def assemble_pipeline(out: str | os.PathLike, stage_dirs: dict[str, str | os.Pat
     """Write a pipeline folder (pipeline.json + stage folders + a copy of the CLIP) loadable by UnCLIP.load.
 
     Each stage's prediction target is read from the metadata its trainer wrote into its config.json.
+    A latent decoder's autoencoder (the "autoencoder" its metadata records) becomes the stage "autoencoder"
+    unless stage_dirs names one; its decoder clamps no x0 (clip_x0 None: latents have no [-1, 1] range).
     copy_clip=False records `clip` by name instead of copying it (for a bundled CLIP such as "shapes-clip").
     dtype=torch.float16 stores the stages' weights at half size (what the bundled family ships).
     """
-    stages: dict[str, Any] = {k: Path(v) for k, v in stage_dirs.items()}
+    from unclip_core.checkpoint import resolve
+    stages: dict[str, Any] = {k: resolve(v) for k, v in stage_dirs.items()}
+    metas = {k: json.loads((folder / "config.json").read_text()).get("metadata", {}) for k, folder in stages.items()}
+    recorded = metas.get("decoder", {}).get("autoencoder")
+    if recorded is not None and "autoencoder" not in stages:
+        try:
+            stages["autoencoder"] = resolve(recorded)
+        except (FileNotFoundError, ValueError):
+            raise FileNotFoundError(f"the decoder at {stage_dirs['decoder']} samples the latents of autoencoder "
+                                    f"{recorded!r} (its config.json metadata), which is not found from here; pass "
+                                    "that checkpoint folder as stage 'autoencoder' (train assemble --autoencoder "
+                                    "PATH)") from None
+    latent = "autoencoder" in stages
     info = {}
-    for k, folder in stage_dirs.items():
-        meta = json.loads((Path(folder) / "config.json").read_text()).get("metadata", {})
-        info[k] = {"prediction": meta.get("prediction", _PREDICTION.get(k, "eps")),
-                   "clip_x0": None if k == "prior" else 1.0}
+    for k in stage_dirs:
+        if k not in _PREDICTION:  # not a diffusion stage (the autoencoder)
+            continue
+        info[k] = {"prediction": metas[k].get("prediction", _PREDICTION[k]),
+                   "clip_x0": None if k == "prior" or (k == "decoder" and latent) else 1.0}
     metadata = {"clip": "clip" if copy_clip else str(clip), "name": name, "stage_info": info}
     with tempfile.TemporaryDirectory() as tmp:
         if dtype is not None:  # re-save each stage (card and metadata kept) with its weights in dtype
@@ -517,8 +551,9 @@ def assemble_pipeline(out: str | os.PathLike, stage_dirs: dict[str, str | os.Pat
 
 
 def main(argv: list[str] | None = None) -> None:
-    """CLI: python -m unclip_core.train.diffusion STAGE --recipe shapes --out DIR [--steps N] [--fresh]."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    """CLI: python -m unclip_core.train.diffusion STAGE --recipe shapes --out DIR [--steps N] [--autoencoder PATH]
+    [--world N] [--fresh]. --autoencoder makes the decoder a latent decoder (fit_to_autoencoder)."""
+    p = argparse.ArgumentParser(prog="python -m unclip_core.train.diffusion", description=__doc__.splitlines()[0])
     p.add_argument("stage", choices=STAGES)
     p.add_argument("--recipe", default="shapes", choices=sorted(RECIPES))
     p.add_argument("--out", required=True)
@@ -526,6 +561,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--precision", choices=PRECISIONS, default=None)
     p.add_argument("--clip", default=None)
+    p.add_argument("--autoencoder", default=None, metavar="PATH",
+                   help="decoder: an autoencoder checkpoint (folder or bundled NAME/STAGE); the decoder then samples "
+                        "its latents (a latent decoder)")
+    p.add_argument("--world", type=int, default=None, help="ShapesWorld version of the data (default: the CLIP's)")
     p.add_argument("--fresh", action="store_true")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (1 is fastest when other jobs share the cores)")
@@ -533,8 +572,13 @@ def main(argv: list[str] | None = None) -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     overrides = {k: v for k, v in {"n_steps": a.steps, "batch_size": a.batch_size, "precision": a.precision,
-                                   "clip": a.clip}.items() if v is not None}
-    folder = train_stage(recipe(a.recipe, a.stage, **overrides), a.out, resume=not a.fresh)
+                                   "clip": a.clip, "autoencoder": a.autoencoder, "world": a.world}.items()
+                 if v is not None}
+    try:
+        config = fit_to_autoencoder(recipe(a.recipe, a.stage, **overrides))
+    except (ValueError, FileNotFoundError) as e:  # a user's mistake (e.g. --autoencoder on a prior): one line
+        p.exit(2, f"{p.prog}: error: {e}\n")
+    folder = train_stage(config, a.out, resume=not a.fresh)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"exported {folder}")
     if dist.is_initialized():
