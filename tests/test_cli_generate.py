@@ -49,3 +49,34 @@ def test_train_a_tiny_upsampler(tmp_path):
     assert (tmp_path / "model" / "model.safetensors").is_file()
     assert main(["train", "upsampler1", "--recipe", "tiny", "--out", str(tmp_path), "--steps", "2",
                  "--resume", "--no-progress"]) == 0  # already done: resumes at step 2 and re-exports
+
+
+def test_default_cascade_leaves_out_upsamplers_that_do_not_beat_bicubic(pipe_dir, tmp_path, capsys):
+    import shutil
+
+    from PIL import Image
+
+    from unclip_core.pipeline import UnCLIP
+    left_out = tmp_path / "pipe"
+    shutil.copytree(pipe_dir, left_out)
+    doc = json.loads((left_out / "pipeline.json").read_text())
+    doc["metadata"]["default_upsample"] = 0  # as a card would: upsampler1 does not beat bicubic
+    (left_out / "pipeline.json").write_text(json.dumps(doc))
+    pipe = UnCLIP.load(left_out)
+    assert pipe.resolutions == [16, 32] and pipe.default_upsample == 0 and UnCLIP.load(pipe_dir).default_upsample == 1
+    z = pipe.sample_prior(["a red circle"], steps=2, seed=0)
+    assert list(pipe.decode(z, steps=2, seed=0).stages) == ["decoder"]  # None: the default cascade
+    assert list(pipe.decode(z, steps=2, seed=0, upsample=True).stages) == ["decoder", "upsampler1"]
+    base = ["generate", "a red circle", "--model", str(left_out), "--n", "1", "--steps", "2", "--prior-steps", "2"]
+    assert main(base + ["--out", str(tmp_path / "a")]) == 0  # default size: the largest below 256, 32 px
+    meta = read_png_meta(tmp_path / "a" / "000.png")
+    assert Image.open(tmp_path / "a" / "000.png").size == (32, 32) and meta["size"] == 32
+    assert meta["resize"].startswith("bicubic 16 -> 32 px: upsampler1 is left out of the default cascade")
+    assert main(base + ["--out", str(tmp_path / "b"), "--all-upsamplers"]) == 0
+    assert "resize" not in read_png_meta(tmp_path / "b" / "000.png")
+    assert main(base + ["--out", str(tmp_path / "c"), "--size", "64"]) == 2
+    assert "--size 64 is not a resolution of" in capsys.readouterr().err
+    assert main(base + ["--out", str(tmp_path / "d"), "--no-upsample", "--size", "32"]) == 2
+    assert "--no-upsample stops at 16 px but --size is 32" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"upsample must be None \(the default cascade\), True, False or a number"):
+        pipe.decode(z, steps=2, upsample=5)

@@ -35,8 +35,9 @@ def test_upsample_may_name_how_many_stages_run(pipe):
     none = pipe.decode(z, steps=2, upsample=0, seed=0)
     assert set(none.stages) == {"decoder"} and none.images[0].size == (16, 16)
     assert (pipe.upsample_stages(True), pipe.upsample_stages(False), pipe.upsample_stages(1)) == (1, 0, 1)
-    with pytest.raises(ValueError, match=r"upsample must be True, False or a number of stages 0..1 \(this pipeline "
-                                         r"has 1 upsamplers\), got 2"):
+    assert pipe.upsample_stages(None) == pipe.default_upsample == 1  # no default_upsample in pipeline.json: all
+    with pytest.raises(ValueError, match=r"upsample must be None \(the default cascade\), True, False or a number of "
+                                         r"stages 0..1 \(this pipeline has 1 upsamplers\), got 2"):
         pipe.text_to_image("a red circle", steps=2, prior_steps=2, upsample=2)
 
 

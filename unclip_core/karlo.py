@@ -582,7 +582,7 @@ class KarloUnCLIP(UnCLIP):
 
     def decode(self, z_i: Tensor, *, x_T: Tensor | None = None, steps: int = 25, guidance: float = 8.0,
                sampler: str = "unclip", eta: float = 0.0, prompts: Sequence[str] | None = None,
-               upsample: bool | int = True, upsampler_steps: Sequence[int] = (7,),
+               upsample: bool | int | None = None, upsampler_steps: Sequence[int] = (7,),
                seed: int | torch.Generator | None = None, clip_denoised: bool | None = None, progress: bool = False,
                super_res_x_T: Tensor | None = None) -> UnCLIPOutput:
         """Images from Karlo image embeddings z_i (B, d) and captions (default ""), as diffusers' UnCLIPPipeline.

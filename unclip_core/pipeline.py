@@ -112,7 +112,8 @@ class UnCLIP:
     def __init__(self, clip: ClipEncoder, decoder: Decoder, prior: DiffusionPrior | None = None,
                  upsamplers: Sequence[Upsampler] = (), stage_info: Mapping[str, StageInfo] | None = None,
                  schedule: Schedule | None = None, name: str = "custom",
-                 policy: ConceptPolicy | None = None, *, autoencoder: Autoencoder | None = None) -> None:
+                 policy: ConceptPolicy | None = None, *, autoencoder: Autoencoder | None = None,
+                 default_upsample: int | None = None) -> None:
         if not isinstance(decoder, Decoder):
             raise TypeError(f"decoder must be a Decoder, got {type(decoder).__name__}")
         if prior is not None and not isinstance(prior, DiffusionPrior):
@@ -148,6 +149,10 @@ class UnCLIP:
         self.schedule = schedule or cosine_schedule(1000)
         self.name = name
         self.policy = policy
+        # the default cascade: the first k upsamplers (a stage that does not beat bicubic is left out of it)
+        self.default_upsample = len(self.upsamplers)
+        if default_upsample is not None:
+            self.default_upsample = self.upsample_stages(default_upsample)
 
     @staticmethod
     def _check_decoder_space(decoder: Decoder, autoencoder: Autoencoder | None) -> None:
@@ -192,7 +197,7 @@ class UnCLIP:
         ups = [models[n] for n in ("upsampler1", "upsampler2") if n in models]
         info = {n: StageInfo(**v) for n, v in meta.get("stage_info", {}).items()}
         return cls(clip, models["decoder"], models.get("prior"), ups, info, name=str(meta.get("name", spec)),
-                   autoencoder=models.get("autoencoder"))
+                   autoencoder=models.get("autoencoder"), default_upsample=meta.get("default_upsample"))
 
     @property
     def device(self) -> torch.device:
@@ -215,12 +220,16 @@ class UnCLIP:
         c = self.decoder.config
         return (n, c.in_channels, c.image_size, c.image_size)
 
-    def upsample_stages(self, upsample: bool | int) -> int:
-        """How many upsamplers a call runs: True = all, False = none, an int k = the first k."""
+    def upsample_stages(self, upsample: bool | int | None) -> int:
+        """How many upsamplers a call runs: None = the default cascade (pipeline.json "default_upsample", else
+        all), True = all, False = none, an int k = the first k."""
+        if upsample is None:
+            return self.default_upsample
         if isinstance(upsample, bool):
             return len(self.upsamplers) if upsample else 0
         if not isinstance(upsample, int) or not 0 <= upsample <= len(self.upsamplers):
-            raise ValueError(f"upsample must be True, False or a number of stages 0..{len(self.upsamplers)} "
+            raise ValueError(f"upsample must be None (the default cascade), True, False or a number of stages "
+                             f"0..{len(self.upsamplers)} "
                              f"(this pipeline has {len(self.upsamplers)} upsamplers), got {upsample!r}")
         return upsample
 
@@ -395,12 +404,12 @@ class UnCLIP:
 
     def decode(self, z_i: Tensor, *, x_T: Tensor | None = None, steps: int = 50, guidance: float = 3.0,
                sampler: str = "ddim", eta: float = 0.0, prompts: Sequence[str] | None = None,
-               upsample: bool | int = True, upsampler_steps: Sequence[int] = (27, 15),
+               upsample: bool | int | None = None, upsampler_steps: Sequence[int] = (27, 15),
                seed: int | torch.Generator | None = None, clip_denoised: bool | None = None,
                progress: bool = False) -> UnCLIPOutput:
         """Images from CLIP image embeddings z_i (B, d) (sec. 2.1), optionally from a given x_T of x_T_shape(B).
 
-        upsample: True runs every upsampler, False none, an int k the first k (1: 64 -> 256 of the cascade).
+        upsample: None runs the default cascade, True every upsampler, False none, an int k the first k.
         A latent decoder samples latents (kept in stages["decoder_latents"]); the autoencoder decodes them to the
         pixels of stages["decoder"], which the upsamplers take.
 
@@ -464,12 +473,12 @@ class UnCLIP:
     # ------------------------------------------------------------------ public capabilities
     def text_to_image(self, prompts: str | Sequence[str], *, n: int = 1, steps: int = 50, guidance: float = 3.0,
                       prior_steps: int = 64, prior_guidance: float = 4.0, best_of: int = 2, sampler: str = "ddim",
-                      upsample: bool | int = True, upsampler_steps: Sequence[int] = (27, 15),
+                      upsample: bool | int | None = None, upsampler_steps: Sequence[int] = (27, 15),
                       seed: int | torch.Generator | None = None, progress: bool = False) -> UnCLIPOutput:
         """Text -> prior -> z_i -> decoder -> upsamplers (Ramesh et al. 2022, fig. 2): n images per prompt.
 
-        upsample: True runs every upsampler, False none, an int k the first k. The decoder starts from fresh
-        noise, so predicted x0 is clamped (clip_denoised_rule); progress shows one bar per stage.
+        upsample: None the default cascade, True every upsampler, False none, an int k the first k. The decoder
+        starts from fresh noise, so predicted x0 is clamped (clip_denoised_rule); progress shows one bar per stage.
         """
         prompts = _check_prompts(prompts)
         # check the decoder's settings before spending time in the prior
@@ -520,7 +529,7 @@ class UnCLIP:
         return z_i, x_T.cpu()
 
     def variations(self, image: ImageLike, *, n: int = 4, eta: float = 1.0, steps: int = 50, guidance: float = 3.0,
-                   seed: int | torch.Generator | None = None, upsample: bool | int = True,
+                   seed: int | torch.Generator | None = None, upsample: bool | int | None = None,
                    progress: bool = False) -> UnCLIPOutput:
         """Image variations (sec. 3.1): decode the image's z_i n times with DDIM eta > 0 from fresh noise."""
         n = check_positive_int("n", n)
@@ -532,7 +541,7 @@ class UnCLIP:
 
     def inpaint(self, image: ImageLike, mask: Tensor | Image.Image, *, prompt: str | None = None,
                 z_i: Tensor | None = None, n: int = 1, steps: int = 50, guidance: float = 3.0,
-                n_resample: int = 4, seed: int | torch.Generator | None = None, upsample: bool | int = True,
+                n_resample: int = 4, seed: int | torch.Generator | None = None, upsample: bool | int | None = None,
                 progress: bool = False) -> UnCLIPOutput:
         """Inpainting by RePaint-style resampling (Lugmayr et al. 2022) with the decoder conditioned on a z_i.
 

@@ -5,6 +5,8 @@ import argparse
 import json
 from pathlib import Path
 
+from PIL import Image
+
 DEFAULT_MODEL = "shapes-unclip"
 
 
@@ -22,10 +24,40 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--prior-guidance", type=float, default=4.0)
     p.add_argument("--best-of", type=int, default=2, help="prior candidates per image, ranked by z_i . z_t")
     p.add_argument("--sampler", choices=("ddim", "ddpm", "dpmpp_2m"), default="ddim")
-    p.add_argument("--no-upsample", action="store_true", help="stop at the decoder's resolution")
+    p.add_argument("--size", type=int, default=None, metavar="PX",
+                   help="output side in pixels, one of the pipeline's resolutions (default: 256 where the pipeline "
+                        "reaches it). An upsampler its card leaves out of the default cascade (it does not beat "
+                        "bicubic) is replaced by bicubic resizing, recorded in each PNG, unless --all-upsamplers")
+    p.add_argument("--all-upsamplers", action="store_true",
+                   help="run every upsampler up to --size, also those left out of the default cascade")
+    p.add_argument("--no-upsample", action="store_true", help="stop at the decoder's resolution (= --size of it)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--signature", action="store_true", help="add a visible signature in a corner")
     return p
+
+
+def plan_size(pipe, size: int | None, *, no_upsample: bool = False, all_upsamplers: bool = False
+              ) -> tuple[int, int, str | None]:
+    """(output size, upsamplers to run, bicubic note or None) for a requested output size.
+
+    The default size is 256 px where the pipeline reaches it, else its largest resolution; model upsamplers
+    run as far as the default cascade goes (or all with all_upsamplers); the rest is bicubic, noted.
+    """
+    res = list(pipe.resolutions)
+    if no_upsample:
+        if size not in (None, res[0]):
+            raise ValueError(f"--no-upsample stops at {res[0]} px but --size is {size}; drop one of them")
+        size = res[0]
+    if size is None:
+        size = 256 if 256 in res else res[-1]
+    if size not in res:
+        raise ValueError(f"--size {size} is not a resolution of {pipe.name} (its stages make {res} px)")
+    k = res.index(size)
+    n_model = k if all_upsamplers else min(k, pipe.default_upsample)
+    if n_model == k:
+        return size, n_model, None
+    return size, n_model, (f"bicubic {res[n_model]} -> {size} px: upsampler{n_model + 1} is left out of the default "
+                           "cascade (it does not beat bicubic; see the model card); --all-upsamplers runs it")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,10 +65,15 @@ def run(args: argparse.Namespace) -> int:
     from unclip_core.provenance import save_png, tensor_hash
 
     pipe = UnCLIP.load(args.model)
+    size, n_model, note = plan_size(pipe, args.size, no_upsample=args.no_upsample, all_upsamplers=args.all_upsamplers)
     out = pipe.text_to_image(args.prompts, n=args.n, steps=args.steps, guidance=args.guidance,
                              prior_steps=args.prior_steps, prior_guidance=args.prior_guidance,
-                             best_of=args.best_of, sampler=args.sampler, upsample=not args.no_upsample,
+                             best_of=args.best_of, sampler=args.sampler, upsample=n_model,
                              seed=args.seed, progress=True)
+    if note is not None:
+        out.images = [im.resize((size, size), Image.BICUBIC) for im in out.images]
+        out.settings["resize"] = note
+    out.settings["size"] = size
     folder = Path(args.out)
     folder.mkdir(parents=True, exist_ok=True)
     for k, image in enumerate(out.images):
