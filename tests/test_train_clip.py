@@ -89,7 +89,7 @@ def test_config_errors():
         ClipTrainConfig(patch_size=10)
     with pytest.raises(ValueError, match="batch_size must be >= 2 for a contrastive loss, got 1"):
         ClipTrainConfig(batch_size=1)
-    with pytest.raises(ValueError, match=r"recipe='big' is not known; accepted: 'shapes', 'shapes-v1', 'tiny'"):
+    with pytest.raises(ValueError, match=r"recipe='big' is not known; accepted: 'shapes', 'shapes-v2', 'tiny'"):
         ClipTrainConfig.recipe("big")
     with pytest.raises(ValueError, match=r"unknown ClipTrainConfig fields \['depth'\]"):
         ClipTrainConfig.from_dict({"depth": 3})
@@ -169,6 +169,7 @@ def test_twins_change_one_attribute_of_one_object_and_keep_the_pose():
                 assert f == attribute or getattr(a, f) == getattr(b, f)
             assert not any((o.colour, o.shape) in w.held_out_pairs for o in twin.objects)
     config = ClipTrainConfig.recipe("tiny", batch_size=8, twin_fraction=0.5, image_size=32)
+    assert ClipTrainConfig.recipe("shapes-v2").world == 2 and ClipTrainConfig.recipe("shapes").world == 1
     data = ShapesConfig(0, 32, "train", world=2)
     x, texts, keys = _batch(data, 3, config)
     x2, texts2, _ = _batch(data, 3, config)

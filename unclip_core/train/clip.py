@@ -120,7 +120,7 @@ class ClipTrainConfig:
 
     @classmethod
     def recipe(cls, name: str, **overrides: Any) -> "ClipTrainConfig":
-        """A named recipe ("shapes": the bundled model; "tiny": seconds-long runs for tests) with overrides."""
+        """A named recipe ("shapes": bundled v1; "shapes-v2": ShapesWorld v2; "tiny": for tests) with overrides."""
         check_choice("recipe", name, RECIPES)
         return cls(**{**RECIPES[name], **overrides})
 
@@ -137,14 +137,14 @@ class ClipTrainConfig:
 TWIN_ATTRIBUTES: tuple[str, ...] = ("shape", "size", "colour")
 
 RECIPES: dict[str, dict[str, Any]] = {
-    # shapes-clip v2 (ShapesWorld v2): patch 8 so 15-px objects span several patches, half of each batch as
-    # minimal pairs (shape / size / colour twins); v1 (patch 16, no twins, world 1) put circle and hexagon at
-    # z_i cosine 0.9987 and found 84% of one-object training scenes by text
-    "shapes": dict(n_steps=3000, warmup_steps=100, patch_size=8, object_weights=(0.5, 0.3, 0.2),
-                   twin_fraction=0.5, world=2),
     # the bundled v1 shapes-clip: 1500 steps with one-object scenes oversampled, since only they tell shapes apart
     # when nothing else differs (450 steps with uniform counts gave 64% top-1 on one-object training scenes)
-    "shapes-v1": dict(n_steps=1500, warmup_steps=50, object_weights=(0.45, 0.3, 0.25), world=1),
+    "shapes": dict(n_steps=1500, warmup_steps=50, object_weights=(0.45, 0.3, 0.25), world=1),
+    # shapes-clip-v2 (ShapesWorld v2): patch 8 so 15-px objects span several patches, half of each batch as
+    # minimal pairs (shape / size / colour twins); v1 (patch 16, no twins, world 1) put circle and hexagon at
+    # z_i cosine 0.9987 and found 84% of one-object training scenes by text
+    "shapes-v2": dict(n_steps=3000, warmup_steps=100, patch_size=8, object_weights=(0.5, 0.3, 0.2),
+                      twin_fraction=0.5, world=2),
     "tiny": dict(embed_dim=16, image_size=32, patch_size=8, vision_width=32, vision_layers=1, vision_head_width=16,
                  text_width=32, text_layers=1, text_heads=2, context_length=24, batch_size=8, n_steps=6,
                  warmup_steps=2, checkpoint_every=2, log_every=1),
@@ -507,18 +507,19 @@ def _format_gates(report: dict[str, Any]) -> str:
 
 
 def model_card(config: ClipTrainConfig, rows: list[dict[str, Any]], seconds: float, n_params: int,
-               model_id: str, eval_seed: int, gates: dict[str, Any] | None = None) -> str:
+               model_id: str, eval_seed: int, gates: dict[str, Any] | None = None, *, recipe: str = "shapes",
+               name: str = "shapes-clip") -> str:
     """README.md of the bundled model: recipe, training time, measured retrieval and shape gates."""
     c = config
     twins = (f"- Hard negatives: {c.twin_fraction:.0%} of each batch as minimal pairs, a scene and its twin with "
              f"one attribute of one object changed ({', '.join(f'{a} {w:g}' for a, w in zip(c.twin_attributes, c.twin_weights))}), "
              "same pose.\n" if c.twin_fraction else "")
     gate_text = "" if gates is None else f"\n## Shape gates (fresh seeds)\n{_format_gates(gates)}\n"
-    return f"""# shapes-clip
+    return f"""# {name}
 
-A small CLIP (Radford et al. 2021) trained from scratch on ShapesWorld (unclip_core.data.shapes), so the
-unCLIP pipeline and the CLIP-latent analyses run offline in seconds. Load it with
-`ClipEncoder.load("shapes-clip")`. Model id (weights hash): `{model_id}`.
+A small CLIP (Radford et al. 2021) trained from scratch on ShapesWorld v{c.world} (unclip_core.data.shapes), so
+the unCLIP pipeline and the CLIP-latent analyses run offline in seconds. Load it with
+`ClipEncoder.load("{name}")`. Model id (weights hash): `{model_id}`.
 
 ## Architecture (open_clip custom config, open_clip_config.json)
 - Image tower: ViT, {c.image_size}px input, patch {c.patch_size}, width {c.vision_width}, {c.vision_layers} layers,
@@ -528,7 +529,7 @@ unCLIP pipeline and the CLIP-latent analyses run offline in seconds. Load it wit
   argmax pooling reads the [EOT] token). Prompts outside the vocabulary map to [UNK].
 - Embedding dimension {c.embed_dim}; {n_params / 1e6:.2f} M parameters; weights in fp32 safetensors.
 
-## Training recipe ("shapes", `unclip_core.train.clip`)
+## Training recipe ("{recipe}", `unclip_core.train.clip`)
 - World: ShapesWorld v{c.world} (docs/shapesworld.md).
 - Data: ShapesWorld split="train" (the held-out colour-shape pairs never appear), {c.n_objects} objects
   (probabilities {c.object_weights or "uniform"}), captions drawn from all paraphrase styles, item i of step s is ShapesConfig(seed={c.seed}).item(s * {c.batch_size} + k).
@@ -537,7 +538,8 @@ unCLIP pipeline and the CLIP-latent analyses run offline in seconds. Load it wit
 - AdamW (lr {c.lr:g}, betas ({c.beta1}, {c.beta2}), eps {c.adam_eps:g}, weight decay {c.weight_decay} on matrices),
   {c.warmup_steps} warm-up steps then cosine decay to {c.min_lr_ratio} x lr; batch {c.batch_size}, {c.n_steps} steps
   ({c.n_steps * c.batch_size:,} image-caption pairs); {resolve_precision(c.precision)} on CPU; EMA: {c.ema_decay}.
-- Training time: {seconds / 60:.1f} min of wall-clock on a shared 2-core CPU.
+- Training time: {seconds / 60:.1f} min of wall-clock on a shared 2-core CPU (1 torch thread).
+- Reproduce: `python -m unclip_core.train.clip --recipe {recipe} --out RUN --export DIR` (resumable).
 
 ## Measured retrieval (evaluate_retrieval, seed {eval_seed}; one plain caption per image, distinct captions)
 {_format_rows(rows)}
@@ -582,7 +584,8 @@ def main(argv: list[str] | None = None) -> None:
     write_text_atomic(Path(a.out) / "gates.json", json.dumps(gates, indent=2) + "\n")
     if a.export:
         n_params = sum(p.numel() for p in encoder.model.parameters())
-        card = model_card(config, rows, seconds, n_params, encoder.model_id, eval_seed, gates)
+        card = model_card(config, rows, seconds, n_params, encoder.model_id, eval_seed, gates, recipe=a.recipe,
+                          name=Path(a.export).name)
         export_clip(encoder.model, encoder.tokenizer, config, a.export, card=card)
         print(f"exported to {a.export}")
 
