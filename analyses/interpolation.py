@@ -4,7 +4,8 @@ An end is an image (PIL image, Path, or a str ending in .png/.jpg/...) or a capt
 image end uses its CLIP image embedding z_i; a caption end uses the prior's z_i for it (text_as="prior")
 or its CLIP text embedding z_t directly (text_as="z_t"). x_T is either one noise image shared by every
 frame (x_T_mode="fixed"), or the DDIM-inverted x_T of the two image ends, slerped like z_i, so that the
-end frames reconstruct their inputs (x_T_mode="inverted"; both ends must be images, else ValueError).
+end frames reconstruct their inputs (x_T_mode="inverted"; both ends must be images, else ValueError). Frames
+from an inverted x_T are decoded under the guidance the inversion used: 1 by default (analyses._inversion).
 """
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from analyses._pipe import (check_guidance, check_pipe, check_refine, decode, decoder_size, encode_images,
-                            encode_texts, end_kind, generator, to_decoder_tensor, unit_rows)
+from analyses._inversion import decoder_guidance
+from analyses._pipe import (check_pipe, check_refine, decode, decoder_size, encode_images, encode_texts, end_kind,
+                            generator, to_decoder_tensor, unit_rows)
 from analyses.latent_math import slerp
 from analyses.tiling import make_grid
 from unclip_core.checks import check_choice, check_positive_int
@@ -64,22 +66,23 @@ def _slerp_x_T(x_T: torch.Tensor, t: np.ndarray) -> torch.Tensor:
 
 
 def interpolate(pipe: Any, a: Any, b: Any, n_steps: int = 8, x_T_mode: str = "fixed", text_as: str = "prior",
-                seed: int | torch.Generator = 0, steps: int = 50, guidance: float = 3.0, refine: int = 3,
+                seed: int | torch.Generator = 0, steps: int = 50, guidance: float | None = None, refine: int = 3,
                 prior_steps: int = 64, prior_guidance: float = 4.0, upsample: bool = True,
                 upsampler_steps: Sequence[int] = (27, 15)) -> InterpolationResult:
     """Interpolate between two images or captions (Ramesh et al. 2022, fig. 4): z_i slerped, x_T fixed or inverted.
 
     pipe: an UnCLIP. a, b: images or captions (see module doc). n_steps: frames, t = linspace(0, 1, n_steps).
-    steps / guidance: decoder DDIM steps and guidance scale (also used for the DDIM inversion, so the end
-    frames reconstruct). refine: fixed-point iterations per inversion step (pipe.invert). Returns an
-    InterpolationResult with n_steps images.
+    steps / guidance: decoder DDIM steps and guidance scale, also those of the DDIM inversion, so the end frames
+    reconstruct; guidance None: 1 (the inversion's) for x_T_mode="inverted", 3 for "fixed"; another guidance with
+    "inverted" warns that the ends may not reconstruct. refine: fixed-point iterations per inversion step
+    (pipe.invert). Returns an InterpolationResult with n_steps images; settings record guidance and
+    invert_guidance (None for fixed x_T).
     """
     check_pipe(pipe)
     n_steps = check_positive_int("n_steps", n_steps, minimum=2)
     check_choice("x_T_mode", x_T_mode, X_T_MODES)
     check_choice("text_as", text_as, TEXT_AS)
     steps = check_positive_int("steps", steps)
-    guidance = check_guidance(guidance)
     refine = check_refine(refine)
     ends = [end_kind("a", a), end_kind("b", b)]
     if x_T_mode == "inverted":
@@ -91,6 +94,7 @@ def interpolate(pipe: Any, a: Any, b: Any, n_steps: int = 8, x_T_mode: str = "fi
     if any(kind == "text" for kind, _, _ in ends) and text_as == "prior" and getattr(pipe, "prior", 1) is None:
         raise ValueError("this pipeline has no prior to map a caption to z_i; pass text_as='z_t' to use the "
                          "caption's CLIP text embedding directly, or load a pipeline with a prior")
+    guidance = decoder_guidance(guidance, x_T_mode)
     g, seed_int = generator(seed)
 
     z_ends, refs = [], []  # refs: the unit CLIP embedding each frame is compared with
@@ -131,7 +135,8 @@ def interpolate(pipe: Any, a: Any, b: Any, n_steps: int = 8, x_T_mode: str = "fi
             frame[f"l1_{name}"] = np.full(n_steps, np.nan)
     settings = {"analysis": "interpolate", "a": ends[0][2], "b": ends[1][2], "kind_a": ends[0][0],
                 "kind_b": ends[1][0], "n_steps": n_steps, "x_T_mode": x_T_mode, "text_as": text_as,
-                "seed": seed_int, "steps": steps, "guidance": guidance, "refine": refine,
+                "seed": seed_int, "steps": steps, "guidance": guidance,
+                "invert_guidance": guidance if x_T_mode == "inverted" else None, "refine": refine,
                 "prior_steps": prior_steps, "prior_guidance": prior_guidance, "upsample": upsample,
                 "upsampler_steps": list(upsampler_steps)}
     return InterpolationResult(images, pd.DataFrame(frame, columns=FRAME_COLUMNS), z_path, x_T, decoded, settings)

@@ -2,7 +2,8 @@
 
 z_theta = slerp(z_i, normalize(z_t - z_t0), theta) for theta in linspace(0, theta_max, n_steps), decoded
 with x_T held fixed across the row: the image's DDIM-inverted x_T (x_T_mode="inverted", the paper's choice,
-so the first frame reconstructs the image) or one noise image (x_T_mode="fixed").
+so the first frame reconstructs the image, decoded under the inversion's guidance: 1 by default) or one noise
+image (x_T_mode="fixed").
 """
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from analyses._pipe import (as_image, check_guidance, check_pipe, check_refine, decode, decoder_size,
-                            encode_images, encode_texts, generator, to_decoder_tensor, unit_rows)
+from analyses._inversion import decoder_guidance
+from analyses._pipe import (as_image, check_pipe, check_refine, decode, decoder_size, encode_images, encode_texts,
+                            generator, to_decoder_tensor, unit_rows)
 from analyses.latent_math import text_diff_path
 from unclip_core.checks import check_choice, check_positive_int
 
@@ -60,12 +62,15 @@ def _caption(name: str, text: Any) -> str:
 
 def text_diff(pipe: Any, image: Any, old_caption: str, new_caption: str, theta_max: float = 0.5,
               n_steps: int = 6, baseline: str = "caption", neutral_caption: str = "a picture",
-              x_T_mode: str = "inverted", seed: int | torch.Generator = 0, steps: int = 50, guidance: float = 3.0,
-              refine: int = 3, upsample: bool = True, upsampler_steps: Sequence[int] = (27, 15)) -> TextDiffResult:
+              x_T_mode: str = "inverted", seed: int | torch.Generator = 0, steps: int = 50,
+              guidance: float | None = None, refine: int = 3, upsample: bool = True,
+              upsampler_steps: Sequence[int] = (27, 15)) -> TextDiffResult:
     """Text diff (Ramesh et al. 2022, sec. 3.3): decode slerp(z_i, normalize(z_t - z_t0), theta) with x_T fixed.
 
     z_t embeds new_caption; z_t0 embeds old_caption (baseline="caption"), neutral_caption ("neutral"), or
-    is left out ("none": direction normalize(z_t)). theta_max in [0, 1]; n_steps >= 2 frames.
+    is left out ("none": direction normalize(z_t)). theta_max in [0, 1]; n_steps >= 2 frames. guidance: the
+    decoder's and the inversion's; None: 1 (the inversion's) for x_T_mode="inverted", so frame 0 reconstructs the
+    image, 3 for "fixed"; another guidance with "inverted" warns. settings record guidance and invert_guidance.
     """
     check_pipe(pipe)
     theta_max = check_theta_max(theta_max)
@@ -77,7 +82,7 @@ def text_diff(pipe: Any, image: Any, old_caption: str, new_caption: str, theta_m
     if baseline == "neutral":
         neutral_caption = _caption("neutral_caption", neutral_caption)
     steps = check_positive_int("steps", steps)
-    guidance = check_guidance(guidance)
+    guidance = decoder_guidance(guidance, x_T_mode)
     refine = check_refine(refine)
     g, seed_int = generator(seed)
     img = as_image("image", image)
@@ -114,6 +119,7 @@ def text_diff(pipe: Any, image: Any, old_caption: str, new_caption: str, theta_m
     settings = {"analysis": "text_diff", "old_caption": old_caption, "new_caption": new_caption,
                 "theta_max": theta_max, "n_steps": n_steps, "baseline": baseline,
                 "neutral_caption": neutral_caption if baseline == "neutral" else None, "x_T_mode": x_T_mode,
-                "seed": seed_int, "steps": steps, "guidance": guidance, "refine": refine, "upsample": upsample,
-                "upsampler_steps": list(upsampler_steps)}
+                "seed": seed_int, "steps": steps, "guidance": guidance,
+                "invert_guidance": guidance if x_T_mode == "inverted" else None, "refine": refine,
+                "upsample": upsample, "upsampler_steps": list(upsampler_steps)}
     return TextDiffResult(images, frame, z_theta, x_T, decoded, settings)

@@ -101,11 +101,12 @@ def _write_frames(folder: Path, result: InterpolationResult | TextDiffResult, me
 
 # ------------------------------------------------------------------------------------------- generation analyses
 def interpolate(model: Any, a: Any, b: Any, n_steps: int = 8, x_T_mode: str = "fixed", text_as: str = "prior",
-                seed: int = 0, steps: int = 50, guidance: float = 3.0, refine: int = 3, prior_steps: int = 64,
+                seed: int = 0, steps: int = 50, guidance: float | None = None, refine: int = 3, prior_steps: int = 64,
                 prior_guidance: float = 4.0, upsample: bool = True, upsampler_steps: Sequence[int] = (27, 15),
                 out: str | Path | None = None) -> InterpolationResult:
     """Interpolate between two images or captions (Ramesh et al. 2022, fig. 4); see analyses.interpolation.
 
+    guidance None: the inversion's guidance 1 for x_T_mode="inverted" (the end frames reconstruct), 3 for "fixed".
     With out=DIR writes frame-KKK.png (provenance), grid.png, frames.csv, index.html and settings.json.
     """
     pipe = load_pipeline(model)
@@ -122,10 +123,11 @@ def interpolate(model: Any, a: Any, b: Any, n_steps: int = 8, x_T_mode: str = "f
 
 def text_diff(model: Any, image: Any, old_caption: str, new_caption: str, theta_max: float = 0.5, n_steps: int = 6,
               baseline: str = "caption", neutral_caption: str = "a picture", x_T_mode: str = "inverted",
-              seed: int = 0, steps: int = 50, guidance: float = 3.0, refine: int = 3, upsample: bool = True,
+              seed: int = 0, steps: int = 50, guidance: float | None = None, refine: int = 3, upsample: bool = True,
               upsampler_steps: Sequence[int] = (27, 15), out: str | Path | None = None) -> TextDiffResult:
     """Text diff of an image from old_caption to new_caption (Ramesh et al. 2022, fig. 5); see analyses.text_diff.
 
+    guidance None: the inversion's guidance 1 for x_T_mode="inverted" (frame 0 reconstructs), 3 for "fixed".
     With out=DIR writes frame-KKK.png (provenance), grid.png, frames.csv, index.html and settings.json.
     """
     pipe = load_pipeline(model)

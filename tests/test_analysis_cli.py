@@ -68,7 +68,23 @@ def test_interpolate_cli(pipe_dir, tmp_path, capsys):
     assert "wrote 2 frames" in capsys.readouterr().out
     s = _settings(out)
     assert s["seed"] == 9 and s["settings"]["kind_a"] == "text" and s["settings"]["x_T_mode"] == "fixed"
+    assert s["settings"]["guidance"] == 3.0 and s["settings"]["invert_guidance"] is None  # fixed x_T: guidance 3
     assert len(pd.read_csv(out / "frames.csv")) == 2
+
+
+def test_text_diff_cli_default_guidance_is_the_inversion_s(pipe_dir, image_files, tmp_path):
+    out = tmp_path / "td-default"
+    assert main(["text-diff", str(image_files / "img0.png"), "a red circle", "a blue square", "--model",
+                 str(pipe_dir), "--out", str(out), "--n-steps", "2", "--steps", "1", "--refine", "0",
+                 "--no-upsample"]) == 0
+    s = _settings(out)["settings"]
+    assert (s["x_T_mode"], s["guidance"], s["invert_guidance"]) == ("inverted", 1.0, 1.0)
+    assert read_png_meta(out / "frame-000.png")["invert_guidance"] == 1.0
+    with pytest.warns(UserWarning, match="guidance=3 with x_T_mode='inverted'"):
+        assert main(["text-diff", str(image_files / "img0.png"), "a red circle", "a blue square", "--model",
+                     str(pipe_dir), "--out", str(out), "--n-steps", "2", "--steps", "1", "--refine", "0",
+                     "--guidance", "3", "--no-upsample"]) == 0
+    assert _settings(out)["settings"]["invert_guidance"] == 3.0
 
 
 def test_text_diff_cli_and_grouped_command(pipe_dir, image_files, tmp_path, capsys):

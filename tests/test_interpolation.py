@@ -1,4 +1,6 @@
 """Interpolations (DALL·E 2 fig. 4) on a tiny random UnCLIP: fixed and inverted x_T, text ends, grids, errors."""
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -86,6 +88,19 @@ def test_interpolation_grid_places_every_frame(pipe):
     got = np.asarray(g.image.crop((x0, y0, x0 + cell, y0 + cell)))
     want = np.asarray(g.rows[1][2].resize((cell, cell), 0))
     np.testing.assert_array_equal(got, want)
+
+
+def test_guidance_defaults_to_the_inversion_s_for_inverted_x_T_and_3_for_fixed(pipe):
+    a, b = noise_image(0), noise_image(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the defaults never warn
+        inv = interpolate(pipe, a, b, n_steps=2, x_T_mode="inverted", steps=1, refine=0, upsample=False)
+        fixed = interpolate(pipe, a, b, n_steps=2, steps=1, upsample=False)
+    assert (inv.settings["guidance"], inv.settings["invert_guidance"]) == (1.0, 1.0)
+    assert (fixed.settings["guidance"], fixed.settings["invert_guidance"]) == (3.0, None)
+    with pytest.warns(UserWarning, match=r"guidance=3 with x_T_mode='inverted': .* leave guidance unset \(None\)"):
+        r = interpolate(pipe, a, b, n_steps=2, x_T_mode="inverted", steps=1, refine=0, guidance=3.0, upsample=False)
+    assert r.settings["invert_guidance"] == 3.0  # the inversion runs the ODE the frames are decoded with
 
 
 def test_errors(pipe):

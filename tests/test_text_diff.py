@@ -1,4 +1,6 @@
 """Text diffs (DALL·E 2 sec. 3.3, fig. 5) on a tiny random UnCLIP: the path, fixed x_T, inversion, errors."""
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -56,6 +58,18 @@ def test_theta_max_zero_gives_identical_frames(pipe):
     for k in (1, 2):
         torch.testing.assert_close(r.decoded[k], r.decoded[0], atol=1e-6, rtol=0)
     np.testing.assert_allclose(r.frame["theta"], 0.0)
+
+
+def test_guidance_defaults_to_the_inversion_s_for_inverted_x_T_and_3_for_fixed(pipe):
+    img = noise_image(2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the defaults never warn
+        inv = text_diff(pipe, img, OLD, NEW, n_steps=2, steps=1, refine=0, upsample=False)
+        fixed = text_diff(pipe, img, OLD, NEW, n_steps=2, steps=1, x_T_mode="fixed", upsample=False)
+    assert (inv.settings["guidance"], inv.settings["invert_guidance"]) == (1.0, 1.0)
+    assert (fixed.settings["guidance"], fixed.settings["invert_guidance"]) == (3.0, None)
+    with pytest.warns(UserWarning, match="guidance=2 with x_T_mode='inverted'"):
+        text_diff(pipe, img, OLD, NEW, n_steps=2, steps=1, refine=0, guidance=2, upsample=False)
 
 
 def test_errors(pipe, tmp_path):

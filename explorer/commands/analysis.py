@@ -19,7 +19,10 @@ def _model_args(p: argparse.ArgumentParser, x_T_default: str) -> None:
                    help=f"pipeline folder or bundled name (default {DEFAULT_MODEL})")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created; files replaced atomically)")
     p.add_argument("--steps", type=int, default=50, help="decoder DDIM steps (default 50)")
-    p.add_argument("--guidance", type=float, default=3.0, help="decoder guidance scale (default 3)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="decoder guidance scale, also that of the DDIM inversion (default: 1 with --x-T inverted, "
+                        "so the inverted frames reconstruct their images; 3 with --x-T fixed). Another value with "
+                        "--x-T inverted warns: the guided ODE does not invert reliably")
     p.add_argument("--x-T", dest="x_T", choices=("fixed", "inverted"), default=x_T_default,
                    help="x_T shared by all frames: one noise, or DDIM-inverted from the images "
                         f"(default {x_T_default})")
