@@ -3,13 +3,13 @@ a PCA map of the embeddings and, when the bundled generator is present, unCLIP p
 """
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 import math
+import os
 import platform
 import time
+import urllib.parse
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -44,8 +44,10 @@ class GeneratorSettings:
 
     captions x n_seeds text-to-image cells; n_variations variations (DDIM eta); n_frames interpolation frames
     with DDIM-inverted x_T (refine fixed-point iterations per inversion step); n_theta text-diff frames up to
-    theta_max. Pictures stay at the decoder's resolution; cascade_stages upsamplers (None: the first one if the
-    pipeline has one; 2 = the full cascade) are run on one text-to-image cell.
+    theta_max. guidance is the decoder's for text-to-image and variations; the interpolation and the text diff
+    invert and decode under guidance 1, so their inverted frames reconstruct. Pictures stay at the decoder's
+    resolution; cascade_stages upsamplers (None: the first one if the pipeline has one; 2 = the full cascade) are
+    run on one text-to-image cell.
     """
 
     captions: tuple[str, ...] = DEMO_CAPTIONS
@@ -57,7 +59,9 @@ class GeneratorSettings:
     n_variations: int = 3
     eta: float = 1.0
     n_frames: int = 5
-    refine: int = 2  # v2 decoder, 25 steps, guidance 3: decode(invert(x)) mean |error| 0.061 at 0, 0.132 at 1, 0.024 at 2
+    # 25 steps, guidance 1, text diffs of 20 v2 renders (seeds 5000-5019): mean |pixel error| 0.0037 (max 0.0084)
+    # at refine 3; at 2 the fixed-point iteration diverged on one render (0.44)
+    refine: int = 3
     n_theta: int = 4
     theta_max: float = 0.5
     cascade_stages: int | None = None
@@ -240,8 +244,9 @@ def run_generator(pipe: Any, folder: str | Path, seed: int = 0, settings: Genera
     t0 = time.perf_counter()
     say("interpolation")
     ends = [_save_input(folder, c, seed, size) for c in INTERPOLATION_SCENES]
+    # guidance None: inverted and decoded under the inversion's guidance (1), so the end frames reconstruct
     res = interpolation_grid(pipe, [(ends[0], ends[1])], n_steps=s.n_frames, x_T_mode="inverted", seed=seed,
-                             steps=s.steps, guidance=s.guidance, refine=s.refine, upsample=False)
+                             steps=s.steps, guidance=None, refine=s.refine, upsample=False)
     int_settings = {**res.settings, "demo": "interpolation", "scenes": list(INTERPOLATION_SCENES), **model}
     save_grid(res.image, folder / "interpolation.png", int_settings)
     _write_csv(folder / "interpolation.csv", res.frame)
@@ -256,7 +261,7 @@ def run_generator(pipe: Any, folder: str | Path, seed: int = 0, settings: Genera
     say("text diff")
     td_input = _save_input(folder, TEXT_DIFF_SCENE, seed, size)
     td = text_diff(pipe, td_input, TEXT_DIFF[0], TEXT_DIFF[1], theta_max=s.theta_max, n_steps=s.n_theta,
-                   x_T_mode="inverted", seed=seed, steps=s.steps, guidance=s.guidance, refine=s.refine,
+                   x_T_mode="inverted", seed=seed, steps=s.steps, guidance=None, refine=s.refine,
                    upsample=False)
     td_settings = {**td.settings, "demo": "text_diff", "input_scene": TEXT_DIFF_SCENE, **model}
     grid = make_grid([[Image.open(td_input).convert("RGB")] + list(td.images)], None,
@@ -278,7 +283,7 @@ def run_generator(pipe: Any, folder: str | Path, seed: int = 0, settings: Genera
         for k in range(stages):
             n_steps = s.upsampler_steps[k] if k < len(s.upsampler_steps) else s.upsampler_steps[-1]
             say(f"upsampler {k + 1} ({n_steps} steps)")
-            x = pipe.upsample(x, k, n_steps, seed=seed + k).cpu()
+            x = pipe.upsample(x, k, steps=n_steps, seed=seed + k).cpu()
             stage_meta = {**meta, "demo": "cascade", "stage": f"upsampler{k + 1}", "upsampler_seed": seed + k,
                           "upsampler_steps": list(s.upsampler_steps[:stages])}
             path = save_png(tensor_to_pil(x)[0], folder / "cascade" / f"upsampler{k + 1}.png", stage_meta)
@@ -307,21 +312,30 @@ def _generator_section(records: list[dict[str, Any]] | None, note: str, spec: st
     return "\n".join(parts)
 
 
-def _thumb(path: Path, size: int = 64) -> str:
-    with Image.open(path) as im:
-        im = im.convert("RGB").resize((size, size), Image.NEAREST)
-        buf = io.BytesIO()
-        im.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+def _export_image(export_dir: Path, row: pd.Series) -> Path | None:
+    """The image file of a neighbour row of the demo's store, found whatever cwd the store was made from.
+
+    The store records `source` as the path it was given (relative to the cwd of `embed`) and `id` as
+    "image:<file>" with <file> relative to the export folder (or its images/ subfolder), so the id is tried first.
+    """
+    rel = str(row["id"]).split(":", 1)[1] if str(row["id"]).startswith("image:") else None
+    src = Path(str(row["source"]))
+    candidates = ([export_dir / rel, export_dir / "images" / rel] if rel else []) + [src]
+    return next((p for p in candidates if p.is_file()), None)
 
 
-def _neighbour_table(store_dir: Path, export_dir: Path, query: str, k: int) -> tuple[pd.DataFrame, str]:
+def _neighbour_table(store_dir: Path, export_dir: Path, out: Path, query: str,
+                     k: int) -> tuple[pd.DataFrame, str]:
+    """A query's k neighbours as an HTML row of thumbnails whose src is relative to out/index.html."""
     df = api.neighbors(store_dir, text=query, k=k)
     cells = []
     for _, row in df.iterrows():
-        src = Path(str(row["source"]))
-        img = src if src.is_absolute() else export_dir / src
-        pic = f'<img src="{_thumb(img)}" width="64">' if row["kind"] == "image" and img.is_file() else ""
+        img = _export_image(export_dir, row) if row["kind"] == "image" else None
+        pic = ""
+        if img is not None:
+            # relative to index.html, so the folder can be moved or served from anywhere
+            href = Path(os.path.relpath(img.resolve(), out.resolve())).as_posix()
+            pic = f'<img src="{html.escape(urllib.parse.quote(href), quote=True)}" width="64">'
         cells.append(f"<td>{pic}<br><small>{row['score']:.3f}</small></td>")
     return df, f"<h3>{html.escape(query)}</h3><table><tr>{''.join(cells)}</tr></table>"
 
@@ -351,7 +365,7 @@ def run_demo(out: str | Path, n: int = 300, seed: int = 0, model: str = "shapes-
     store = api.embed(export_dir, model, store_dir, kind="image", progress=progress)
     sections, tables = [], []
     for query in QUERIES:
-        df, block = _neighbour_table(store_dir, export_dir, query, k)
+        df, block = _neighbour_table(store_dir, export_dir, out, query, k)
         tables.append(df.assign(query=query))
         sections.append(block)
     atomic_write(out / "neighbours.csv", lambda p: pd.concat(tables).to_csv(p, index=False))

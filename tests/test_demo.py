@@ -197,3 +197,21 @@ def test_run_demo_and_run_generator_errors(pipe_dir, tmp_path):
     with pytest.raises(TypeError, match="settings must be a GeneratorSettings, got dict"):
         run_generator(UnCLIP.load(str(pipe_dir)), tmp_path, settings={})
     assert GeneratorSettings().captions == DEMO_CAPTIONS
+
+
+@pytest.mark.parametrize("absolute", [False, True])
+def test_every_img_src_resolves_relative_to_index_html(pipe_dir, tmp_path, monkeypatch, absolute):
+    """--out nested, relative (or absolute) and run from another cwd: every <img src> (the neighbour thumbnails)
+    is a path relative to index.html that names a file, and still does after the folder moves."""
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    out = tmp_path / "runs/nested/demo"
+    assert main(["demo", "--out", str(out) if absolute else "../runs/nested/demo", "--n", "6",
+                 "--model", str(pipe_dir.parent / "clip"), "--pipeline", "none", "--no-progress"]) == 0
+    moved = tmp_path / "moved"
+    out.rename(moved)
+    srcs = re.findall(r"<img src=['\"]([^'\"]+)['\"]", (moved / "index.html").read_text())
+    assert len(srcs) == 3 * 6  # k=6 neighbours of each of the 3 queries, all images (the store holds only images)
+    for src in srcs:
+        assert not src.startswith(("/", "data:")) and ".." not in src.split("/"), src
+        assert (moved / src).is_file(), src

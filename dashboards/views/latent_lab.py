@@ -37,8 +37,11 @@ with st.sidebar:
                           format_func=lambda px: f"{px} px",
                           help="Each step up runs one more upsampler of the cascade (x4 each).")
 upsample = sizes.index(out_px)  # the number of upsamplers to run
+# a latent decoder samples the autoencoder's latents; every tool below shows pixels either way
+space = (f" · decoder in latent space ({' × '.join(map(str, info['autoencoder']['latent_shape']))}, decoded to "
+         f"{sizes[0]} px by the autoencoder)" if info.get("latent_decoder") else "")
 st.caption(f"Model **{info['model']}** · CLIP `{info['clip']}` · stages "
-           f"{', '.join(f'{k} ({v / 1e6:.2f}M)' for k, v in info['parameters'].items())} · output {out_px} px")
+           f"{', '.join(f'{k} ({v / 1e6:.2f}M)' for k, v in info['parameters'].items())}{space} · output {out_px} px")
 
 common = {"steps": steps, "guidance": guidance, "seed": seed, "upsample": upsample}
 t2i_tab, var_tab, interp_tab, diff_tab, pca_tab, gallery_tab = st.tabs(
@@ -121,7 +124,8 @@ with interp_tab:
                 ends.append(upload(f"image {name}", f"ip_{name}_upload"))
     c1, c2 = st.columns(2)
     x_T_mode = c1.radio("x_T mode", ["fixed", "inverted"], horizontal=True, key="ip_mode",
-                        help="inverted needs images at both ends")
+                        help="inverted needs images at both ends; it inverts and decodes with guidance 1, the "
+                             "ODE that the end frames reconstruct under, instead of the sidebar's guidance")
     ip_n = c2.slider("frames", 2, 12, 6, key="ip_n")
     if st.button("Interpolate", type="primary", key="ip_go"):
         problems = [S.prompt_problem(pipe.clip, e) for e in ends if isinstance(e, str)]
@@ -131,8 +135,10 @@ with interp_tab:
             st.error(next(p for p in problems if p))
         else:
             with st.spinner(f"Decoding {ip_n} frames ({x_T_mode} x_T)…"):
+                # inverted x_T: guidance None, the inversion's (1), so the end frames reconstruct their inputs
                 res = S.attempt(explorer.interpolate, pipe, ends[0], ends[1], n_steps=ip_n, x_T_mode=x_T_mode,
-                                seed=seed, steps=steps, guidance=guidance, upsample=upsample)
+                                seed=seed, steps=steps, guidance=guidance if x_T_mode == "fixed" else None,
+                                upsample=upsample)
             if res is not None:
                 st.session_state["ip"] = res
     res = st.session_state.get("ip")
@@ -163,7 +169,9 @@ with diff_tab:
     c1, c2, c3 = st.columns(3)
     theta_max = c1.slider("theta_max", 0.0, 1.0, 0.5, 0.05, key="td_theta")
     td_n = c2.slider("frames", 2, 10, 5, key="td_n")
-    td_mode = c3.radio("x_T mode", ["inverted", "fixed"], horizontal=True, key="td_mode")
+    td_mode = c3.radio("x_T mode", ["inverted", "fixed"], horizontal=True, key="td_mode",
+                       help="inverted inverts and decodes with guidance 1, the ODE that frame 0 reconstructs the "
+                            "image under, instead of the sidebar's guidance")
     if st.button("Apply text diff", type="primary", key="td_go"):
         problem = S.prompt_problem(pipe.clip, old) or S.prompt_problem(pipe.clip, new)
         if td_img is None:
@@ -173,7 +181,8 @@ with diff_tab:
         else:
             with st.spinner(f"Decoding {td_n} frames…"):
                 res = S.attempt(explorer.text_diff, pipe, td_img, old, new, theta_max=theta_max, n_steps=td_n,
-                                x_T_mode=td_mode, seed=seed, steps=steps, guidance=guidance, upsample=upsample)
+                                x_T_mode=td_mode, seed=seed, steps=steps,
+                                guidance=guidance if td_mode == "fixed" else None, upsample=upsample)
             if res is not None:
                 st.session_state["td"] = res
     res = st.session_state.get("td")

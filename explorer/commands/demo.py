@@ -29,7 +29,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument("--n-frames", type=int, default=5, help="interpolation frames")
     g.add_argument("--n-theta", type=int, default=4, help="text-diff frames")
     g.add_argument("--theta-max", type=float, default=0.5)
-    g.add_argument("--refine", type=int, default=2, help="fixed-point iterations per DDIM inversion step (default 2; 1 overshoots)")
+    g.add_argument("--refine", type=int, default=3,
+                   help="fixed-point iterations per DDIM inversion step (default 3; 2 can diverge at 25 steps)")
     g.add_argument("--upsampler-steps", type=int, nargs="+", default=[27, 15], metavar="N")
     c = g.add_mutually_exclusive_group()
     c.add_argument("--full-cascade", action="store_true",
