@@ -104,7 +104,7 @@ def noise(pipe: Any, n: int, generator: torch.Generator) -> torch.Tensor:
 
 
 def decode(pipe: Any, z_i: torch.Tensor, x_T: torch.Tensor, steps: int, guidance: float, clip_denoised: bool,
-           upsample: bool | int, upsampler_steps: Sequence[int], g: torch.Generator,
+           upsample: bool | int | None, upsampler_steps: Sequence[int], g: torch.Generator,
            batch_size: int = 16) -> tuple[list[Image.Image], torch.Tensor]:
     """Decode z_i (n, d) from x_T of pipe.x_T_shape(n) in batches -> (final images, decoder-stage pixels (n, 3, s, s)).
 

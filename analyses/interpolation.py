@@ -18,8 +18,8 @@ import torch
 from PIL import Image
 
 from analyses._inversion import decoder_guidance
-from analyses._pipe import (check_pipe, check_refine, decode, decoder_size, encode_images, encode_texts, end_kind,
-                            generator, to_decoder_tensor, unit_rows)
+from analyses._pipe import (check_pipe, check_refine, decode, encode_images, encode_texts, end_kind, generator,
+                            noise, to_decoder_tensor, unit_rows)
 from analyses.latent_math import slerp
 from analyses.tiling import make_grid
 from unclip_core.checks import check_choice, check_positive_int
@@ -42,7 +42,7 @@ class InterpolationResult:
     images: list[Image.Image]
     frame: pd.DataFrame
     z_i: torch.Tensor  # (n_steps, d)
-    x_T: torch.Tensor  # (n_steps, 3, s, s)
+    x_T: torch.Tensor  # (n_steps, *pipe.x_T_shape(1)[1:]): pixels, or a latent decoder's latents
     decoded: torch.Tensor  # (n_steps, 3, s, s) decoder stage in [-1, 1]
     settings: dict[str, Any] = field(default_factory=dict)
 
@@ -59,15 +59,15 @@ class InterpolationGrid:
 
 
 def _slerp_x_T(x_T: torch.Tensor, t: np.ndarray) -> torch.Tensor:
-    """Slerp two noise images (2, 3, s, s) as flat vectors, keeping their norms' interpolation -> (n, 3, s, s)."""
+    """Slerp two noise tensors (2, C, h, h) as flat vectors, keeping their norms' interpolation -> (n, C, h, h)."""
     flat = x_T.reshape(2, -1).double()
-    out = slerp(flat[0], flat[1], torch.as_tensor(t, dtype=torch.float64))  # (n, 3*s*s)
+    out = slerp(flat[0], flat[1], torch.as_tensor(t, dtype=torch.float64))  # (n, C*h*h)
     return out.float().reshape((len(t),) + tuple(x_T.shape[1:]))
 
 
-def interpolate(pipe: Any, a: Any, b: Any, n_steps: int = 8, x_T_mode: str = "fixed", text_as: str = "prior",
+def interpolate(pipe: Any, a: Any, b: Any, *, n_steps: int = 8, x_T_mode: str = "fixed", text_as: str = "prior",
                 seed: int | torch.Generator = 0, steps: int = 50, guidance: float | None = None, refine: int = 3,
-                prior_steps: int = 64, prior_guidance: float = 4.0, upsample: bool = True,
+                prior_steps: int = 64, prior_guidance: float = 4.0, upsample: bool | int | None = None,
                 upsampler_steps: Sequence[int] = (27, 15)) -> InterpolationResult:
     """Interpolate between two images or captions (Ramesh et al. 2022, fig. 4): z_i slerped, x_T fixed or inverted.
 
@@ -110,14 +110,13 @@ def interpolate(pipe: Any, a: Any, b: Any, n_steps: int = 8, x_T_mode: str = "fi
         z_ends.append(z.reshape(1, -1).float())
 
     t = np.linspace(0.0, 1.0, n_steps)
-    s = decoder_size(pipe)
     if x_T_mode == "inverted":
         # one inversion for both ends: z_i from CLIP, x_T from the decoder run backwards (sec. 3.1)
         z_inv, x_T_ends = pipe.invert([ends[0][1], ends[1][1]], steps=steps, guidance=guidance, refine=refine)
         z_ends = [z_inv[0:1].float(), z_inv[1:2].float()]
         x_T = _slerp_x_T(x_T_ends, t)
     else:
-        x_T = torch.randn((1, 3, s, s), generator=g).expand(n_steps, -1, -1, -1).contiguous()
+        x_T = noise(pipe, 1, g).expand(n_steps, -1, -1, -1).contiguous()
     z_path = slerp(z_ends[0][0].double(), z_ends[1][0].double(), torch.as_tensor(t)).float()  # (n_steps, d)
 
     images, decoded = decode(pipe, z_path, x_T, steps, guidance, clip_denoised=x_T_mode == "fixed",

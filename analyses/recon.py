@@ -79,7 +79,7 @@ def _judge_scores(judge: Judge, image: Image.Image) -> dict[str, float]:
 
 def pca_reconstructions(pipe: Any, images: Sequence[Any], Z_fit: np.ndarray | torch.Tensor,
                         ks: Sequence[int] | None = None, seed: int | torch.Generator = 0, steps: int = 50,
-                        guidance: float = 3.0, judge: Judge | None = None, upsample: bool = True,
+                        guidance: float = 3.0, judge: Judge | None = None, upsample: bool | int | None = None,
                         upsampler_steps: Sequence[int] = (27, 15)) -> PCAReconResult:
     """PCA reconstructions (Ramesh et al. 2022, fig. 7): decode each image's z_i truncated to k PCs of Z_fit.
 

@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 
 from analyses._inversion import decoder_guidance
-from analyses._pipe import (as_image, check_pipe, check_refine, decode, decoder_size, encode_images, encode_texts,
-                            generator, to_decoder_tensor, unit_rows)
+from analyses._pipe import (as_image, check_pipe, check_refine, decode, encode_images, encode_texts, generator, noise,
+                            to_decoder_tensor, unit_rows)
 from analyses.latent_math import text_diff_path
 from unclip_core.checks import check_choice, check_positive_int
 
@@ -39,7 +39,7 @@ class TextDiffResult:
     images: list[Image.Image]
     frame: pd.DataFrame
     z_theta: torch.Tensor  # (n_steps, d)
-    x_T: torch.Tensor  # (n_steps, 3, s, s), the same noise in every row
+    x_T: torch.Tensor  # (n_steps, *pipe.x_T_shape(1)[1:]), the same noise in every row
     decoded: torch.Tensor  # (n_steps, 3, s, s)
     settings: dict[str, Any] = field(default_factory=dict)
 
@@ -60,10 +60,10 @@ def _caption(name: str, text: Any) -> str:
     return text
 
 
-def text_diff(pipe: Any, image: Any, old_caption: str, new_caption: str, theta_max: float = 0.5,
+def text_diff(pipe: Any, image: Any, old_caption: str, new_caption: str, *, theta_max: float = 0.5,
               n_steps: int = 6, baseline: str = "caption", neutral_caption: str = "a picture",
               x_T_mode: str = "inverted", seed: int | torch.Generator = 0, steps: int = 50,
-              guidance: float | None = None, refine: int = 3, upsample: bool = True,
+              guidance: float | None = None, refine: int = 3, upsample: bool | int | None = None,
               upsampler_steps: Sequence[int] = (27, 15)) -> TextDiffResult:
     """Text diff (Ramesh et al. 2022, sec. 3.3): decode slerp(z_i, normalize(z_t - z_t0), theta) with x_T fixed.
 
@@ -95,11 +95,10 @@ def text_diff(pipe: Any, image: Any, old_caption: str, new_caption: str, theta_m
     # the path first: a caption pair that embeds identically fails here, before the inversion's cost
     z_theta = text_diff_path(z_i, z_t, z_t0, theta_max, n_steps).float()  # (n_steps, d)
 
-    s = decoder_size(pipe)
     if x_T_mode == "inverted":
         _, x_T1 = pipe.invert([img], steps=steps, guidance=guidance, refine=refine)
     else:
-        x_T1 = torch.randn((1, 3, s, s), generator=g)
+        x_T1 = noise(pipe, 1, g)
     x_T = x_T1.expand(n_steps, -1, -1, -1).contiguous()
     images, decoded = decode(pipe, z_theta, x_T, steps, guidance, clip_denoised=x_T_mode == "fixed",
                              upsample=upsample, upsampler_steps=upsampler_steps, g=g)

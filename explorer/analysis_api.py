@@ -102,7 +102,8 @@ def _write_frames(folder: Path, result: InterpolationResult | TextDiffResult, me
 # ------------------------------------------------------------------------------------------- generation analyses
 def interpolate(model: Any, a: Any, b: Any, n_steps: int = 8, x_T_mode: str = "fixed", text_as: str = "prior",
                 seed: int = 0, steps: int = 50, guidance: float | None = None, refine: int = 3, prior_steps: int = 64,
-                prior_guidance: float = 4.0, upsample: bool = True, upsampler_steps: Sequence[int] = (27, 15),
+                prior_guidance: float = 4.0, upsample: bool | int | None = None,
+                upsampler_steps: Sequence[int] = (27, 15),
                 out: str | Path | None = None) -> InterpolationResult:
     """Interpolate between two images or captions (Ramesh et al. 2022, fig. 4); see analyses.interpolation.
 
@@ -123,7 +124,8 @@ def interpolate(model: Any, a: Any, b: Any, n_steps: int = 8, x_T_mode: str = "f
 
 def text_diff(model: Any, image: Any, old_caption: str, new_caption: str, theta_max: float = 0.5, n_steps: int = 6,
               baseline: str = "caption", neutral_caption: str = "a picture", x_T_mode: str = "inverted",
-              seed: int = 0, steps: int = 50, guidance: float | None = None, refine: int = 3, upsample: bool = True,
+              seed: int = 0, steps: int = 50, guidance: float | None = None, refine: int = 3,
+              upsample: bool | int | None = None,
               upsampler_steps: Sequence[int] = (27, 15), out: str | Path | None = None) -> TextDiffResult:
     """Text diff of an image from old_caption to new_caption (Ramesh et al. 2022, fig. 5); see analyses.text_diff.
 
@@ -171,7 +173,8 @@ def _open(store: EmbeddingStore | str | Path, what: str) -> EmbeddingStore:
 
 def pca_reconstructions(model: Any, images: Sequence[Any], fit_store: EmbeddingStore | str | Path | None = None,
                         Z_fit: np.ndarray | None = None, ks: Sequence[int] | None = None, seed: int = 0,
-                        steps: int = 50, guidance: float = 3.0, judge: Judge | None = None, upsample: bool = True,
+                        steps: int = 50, guidance: float = 3.0, judge: Judge | None = None,
+                        upsample: bool | int | None = None,
                         upsampler_steps: Sequence[int] = (27, 15), kind: str | None = "image",
                         out: str | Path | None = None) -> PCAReconResult:
     """PCA-truncated reconstructions (Ramesh et al. 2022, fig. 7) with a PCA of fit_store's (or Z_fit's) vectors.

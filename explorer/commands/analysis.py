@@ -51,7 +51,7 @@ def _interpolate_run(args: argparse.Namespace) -> int:
     from explorer import analysis_api
     r = analysis_api.interpolate(args.model, args.a, args.b, n_steps=args.n_steps, x_T_mode=args.x_T,
                                  text_as=args.text_as, seed=args.seed, steps=args.steps, guidance=args.guidance,
-                                 refine=args.refine, prior_steps=args.prior_steps, upsample=not args.no_upsample,
+                                 refine=args.refine, prior_steps=args.prior_steps, upsample=False if args.no_upsample else None,
                                  out=args.out)
     print(r.frame.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"wrote {len(r.images)} frames, grid.png, frames.csv, index.html and settings.json to {args.out}")
@@ -80,7 +80,7 @@ def _text_diff_run(args: argparse.Namespace) -> int:
     r = analysis_api.text_diff(args.model, args.image, args.old, args.new, theta_max=args.theta_max,
                                n_steps=args.n_steps, baseline=args.baseline, neutral_caption=args.neutral,
                                x_T_mode=args.x_T, seed=args.seed, steps=args.steps, guidance=args.guidance,
-                               refine=args.refine, upsample=not args.no_upsample, out=args.out)
+                               refine=args.refine, upsample=False if args.no_upsample else None, out=args.out)
     print(r.frame.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"wrote {len(r.images)} frames, grid.png, frames.csv, index.html and settings.json to {args.out}")
     return 0
@@ -133,7 +133,7 @@ def _pca_recon_run(args: argparse.Namespace) -> int:
     from explorer import analysis_api
     r = analysis_api.pca_reconstructions(args.model, args.images, fit_store=args.fit_store, ks=args.ks,
                                          seed=args.seed, steps=args.steps, guidance=args.guidance,
-                                         upsample=not args.no_upsample, out=args.out)
+                                         upsample=False if args.no_upsample else None, out=args.out)
     print(r.frame.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"wrote grid.png, recon.csv, index.html and settings.json to {args.out}")
     return 0
