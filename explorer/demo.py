@@ -17,14 +17,16 @@ from typing import Any
 import pandas as pd
 from PIL import Image
 
+from analyses.binding import model_world
 from explorer import api
 from explorer.store import atomic_write
 from unclip_core.checkpoint import list_bundled
 from unclip_core.checks import check_choice, check_positive_int
 from unclip_core.provenance import save_png
 
+# words of every ShapesWorld version (no hexagon, no cross), so the demo runs on v1 and v2 models alike
 QUERIES = ("a red circle left of a blue square", "a small yellow star at the top",
-           "a green hexagon above a purple triangle")
+           "a green star above a purple triangle")
 
 
 # ------------------------------------------------------------------------------------------ unCLIP pictures
@@ -32,7 +34,7 @@ AUTO = "auto"
 DEFAULT_PIPELINE = "shapes-unclip"
 NO_PIPELINE = ("none", "")
 DEMO_CAPTIONS = ("a large red circle", "a small blue square", "a yellow star left of a green triangle")
-VARIATION_SCENE = "a purple hexagon above an orange circle"
+VARIATION_SCENE = "a purple star above an orange circle"
 INTERPOLATION_SCENES = ("a large red circle", "a large blue square")
 TEXT_DIFF = ("a red circle", "a blue circle")
 TEXT_DIFF_SCENE = "a large red circle"
@@ -127,17 +129,40 @@ def _load_pipeline(spec: str) -> Any:
                         f"or a bundled name, or --pipeline none to skip the unCLIP pictures") from None
 
 
-def _render(caption_text: str, seed: int, size: int) -> Image.Image:
+def _render(caption_text: str, seed: int, size: int, world: int) -> Image.Image:
     from unclip_core.data.shapes import complete, parse, render
-    return render(complete(parse(caption_text), seed), size=size)
+    return render(complete(parse(caption_text, world=world), seed), size=size)
 
 
-def _save_input(folder: Path, caption_text: str, seed: int, size: int) -> Path:
+def _save_input(folder: Path, caption_text: str, seed: int, size: int, world: int) -> Path:
     """Render a scene to folder/inputs/<caption-slug>.png (the name labels the interpolation grid's row)."""
-    image = _render(caption_text, seed, size)
+    image = _render(caption_text, seed, size, world)
     slug = "-".join(caption_text.split())
     return save_png(image, folder / "inputs" / f"{slug}.png",
-                    {"kind": "ShapesWorld render", "scene": caption_text, "seed": seed, "size": size})
+                    {"kind": "ShapesWorld render", "scene": caption_text, "seed": seed, "size": size, "world": world})
+
+
+AGREE_RGB, DISAGREE_RGB = (40, 200, 90), (230, 40, 40)
+
+
+def readout_agreement(images: list[Image.Image], captions: list[str], world: int) -> list[bool]:
+    """Whether the read-out finds in each image everything its caption says (shape, colour, size, position,
+    count, relation), judged in ShapesWorld version `world`."""
+    from unclip_core.data.readout import MIN_READ_SIZE, READ_SIZE, score_attributes
+    from unclip_core.data.shapes import parse
+    readable = [im.convert("RGB").resize((READ_SIZE, READ_SIZE), Image.BICUBIC) if min(im.size) < MIN_READ_SIZE
+                else im.convert("RGB") for im in images]
+    scores = score_attributes(readable, [parse(c, world=world) for c in captions])
+    per_image = scores.groupby("image")["all_correct"].all()
+    return [bool(per_image.get(i, False)) for i in range(len(images))]
+
+
+def _framed(image: Image.Image, agrees: bool, width: int = 3) -> Image.Image:
+    """The image inside a green (the read-out agrees with its caption) or red (it does not) frame."""
+    im = image.convert("RGB")
+    out = Image.new("RGB", (im.width + 2 * width, im.height + 2 * width), AGREE_RGB if agrees else DISAGREE_RGB)
+    out.paste(im, (width, width))
+    return out
 
 
 def _write_csv(path: Path, df: pd.DataFrame) -> Path:
@@ -185,6 +210,7 @@ def run_generator(pipe: Any, folder: str | Path, seed: int = 0, settings: Genera
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model = pipe.describe()
+    world = model_world(pipe)
     size = min(1024, max(32, int(pipe.resolutions[0])))
     records: list[dict[str, Any]] = []
     say = print if progress else (lambda *a, **kw: None)
@@ -193,34 +219,40 @@ def run_generator(pipe: Any, folder: str | Path, seed: int = 0, settings: Genera
     t0 = time.perf_counter()
     seeds = [seed + j for j in range(s.n_seeds)]
     rows: list[list[Image.Image]] = [[] for _ in s.captions]
-    cells, first = [], None
+    cells, first, n_agree = [], None, 0
     for j, cell_seed in enumerate(seeds):
         say(f"text-to-image: seed {cell_seed} ({j + 1}/{len(seeds)})")
         out = pipe.text_to_image(list(s.captions), n=1, steps=s.steps, guidance=s.guidance,
                                  prior_steps=s.prior_steps, prior_guidance=s.prior_guidance, upsample=False,
                                  seed=cell_seed, progress=progress)
+        agrees = readout_agreement(list(out.images), list(s.captions), world)
         for i, (caption_text, image) in enumerate(zip(s.captions, out.images)):
             meta = {**out.settings, "demo": "text_to_image", "prompt": caption_text, "seed": cell_seed,
-                    "row": i, "column": j, "stage": "decoder", "z_i_hash": tensor_hash(out.z_i[i])}
+                    "row": i, "column": j, "stage": "decoder", "z_i_hash": tensor_hash(out.z_i[i]),
+                    "readout_agrees": agrees[i], "world": world}
             path = save_png(image, folder / "text_to_image" / f"r{i}-seed{cell_seed}.png", meta)
             cells.append(str(path.relative_to(folder)))
-            rows[i].append(image)
+            rows[i].append(_framed(image, agrees[i]))
+            n_agree += agrees[i]
         if first is None:
             first = (out.stages["decoder"][:1], {**out.settings, "prompt": s.captions[0], "seed": cell_seed,
                                                  "z_i_hash": tensor_hash(out.z_i[0])})
     grid_settings = {"demo": "text_to_image", "captions": list(s.captions), "seeds": seeds, "steps": s.steps,
                      "guidance": s.guidance, "prior_steps": s.prior_steps, "prior_guidance": s.prior_guidance,
-                     "best_of": 2, "sampler": "ddim", **model}
+                     "best_of": 2, "sampler": "ddim", "world": world,
+                     "readout_agrees": f"{n_agree} of {len(cells)}", **model}
     grid = make_grid(rows, list(s.captions), [f"seed {x}" for x in seeds])
     save_grid(grid, folder / "text_to_image.png", grid_settings)
     records.append({"title": "Text to image", "image": "text_to_image.png", "files": cells,
-                    "caption": "Rows are captions, columns are seeds: prior z_i (best of 2) decoded with DDIM.",
+                    "caption": f"Rows are captions, columns are seeds: prior z_i (best of 2) decoded with DDIM. A green "
+                               f"frame: the ShapesWorld v{world} read-out finds everything the caption says; red: it "
+                               f"does not ({n_agree} of {len(cells)} cells agree).",
                     "settings": grid_settings, "seconds": round(time.perf_counter() - t0, 1)})
 
     # variations: the image's z_i decoded from fresh noise with DDIM eta > 0 (sec. 3.1, fig. 3)
     t0 = time.perf_counter()
     say("variations")
-    var_input = _save_input(folder, VARIATION_SCENE, seed, size)
+    var_input = _save_input(folder, VARIATION_SCENE, seed, size, world)
     out = pipe.variations(var_input, n=s.n_variations, eta=s.eta, steps=s.steps, guidance=s.guidance,
                           seed=seed, upsample=False, progress=progress)
     var_files = []
@@ -243,7 +275,7 @@ def run_generator(pipe: Any, folder: str | Path, seed: int = 0, settings: Genera
     # image -> image: z_i slerped, x_T of both ends DDIM-inverted and slerped (sec. 3.2, fig. 4)
     t0 = time.perf_counter()
     say("interpolation")
-    ends = [_save_input(folder, c, seed, size) for c in INTERPOLATION_SCENES]
+    ends = [_save_input(folder, c, seed, size, world) for c in INTERPOLATION_SCENES]
     # guidance None: inverted and decoded under the inversion's guidance (1), so the end frames reconstruct
     res = interpolation_grid(pipe, [(ends[0], ends[1])], n_steps=s.n_frames, x_T_mode="inverted", seed=seed,
                              steps=s.steps, guidance=None, refine=s.refine, upsample=False)
@@ -259,7 +291,7 @@ def run_generator(pipe: Any, folder: str | Path, seed: int = 0, settings: Genera
     # text diff: slerp(z_i, normalize(z_t - z_t0), theta) with the inverted x_T held fixed (sec. 3.3, fig. 5)
     t0 = time.perf_counter()
     say("text diff")
-    td_input = _save_input(folder, TEXT_DIFF_SCENE, seed, size)
+    td_input = _save_input(folder, TEXT_DIFF_SCENE, seed, size, world)
     td = text_diff(pipe, td_input, TEXT_DIFF[0], TEXT_DIFF[1], theta_max=s.theta_max, n_steps=s.n_theta,
                    x_T_mode="inverted", seed=seed, steps=s.steps, guidance=None, refine=s.refine,
                    upsample=False)

@@ -34,7 +34,7 @@ def demo_out(pipe_dir, tmp_path_factory):
 def test_every_file_exists_and_pngs_carry_provenance(demo_out):
     u = demo_out / "unclip"
     expected = ["text_to_image.png", "variations.png", "interpolation.png", "text_diff.png", "text_diff.csv",
-                "interpolation.csv", "inputs/a-purple-hexagon-above-an-orange-circle.png",
+                "interpolation.csv", "inputs/a-purple-star-above-an-orange-circle.png",
                 "inputs/a-large-red-circle.png", "inputs/a-large-blue-square.png", "variations/00.png",
                 "variations/01.png",
                 "cascade/decoder.png", "cascade/upsampler1.png"]
@@ -49,9 +49,13 @@ def test_every_file_exists_and_pngs_carry_provenance(demo_out):
     cell = read_png_meta(u / "text_to_image/r1-seed4.png")
     assert cell["prompt"] == "a blue square" and cell["seed"] == 4 and cell["model"] == "tiny-unclip"
     assert cell["steps"] == 2 and cell["prior_steps"] == 2 and len(cell["z_i_hash"]) == 16
+    # every cell says whether the read-out finds its caption in it (a random tiny model: it does not)
+    assert cell["readout_agrees"] is False and cell["world"] == 2
+    grid_meta = read_png_meta(u / "text_to_image.png")
+    assert grid_meta["readout_agrees"] == "0 of 4" and grid_meta["world"] == 2
     var = read_png_meta(u / "variations/01.png")
     assert var["eta"] == 1.0 and var["task"] == "variations"
-    assert var["input"] == "inputs/a-purple-hexagon-above-an-orange-circle.png"
+    assert var["input"] == "inputs/a-purple-star-above-an-orange-circle.png"
     inter = read_png_meta(u / "interpolation.png")
     assert inter["x_T_mode"] == "inverted" and inter["n_steps"] == 3 and inter["model"] == "tiny-unclip"
     td = read_png_meta(u / "text_diff.png")
@@ -215,3 +219,17 @@ def test_every_img_src_resolves_relative_to_index_html(pipe_dir, tmp_path, monke
     for src in srcs:
         assert not src.startswith(("/", "data:")) and ".." not in src.split("/"), src
         assert (moved / src).is_file(), src
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_readout_agreement_marks_renders_of_the_caption_and_not_others(world):
+    from explorer.demo import _framed, _render, readout_agreement
+    images = [_render("a large red circle", 0, 64, world), _render("a small blue square left of a green star", 1, 64,
+                                                                   world)]
+    assert readout_agreement(images, ["a large red circle", "a small blue square left of a green star"],
+                             world) == [True, True]
+    assert readout_agreement(images, ["a large blue circle", "a small blue star left of a green square"],
+                             world) == [False, False]
+    framed = _framed(images[0], True)
+    assert framed.size == (70, 70) and framed.getpixel((0, 0)) == (40, 200, 90)
+    assert _framed(images[0], False).getpixel((1, 1)) == (230, 40, 40)
