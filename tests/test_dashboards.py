@@ -404,3 +404,22 @@ def test_dashboard_command_rejects_bad_input(tmp_path, capsys):
         dashboard_cmd.command(_args(store=str(tmp_path)))
     assert main(["dashboard", "--port", "0"]) == 2
     assert "error: --port must be an integer" in capsys.readouterr().err
+
+
+def test_latent_lab_stops_where_the_default_cascade_stops(monkeypatch, pipe_dir, tmp_path):
+    import shutil
+    left_out = tmp_path / "pipe"
+    shutil.copytree(pipe_dir, left_out)
+    doc = json.loads((left_out / "pipeline.json").read_text())
+    doc["metadata"]["default_upsample"] = 0  # its upsampler does not beat bicubic
+    (left_out / "pipeline.json").write_text(json.dumps(doc))
+    monkeypatch.setenv(S.ENV_MODEL, str(left_out))
+    monkeypatch.delenv(S.ENV_STORE, raising=False)
+    at = page("latent_lab")
+    at.run()
+    no_errors(at)
+    assert at.selectbox(key="out_px").value == 32  # the largest size (256 px where a cascade reaches it)
+    assert "32 px needs upsampler1, which this pipeline leaves out of its default cascade" in at.info[0].value
+    at.checkbox(key="all_up").check().run()
+    no_errors(at)
+    assert not [i for i in at.info if "default cascade" in i.value]

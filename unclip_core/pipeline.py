@@ -233,6 +233,26 @@ class UnCLIP:
                              f"(this pipeline has {len(self.upsamplers)} upsamplers), got {upsample!r}")
         return upsample
 
+    def plan_size(self, size: int | None = None, *, all_upsamplers: bool = False) -> tuple[int, int, str | None]:
+        """How to reach an output side: (size, model upsamplers to run, note on a bicubic rest or None).
+
+        size None is 256 px where the cascade reaches it, else its largest resolution. Model upsamplers run as far
+        as the default cascade goes (all of them with all_upsamplers); a stage left out of it (its card: it does
+        not beat bicubic) is replaced by bicubic resizing, which the note says.
+        """
+        res = list(self.resolutions)
+        if size is None:
+            size = 256 if 256 in res else res[-1]
+        if size not in res:
+            raise ValueError(f"--size {size} is not a resolution of {self.name} (its stages make {res} px)")
+        k = res.index(size)
+        n_model = k if all_upsamplers else min(k, self.default_upsample)
+        if n_model == k:
+            return size, n_model, None
+        return size, n_model, (f"bicubic {res[n_model]} -> {size} px: upsampler{n_model + 1} is left out of the "
+                               "default cascade (it does not beat bicubic; see the model card); --all-upsamplers "
+                               "runs it")
+
     def describe(self) -> dict[str, Any]:
         """Model name, stage sizes and parameter counts, for provenance records."""
         def n_params(m: torch.nn.Module) -> int:

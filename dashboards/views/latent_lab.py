@@ -32,11 +32,17 @@ if pipe is None:
 info = pipe.describe()
 sizes = list(info["resolutions"])
 with st.sidebar:
-    # default: one upsampler (64 -> 256 px of the cascade); the last stage to 1024 px is slow on a CPU
+    # default: 256 px (64 -> 256 of the cascade); the last stage to 1024 px is slow on a CPU
     out_px = st.selectbox("output size", sizes, index=min(1, len(sizes) - 1), key="out_px",
                           format_func=lambda px: f"{px} px",
                           help="Each step up runs one more upsampler of the cascade (x4 each).")
-upsample = sizes.index(out_px)  # the number of upsamplers to run
+    all_up = st.checkbox("run upsamplers left out of the default cascade", value=False, key="all_up",
+                         help="A model card leaves out an upsampler that does not beat bicubic resizing.")
+_, upsample, left_out = pipe.plan_size(out_px, all_upsamplers=all_up)  # the number of upsamplers to run
+if left_out is not None:
+    st.info(f"{out_px} px needs upsampler{upsample + 1}, which this pipeline leaves out of its default cascade (it "
+            f"does not beat bicubic; see its card): images come at {sizes[upsample]} px, shown enlarged. Tick "
+            "'run upsamplers left out of the default cascade' to run it.")
 # a latent decoder samples the autoencoder's latents; every tool below shows pixels either way
 space = (f" · decoder in latent space ({' × '.join(map(str, info['autoencoder']['latent_shape']))}, decoded to "
          f"{sizes[0]} px by the autoencoder)" if info.get("latent_decoder") else "")

@@ -36,36 +36,15 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
-def plan_size(pipe, size: int | None, *, no_upsample: bool = False, all_upsamplers: bool = False
-              ) -> tuple[int, int, str | None]:
-    """(output size, upsamplers to run, bicubic note or None) for a requested output size.
-
-    The default size is 256 px where the pipeline reaches it, else its largest resolution; model upsamplers
-    run as far as the default cascade goes (or all with all_upsamplers); the rest is bicubic, noted.
-    """
-    res = list(pipe.resolutions)
-    if no_upsample:
-        if size not in (None, res[0]):
-            raise ValueError(f"--no-upsample stops at {res[0]} px but --size is {size}; drop one of them")
-        size = res[0]
-    if size is None:
-        size = 256 if 256 in res else res[-1]
-    if size not in res:
-        raise ValueError(f"--size {size} is not a resolution of {pipe.name} (its stages make {res} px)")
-    k = res.index(size)
-    n_model = k if all_upsamplers else min(k, pipe.default_upsample)
-    if n_model == k:
-        return size, n_model, None
-    return size, n_model, (f"bicubic {res[n_model]} -> {size} px: upsampler{n_model + 1} is left out of the default "
-                           "cascade (it does not beat bicubic; see the model card); --all-upsamplers runs it")
-
-
 def run(args: argparse.Namespace) -> int:
     from unclip_core.pipeline import UnCLIP
     from unclip_core.provenance import save_png, tensor_hash
 
     pipe = UnCLIP.load(args.model)
-    size, n_model, note = plan_size(pipe, args.size, no_upsample=args.no_upsample, all_upsamplers=args.all_upsamplers)
+    if args.no_upsample and args.size not in (None, pipe.resolutions[0]):
+        raise ValueError(f"--no-upsample stops at {pipe.resolutions[0]} px but --size is {args.size}; drop one of them")
+    size = pipe.resolutions[0] if args.no_upsample else args.size
+    size, n_model, note = pipe.plan_size(size, all_upsamplers=args.all_upsamplers)
     out = pipe.text_to_image(args.prompts, n=args.n, steps=args.steps, guidance=args.guidance,
                              prior_steps=args.prior_steps, prior_guidance=args.prior_guidance,
                              best_of=args.best_of, sampler=args.sampler, upsample=n_model,
