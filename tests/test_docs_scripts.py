@@ -47,3 +47,30 @@ def test_readout_accuracy_prints_wilson_intervals_and_rejects_bad_options():
     wrong = subprocess.run([sys.executable, script, "--world", "2", "--model", "shapes-readout-v1"],
                            capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert wrong.returncode == 2 and "reads ShapesWorld v1 but ShapesWorld v2 was asked for" in wrong.stderr
+
+
+def test_decoder_progress_reads_a_latent_decoder_run(tmp_path):
+    sys.path.insert(0, str(ROOT / "tests"))
+    from dataclasses import replace
+
+    from tiny_models import write_tiny_clip
+    from unclip_core.clip import ClipEncoder
+    from unclip_core.train.autoencoder import recipe as ae_recipe
+    from unclip_core.train.autoencoder import train_autoencoder
+    from unclip_core.train.diffusion import fit_to_autoencoder, recipe, train_stage
+    clip = ClipEncoder.load(str(write_tiny_clip(tmp_path / "clip")))
+    ae = train_autoencoder(ae_recipe("tiny"), tmp_path / "ae", progress=False)
+    cfg = recipe("tiny", "decoder", autoencoder=str(ae), clip=clip.spec, n_steps=2)
+    cfg = fit_to_autoencoder(replace(cfg, model={**cfg.model, "clip_dim": 16}))
+    train_stage(cfg, tmp_path / "run", clip=clip, progress=False)
+    script = str(ROOT / "docs" / "scripts" / "decoder_progress.py")
+    proc = subprocess.run([sys.executable, script, "--run", str(tmp_path / "run"), "--n", "2", "--steps", "2"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert "step 2, n 2 + 2 scenes, 2 DDIM steps" in proc.stdout
+    m = re.search(r"every attribute right: ([\d.]+) \[([\d.]+), ([\d.]+)\] \(n 2\)", proc.stdout)
+    assert m and 0.0 <= float(m.group(2)) <= float(m.group(1)) <= float(m.group(3)) <= 1.0, proc.stdout
+    bad = subprocess.run([sys.executable, script, "--run", str(tmp_path / "nowhere")], capture_output=True,
+                         text=True, timeout=120, cwd=ROOT)
+    assert bad.returncode == 2 and "pass a decoder run folder that has checkpointed" in bad.stderr
+    assert "Traceback" not in bad.stderr
