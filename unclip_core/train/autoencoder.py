@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, fields
@@ -23,8 +22,8 @@ from unclip_core.autoencoder import Autoencoder, AutoencoderConfig
 from unclip_core.checkpoint import save_checkpoint
 from unclip_core.checks import check_choice, check_positive_int
 from unclip_core.data.shapes import CURRENT_WORLD, ShapesConfig, get_world, render_array
-from unclip_core.train.common import (PRECISIONS, EMA, CsvLog, cosine_lr, resolve_precision, resume_run, save_state,
-                                      set_lr, write_text_atomic)
+from unclip_core.train.common import (PRECISIONS, EMA, CsvLog, check_optimiser_fields, cosine_lr, network_config,
+                                      resolve_precision, resume_run, save_state, set_lr, write_text_atomic)
 
 STATE_FILE = "state.pt"
 LOG_FIELDS = ("step", "loss", "l1", "mse", "kl", "lr", "seconds")
@@ -59,24 +58,13 @@ class AutoencoderTrainConfig:
         check_choice("precision", self.precision, PRECISIONS)
         get_world(self.world)
         object.__setattr__(self, "n_objects", tuple(self.n_objects))
-        for name in ("lr", "kl_weight"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be None or in (0, 1), got {self.ema_decay}")
+        check_optimiser_fields(self, nonnegative=("lr", "kl_weight"))
         self.model_config()
         ShapesConfig(self.seed, self.model_config().image_size, "all", self.n_objects, None, self.label_prob,
                      world=self.world)  # validates the data fields now, not at step 0
 
     def model_config(self) -> AutoencoderConfig:
-        known = {f.name for f in fields(AutoencoderConfig)}
-        unknown = sorted(set(self.model) - known)
-        if unknown:
-            raise ValueError(f"model config keys {unknown} are not fields of AutoencoderConfig; known: {sorted(known)}")
-        return AutoencoderConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in self.model.items()})
+        return network_config(AutoencoderConfig, self.model)
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self)))

@@ -26,8 +26,9 @@ from unclip_core.clip import ClipEncoder
 from unclip_core.data.shapes import ShapesConfig, caption, render_array, sample_scene, vocabulary
 from unclip_core.data.shapes_scene import CURRENT_WORLD, COLOURS, SIZES, Scene, get_world
 from unclip_core.tokenizer import WordTokenizer
-from unclip_core.train.common import (PRECISIONS, EMA, CsvLog, cosine_lr, load_state, publish_permissions,
-                                      resolve_precision, resume_run, save_state, set_lr, write_text_atomic)
+from unclip_core.train.common import (PRECISIONS, EMA, CsvLog, check_optimiser_fields, cosine_lr, load_state,
+                                      publish_permissions, resolve_precision, resume_run, save_state, set_lr,
+                                      write_text_atomic)
 
 STATE_FILE = "state.pt"
 LOG_FIELDS = ("step", "loss", "batch_acc", "logit_scale", "lr", "seconds")
@@ -93,14 +94,7 @@ class ClipTrainConfig:
             raise ValueError(f"text_width={self.text_width} is not divisible by text_heads={self.text_heads}")
         if self.batch_size < 2:
             raise ValueError(f"batch_size must be >= 2 for a contrastive loss, got {self.batch_size}")
-        for name in ("lr", "weight_decay", "init_temperature", "max_logit_scale"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be None or in (0, 1), e.g. 0.999, got {self.ema_decay}")
+        check_optimiser_fields(self, nonnegative=("lr", "weight_decay", "init_temperature", "max_logit_scale"))
         object.__setattr__(self, "n_objects", tuple(self.n_objects))
         if self.object_weights is not None:
             object.__setattr__(self, "object_weights", tuple(self.object_weights))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import os
 import tempfile
@@ -146,6 +147,29 @@ def load_state(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"training state not found: {path}")
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def check_optimiser_fields(config: Any, nonnegative: tuple[str, ...]) -> None:
+    """The checks every run config shares: `nonnegative` fields finite and >= 0, min_lr_ratio in [0, 1],
+    ema_decay None or in (0, 1)."""
+    for name in nonnegative:
+        v = getattr(config, name)
+        if isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+    if not 0.0 <= config.min_lr_ratio <= 1.0:
+        raise ValueError(f"min_lr_ratio must be in [0, 1], got {config.min_lr_ratio}")
+    if config.ema_decay is not None and not 0.0 < config.ema_decay < 1.0:
+        raise ValueError(f"ema_decay must be None or in (0, 1), e.g. 0.999, got {config.ema_decay}")
+
+
+def network_config(cls: type, model: Mapping[str, Any]) -> Any:
+    """A network's frozen config dataclass from a run's `model` dict (lists become tuples); unknown keys are an
+    error that lists the known ones."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(model) - known)
+    if unknown:
+        raise ValueError(f"model config keys {unknown} are not fields of {cls.__name__}; known: {sorted(known)}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in model.items()})
 
 
 def resume_run(state_path: Path, config: dict[str, Any], *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,

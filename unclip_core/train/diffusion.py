@@ -36,8 +36,8 @@ from unclip_core.data.shapes import CURRENT_WORLD, ShapesConfig, get_world, rend
 from unclip_core.decoder import Decoder, DecoderConfig
 from unclip_core.diffusion import cosine_schedule, diffusion_loss
 from unclip_core.prior import DiffusionPrior, PriorConfig
-from unclip_core.train.common import (PRECISIONS, EMA, CsvLog, cosine_lr, load_state, resolve_precision, save_state,
-                                      set_lr, write_text_atomic)
+from unclip_core.train.common import (PRECISIONS, EMA, CsvLog, cosine_lr, load_state, network_config, resolve_precision,
+                                      save_state, set_lr, write_text_atomic)
 from unclip_core.upsampler import Upsampler, UpsamplerConfig, upsample_low_res
 
 if TYPE_CHECKING:  # open_clip is slow to import; only the prior and decoder stages need it
@@ -120,12 +120,7 @@ class DiffusionTrainConfig:
 
     def model_config(self) -> Any:
         """The network's frozen config dataclass."""
-        cls = _MODEL[self.stage][1]
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(self.model) - known)
-        if unknown:
-            raise ValueError(f"model config keys {unknown} are not fields of {cls.__name__}; known: {sorted(known)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in self.model.items()})
+        return network_config(_MODEL[self.stage][1], self.model)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
