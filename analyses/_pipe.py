@@ -103,7 +103,7 @@ def noise(pipe: Any, n: int, generator: torch.Generator) -> torch.Tensor:
     return torch.randn(pipe.x_T_shape(check_positive_int("n", n)), generator=generator)
 
 
-def decode(pipe: Any, z_i: torch.Tensor, x_T: torch.Tensor, steps: int, guidance: float, clip_denoised: bool,
+def decode(pipe: Any, z_i: torch.Tensor, x_T: torch.Tensor, *, steps: int, guidance: float, clip_denoised: bool,
            upsample: bool | int | None, upsampler_steps: Sequence[int], g: torch.Generator,
            batch_size: int = 16) -> tuple[list[Image.Image], torch.Tensor]:
     """Decode z_i (n, d) from x_T of pipe.x_T_shape(n) in batches -> (final images, decoder-stage pixels (n, 3, s, s)).

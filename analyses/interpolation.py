@@ -119,8 +119,9 @@ def interpolate(pipe: Any, a: Any, b: Any, *, n_steps: int = 8, x_T_mode: str = 
         x_T = noise(pipe, 1, g).expand(n_steps, -1, -1, -1).contiguous()
     z_path = slerp(z_ends[0][0].double(), z_ends[1][0].double(), torch.as_tensor(t)).float()  # (n_steps, d)
 
-    images, decoded = decode(pipe, z_path, x_T, steps, guidance, clip_denoised=x_T_mode == "fixed",
-                             upsample=upsample, upsampler_steps=upsampler_steps, g=g)
+    images, decoded = decode(pipe, z_path, x_T, steps=steps, guidance=guidance,
+                             clip_denoised=x_T_mode == "fixed", upsample=upsample,
+                             upsampler_steps=upsampler_steps, g=g)
     emb = encode_images(pipe, images)
     zu = unit_rows(z_path)
     frame = {"frame": np.arange(n_steps), "t": t}

@@ -112,8 +112,8 @@ def pca_reconstructions(pipe: Any, images: Sequence[Any], Z_fit: np.ndarray | to
     n_img, n_k = len(pics), len(ks)
     x_T = noise(pipe, n_img, g)  # one x_T per image, shared by its k columns
     x_T = x_T.repeat_interleave(n_k, dim=0)
-    recons, _ = decode(pipe, z_k.reshape(n_img * n_k, dim).float(), x_T, steps, guidance, clip_denoised=True,
-                       upsample=upsample, upsampler_steps=upsampler_steps, g=g)
+    recons, _ = decode(pipe, z_k.reshape(n_img * n_k, dim).float(), x_T, steps=steps, guidance=guidance,
+                       clip_denoised=True, upsample=upsample, upsampler_steps=upsampler_steps, g=g)
     emb = encode_images(pipe, recons).reshape(n_img, n_k, -1)
     zi = z_i.numpy()
     zk = unit_rows(z_k.reshape(n_img * n_k, dim)).reshape(n_img, n_k, dim)

@@ -100,8 +100,9 @@ def text_diff(pipe: Any, image: Any, old_caption: str, new_caption: str, *, thet
     else:
         x_T1 = noise(pipe, 1, g)
     x_T = x_T1.expand(n_steps, -1, -1, -1).contiguous()
-    images, decoded = decode(pipe, z_theta, x_T, steps, guidance, clip_denoised=x_T_mode == "fixed",
-                             upsample=upsample, upsampler_steps=upsampler_steps, g=g)
+    images, decoded = decode(pipe, z_theta, x_T, steps=steps, guidance=guidance,
+                             clip_denoised=x_T_mode == "fixed", upsample=upsample,
+                             upsampler_steps=upsampler_steps, g=g)
     emb = encode_images(pipe, images)
     zu = unit_rows(z_theta)
     target = to_decoder_tensor(pipe, img)
