@@ -101,6 +101,11 @@ def test_variations_and_inpaint(pipe):
     x0 = torch.from_numpy(np.asarray(img, np.float32) / 127.5 - 1).permute(2, 0, 1)
     kept = inp.stages["decoder"][:, :, :, :8]
     torch.testing.assert_close(kept, x0[None, :, :, :8].expand(2, -1, -1, -1), atol=1e-5, rtol=0)
+    up = pipe.inpaint(img, mask, steps=2, n_resample=1, seed=0, upsample=1, upsampler_steps=(2,))
+    assert up.stages["upsampler1"].shape == (1, 3, 32, 32) and up.settings["upsampler_steps"] == [2]
+    up3 = pipe.inpaint(img, mask, steps=2, n_resample=1, seed=0, upsample=1, upsampler_steps=(3,))
+    assert torch.equal(up3.stages["decoder"], up.stages["decoder"])  # the upsampler's steps change only its stage
+    assert (up3.stages["upsampler1"] - up.stages["upsampler1"]).abs().max() > 1e-3
 
 
 def test_repaint_keeps_known_region_exactly():

@@ -449,10 +449,7 @@ class UnCLIP:
             x = self._run_sampler(denoise, x_T.to(self.device), steps=steps, sampler=sampler, eta=eta, generator=g,
                                   progress=progress, stage="decoder")
             x, stages = self._to_pixels(x)
-            for k in range(n_up):
-                n_steps = upsampler_steps[k] if k < len(upsampler_steps) else upsampler_steps[-1]
-                x = self.upsample(x, k, steps=n_steps, seed=g, progress=progress)
-                stages[f"upsampler{k + 1}"] = x.cpu()
+            x = self._cascade(x, stages, n_up=n_up, upsampler_steps=upsampler_steps, g=g, progress=progress)
         settings = {"steps": steps, "guidance": guidance, "sampler": sampler, "eta": eta,
                     "clip_denoised": clip_denoised, "x_T_given": given,
                     "upsampler_steps": list(upsampler_steps), "z_i_hash": tensor_hash(z_i),
@@ -480,6 +477,15 @@ class UnCLIP:
         with torch.inference_mode():
             return sample_ddim(denoise, x_T, self.schedule, steps, generator=g, spacing=SPACING,
                                progress=progress, label=f"upsampler{index + 1}").clamp(-1, 1)
+
+    def _cascade(self, x: Tensor, stages: dict[str, Tensor], *, n_up: int, upsampler_steps: Sequence[int],
+                 g: torch.Generator, progress: bool) -> Tensor:
+        """Run the first n_up upsamplers on pixels x, stage k with upsampler_steps[k] (the last entry beyond)."""
+        for k in range(n_up):
+            n_steps = upsampler_steps[k] if k < len(upsampler_steps) else upsampler_steps[-1]
+            x = self.upsample(x, k, steps=n_steps, seed=g, progress=progress)
+            stages[f"upsampler{k + 1}"] = x.cpu()
+        return x
 
     def _check_images(self, out: UnCLIPOutput) -> None:
         if self.policy is None or self.policy.encode_image is None:
@@ -562,7 +568,7 @@ class UnCLIP:
     def inpaint(self, image: ImageLike, mask: Tensor | Image.Image, *, prompt: str | None = None,
                 z_i: Tensor | None = None, n: int = 1, steps: int = 50, guidance: float = 3.0,
                 n_resample: int = 4, seed: int | torch.Generator | None = None, upsample: bool | int | None = None,
-                progress: bool = False) -> UnCLIPOutput:
+                upsampler_steps: Sequence[int] = (27, 15), progress: bool = False) -> UnCLIPOutput:
         """Inpainting by RePaint-style resampling (Lugmayr et al. 2022) with the decoder conditioned on a z_i.
 
         mask: (s, s) or (1, s, s) tensor / L-mode image at the decoder stage's pixel size (resolutions[0]),
@@ -591,11 +597,9 @@ class UnCLIP:
                                m.to(self.device), n_resample=n_resample, generator=g, progress=progress,
                                label="decoder")
             x, stages = self._to_pixels(x)
-            for k in range(n_up):
-                x = self.upsample(x, k, steps=(27, 15)[k], seed=g, progress=progress)
-                stages[f"upsampler{k + 1}"] = x.cpu()
+            x = self._cascade(x, stages, n_up=n_up, upsampler_steps=upsampler_steps, g=g, progress=progress)
         settings = {"task": "inpaint", "steps": steps, "guidance": guidance, "n_resample": n_resample,
-                    "clip_denoised": clip_denoised,
+                    "clip_denoised": clip_denoised, "upsampler_steps": list(upsampler_steps),
                     "prompt": prompt, "z_i_hash": tensor_hash(z_i), "seed": seed if isinstance(seed, int) else None,
                     **self.describe()}
         return UnCLIPOutput(tensor_to_pil(x.cpu()), z_i.cpu(), stages, settings)
