@@ -56,7 +56,7 @@ def test_trainer_kill_resume_equals_one_run_and_calibrates(tmp_path):
 
 
 def test_config_errors():
-    with pytest.raises(ValueError, match=r"model config keys \['width'\] are not fields of AutoencoderConfig"):
+    with pytest.raises(ValueError, match=r"unknown AutoencoderConfig keys \['width'\]; accepted keys"):
         AutoencoderTrainConfig(model={"width": 3})
     with pytest.raises(ValueError, match=r"world must be a ShapesWorld version in \[1, 2\], got 5"):
         recipe("tiny", world=5)

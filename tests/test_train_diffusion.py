@@ -67,7 +67,7 @@ def test_resume_with_another_config_is_refused(clip, tmp_path):
 def test_config_errors(clip, tmp_path):
     with pytest.raises(ValueError, match="stage='vae' is not known; accepted"):
         recipe("shapes", "vae")
-    with pytest.raises(ValueError, match="model config keys \\['bogus'\\] are not fields of DecoderConfig"):
+    with pytest.raises(ValueError, match="unknown DecoderConfig keys \\['bogus'\\]; accepted keys"):
         DiffusionTrainConfig(stage="decoder", model={"bogus": 1})
     with pytest.raises(ValueError, match="p_drop_z_i must be a probability"):
         recipe("tiny", "decoder", p_drop_z_i=1.5)

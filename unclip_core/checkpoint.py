@@ -65,15 +65,17 @@ def _to_tuples(value: Any) -> Any:
     return tuple(_to_tuples(v) for v in value) if isinstance(value, list) else value
 
 
-def config_from_dict(config_cls: type, data: Mapping[str, Any]) -> Any:
-    """Build `config_cls` from a dict, rejecting unknown keys by name; JSON lists become tuples."""
+def config_from_dict(config_cls: type, data: Mapping[str, Any], *,
+                     fix: str = "The checkpoint was written by another version or edited by hand: remove these keys"
+                     ) -> Any:
+    """Build `config_cls` from a dict, rejecting unknown keys by name (the error ends with `fix`); JSON lists
+    become tuples. The one home for dict -> config: checkpoints, run configs and their networks use it."""
     if not isinstance(data, Mapping):
         raise TypeError(f"config must be a JSON object of {config_cls.__name__} fields, got {type(data).__name__}")
     fields = [f.name for f in dataclasses.fields(config_cls)]
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ValueError(f"unknown {config_cls.__name__} keys {unknown}; accepted keys: {fields}. "
-                         "The checkpoint was written by another version or edited by hand: remove these keys")
+        raise ValueError(f"unknown {config_cls.__name__} keys {unknown}; accepted keys: {fields}. {fix}")
     return config_cls(**{k: _to_tuples(v) for k, v in data.items()})
 
 

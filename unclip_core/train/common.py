@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-import dataclasses
 import math
 import os
 import tempfile
@@ -163,13 +162,9 @@ def check_optimiser_fields(config: Any, nonnegative: tuple[str, ...]) -> None:
 
 
 def network_config(cls: type, model: Mapping[str, Any]) -> Any:
-    """A network's frozen config dataclass from a run's `model` dict (lists become tuples); unknown keys are an
-    error that lists the known ones."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(model) - known)
-    if unknown:
-        raise ValueError(f"model config keys {unknown} are not fields of {cls.__name__}; known: {sorted(known)}")
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in model.items()})
+    """A network's frozen config dataclass from a run's `model` dict (lists become tuples; unknown keys listed)."""
+    from unclip_core.checkpoint import config_from_dict
+    return config_from_dict(cls, model, fix="Remove them from the run's model settings")
 
 
 def resume_run(state_path: Path, config: dict[str, Any], *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
