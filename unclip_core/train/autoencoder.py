@@ -9,7 +9,7 @@ import argparse
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -71,11 +71,8 @@ class AutoencoderTrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "AutoencoderTrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown autoencoder training config keys {unknown}; known: {sorted(known)}")
-        return cls(**d)
+        from unclip_core.checkpoint import config_from_dict
+        return config_from_dict(cls, d, fix="Remove them from the run config")
 
 
 RECIPES: dict[str, dict[str, Any]] = {

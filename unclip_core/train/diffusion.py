@@ -18,7 +18,7 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -130,11 +130,8 @@ class DiffusionTrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DiffusionTrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown training config keys {unknown}; known: {sorted(known)}")
-        return cls(**d)
+        from unclip_core.checkpoint import config_from_dict
+        return config_from_dict(cls, d, fix="Remove them from the run config")
 
 
 # The image stages predict v (Salimans & Ho 2022) rather than the paper's eps: with the cosine schedule, eps
