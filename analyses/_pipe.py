@@ -1,7 +1,6 @@
 """Helpers shared by the analyses that drive an unCLIP pipeline: input checks, seeds, CLIP similarities, decoding."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -9,7 +8,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from unclip_core.checks import check_positive_int
+from unclip_core import seeds
+from unclip_core.checks import check_guidance as _check_guidance, check_positive_int
 from unclip_core.imageio import load_image, pil_to_tensor
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -25,20 +25,16 @@ def check_pipe(pipe: Any, attrs: Sequence[str] = _PIPE_ATTRS) -> Any:
     return pipe
 
 
-def generator(seed: int | torch.Generator) -> tuple[torch.Generator, int | None]:
-    """A torch.Generator for `seed` and the int seed to record (None for a caller's generator)."""
-    if isinstance(seed, torch.Generator):
-        return seed, None
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed must be an int or a torch.Generator, got {type(seed).__name__} {seed!r}")
-    return torch.Generator().manual_seed(int(seed)), int(seed)
+def generator(seed: int | torch.Generator | None) -> tuple[torch.Generator, int | None]:
+    """A torch.Generator for `seed` and the int seed to record (drawn when None; None for a caller's generator)."""
+    try:
+        return seeds.generator(seed)
+    except TypeError:
+        raise TypeError(f"seed must be an int, a torch.Generator or None, got {type(seed).__name__} {seed!r}") from None
 
 
 def check_guidance(guidance: float) -> float:
-    if (isinstance(guidance, bool) or not isinstance(guidance, (int, float, np.integer, np.floating))
-            or not math.isfinite(guidance) or guidance < 0):
-        raise ValueError(f"guidance must be a finite number >= 0 (1 = no guidance), got {guidance!r}")
-    return float(guidance)
+    return _check_guidance("guidance", guidance)
 
 
 def check_refine(refine: int) -> int:

@@ -9,12 +9,10 @@ import hashlib
 import inspect
 import json
 import os
-import pickle
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -22,6 +20,7 @@ import plotly.express as px
 import plotly.graph_objects as go
 import torch
 
+from unclip_core.atomic import atomic_write, write_json
 from unclip_core.checks import check_choice, check_embeddings, check_positive_int
 
 Array = np.ndarray | torch.Tensor
@@ -29,7 +28,8 @@ Array = np.ndarray | torch.Tensor
 METHODS = ("pca", "pca-randomized", "pca-incremental", "umap", "tsne")
 PAPER_KS = (20, 30, 40, 80, 120, 160, 200, 320)  # Ramesh et al. 2022, fig. 7
 WEBGL_THRESHOLD = 5000  # above this many points scatter() draws with Scattergl
-_CACHE_VERSION = "projection-cache-v1"
+_CACHE_VERSION = "projection-cache-v2"  # v2: npz + json (v1 pickled)
+_PCA_METHODS = ("pca", "pca-randomized", "pca-incremental")
 
 
 def _to_numpy(name: str, X: Array, dim: int | None = None) -> np.ndarray:
@@ -57,6 +57,9 @@ class Projection:
     explained_variance_ratio_: np.ndarray | None = None  # (n_components,), PCA methods only
     fit_seconds: float = 0.0
     from_cache: bool = field(default=False, compare=False)
+    # a cached UMAP stores its embedding, not its estimator: the first transform() refits it (same seed, same
+    # embedding) through this callable
+    refit: Callable[[], Any] | None = field(default=None, compare=False, repr=False)
 
     def transform(self, X: Array) -> np.ndarray:
         """Project new rows X (n_new, n_features) -> (n_new, n_components); PCA and UMAP only."""
@@ -64,7 +67,10 @@ class Projection:
             raise ValueError("method='tsne' has no out-of-sample transform: t-SNE only embeds the rows it "
                              "was fitted on; refit with method='pca' or 'umap', or fit t-SNE on the union "
                              "of the old and new rows")
-        return np.asarray(self.estimator.transform(_to_numpy("X", X, dim=self.n_features)))
+        X = _to_numpy("X", X, dim=self.n_features)
+        if self.estimator is None and self.refit is not None:
+            self.estimator = self.refit()
+        return np.asarray(self.estimator.transform(X))
 
 
 def _estimator_class(method: str) -> type:
@@ -109,18 +115,73 @@ def _cache_key(X: np.ndarray, method: str, n_components: int, seed: int | None, 
     return h.hexdigest()
 
 
-def _atomic_pickle(obj: object, path: Path) -> None:
-    """Write a pickle to a temporary file in the target folder, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+def _estimator_state(est: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
+    """A fitted PCA estimator's attributes as (JSON scalars, arrays), or None if one is neither."""
+    scalars, arrays = {}, {}
+    for k, v in vars(est).items():
+        if isinstance(v, np.ndarray) and v.dtype != object:
+            arrays[k] = v
+        elif isinstance(v, (np.integer, np.floating, np.bool_)):
+            scalars[k] = v.item()
+        elif v is None or isinstance(v, (bool, int, float, str)):
+            scalars[k] = v
+        else:
+            return None
+    return scalars, arrays
+
+
+def _save_cache(proj: Projection, path: Path) -> None:
+    """Write PATH.npz (arrays) then PATH.json (the record, written last: a cache entry exists once it does).
+
+    No pickle anywhere: a cache folder someone else wrote can at worst hold wrong numbers, never code.
+    """
+    arrays = {"embedding_": proj.embedding_}
+    if proj.explained_variance_ratio_ is not None:
+        arrays["explained_variance_ratio_"] = proj.explained_variance_ratio_
+    state = None
+    if proj.method in _PCA_METHODS:
+        got = _estimator_state(proj.estimator)
+        if got is None:
+            return  # an attribute we cannot store without pickle: leave this fit uncached
+        state, est_arrays = got
+        arrays.update({f"estimator.{k}": v for k, v in est_arrays.items()})
+    npz = path.with_suffix(".npz")
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+    atomic_write(npz, write, fsync=False)
+    write_json(path.with_suffix(".json"), {
+        "format": _CACHE_VERSION, "method": proj.method, "n_components": proj.n_components, "seed": proj.seed,
+        "params": {k: v if v is None or isinstance(v, (bool, int, float, str)) else repr(v)
+                   for k, v in proj.params.items()},
+        "n_features": proj.n_features, "fit_seconds": proj.fit_seconds, "estimator_state": state,
+        "arrays": sorted(arrays)}, fsync=False)
+
+
+def _load_cache(path: Path, method: str, refit: Callable[[], Any]) -> Projection | None:
+    """The Projection cached at PATH.{json,npz}, or None when absent or unreadable (then it is refitted)."""
     try:
-        with os.fdopen(fd, "wb") as fh:
-            pickle.dump(obj, fh, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        meta = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+        if meta.get("format") != _CACHE_VERSION or meta.get("method") != method:
+            return None
+        with np.load(path.with_suffix(".npz"), allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        if sorted(arrays) != meta["arrays"]:
+            return None
+        estimator = None
+        if method in _PCA_METHODS:
+            estimator = _estimator_class(method).__new__(_estimator_class(method))
+            vars(estimator).update(meta["estimator_state"])
+            vars(estimator).update({k[len("estimator."):]: v for k, v in arrays.items() if k.startswith("estimator.")})
+        return Projection(method=method, n_components=int(meta["n_components"]), seed=meta["seed"],
+                          params=dict(meta["params"]), estimator=estimator, embedding_=arrays["embedding_"],
+                          n_features=int(meta["n_features"]),
+                          explained_variance_ratio_=arrays.get("explained_variance_ratio_"),
+                          fit_seconds=float(meta["fit_seconds"]), from_cache=True,
+                          refit=None if method in _PCA_METHODS else refit)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, EOFError):
+        return None  # missing, truncated, or from another version: refit and overwrite
 
 
 def _pca_solver(n: int, d: int) -> str:
@@ -133,8 +194,10 @@ def fit_projection(X: Array, method: str = "pca", n_components: int = 2, seed: i
     """Fit PCA (exact, randomized, incremental), UMAP (McInnes et al. 2018) or t-SNE (van der Maaten 2008).
 
     X: (n, dim). seed: random_state of the estimator (None lets UMAP run in parallel, non-reproducibly).
-    cache_dir: when given, the fitted Projection is stored there (pickled, atomic write) under a hash of
-    the data and parameters and reused on the next identical call; only point it at folders you trust.
+    cache_dir: when given, the fitted Projection is stored there under a hash of the data and parameters (an
+    .npz of arrays and a .json record, written atomically; nothing is pickled) and reused on the next identical
+    call. A cached PCA restores its estimator exactly; a cached UMAP restores its embedding and refits its
+    estimator (same seed, same embedding) on the first transform().
     **kw go to the estimator (e.g. n_neighbors, min_dist for UMAP; perplexity for t-SNE).
     """
     check_choice("method", method, METHODS)
@@ -157,16 +220,10 @@ def fit_projection(X: Array, method: str = "pca", n_components: int = 2, seed: i
 
     path = None
     if cache_dir is not None:
-        path = Path(cache_dir) / f"{method}-{_cache_key(Xn, method, n_components, seed, kw)}.pkl"
-        if path.exists():
-            try:
-                with open(path, "rb") as fh:
-                    cached = pickle.load(fh)
-            except (EOFError, pickle.UnpicklingError, AttributeError, ImportError):
-                cached = None  # unreadable (truncated, or from another library version): refit, overwrite
-            if isinstance(cached, Projection):
-                cached.from_cache = True
-                return cached
+        path = Path(cache_dir) / f"{method}-{_cache_key(Xn, method, n_components, seed, kw)}"
+        cached = _load_cache(path, method, lambda: fit_projection(Xn, method, n_components, seed, **kw).estimator)
+        if cached is not None:
+            return cached
 
     params = dict(kw)
     if method == "pca":
@@ -191,7 +248,7 @@ def fit_projection(X: Array, method: str = "pca", n_components: int = 2, seed: i
                       embedding_=np.asarray(embedding), n_features=d, explained_variance_ratio_=evr,
                       fit_seconds=seconds)
     if path is not None:
-        _atomic_pickle(proj, path)
+        _save_cache(proj, path)
     return proj
 
 

@@ -1,16 +1,16 @@
 """Timing helpers shared by the benchmarks: interleaved repeats, medians, machine header, atomic JSON."""
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
+
+from unclip_core.atomic import write_json
 
 
 def synchronize(device: str | torch.device) -> None:
@@ -66,15 +66,4 @@ def machine_info(device: str | torch.device = "cpu") -> dict[str, Any]:
 
 def write_json_atomic(path: str | Path, obj: Any) -> Path:
     """Write `obj` as JSON to a temporary file beside `path`, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_json(path, obj, fsync=False)

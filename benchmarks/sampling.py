@@ -27,7 +27,7 @@ from torch import Tensor
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import machine_info, median, time_interleaved, write_json_atomic  # noqa: E402
-from unclip_core.checks import check_choice, check_positive_int  # noqa: E402
+from unclip_core.checks import check_choice, check_guidance, check_positive_int  # noqa: E402
 from unclip_core.decoder import Decoder, DecoderConfig  # noqa: E402
 from unclip_core.diffusion import Schedule, cosine_schedule  # noqa: E402
 from unclip_core.samplers import classifier_free_guidance, model_to_denoiser, sample_ddim  # noqa: E402
@@ -86,9 +86,7 @@ class SamplingBenchConfig:
             raise ValueError(f"steps={self.steps} does not divide T={T_TRAIN}; with spacing='trailing' diffusers' "
                              f"DDIMScheduler steps to t - T // steps, off the trailing grid, so the images cannot "
                              f"match. Pick steps dividing {T_TRAIN} (e.g. {divisors}) or spacing='leading'")
-        if isinstance(self.guidance, bool) or not isinstance(self.guidance, (int, float)) \
-                or not math.isfinite(self.guidance) or self.guidance < 0:
-            raise ValueError(f"guidance must be a finite number >= 0, got {self.guidance!r}")
+        check_guidance("guidance", self.guidance)
         if self.atol is not None and not self.atol > 0:
             raise ValueError(f"atol must be > 0 (or None for the dtype's default), got {self.atol!r}")
         if self.device == "cuda" and not torch.cuda.is_available():

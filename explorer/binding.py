@@ -27,7 +27,8 @@ from analyses.binding import (GENERATION_PATHS, ShapesJudge, accuracy_table, cas
                               check_suite_world, model_world, paired_bootstrap, probe_embeddings, probe_scenes)
 from analyses.binding_suite import (CaptionPairCase, Case, GenerationCase, WinogroundCase, load_suite,
                                     suite_lines)
-from explorer.store import _parquet_safe, _tool_version, atomic_write
+from explorer.store import _parquet_safe, _tool_version
+from unclip_core.atomic import atomic_write
 from unclip_core.checks import check_positive_int
 
 SETTINGS_FILE = "settings.json"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import html
 import json
-import math
 import os
 import platform
 import time
@@ -19,9 +18,9 @@ from PIL import Image
 
 from analyses.binding import model_world
 from explorer import api
-from explorer.store import atomic_write
+from unclip_core.atomic import atomic_write
 from unclip_core.checkpoint import list_bundled
-from unclip_core.checks import check_choice, check_positive_int
+from unclip_core.checks import check_choice, check_guidance, check_nonneg_float, check_positive_int
 from unclip_core.provenance import save_png
 
 # words of every ShapesWorld version (no hexagon, no cross), so the demo runs on v1 and v2 models alike
@@ -81,10 +80,10 @@ class GeneratorSettings:
         check_positive_int("refine", self.refine, minimum=0)
         check_positive_int("n_frames", self.n_frames, minimum=2)
         check_positive_int("n_theta", self.n_theta, minimum=2)
-        for name in ("guidance", "prior_guidance", "eta"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+        for name in ("guidance", "prior_guidance"):
+            check_guidance(name, getattr(self, name))
+        for name in ("eta",):
+            check_nonneg_float(name, getattr(self, name))
         if isinstance(self.theta_max, bool) or not isinstance(self.theta_max, (int, float)) \
                 or not 0.0 <= self.theta_max <= 1.0:
             raise ValueError(f"theta_max must lie in [0, 1] (the paper uses 0.25-0.5), got {self.theta_max!r}")

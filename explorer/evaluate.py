@@ -25,8 +25,9 @@ from PIL import Image
 from analyses._pipe import check_pipe
 from analyses.binding import model_world
 from analyses.metrics import cmmd, frechet_distance
-from explorer.store import atomic_write
-from unclip_core.checks import check_choice, check_positive_int
+from unclip_core.atomic import atomic_write
+from unclip_core.seeds import check_seed
+from unclip_core.checks import check_choice, check_guidance, check_nonneg_float, check_positive_int
 from unclip_core.data.readout import MIN_READ_SIZE, READ_SIZE, score_attributes
 from unclip_core.data.shapes import (
     CAPTION_STYLES,
@@ -85,10 +86,10 @@ class EvalSettings:
             raise ValueError("upsampler_steps is empty; pass one DDIM step count per upsampler, e.g. (27, 15)")
         for k in self.upsampler_steps:
             check_positive_int("upsampler_steps entry", k)
-        for name in ("guidance", "prior_guidance", "variation_eta", "min_pairwise_l1"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+        for name in ("guidance", "prior_guidance"):
+            check_guidance(name, getattr(self, name))
+        for name in ("variation_eta", "min_pairwise_l1"):
+            check_nonneg_float(name, getattr(self, name))
         check_choice("caption_style", self.caption_style, CAPTION_STYLES)
 
 
@@ -108,9 +109,7 @@ def _check_pipe(pipe: Any) -> Any:
 
 
 def _check_seed(seed: int) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise TypeError(f"seed must be an int >= 0, got {type(seed).__name__} {seed!r}")
-    return int(seed)
+    return check_seed(seed)
 
 
 def _settings(settings: EvalSettings | None) -> EvalSettings:

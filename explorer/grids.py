@@ -10,7 +10,7 @@ from typing import Any, Mapping, Sequence
 from PIL import Image
 
 from analyses.tiling import grid_geometry, make_grid
-from explorer.store import atomic_write
+from unclip_core.atomic import atomic_write
 from unclip_core.provenance import read_png_meta, save_png
 
 __all__ = ["make_grid", "grid_geometry", "save_grid", "write_report", "write_text"]

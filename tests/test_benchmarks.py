@@ -122,7 +122,7 @@ def test_write_json_atomic_round_trip(tmp_path):
     ({"batch": 2.0}, TypeError, r"batch must be an integer >= 1, got float"),
     ({"steps": 1001, "spacing": "leading"}, ValueError, r"steps must be <= 1000"),
     ({"steps": 3}, ValueError, r"steps=3 does not divide T=1000.*or spacing='leading'"),
-    ({"guidance": -1.0}, ValueError, r"guidance must be a finite number >= 0, got -1.0"),
+    ({"guidance": -1.0}, ValueError, r"guidance must lie in \[0, 100\] .*got -1.0"),
     ({"atol": 0.0}, ValueError, r"atol must be > 0"),
     ({"seed": -1}, ValueError, r"seed must be >= 0, got -1"),
 ])

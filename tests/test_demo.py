@@ -178,7 +178,7 @@ def test_cli_errors(pipe_dir, tmp_path, capsys):
     ({"n_theta": 1}, ValueError, "n_theta must be >= 2, got 1"),
     ({"refine": -1}, ValueError, "refine must be >= 0, got -1"),
     ({"steps": 2.5}, TypeError, "steps must be an integer >= 1"),
-    ({"guidance": -1.0}, ValueError, "guidance must be a finite number >= 0"),
+    ({"guidance": -1.0}, ValueError, r"guidance must lie in \[0, 100\]"),
     ({"eta": float("nan")}, ValueError, "eta must be a finite number >= 0"),
     ({"theta_max": 1.5}, ValueError, r"theta_max must lie in \[0, 1\]"),
     ({"cascade_stages": 3}, ValueError, "cascade_stages=3 is not known; accepted: 0, 1, 2"),

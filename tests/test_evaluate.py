@@ -238,7 +238,7 @@ def test_cli_evaluate(tiny_dir, tmp_path, capsys):
     ({"steps": 0}, ValueError, "steps must be >= 1"),
     ({"n_variations": 1}, ValueError, "n_variations must be >= 2"),
     ({"upsampler_steps": ()}, ValueError, "upsampler_steps is empty"),
-    ({"guidance": -1.0}, ValueError, "guidance must be a finite number >= 0"),
+    ({"guidance": -1.0}, ValueError, r"guidance must lie in \[0, 100\]"),
     ({"caption_style": "fancy"}, ValueError, "caption_style='fancy' is not known; accepted: 'plain'"),
     ({"batch_size": 2.5}, TypeError, "batch_size must be an integer"),
 ])
@@ -253,8 +253,10 @@ def test_evaluate_errors(monkeypatch, tmp_path):
         evaluate_family(object(), n=2)
     with pytest.raises(ValueError, match="n must be >= 1"):
         evaluate_family(fake, n=0)
-    with pytest.raises(TypeError, match="seed must be an int >= 0"):
+    with pytest.raises(ValueError, match=r"seed must lie in \[0, 2\*\*63 - 1\], got -1"):
         evaluate_family(fake, n=2, seed=-1)
+    with pytest.raises(TypeError, match="seed must be an int >= 0, got float"):
+        evaluate_family(fake, n=2, seed=1.5)
     with pytest.raises(ValueError, match="measures entry='fid' is not known; accepted: 'reconstruction'"):
         evaluate_family(fake, n=2, measures=["fid"])
     with pytest.raises(ValueError, match="n must be >= 2 for the distribution measure"):

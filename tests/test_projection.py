@@ -117,18 +117,35 @@ def test_tsne_has_no_transform():
 def test_pca_cache_roundtrip(tmp_path):
     X = _anisotropic(60, 5, 6)
     a = fit_projection(X, n_components=2, cache_dir=tmp_path)
-    files = os.listdir(tmp_path)
-    assert len(files) == 1 and files[0].startswith("pca-") and files[0].endswith(".pkl")
+    files = sorted(os.listdir(tmp_path))
+    assert len(files) == 2 and files[0].startswith("pca-")
+    assert sorted(f.rsplit(".", 1)[1] for f in files) == ["json", "npz"]
     b = fit_projection(X, n_components=2, cache_dir=tmp_path)
     assert b.from_cache and not a.from_cache
     assert np.array_equal(a.embedding_, b.embedding_)
+    assert np.array_equal(a.explained_variance_ratio_, b.explained_variance_ratio_)
+    new = X[:7] + 0.5
+    assert np.array_equal(b.transform(new), a.transform(new))  # the estimator itself is restored, exactly
     fit_projection(X, n_components=3, cache_dir=tmp_path)  # other params, other key
     fit_projection(X + 1e-3, n_components=2, cache_dir=tmp_path)  # other data, other key
-    assert len(os.listdir(tmp_path)) == 3 and not any(f.endswith(".tmp") for f in os.listdir(tmp_path))
-    (tmp_path / files[0]).write_bytes(b"truncated")  # a broken cache file is refitted and overwritten
+    assert len(os.listdir(tmp_path)) == 6 and not any(f.endswith(".tmp") for f in os.listdir(tmp_path))
+    npz = next(f for f in files if f.endswith(".npz"))
+    (tmp_path / npz).write_bytes(b"truncated")  # a broken cache file is refitted and overwritten
     c = fit_projection(X, n_components=2, cache_dir=tmp_path)
     assert not c.from_cache and np.array_equal(c.embedding_, a.embedding_)
     assert fit_projection(X, n_components=2, cache_dir=tmp_path).from_cache
+
+
+def test_projection_cache_never_unpickles(tmp_path):
+    """An npz holding a pickled object array (code can ride in pickles) is treated as a broken entry and refitted."""
+    X = _anisotropic(40, 4, 3)
+    fit_projection(X, n_components=2, cache_dir=tmp_path)
+    npz = next(tmp_path.glob("*.npz"))
+    np.savez(npz, embedding_=np.array([object()], dtype=object))
+    with open(npz, "wb") as fh:
+        np.savez(fh, embedding_=np.array([{"a": 1}], dtype=object), explained_variance_ratio_=np.zeros(2))
+    c = fit_projection(X, n_components=2, cache_dir=tmp_path)
+    assert not c.from_cache and c.embedding_.dtype != object
 
 
 def test_projection_frame_and_scatter():

@@ -62,3 +62,27 @@ def check_same_dim(name_a: str, a: Sequence | np.ndarray | torch.Tensor,
     if a.shape[-1] != b.shape[-1]:
         raise ValueError(f"{name_a} has dimension {a.shape[-1]} but {name_b} has {b.shape[-1]}; "
                          "embed both with the same CLIP model")
+
+
+MAX_GUIDANCE = 100.0  # classifier-free guidance past this saturates every pixel; published models use 1-10
+
+
+def check_guidance(name: str, scale: object) -> float:
+    """A classifier-free guidance scale in [0, MAX_GUIDANCE] (1 = no guidance, 0 = unconditional) as float."""
+    import math
+    if isinstance(scale, bool) or not isinstance(scale, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number in [0, {MAX_GUIDANCE:g}] (1 = no guidance, 0 = unconditional), "
+                        f"got {type(scale).__name__} {scale!r}")
+    if not math.isfinite(scale) or not 0 <= scale <= MAX_GUIDANCE:
+        raise ValueError(f"{name} must lie in [0, {MAX_GUIDANCE:g}] (1 = no guidance, 0 = unconditional; "
+                         f"published models use 1-10), got {scale!r}")
+    return float(scale)
+
+
+def check_nonneg_float(name: str, value: object) -> float:
+    """A finite number >= 0 as float (eta, weights, thresholds), else ValueError naming `name`."""
+    import math
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)

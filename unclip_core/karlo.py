@@ -36,11 +36,11 @@ from .checkpoint import (FORMAT, PIPELINE_FILE, _write_checkpoint, _write_json, 
 from .checks import check_choice, check_embeddings, check_positive_int
 from .clip import ClipEncoder
 from .decoder import Decoder, DecoderConfig
-from .pipeline import (SAMPLERS, SPACING, StageInfo, UnCLIP, UnCLIPOutput, _check_guidance, _check_prompts,
-                       _generator)
+from .pipeline import SAMPLERS, SPACING, StageInfo, UnCLIP, UnCLIPOutput, _check_guidance, _check_prompts
 from .prior import DiffusionPrior, PriorConfig
 from .provenance import tensor_hash
 from .imageio import tensor_to_pil
+from .seeds import generator
 from .samplers import classifier_free_guidance, model_to_denoiser, respace, sample_unclip
 from .upsampler import Upsampler, UpsamplerConfig, upsample_low_res
 
@@ -542,7 +542,7 @@ class KarloUnCLIP(UnCLIP):
         guidance = _check_guidance("guidance", guidance)
         check_choice("sampler", sampler, KARLO_SAMPLERS)
         self._check_policy(prompts)
-        g = _generator(seed)
+        g, seed = generator(seed)
         prior = self.prior
         expanded = [p for p in prompts for _ in range(n * best_of)]
         B = len(expanded)
@@ -596,7 +596,7 @@ class KarloUnCLIP(UnCLIP):
         for k in upsampler_steps:
             check_positive_int("upsampler steps", k)
         n_up = self.upsample_stages(upsample)
-        g = _generator(seed)
+        g, seed = generator(seed)
         given = x_T is not None
         clip_denoised = self.clip_denoised_rule(clip_denoised, x_T_given=given, sampler=sampler)
         x_T = self._noise(x_T, self.x_T_shape(z_i.shape[0]), g, "x_T")
@@ -607,14 +607,13 @@ class KarloUnCLIP(UnCLIP):
             x = self._sample(denoise, x_T.to(self.device), steps=steps, sampler=sampler, generator=g,
                              progress=progress, stage="decoder").clamp(-1, 1)
             stages = {"decoder": x.cpu()}
-            for k in range(n_up):
-                n_steps = upsampler_steps[k] if k < len(upsampler_steps) else upsampler_steps[-1]
+            for k, n_steps in enumerate(self._steps_run(n_up, upsampler_steps)):
                 x = self.upsample(x, k, steps=n_steps, seed=g, progress=progress, sampler=sampler,
                                   x_T=super_res_x_T if k == 0 else None)
                 stages[f"upsampler{k + 1}"] = x.cpu()
         settings = {"steps": steps, "guidance": guidance, "sampler": sampler, "clip_denoised": clip_denoised,
-                    "x_T_given": given, "upsampler_steps": list(upsampler_steps),
-                    "z_i_hash": tensor_hash(z_i), "seed": seed if isinstance(seed, int) else None, **self.describe()}
+                    "x_T_given": given, "upsampler_steps": self._steps_run(n_up, upsampler_steps),
+                    "z_i_hash": tensor_hash(z_i), "seed": seed, **self.describe()}
         out = UnCLIPOutput(tensor_to_pil(x.cpu()), z_i.cpu(), stages, settings)
         self._check_images(out)
         return out
@@ -628,7 +627,7 @@ class KarloUnCLIP(UnCLIP):
         up = self.upsamplers[index]
         last = self.upsamplers_last[index] or up
         steps = check_positive_int("upsampler steps", steps)
-        g = _generator(seed)
+        g, seed = generator(seed)
         B, _, h, w = low.shape
         if h != up.config.low_res:
             raise ValueError(f"upsampler{index + 1} takes {up.config.low_res}px images, got {h}px")
@@ -665,7 +664,7 @@ class KarloUnCLIP(UnCLIP):
         check_positive_int("steps", steps)
         _check_guidance("guidance", guidance)
         check_choice("sampler", sampler, KARLO_SAMPLERS)
-        g = _generator(seed)
+        g, seed = generator(seed)
         z_i = self.sample_prior(prompts, n=n, steps=prior_steps, guidance=prior_guidance, best_of=best_of,
                                 sampler=sampler, seed=g, progress=progress, x_T=prior_x_T)
         expanded = [p for p in prompts for _ in range(n)]
@@ -673,5 +672,5 @@ class KarloUnCLIP(UnCLIP):
                           prompts=expanded, upsample=upsample, upsampler_steps=upsampler_steps, seed=g,
                           progress=progress, super_res_x_T=super_res_x_T)
         out.settings.update({"prompts": prompts, "n": n, "prior_steps": prior_steps, "prior_guidance": prior_guidance,
-                             "best_of": best_of, "seed": seed if isinstance(seed, int) else None})
+                             "best_of": best_of, "seed": seed})
         return out

@@ -11,7 +11,6 @@ decoded to pixels before anything else sees it, so upsamplers, outputs and calle
 from __future__ import annotations
 
 import importlib
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -23,7 +22,7 @@ from torch import Tensor
 
 from .autoencoder import Autoencoder
 from .checkpoint import load_checkpoint, read_pipeline, resolve
-from .checks import check_choice, check_embeddings, check_positive_int
+from .checks import check_choice, check_embeddings, check_guidance, check_positive_int
 from .clip import ClipEncoder
 from .decoder import Decoder
 from .diffusion import Schedule, cosine_schedule
@@ -31,6 +30,7 @@ from .imageio import ImageLike, load_image, pil_to_tensor, tensor_to_pil
 from .inpaint import sample_repaint
 from .prior import DiffusionPrior
 from .provenance import BlockedContentError, ConceptPolicy, tensor_hash
+from .seeds import generator
 from .samplers import (classifier_free_guidance, invert_ddim, model_to_denoiser, sample_ddim, sample_ddpm,
                        sample_dpmpp_2m)
 from .upsampler import Upsampler
@@ -73,20 +73,7 @@ class UnCLIPOutput:
         return tensor_to_pil(self.stages[name])
 
 
-def _generator(seed: int | torch.Generator | None) -> torch.Generator:
-    if isinstance(seed, torch.Generator):
-        return seed
-    if seed is None:
-        seed = int(torch.randint(0, 2**31 - 1, ()).item())
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, a torch.Generator or None, got {type(seed).__name__}")
-    return torch.Generator().manual_seed(seed)
-
-
-def _check_guidance(name: str, scale: float) -> float:
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
-        raise ValueError(f"{name} must be a finite number >= 0 (1 = no guidance, 0 = unconditional), got {scale!r}")
-    return float(scale)
+_check_guidance = check_guidance  # the one guidance check (unclip_core.checks)
 
 
 def _check_clip_denoised(clip_denoised: bool | None, allow_none: bool = True) -> bool | None:
@@ -302,7 +289,7 @@ class UnCLIP:
         guidance = _check_guidance("guidance", guidance)
         check_choice("sampler", sampler, SAMPLERS)
         self._check_policy(prompts)
-        g = _generator(seed)
+        g, seed = generator(seed)
         prior, c = self.prior, self.prior.config
         expanded = [p for p in prompts for _ in range(n * best_of)]
         z_t = self.clip.encode_text(expanded).to(self.device)
@@ -442,7 +429,7 @@ class UnCLIP:
         n_up = self.upsample_stages(upsample)
         given = x_T is not None
         clip_denoised = self.clip_denoised_rule(clip_denoised, x_T_given=given, sampler=sampler)
-        g = _generator(seed)
+        g, seed = generator(seed)
         x_T = self._check_x_T(x_T, z_i.shape[0], g)
         with torch.inference_mode():
             denoise = self._decoder_denoiser(z_i, prompt_list, guidance, clip_denoised=clip_denoised)
@@ -452,8 +439,8 @@ class UnCLIP:
             x = self._cascade(x, stages, n_up=n_up, upsampler_steps=upsampler_steps, g=g, progress=progress)
         settings = {"steps": steps, "guidance": guidance, "sampler": sampler, "eta": eta,
                     "clip_denoised": clip_denoised, "x_T_given": given,
-                    "upsampler_steps": list(upsampler_steps), "z_i_hash": tensor_hash(z_i),
-                    "seed": seed if isinstance(seed, int) else None, **self.describe()}
+                    "upsampler_steps": self._steps_run(n_up, upsampler_steps), "z_i_hash": tensor_hash(z_i),
+                    "seed": seed, **self.describe()}
         out = UnCLIPOutput(tensor_to_pil(x.cpu()), z_i.cpu(), stages, settings)
         self._check_images(out)
         return out
@@ -465,7 +452,7 @@ class UnCLIP:
             raise ValueError(f"upsampler index {index} out of range; this pipeline has {len(self.upsamplers)}")
         up = self.upsamplers[index]
         steps = check_positive_int("upsampler steps", steps)
-        g = _generator(seed)
+        g, seed = generator(seed)
         B, _, h, w = low.shape
         if h != up.config.low_res:
             raise ValueError(f"upsampler{index + 1} takes {up.config.low_res}px images, got {h}px")
@@ -478,11 +465,15 @@ class UnCLIP:
             return sample_ddim(denoise, x_T, self.schedule, steps, generator=g, spacing=SPACING,
                                progress=progress, label=f"upsampler{index + 1}").clamp(-1, 1)
 
+    @staticmethod
+    def _steps_run(n_up: int, upsampler_steps: Sequence[int]) -> list[int]:
+        """The DDIM steps each of the first n_up upsamplers ran ([] when none ran): what outputs record."""
+        return [upsampler_steps[k] if k < len(upsampler_steps) else upsampler_steps[-1] for k in range(n_up)]
+
     def _cascade(self, x: Tensor, stages: dict[str, Tensor], *, n_up: int, upsampler_steps: Sequence[int],
                  g: torch.Generator, progress: bool) -> Tensor:
         """Run the first n_up upsamplers on pixels x, stage k with upsampler_steps[k] (the last entry beyond)."""
-        for k in range(n_up):
-            n_steps = upsampler_steps[k] if k < len(upsampler_steps) else upsampler_steps[-1]
+        for k, n_steps in enumerate(self._steps_run(n_up, upsampler_steps)):
             x = self.upsample(x, k, steps=n_steps, seed=g, progress=progress)
             stages[f"upsampler{k + 1}"] = x.cpu()
         return x
@@ -514,7 +505,7 @@ class UnCLIP:
         check_choice("sampler", sampler, SAMPLERS)
         for k in upsampler_steps:
             check_positive_int("upsampler steps", k)
-        g = _generator(seed)
+        g, seed = generator(seed)
         z_i = self.sample_prior(prompts, n=n, steps=prior_steps, guidance=prior_guidance, best_of=best_of,
                                 sampler=sampler, seed=g, progress=progress)
         expanded = [p for p in prompts for _ in range(n)]
@@ -523,7 +514,7 @@ class UnCLIP:
                           upsampler_steps=upsampler_steps, seed=g, progress=progress)
         out.settings.update({"prompts": prompts, "n": n, "prior_steps": prior_steps,
                              "prior_guidance": prior_guidance, "best_of": best_of,
-                             "seed": seed if isinstance(seed, int) else None})
+                             "seed": seed})
         return out
 
     def encode_images(self, images: ImageLike | Sequence[ImageLike]) -> Tensor:
@@ -581,7 +572,7 @@ class UnCLIP:
         n_up = self.upsample_stages(upsample)
         clip_denoised = self.clip_denoised_rule(None, x_T_given=False, sampler="ddim")
         m = self._check_mask(mask, self.resolutions[0])
-        g = _generator(seed)
+        g, seed = generator(seed)
         if z_i is None:
             z_i = (self.sample_prior([prompt], n=1, seed=g, progress=progress) if prompt is not None
                    else self.encode_images([image]))
@@ -599,8 +590,8 @@ class UnCLIP:
             x, stages = self._to_pixels(x)
             x = self._cascade(x, stages, n_up=n_up, upsampler_steps=upsampler_steps, g=g, progress=progress)
         settings = {"task": "inpaint", "steps": steps, "guidance": guidance, "n_resample": n_resample,
-                    "clip_denoised": clip_denoised, "upsampler_steps": list(upsampler_steps),
-                    "prompt": prompt, "z_i_hash": tensor_hash(z_i), "seed": seed if isinstance(seed, int) else None,
+                    "clip_denoised": clip_denoised, "upsampler_steps": self._steps_run(n_up, upsampler_steps),
+                    "prompt": prompt, "z_i_hash": tensor_hash(z_i), "seed": seed,
                     **self.describe()}
         return UnCLIPOutput(tensor_to_pil(x.cpu()), z_i.cpu(), stages, settings)
 

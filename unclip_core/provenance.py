@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -17,6 +15,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, PngImagePlugin
+
+from unclip_core.atomic import atomic_write
 
 META_KEY = "unclip-explorer"
 
@@ -53,15 +53,7 @@ def save_png(image: Image.Image, path: str | Path, meta: dict[str, Any], signatu
     for key in ("model", "seed", "prompt"):
         if key in meta:
             info.add_text(key, str(meta[key]))
-    fd, tmp = tempfile.mkstemp(suffix=".png.tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        image.save(tmp, format="PNG", pnginfo=info)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info), fsync=False)
     return path
 
 

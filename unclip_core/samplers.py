@@ -12,7 +12,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .checks import check_choice, check_positive_int
+from . import seeds
+from .checks import check_choice, check_guidance, check_positive_int
 from .diffusion import PREDICTIONS, Schedule
 
 Denoiser = Callable[[Tensor, Tensor], Tensor]
@@ -41,11 +42,13 @@ def _check_x(name: str, x: object) -> Tensor:
 
 
 def _generator(generator: torch.Generator | int | None, device: torch.device) -> torch.Generator | None:
-    if generator is None or isinstance(generator, torch.Generator):
-        return generator
-    if isinstance(generator, (int, np.integer)) and not isinstance(generator, bool):
-        return torch.Generator(device=device).manual_seed(int(generator))
-    raise TypeError(f"generator must be a torch.Generator, an int seed or None, got {type(generator).__name__}")
+    """A caller's generator or int seed -> the generator; None stays None (the sampler's caller owns seeding)."""
+    if generator is None:
+        return None
+    try:
+        return seeds.generator(generator, device)[0]
+    except TypeError:
+        raise TypeError(f"generator must be a torch.Generator, an int seed or None, got {type(generator).__name__}") from None
 
 
 def _noise(x: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -156,10 +159,7 @@ def classifier_free_guidance(net: Callable[..., Tensor], cond: Mapping[str, Tens
     if not isinstance(cond, Mapping) or not isinstance(uncond, Mapping):
         raise TypeError(f"cond and uncond must be dicts of keyword -> tensor or None, got "
                         f"{type(cond).__name__} and {type(uncond).__name__}")
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
-        raise TypeError(f"scale must be a finite number >= 0, got {scale!r}")
-    if scale < 0:
-        raise ValueError(f"guidance scale must be >= 0 (1 = no guidance), got {scale}")
+    check_guidance("guidance scale", scale)
     if set(cond) != set(uncond):
         raise ValueError(f"cond and uncond must have the same keys, got {sorted(cond)} and {sorted(uncond)}")
     for k in cond:

@@ -112,7 +112,7 @@ def _compare(args: argparse.Namespace) -> int:
     from explorer.binding import compare_runs
     df = compare_runs(args.run_a, args.run_b)
     if args.out:
-        from explorer.store import atomic_write
+        from unclip_core.atomic import atomic_write
         atomic_write(Path(args.out), lambda tmp: df.to_csv(tmp, index=False))
     if args.json:
         print(json.dumps(json.loads(df.to_json(orient="records")), indent=1))

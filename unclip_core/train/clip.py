@@ -26,8 +26,9 @@ from unclip_core.clip import ClipEncoder
 from unclip_core.data.shapes import ShapesConfig, caption, render_array, sample_scene, vocabulary
 from unclip_core.data.shapes_scene import CURRENT_WORLD, COLOURS, SIZES, Scene, get_world
 from unclip_core.tokenizer import WordTokenizer
+from unclip_core.atomic import publish_permissions
 from unclip_core.train.common import (PRECISIONS, EMA, CsvLog, check_optimiser_fields, cosine_lr, load_state,
-                                      publish_permissions, resolve_precision, resume_run, save_state, set_lr,
+                                      resolve_precision, resume_run, save_state, set_lr,
                                       write_text_atomic)
 
 STATE_FILE = "state.pt"

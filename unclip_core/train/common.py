@@ -4,27 +4,13 @@ from __future__ import annotations
 import csv
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import torch
 
-from unclip_core.checks import check_choice
-
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def publish_permissions(path: str | os.PathLike) -> None:
-    """Give a file made by mkstemp/mkdtemp (0600/0700) the permissions open()/mkdir() would (0666/0777 & ~umask)."""
-    path = Path(path)
-    mode = 0o777 if path.is_dir() else 0o666
-    os.chmod(path, mode & ~_umask())
+from unclip_core.atomic import atomic_write, write_text
+from unclip_core.checks import check_choice, check_nonneg_float
 
 
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -126,18 +112,7 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 def save_state(path: str | os.PathLike, state: Mapping[str, Any]) -> Path:
     """torch.save a training state (tensors, numbers, strings, dicts, lists) atomically: temp file, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(dict(state), tmp)
-        publish_permissions(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: torch.save(dict(state), tmp), fsync=False)
 
 
 def load_state(path: str | os.PathLike) -> dict[str, Any]:
@@ -152,9 +127,7 @@ def check_optimiser_fields(config: Any, nonnegative: tuple[str, ...]) -> None:
     """The checks every run config shares: `nonnegative` fields finite and >= 0, min_lr_ratio in [0, 1],
     ema_decay None or in (0, 1)."""
     for name in nonnegative:
-        v = getattr(config, name)
-        if isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-            raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+        check_nonneg_float(name, getattr(config, name))
     if not 0.0 <= config.min_lr_ratio <= 1.0:
         raise ValueError(f"min_lr_ratio must be in [0, 1], got {config.min_lr_ratio}")
     if config.ema_decay is not None and not 0.0 < config.ema_decay < 1.0:
@@ -190,18 +163,7 @@ def resume_run(state_path: Path, config: dict[str, Any], *, model: torch.nn.Modu
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Write a text file atomically (temp file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        publish_permissions(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text(path, text, fsync=False)
 
 
 class CsvLog:

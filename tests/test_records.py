@@ -1,0 +1,96 @@
+"""Outputs record exactly how they were made: drawn seeds, the upsampler steps that ran, file permissions, and
+atomic writers that leave nothing behind (issue 16, "Faithful records")."""
+import json
+import os
+import stat
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from unclip_core import atomic, seeds
+from unclip_core.pipeline import UnCLIP
+from unclip_core.provenance import read_png_meta, save_png
+
+from tiny_models import write_tiny_pipeline
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    torch.set_num_threads(1)
+    return UnCLIP.load(write_tiny_pipeline(tmp_path_factory.mktemp("records")))
+
+
+def _same(a, b) -> bool:
+    return all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, b))
+
+
+def test_seed_none_is_drawn_recorded_and_reproduces(tiny):
+    out = tiny.text_to_image("a red circle", n=2, steps=2, prior_steps=2, best_of=1, upsample=False)
+    seed = out.settings["seed"]
+    assert isinstance(seed, int) and 0 <= seed < 2**31
+    again = tiny.text_to_image("a red circle", n=2, steps=2, prior_steps=2, best_of=1, upsample=False, seed=seed)
+    assert again.settings["seed"] == seed and _same(out.images, again.images)
+    z = torch.nn.functional.normalize(torch.randn(2, 16, generator=torch.Generator().manual_seed(0)), dim=-1)
+    d = tiny.decode(z, steps=2, upsample=False)
+    d2 = tiny.decode(z, steps=2, upsample=False, seed=d.settings["seed"])
+    assert isinstance(d.settings["seed"], int) and _same(d.images, d2.images)
+    # a caller's generator: its seed is the caller's to record
+    assert tiny.decode(z, steps=2, upsample=False, seed=torch.Generator().manual_seed(3)).settings["seed"] is None
+
+
+def test_two_calls_without_seed_differ(tiny):
+    a = tiny.text_to_image("a red circle", steps=2, prior_steps=2, best_of=1, upsample=False)
+    b = tiny.text_to_image("a red circle", steps=2, prior_steps=2, best_of=1, upsample=False)
+    assert a.settings["seed"] != b.settings["seed"]
+
+
+def test_upsampler_steps_record_what_ran(tiny):
+    z = torch.nn.functional.normalize(torch.randn(1, 16, generator=torch.Generator().manual_seed(1)), dim=-1)
+    assert tiny.decode(z, steps=2, upsample=False, seed=0).settings["upsampler_steps"] == []
+    assert tiny.decode(z, steps=2, upsample=True, upsampler_steps=(3, 9), seed=0).settings["upsampler_steps"] == [3]
+
+
+@pytest.mark.parametrize("value,error,match", [
+    (1e9, ValueError, r"guidance must lie in \[0, 100\] .*got 1000000000.0"),
+    (float("inf"), ValueError, r"guidance must lie in \[0, 100\]"),
+    ("3", TypeError, "guidance must be a number in"),
+])
+def test_guidance_out_of_range_is_refused_before_work(tiny, value, error, match):
+    with pytest.raises(error, match=match):
+        tiny.text_to_image("a red circle", steps=2, prior_steps=2, guidance=value, upsample=False)
+
+
+def test_seeds_helpers():
+    g, s = seeds.generator(5)
+    assert s == 5 and torch.equal(torch.randn(3, generator=g), torch.randn(3, generator=torch.Generator().manual_seed(5)))
+    with pytest.raises(ValueError, match=r"seed must lie in \[0, 2\*\*63 - 1\], got -2"):
+        seeds.generator(-2)
+    with pytest.raises(TypeError, match="seed must be an int >= 0, got str"):
+        seeds.check_seed("7")
+
+
+def test_published_files_get_umask_permissions(tmp_path):
+    mask = os.umask(0o022)
+    try:
+        png = save_png(Image.new("RGB", (4, 4)), tmp_path / "a.png", {"seed": 1})
+        js = atomic.write_json(tmp_path / "s.json", {"a": 1})
+        for f in (png, js):
+            assert stat.S_IMODE(f.stat().st_mode) == 0o644, f
+    finally:
+        os.umask(mask)
+    assert read_png_meta(png) == {"seed": 1}
+    assert json.loads(js.read_text()) == {"a": 1}
+
+
+def test_atomic_write_failure_leaves_nothing(tmp_path):
+    target = tmp_path / "out.json"
+    atomic.write_json(target, {"old": True})
+
+    def boom(tmp):
+        tmp.write_text("half")
+        raise RuntimeError("killed mid-write")
+    with pytest.raises(RuntimeError):
+        atomic.atomic_write(target, boom)
+    assert json.loads(target.read_text()) == {"old": True} and os.listdir(tmp_path) == ["out.json"]
