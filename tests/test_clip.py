@@ -70,7 +70,7 @@ def test_every_spec_form_matches_the_original_model(tiny, form):
             "jit": f"{ARCH}:{tiny['root'] / 'w_jit.pt'}", "folder": str(tiny["folder"])}[form]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load's deprecation notice
-        e = ClipEncoder.load(spec)
+        e = ClipEncoder.load(spec, allow_torchscript=form == "jit")
     z_t = e.encode_text(PROMPTS, normalize=False)
     z_i = e.encode_image(tiny["images"], normalize=False)
     torch.testing.assert_close(z_t, tiny["ref_t"], rtol=1e-5, atol=1e-5)
@@ -78,6 +78,35 @@ def test_every_spec_form_matches_the_original_model(tiny, form):
     assert (e.embed_dim, e.text_width, e.context_length, e.image_size) == (32, 64, 16, 32)
     assert e.spec == spec
     assert len(e.model_id) == 12
+
+
+def test_torchscript_needs_an_explicit_opt_in(tiny, monkeypatch):
+    """A TorchScript archive is code: refused unless allow_torchscript=True or UNCLIP_ALLOW_TORCHSCRIPT=1."""
+    spec = f"{ARCH}:{tiny['root'] / 'w_jit.pt'}"
+    monkeypatch.delenv("UNCLIP_ALLOW_TORCHSCRIPT", raising=False)
+    with pytest.raises(ValueError, match=r"is a TorchScript archive, and a TorchScript archive is code .* "
+                                         r"allow_torchscript=True .* UNCLIP_ALLOW_TORCHSCRIPT=1"):
+        ClipEncoder.load(spec)
+    monkeypatch.setenv("UNCLIP_ALLOW_TORCHSCRIPT", "1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        assert ClipEncoder.load(spec).embed_dim == 32
+
+
+def test_pickle_payload_weights_are_refused_without_running(tiny, tmp_path):
+    import os
+    import pickle
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+    bad = tmp_path / "w.bin"
+    bad.write_bytes(pickle.dumps({"state_dict": Payload()}))
+    with pytest.raises(ValueError, match=r"is not a plain tensor checkpoint \(Unpickl.*refused without running "
+                                         r"anything in it. Use a .safetensors file") as info:
+        ClipEncoder.load(f"{ARCH}:{bad}")
+    assert "weights_only=False" not in str(info.value) and not marker.exists()
 
 
 def test_model_id_is_stable_across_forms_and_changes_with_weights(tiny, enc):

@@ -94,3 +94,35 @@ def test_atomic_write_failure_leaves_nothing(tmp_path):
     with pytest.raises(RuntimeError):
         atomic.atomic_write(target, boom)
     assert json.loads(target.read_text()) == {"old": True} and os.listdir(tmp_path) == ["out.json"]
+
+
+def test_train_resume_refuses_pickles_and_missing_state(tmp_path, capsys):
+    """A pickle payload in state.pt is refused without running it; --resume with no state is an error, not a fresh run."""
+    import pickle
+
+    from explorer.cli import main
+    from unclip_core.train.common import load_state
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "state.pt").write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(ValueError, match=r"state.pt is not a training state written by unclip-explorer \(Unpickl"):
+        load_state(run / "state.pt")
+    assert main(["train", "prior", "--out", str(run), "--resume", "--steps", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "is not a training state written by unclip-explorer" in err and "--fresh" in err
+    assert "weights_only=False" not in err and "unsafe" not in err.lower()
+    assert not marker.exists()
+    (run / "state.pt").write_bytes(os.urandom(64))
+    with pytest.raises(ValueError, match="is not a training state written by unclip-explorer"):
+        load_state(run / "state.pt")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["train", "prior", "--out", str(empty), "--resume", "--steps", "1", "--no-progress"]) == 2
+    assert "holds no training state (no state.pt); drop --resume" in capsys.readouterr().err
+    assert os.listdir(empty) == []

@@ -126,10 +126,32 @@ def _create_model(name: str, **kwargs: Any) -> torch.nn.Module:
         logging.getLogger().removeFilter(quiet)
 
 
-def _load_weights_file(arch: str, path: Path, spec: str, device: str) -> torch.nn.Module:
+ALLOW_TORCHSCRIPT_ENV = "UNCLIP_ALLOW_TORCHSCRIPT"
+
+
+def _check_plain_weights(path: Path, spec: str) -> None:
+    """Refuse a weights file whose pickle holds anything beyond tensors and plain containers, without running it."""
+    if path.suffix == ".safetensors":
+        return
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise ValueError(f"spec={spec!r}: {path} is not a plain tensor checkpoint ({exc.__class__.__name__}: "
+                         f"{first}); it was refused without running anything in it. Use a .safetensors file or a "
+                         "state dict saved with torch.save(model.state_dict(), path)") from None
+
+
+def _load_weights_file(arch: str, path: Path, spec: str, device: str, allow_torchscript: bool = False
+                       ) -> torch.nn.Module:
     if not path.is_file():
         raise FileNotFoundError(f"spec={spec!r}: weights file not found: {path}")
     if _is_torchscript(path):
+        if not (allow_torchscript or os.environ.get(ALLOW_TORCHSCRIPT_ENV) == "1"):
+            raise ValueError(f"spec={spec!r}: {path} is a TorchScript archive, and a TorchScript archive is code that "
+                             "runs when it is loaded. Load it only if you trust its source (OpenAI's released "
+                             "ViT-*.pt files are such archives): pass allow_torchscript=True to ClipEncoder.load, "
+                             f"or set {ALLOW_TORCHSCRIPT_ENV}=1 for the command line")
         # OpenAI's released .pt files are TorchScript archives of a QuickGELU model
         try:
             jit_model = torch.jit.load(str(path), map_location="cpu")
@@ -143,6 +165,7 @@ def _load_weights_file(arch: str, path: Path, spec: str, device: str) -> torch.n
             state = open_clip.model.convert_to_custom_text_state_dict(state)
         _load_state(model, {k: v.float() for k, v in state.items()}, spec)
     else:
+        _check_plain_weights(path, spec)
         model = _create_model(arch, device="cpu")
         try:
             open_clip.load_checkpoint(model, str(path))
@@ -222,8 +245,12 @@ class ClipEncoder:
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def load(cls, spec: str | os.PathLike, device: str = "cpu") -> "ClipEncoder":
-        """Load a CLIP model from a bundled name, ARCH:weights, a folder, ARCH/tag or hf-hub:org/name (see module doc)."""
+    def load(cls, spec: str | os.PathLike, device: str = "cpu", *, allow_torchscript: bool = False) -> "ClipEncoder":
+        """Load a CLIP model from a bundled name, ARCH:weights, a folder, ARCH/tag or hf-hub:org/name (see module doc).
+
+        allow_torchscript: load an ARCH:file.pt that is a TorchScript archive (code that runs when loaded; OpenAI's
+        released weights are such archives). Off by default; the command line's opt-in is UNCLIP_ALLOW_TORCHSCRIPT=1.
+        """
         if isinstance(spec, os.PathLike):
             spec = os.fspath(spec)
         if not isinstance(spec, str) or not spec:
@@ -250,7 +277,7 @@ class ClipEncoder:
         if ":" in spec:
             arch, file = spec.split(":", 1)
             arch = _check_arch(arch, spec)
-            model = _load_weights_file(arch, Path(file).expanduser(), spec, device)
+            model = _load_weights_file(arch, Path(file).expanduser(), spec, device, allow_torchscript)
             return cls(model, open_clip.get_tokenizer(arch), spec, device)
         looks_like_path = spec.startswith(("/", ".", "~")) or spec.endswith(WEIGHT_SUFFIXES)
         if looks_like_path:

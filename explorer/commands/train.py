@@ -79,6 +79,12 @@ def run(args: argparse.Namespace) -> int:
     if (out / "state.pt").is_file() and not (args.resume or args.fresh):
         raise ValueError(f"{out} already holds a training run; pass --resume to continue it or --fresh to "
                          "start over")
+    if args.resume and not (out / "state.pt").is_file():
+        raise FileNotFoundError(f"--resume: {out} holds no training state (no state.pt); drop --resume to start a "
+                                "new run there, or pass the --out of the run to continue")
+    if args.resume:
+        from unclip_core.train.common import load_state
+        load_state(out / "state.pt")  # a state this tool did not write fails here, before any model is built
     if args.stage == "clip":
         unused = [f for f, v in (("--init-from", args.init_from), ("--min-snr-gamma", args.min_snr_gamma),
                                  ("--autoencoder", args.autoencoder),

@@ -120,7 +120,17 @@ def load_state(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"training state not found: {path}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError (a pickle payload), RuntimeError/EOFError (not a torch archive)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path} is not a training state written by unclip-explorer ({type(e).__name__}: "
+                         f"{first[:160]}); nothing in it was run or loaded. Start over with --fresh (or "
+                         "resume=False), or point --out at the run's own folder") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} is not a training state written by unclip-explorer (expected a dict, got "
+                         f"{type(state).__name__}); start over with --fresh or pick the run's own folder")
+    return state
 
 
 def check_optimiser_fields(config: Any, nonnegative: tuple[str, ...]) -> None:
@@ -149,6 +159,10 @@ def resume_run(state_path: Path, config: dict[str, Any], *, model: torch.nn.Modu
     if not state_path.is_file():
         return 0, 0.0
     state = load_state(state_path)
+    missing = sorted({"config", "step", "seconds", "model", "optimizer"} - set(state))
+    if missing:
+        raise ValueError(f"{state_path} is not a training run's state (no {missing}); start over with --fresh "
+                         "(resume=False) or pick the run's own folder")
     diff = sorted(k for k in set(state["config"]) | set(config)
                   if k not in exempt and state["config"].get(k) != config.get(k))
     if diff:
