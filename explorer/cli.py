@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from explorer.store import DTYPES, INPUT_KINDS, _tool_version
+from explorer.commands import _args
 
 # errors a user can fix; anything else is a bug and keeps its traceback
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError, PermissionError)
@@ -52,8 +53,8 @@ def _embed_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="STORE", help="store folder (created or appended to)")
     p.add_argument("--kind", choices=INPUT_KINDS, default=None,
                    help="what to embed (default: folder->image, .txt->text, captions.jsonl->both)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--chunk-size", type=int, default=1024, help="rows per resumable chunk")
+    p.add_argument("--batch-size", type=_args.positive_int, default=64)
+    p.add_argument("--chunk-size", type=_args.positive_int, default=1024, help="rows per resumable chunk")
     p.add_argument("--dtype", choices=DTYPES, default="float16")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
@@ -81,7 +82,7 @@ def _neighbors_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
     q.add_argument("--text", help="query caption")
     q.add_argument("--image", metavar="PATH", help="query image file")
     q.add_argument("--id", help="id of a row of the store")
-    p.add_argument("-k", type=int, default=10, help="number of neighbours (default 10)")
+    p.add_argument("-k", type=_args.positive_int, default=10, help="number of neighbours (default 10)")
     p.add_argument("--model", metavar="SPEC", default=None,
                    help="encoder for --text/--image (default: the store's model)")
     p.add_argument("--json", action="store_true", help="print JSON records instead of a table")
@@ -128,9 +129,9 @@ def _shapes_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     ssub = p.add_subparsers(dest="shapes_command", metavar="{export}", required=True)
     e = ssub.add_parser("export", help="write images/*.png + captions.jsonl of random scenes")
     e.add_argument("out", metavar="OUT")
-    e.add_argument("--n", type=int, default=200, help="number of scenes (default 200)")
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
+    e.add_argument("--n", type=_args.positive_int, default=200, help="number of scenes (default 200)")
+    e.add_argument("--seed", type=_args.seed, default=0)
+    e.add_argument("--size", type=_args.positive_int, default=64, help="image side in pixels (default 64)")
     e.add_argument("--split", default="train", help="train, held_out or all (default train)")
     e.add_argument("--world", type=int, default=None, metavar="VERSION",
                    help="ShapesWorld version (default: the one the bundled models were trained on)")
@@ -170,9 +171,16 @@ def discover_commands() -> list[Command]:
     return found
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's one-line errors: `error: argument --steps: must be an integer >= 1, got '0'`."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every registered command."""
-    parser = argparse.ArgumentParser(prog="unclip-explorer",
+    parser = _Parser(prog="unclip-explorer",
                                      description="unCLIP (DALL·E 2) in torch, with a workbench for CLIP latents")
     parser.add_argument("--version", action="version", version=f"unclip-explorer {_tool_version()}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
@@ -187,7 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `unclip-explorer`; returns the exit code (2 for a user error, printed on one line)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse printed the usage and the error (or the help): pass its code on
+        return int(exc.code or 0)
     if getattr(args, "_run", None) is None:
         parser.print_help(sys.stderr)
         return 2

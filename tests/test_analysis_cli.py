@@ -104,7 +104,7 @@ def test_cli_errors_are_one_line(pipe_dir, image_files, tmp_path, capsys):
     assert main(["text-diff", img, "a", "b", "--model", str(pipe_dir), "--out", str(tmp_path), "--theta-max",
                  "2"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: theta_max must lie in [0, 1]") and err.count("\n") == 1
+    assert err.startswith("error: argument --theta-max: must be a number in [0, 1], got '2'") and err.count("\n") == 1
     assert main(["interpolate", str(tmp_path / "nope.png"), img, "--model", str(pipe_dir), "--out",
                  str(tmp_path)]) == 2
     assert "a: image file not found" in capsys.readouterr().err

@@ -30,7 +30,7 @@ def test_generate_writes_pngs_with_provenance(pipe_dir, tmp_path, capsys):
 
 def test_cli_errors_are_one_line(pipe_dir, tmp_path, capsys):
     assert main(["generate", "x", "--model", str(pipe_dir), "--out", str(tmp_path), "--steps", "0"]) == 2
-    assert capsys.readouterr().err.strip() == "error: steps must be >= 1, got 0"
+    assert capsys.readouterr().err.strip().startswith("error: argument --steps: must be an integer >= 1, got '0'")
     assert main(["generate", "x", "--model", "no-such-model", "--out", str(tmp_path)]) == 2
     assert "no-such-model" in capsys.readouterr().err
     assert main(["inspect", str(tmp_path / "missing.png")]) == 2
@@ -80,3 +80,25 @@ def test_default_cascade_leaves_out_upsamplers_that_do_not_beat_bicubic(pipe_dir
     assert "--no-upsample stops at 16 px but --size is 32" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"upsample must be None \(the default cascade\), True, False or a number"):
         pipe.decode(z, steps=2, upsample=5)
+
+
+def test_bad_outputs_and_inputs_fail_before_any_work(pipe_dir, tmp_path, capsys, monkeypatch):
+    from unclip_core.pipeline import UnCLIP
+
+    loads = []
+    monkeypatch.setattr(UnCLIP, "load", classmethod(lambda cls, *a, **k: loads.append(a) or 1 / 0))
+    existing = tmp_path / "out.png"
+    existing.write_bytes(b"x")
+    assert main(["generate", "a red circle", "--model", str(pipe_dir), "--out", str(existing)]) == 2
+    assert "--out " + str(existing) + " is a file, not a folder" in capsys.readouterr().err and loads == []
+    assert main(["generate", "x", "--out", str(tmp_path), "--prior-steps", "-5"]) == 2
+    assert "argument --prior-steps: must be an integer >= 1, got '-5'" in capsys.readouterr().err
+    assert main(["generate", "x", "--out", str(tmp_path), "--guidance", "1e9"]) == 2
+    assert "argument --guidance: must be a number in [0, 100] (1 = no guidance), got '1e9'" in capsys.readouterr().err
+    assert loads == []
+    for name, data in (("random.png", bytes(range(256)) * 3), ("text.txt", b"hello\n")):
+        (tmp_path / name).write_bytes(data)
+        assert main(["inspect", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {tmp_path / name} is not a readable image (UnidentifiedImageError)") and \
+            "Traceback" not in err

@@ -166,7 +166,7 @@ def test_cli_errors(pipe_dir, tmp_path, capsys):
                  "--prior-steps", "1", "--n-seeds", "1", "--captions", "a red circle"]) == 2
     assert "cascade_stages=2 needs 2 upsamplers but pipeline 'tiny-unclip' has 1" in capsys.readouterr().err
     assert main(["demo", "--out", str(tmp_path), "--steps", "0", "--pipeline", "none"]) == 2
-    assert "steps must be >= 1, got 0" in capsys.readouterr().err
+    assert "error: argument --steps: must be an integer >= 1, got '0'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("kwargs, error, match", [

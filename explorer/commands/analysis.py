@@ -10,6 +10,7 @@ import argparse
 from typing import Callable
 
 from explorer.cli import Command, register
+from explorer.commands import _args
 
 DEFAULT_MODEL = "shapes-unclip"
 
@@ -18,16 +19,16 @@ def _model_args(p: argparse.ArgumentParser, x_T_default: str) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, metavar="SPEC",
                    help=f"pipeline folder or bundled name (default {DEFAULT_MODEL})")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created; files replaced atomically)")
-    p.add_argument("--steps", type=int, default=50, help="decoder DDIM steps (default 50)")
-    p.add_argument("--guidance", type=float, default=None,
+    p.add_argument("--steps", type=_args.positive_int, default=50, help="decoder DDIM steps (default 50)")
+    p.add_argument("--guidance", type=_args.guidance, default=None,
                    help="decoder guidance scale, also that of the DDIM inversion (default: 1 with --x-T inverted, "
                         "so the inverted frames reconstruct their images; 3 with --x-T fixed). Another value with "
                         "--x-T inverted warns: the guided ODE does not invert reliably")
     p.add_argument("--x-T", dest="x_T", choices=("fixed", "inverted"), default=x_T_default,
                    help="x_T shared by all frames: one noise, or DDIM-inverted from the images "
                         f"(default {x_T_default})")
-    p.add_argument("--refine", type=int, default=3, help="fixed-point iterations per DDIM inversion step (default 3)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--refine", type=_args.nonnegative_int, default=3, help="fixed-point iterations per DDIM inversion step (default 3)")
+    p.add_argument("--seed", type=_args.seed, default=0)
     p.add_argument("--no-upsample", action="store_true", help="stop at the decoder's resolution")
 
 
@@ -39,10 +40,10 @@ def _interpolate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
                                    "index.html and settings.json to DIR.")
     p.add_argument("a", metavar="A", help="image file or caption")
     p.add_argument("b", metavar="B", help="image file or caption")
-    p.add_argument("--n-steps", type=int, default=8, help="number of frames (default 8)")
+    p.add_argument("--n-steps", type=_args.positive_int, default=8, help="number of frames (default 8)")
     p.add_argument("--text-as", choices=("prior", "z_t"), default="prior",
                    help="a caption end's z_i: the prior's sample, or its CLIP text embedding (default prior)")
-    p.add_argument("--prior-steps", type=int, default=64)
+    p.add_argument("--prior-steps", type=_args.positive_int, default=64)
     _model_args(p, "fixed")
     return p
 
@@ -66,8 +67,8 @@ def _text_diff_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("image", metavar="IMAGE", help="image file")
     p.add_argument("old", metavar="OLD", help="caption describing the image now")
     p.add_argument("new", metavar="NEW", help="caption describing the edit")
-    p.add_argument("--theta-max", type=float, default=0.5, help="largest theta in [0, 1] (default 0.5)")
-    p.add_argument("--n-steps", type=int, default=6, help="number of frames (default 6)")
+    p.add_argument("--theta-max", type=_args.fraction, default=0.5, help="largest theta in [0, 1] (default 0.5)")
+    p.add_argument("--n-steps", type=_args.positive_int, default=6, help="number of frames (default 6)")
     p.add_argument("--baseline", choices=("caption", "neutral", "none"), default="caption",
                    help="z_t0: OLD's embedding, a neutral caption's, or none (default caption)")
     p.add_argument("--neutral", default="a picture", help="neutral caption for --baseline neutral")
@@ -94,7 +95,7 @@ def _project_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--color", metavar="COLUMN", default=None, help="metadata column for colours")
     p.add_argument("--kind", choices=("image", "text"), default=None, help="keep only rows of this kind")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_args.seed, default=0)
     return p
 
 
@@ -122,9 +123,9 @@ def _pca_recon_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--fit-store", required=True, metavar="STORE", help="store of image embeddings to fit the PCA on")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--ks", type=_ks, default=None, help="comma-separated k list (default: 20,30,...,320 below dim)")
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--guidance", type=float, default=3.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=_args.positive_int, default=50)
+    p.add_argument("--guidance", type=_args.guidance, default=3.0)
+    p.add_argument("--seed", type=_args.seed, default=0)
     p.add_argument("--no-upsample", action="store_true")
     return p
 
@@ -145,7 +146,7 @@ def _metrics_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("real", metavar="REAL_STORE")
     p.add_argument("fake", metavar="FAKE_STORE")
     p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("-k", type=int, default=5, help="neighbours for PRDC (default 5)")
+    p.add_argument("-k", type=_args.positive_int, default=5, help="neighbours for PRDC (default 5)")
     p.add_argument("--kind", choices=("image", "text", "all"), default="image", help="rows used (default image)")
     return p
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from explorer.commands import _args
 
 FORMATS = ("aro", "winoground", "sugarcrepe", "geneval")
 
@@ -16,8 +17,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
     m = bsub.add_parser("make-suite", help="write the built-in ShapesWorld suite (every category, train and "
                                            "held-out compositions)")
-    m.add_argument("--n", type=int, default=500, help="number of cases (default 500)")
-    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--n", type=_args.positive_int, default=500, help="number of cases (default 500)")
+    m.add_argument("--seed", type=_args.seed, default=0)
     m.add_argument("--world", type=int, default=None, metavar="VERSION",
                    help="ShapesWorld version of the scenes (default: the one the bundled shapes-clip was "
                         "trained on)")
@@ -38,13 +39,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="CLIP model (e.g. shapes-clip) or pipeline (e.g. shapes-unclip; needed for --generate)")
     r.add_argument("--out", required=True, metavar="DIR")
     r.add_argument("--generate", action="store_true", help="also run the generation-level cases")
-    r.add_argument("--n-images", type=int, default=2, help="images per generation case and path (default 2)")
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--image-size", type=int, default=64, help="render size of ShapesWorld scenes (default 64)")
-    r.add_argument("--probe-n", type=int, default=600, help="scenes for the linear probes (0: skip)")
-    r.add_argument("--batch-size", type=int, default=32, help="cases per resumable CLIP-level batch")
-    r.add_argument("--steps", type=int, default=None, help="decoder steps for --generate (default: pipeline's)")
-    r.add_argument("--prior-steps", type=int, default=None, help="prior steps for --generate")
+    r.add_argument("--n-images", type=_args.positive_int, default=2, help="images per generation case and path (default 2)")
+    r.add_argument("--seed", type=_args.seed, default=0)
+    r.add_argument("--image-size", type=_args.positive_int, default=64, help="render size of ShapesWorld scenes (default 64)")
+    r.add_argument("--probe-n", type=_args.nonnegative_int, default=600, help="scenes for the linear probes (0: skip)")
+    r.add_argument("--batch-size", type=_args.positive_int, default=32, help="cases per resumable CLIP-level batch")
+    r.add_argument("--steps", type=_args.positive_int, default=None, help="decoder steps for --generate (default: pipeline's)")
+    r.add_argument("--prior-steps", type=_args.positive_int, default=None, help="prior steps for --generate")
     r.add_argument("--upsample", action="store_true", help="--generate: also run the upsamplers (slow on a CPU; "
                                                           "the judge reads the decoder's images by default)")
     r.add_argument("--no-progress", action="store_true", help="hide the progress bar")

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from explorer.commands import _args
 
 APP = Path(__file__).resolve().parents[2] / "dashboards" / "app.py"
 
@@ -19,7 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                                                                 "and used to fit PCA reconstructions")
     p.add_argument("--model", metavar="SPEC", default=None, help="unCLIP pipeline folder or bundled name for the "
                                                                  "latent lab (default: shapes-unclip when bundled)")
-    p.add_argument("--port", type=int, default=8501, help="port on localhost (default 8501)")
+    p.add_argument("--port", type=_args.port, default=8501, help="port on localhost (default 8501)")
     p.add_argument("--address", default="localhost", help="address to listen on (default localhost)")
     return p
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from explorer.commands import _args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -11,8 +12,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                                    "generator pipeline, also write unCLIP pictures (text-to-image, variations, "
                                    "interpolation, text diff) with the settings that made them.")
     p.add_argument("--out", default="demo-out", metavar="DIR", help="output folder (default: demo-out)")
-    p.add_argument("--n", type=int, default=300, help="ShapesWorld scenes to embed")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n", type=_args.positive_int, default=300, help="ShapesWorld scenes to embed")
+    p.add_argument("--seed", type=_args.seed, default=0)
     p.add_argument("--model", default="shapes-clip", metavar="SPEC", help="CLIP model (default: shapes-clip)")
     p.add_argument("--pipeline", default="auto", metavar="SPEC",
                    help="unCLIP pipeline folder or bundled name (default 'auto': shapes-unclip when bundled; "
@@ -20,18 +21,18 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g = p.add_argument_group("unCLIP pictures")
     g.add_argument("--captions", nargs="+", metavar="CAPTION", default=None,
                    help="text-to-image captions (rows of the grid)")
-    g.add_argument("--n-seeds", type=int, default=2, help="text-to-image seeds (columns of the grid)")
-    g.add_argument("--steps", type=int, default=25, help="decoder DDIM steps")
-    g.add_argument("--guidance", type=float, default=3.0, help="decoder classifier-free guidance scale")
-    g.add_argument("--prior-steps", type=int, default=25)
-    g.add_argument("--prior-guidance", type=float, default=4.0)
-    g.add_argument("--n-variations", type=int, default=3)
-    g.add_argument("--n-frames", type=int, default=5, help="interpolation frames")
-    g.add_argument("--n-theta", type=int, default=4, help="text-diff frames")
-    g.add_argument("--theta-max", type=float, default=0.5)
-    g.add_argument("--refine", type=int, default=3,
+    g.add_argument("--n-seeds", type=_args.positive_int, default=2, help="text-to-image seeds (columns of the grid)")
+    g.add_argument("--steps", type=_args.positive_int, default=25, help="decoder DDIM steps")
+    g.add_argument("--guidance", type=_args.guidance, default=3.0, help="decoder classifier-free guidance scale")
+    g.add_argument("--prior-steps", type=_args.positive_int, default=25)
+    g.add_argument("--prior-guidance", type=_args.guidance, default=4.0)
+    g.add_argument("--n-variations", type=_args.positive_int, default=3)
+    g.add_argument("--n-frames", type=_args.at_least_two, default=5, help="interpolation frames")
+    g.add_argument("--n-theta", type=_args.at_least_two, default=4, help="text-diff frames")
+    g.add_argument("--theta-max", type=_args.fraction, default=0.5)
+    g.add_argument("--refine", type=_args.nonnegative_int, default=3,
                    help="fixed-point iterations per DDIM inversion step (default 3; 2 can diverge at 25 steps)")
-    g.add_argument("--upsampler-steps", type=int, nargs="+", default=[27, 15], metavar="N")
+    g.add_argument("--upsampler-steps", type=_args.positive_int, nargs="+", default=[27, 15], metavar="N")
     c = g.add_mutually_exclusive_group()
     c.add_argument("--full-cascade", action="store_true",
                    help="run both upsamplers on one text-to-image cell (default: the first only)")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from explorer.commands import _args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -12,18 +13,18 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                                    "summary.json and evaluation.md (the model-card section) into DIR.")
     p.add_argument("model", metavar="MODEL", help="pipeline folder or bundled name, e.g. shapes-unclip")
     p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--n", type=int, default=100, help="scenes per measure (binding: per category; default 100)")
-    p.add_argument("--seed", type=int, default=0, help="evaluation seed; pick one unused in training")
-    p.add_argument("--steps", type=int, default=25, help="decoder DDIM steps")
-    p.add_argument("--guidance", type=float, default=3.0, help="decoder classifier-free guidance scale")
-    p.add_argument("--prior-steps", type=int, default=25)
-    p.add_argument("--prior-guidance", type=float, default=4.0)
-    p.add_argument("--best-of", type=int, default=2)
-    p.add_argument("--upsampler-steps", type=int, nargs="+", default=[27, 15], metavar="N")
-    p.add_argument("--n-upsample", type=int, default=16, help="scenes per upsampler (at most --n)")
-    p.add_argument("--n-variation-images", type=int, default=8, help="source images of variations (at most --n)")
-    p.add_argument("--n-variations", type=int, default=4, help="variations per source image")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--n", type=_args.positive_int, default=100, help="scenes per measure (binding: per category; default 100)")
+    p.add_argument("--seed", type=_args.seed, default=0, help="evaluation seed; pick one unused in training")
+    p.add_argument("--steps", type=_args.positive_int, default=25, help="decoder DDIM steps")
+    p.add_argument("--guidance", type=_args.guidance, default=3.0, help="decoder classifier-free guidance scale")
+    p.add_argument("--prior-steps", type=_args.positive_int, default=25)
+    p.add_argument("--prior-guidance", type=_args.guidance, default=4.0)
+    p.add_argument("--best-of", type=_args.positive_int, default=2)
+    p.add_argument("--upsampler-steps", type=_args.positive_int, nargs="+", default=[27, 15], metavar="N")
+    p.add_argument("--n-upsample", type=_args.positive_int, default=16, help="scenes per upsampler (at most --n)")
+    p.add_argument("--n-variation-images", type=_args.positive_int, default=8, help="source images of variations (at most --n)")
+    p.add_argument("--n-variations", type=_args.at_least_two, default=4, help="variations per source image")
+    p.add_argument("--batch-size", type=_args.positive_int, default=16)
     p.add_argument("--measures", nargs="+", default=None, metavar="NAME",
                    help="subset of: reconstruction text_to_image binding distribution upsamplers variations")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from PIL import Image
+from explorer.commands import _args
 
 DEFAULT_MODEL = "shapes-unclip"
 
@@ -17,29 +17,34 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("prompts", nargs="+", metavar="PROMPT")
     p.add_argument("--model", default=DEFAULT_MODEL, metavar="SPEC", help="pipeline folder or bundled name")
     p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--n", type=int, default=4, help="images per prompt")
-    p.add_argument("--steps", type=int, default=50, help="decoder DDIM steps")
-    p.add_argument("--guidance", type=float, default=3.0, help="decoder classifier-free guidance scale")
-    p.add_argument("--prior-steps", type=int, default=64)
-    p.add_argument("--prior-guidance", type=float, default=4.0)
-    p.add_argument("--best-of", type=int, default=2, help="prior candidates per image, ranked by z_i . z_t")
+    p.add_argument("--n", type=_args.positive_int, default=4, help="images per prompt")
+    p.add_argument("--steps", type=_args.positive_int, default=50, help="decoder DDIM steps")
+    p.add_argument("--guidance", type=_args.guidance, default=3.0, help="decoder classifier-free guidance scale")
+    p.add_argument("--prior-steps", type=_args.positive_int, default=64)
+    p.add_argument("--prior-guidance", type=_args.guidance, default=4.0)
+    p.add_argument("--best-of", type=_args.positive_int, default=2, help="prior candidates per image, ranked by z_i . z_t")
     p.add_argument("--sampler", choices=("ddim", "ddpm", "dpmpp_2m"), default="ddim")
-    p.add_argument("--size", type=int, default=None, metavar="PX",
+    p.add_argument("--size", type=_args.positive_int, default=None, metavar="PX",
                    help="output side in pixels, one of the pipeline's resolutions (default: 256 where the pipeline "
                         "reaches it). An upsampler its card leaves out of the default cascade (it does not beat "
                         "bicubic) is replaced by bicubic resizing, recorded in each PNG, unless --all-upsamplers")
     p.add_argument("--all-upsamplers", action="store_true",
                    help="run every upsampler up to --size, also those left out of the default cascade")
     p.add_argument("--no-upsample", action="store_true", help="stop at the decoder's resolution (= --size of it)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_args.seed, default=0)
     p.add_argument("--signature", action="store_true", help="add a visible signature in a corner")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     from unclip_core.pipeline import UnCLIP
+    from unclip_core.atomic import write_json
     from unclip_core.provenance import save_png, tensor_hash
 
+    folder = Path(args.out)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--out {folder} is a file, not a folder; pass a folder (created if missing) for the "
+                         "PNGs and settings.json")
     pipe = UnCLIP.load(args.model)
     if args.no_upsample and args.size not in (None, pipe.resolutions[0]):
         raise ValueError(f"--no-upsample stops at {pipe.resolutions[0]} px but --size is {args.size}; drop one of them")
@@ -53,12 +58,11 @@ def run(args: argparse.Namespace) -> int:
         out.images = [im.resize((size, size), Image.BICUBIC) for im in out.images]
         out.settings["resize"] = note
     out.settings["size"] = size
-    folder = Path(args.out)
     folder.mkdir(parents=True, exist_ok=True)
     for k, image in enumerate(out.images):
         prompt = args.prompts[k // args.n]
         meta = {**out.settings, "prompt": prompt, "index": k, "z_i_hash": tensor_hash(out.z_i[k])}
         save_png(image, folder / f"{k:03d}.png", meta, signature=args.signature)
-    (folder / "settings.json").write_text(json.dumps(out.settings, indent=2, default=str))
+    write_json(folder / "settings.json", out.settings)
     print(f"wrote {len(out.images)} images to {folder}")
     return 0

@@ -17,7 +17,15 @@ def run(args: argparse.Namespace) -> int:
     path = Path(args.png)
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
-    meta = read_png_meta(path)
+    from PIL import UnidentifiedImageError
+    try:
+        meta = read_png_meta(path)
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:  # PIL raises SyntaxError on some broken headers
+        raise ValueError(f"{path} is not a readable image ({type(e).__name__}); pass a PNG written by "
+                         "`unclip-explorer generate` (or any command that saves PNGs)") from None
+    except json.JSONDecodeError:
+        raise ValueError(f"{path} has an unclip-explorer text chunk that is not valid JSON; the file was "
+                         "edited or truncated after it was written") from None
     if not meta:
         raise ValueError(f"{path} carries no unclip-explorer provenance record (it was not saved by this tool)")
     print(json.dumps(meta, indent=2, sort_keys=True))

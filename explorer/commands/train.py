@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from explorer.commands import _args
 
 STAGES = ("clip", "prior", "decoder", "upsampler1", "upsampler2")
 FAMILY_STAGES = ("prior", "decoder", "upsampler1", "upsampler2")
@@ -33,8 +34,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     group.add_argument("--fresh", action="store_true", help="discard the state in --out and start over")
-    p.add_argument("--steps", type=int, default=None, help="override the recipe's number of steps")
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--steps", type=_args.positive_int, default=None, help="override the recipe's number of steps")
+    p.add_argument("--batch-size", type=_args.positive_int, default=None)
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=None,
                    help="auto (default): bf16 autocast where the CPU has native bf16 (AVX512-BF16/AMX), else fp32")
     p.add_argument("--clip", default=None, help="CLIP spec for the prior/decoder (default: the recipe's)")
@@ -45,23 +46,23 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         "decoder was trained with)")
     p.add_argument("--world", type=int, default=None, metavar="N",
                    help="ShapesWorld version of the training data (default: the recipe's, or the CLIP's)")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the recipe's)")
+    p.add_argument("--lr", type=_args.positive_float, default=None, help="peak learning rate (default: the recipe's)")
     p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
                    help="warm start a diffusion stage from a checkpoint folder or a bundled stage such as "
                         "shapes-unclip/decoder (same network; new optimiser and LR schedule)")
     p.add_argument("--object-weights", type=float, nargs="+", default=None, metavar="W",
                    help="how often scenes of 1, 2, 3 objects are drawn, e.g. 0.4 0.4 0.2 (default: uniform)")
-    p.add_argument("--min-snr-gamma", type=float, default=None,
+    p.add_argument("--min-snr-gamma", type=_args.positive_float, default=None,
                    help="Min-SNR-gamma loss weighting of a diffusion stage (default: the recipe's)")
-    p.add_argument("--high-t-fraction", type=float, default=None, metavar="P",
+    p.add_argument("--high-t-fraction", type=_args.fraction, default=None, metavar="P",
                    help="share of each batch with t drawn from the top of the schedule (see --high-t-from), "
                         "where the decoder must draw the scene from z_i (default: the recipe's)")
-    p.add_argument("--high-t-from", type=float, default=None, metavar="F",
+    p.add_argument("--high-t-from", type=_args.fraction, default=None, metavar="F",
                    help="where the top of the schedule starts, as a fraction of T (default: the recipe's, 0.8)")
-    p.add_argument("--crop-content-fraction", type=float, default=None, metavar="P",
+    p.add_argument("--crop-content-fraction", type=_args.fraction, default=None, metavar="P",
                    help="upsamplers: share of training crops drawn to hold an object rather than anywhere "
                         "(default: the recipe's)")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=_args.positive_int, default=None,
                    help="torch CPU threads (default: torch's; 1 is fastest when other jobs share the cores)")
     p.add_argument("--no-progress", action="store_true")
     return p
