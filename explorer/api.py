@@ -75,7 +75,19 @@ def query_vectors(store: EmbeddingStore, text: str | Sequence[str] | None = None
         raise ValueError(f"pass exactly one of text, image, vector or id; got {sorted(given) or 'none'}")
     (name, value), = given.items()
     if name == "vector":
-        return np.atleast_2d(np.asarray(value, dtype=np.float32))
+        q = np.atleast_2d(np.asarray(value, dtype=np.float32))
+        norms = np.linalg.norm(q, axis=1)
+        if q.ndim != 2 or q.shape[1] != store.dim or not np.all(np.isfinite(norms)) or np.any(norms == 0):
+            raise ValueError(f"vector must be (dim,) or (n, dim) with dim {store.dim}, finite and non-zero (cosine "
+                             f"needs a direction), got shape {np.shape(value)} with norms {norms.round(4).tolist()[:4]}")
+        return q
+    if name == "text":
+        texts = [value] if isinstance(value, str) else list(value)
+        if not texts or not all(isinstance(t, str) for t in texts):
+            raise TypeError(f"text must be a caption or a non-empty list of captions, got {value!r}")
+        empty = [i for i, t in enumerate(texts) if not t.strip()]
+        if empty:
+            raise ValueError(f"text query {empty[0]} is empty; pass a caption with at least one word")
     if name == "id":
         ids = [value] if isinstance(value, str) else list(value)
         return np.asarray(store.vectors[[store.row_of(i) for i in ids]], dtype=np.float32)
@@ -83,9 +95,6 @@ def query_vectors(store: EmbeddingStore, text: str | Sequence[str] | None = None
     store.check_model(encoder.model_id, encoder.spec)
     from explorer.store import _as_numpy
     if name == "text":
-        texts = [value] if isinstance(value, str) else list(value)
-        if not texts or not all(isinstance(t, str) for t in texts):
-            raise TypeError(f"text must be a caption or a non-empty list of captions, got {value!r}")
         return _as_numpy(encoder.encode_text(texts)).astype(np.float32)
     from unclip_core.imageio import load_image
     images = list(value) if isinstance(value, (list, tuple)) else [value]

@@ -10,6 +10,7 @@ import importlib
 import json
 import pkgutil
 import sys
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -202,6 +203,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "_run", None) is None:
         parser.print_help(sys.stderr)
         return 2
+    show = warnings.formatwarning
+    if not args.debug:  # a warning is a line for the user ("warning: ..."), not a source location
+        warnings.formatwarning = lambda message, category, *_a, **_k: f"warning: {' '.join(str(message).split())}\n"
     try:
         return int(args._run(args) or 0)
     except USER_ERRORS as exc:
@@ -215,6 +219,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print("error: interrupted (rerun the same command to resume an embed)", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = show
 
 
 if __name__ == "__main__":

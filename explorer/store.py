@@ -161,6 +161,10 @@ class EmbeddingStore:
     def open(cls, path: str | Path) -> "EmbeddingStore":
         """Open the store at `path`, checking its format version and that its files agree with store.json."""
         path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise NotADirectoryError(f"{path} is a file, not an embedding store (a store is a folder holding "
+                                     "store.json); pass the store's folder, or create one with `unclip-explorer "
+                                     "embed INPUT --model SPEC --out STORE`")
         if not path.is_dir():
             raise FileNotFoundError(f"no embedding store at {path}: the folder does not exist; create one with "
                                     "`unclip-explorer embed INPUT --model SPEC --out STORE`")

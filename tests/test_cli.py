@@ -278,3 +278,15 @@ def test_train_options_fail_with_one_line(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith(start) and err.count("\n") == 1 and "Traceback" not in err, err
     assert not (tmp_path / "w").exists()  # the failed warm start wrote nothing
+
+
+def test_neighbors_refuses_empty_queries_and_file_stores(caption_store, tmp_path, capsys):
+    from explorer import api
+    assert cli.main(["neighbors", str(caption_store), "--text", "  "]) == 2
+    assert capsys.readouterr().err.strip() == "error: text query 0 is empty; pass a caption with at least one word"
+    (tmp_path / "afile").write_text("x")
+    assert cli.main(["neighbors", str(tmp_path / "afile"), "--text", "a red circle"]) == 2
+    assert f"error: {tmp_path / 'afile'} is a file, not an embedding store" in capsys.readouterr().err
+    store = api.open_store(caption_store)
+    with pytest.raises(ValueError, match=r"vector must be .* finite and non-zero \(cosine needs a direction\)"):
+        api.neighbors(store, vector=np.zeros(16, np.float32))

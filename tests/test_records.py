@@ -126,3 +126,27 @@ def test_train_resume_refuses_pickles_and_missing_state(tmp_path, capsys):
     assert main(["train", "prior", "--out", str(empty), "--resume", "--steps", "1", "--no-progress"]) == 2
     assert "holds no training state (no state.pt); drop --resume" in capsys.readouterr().err
     assert os.listdir(empty) == []
+
+
+def test_silent_inputs_now_speak(tiny):
+    """Zero embeddings, huge finite values and unknown words: an error or a warning that names them."""
+    z = torch.zeros(2, 16)
+    z[0, 0] = 1.0
+    with pytest.raises(ValueError, match=r"z_i rows \[1\] are all zeros; an embedding needs a direction"):
+        tiny.decode(z, steps=1, upsample=False)
+    with pytest.raises(ValueError, match=r"z_i holds finite values as large as 1e\+308"):
+        tiny.decode(np.full((1, 16), 1e308), steps=1, upsample=False)
+    with pytest.raises(ValueError, match=r"z_i contains NaN or infinite values \(rows \[0\]\)"):
+        tiny.decode(torch.full((1, 16), float("nan")), steps=1, upsample=False)
+
+
+def test_unknown_words_warn_with_suggestions():
+    from unclip_core.clip import ClipEncoder
+    enc = ClipEncoder.load("shapes-clip")
+    with pytest.warns(UserWarning, match=r"'rde' \(did you mean 'red'\?\), 'cirlce' \(did you mean 'circle'\?\) "
+                                         r"not in this CLIP's \d+-word vocabulary; each becomes \[UNK\]"):
+        enc.encode_text(["a rde cirlce"])
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        enc.encode_text(["a red circle"])

@@ -52,8 +52,25 @@ def check_embeddings(name: str, z: np.ndarray | torch.Tensor, dim: int | None = 
         with np.errstate(invalid="ignore", over="ignore"):
             finite = bool(np.isfinite(z.sum(dtype=np.float64)))
     if not finite:
-        raise ValueError(f"{name} contains NaN or infinite values; check the encoder output or the file it was read from")
+        arr = z.detach().cpu().double().numpy() if isinstance(z, torch.Tensor) else np.asarray(z, np.float64)
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            rows = sorted({int(i) for i in np.argwhere(bad)[:, 0]})[:5] if arr.ndim == 2 else []
+            where = f" (rows {rows})" if rows else ""
+            raise ValueError(f"{name} contains NaN or infinite values{where}; check the encoder output or the file "
+                             "it was read from")
+        raise ValueError(f"{name} holds finite values as large as {np.abs(arr).max():.3g}, beyond what float32 "
+                         "(max 3.4e38) and a sum over them can hold; CLIP embeddings are unit-scale: check the file "
+                         "it was read from")
     return z
+
+
+def check_nonzero_rows(name: str, z: torch.Tensor) -> None:
+    """Refuse (n, dim) rows of norm 0: an embedding without a direction (it normalises to nothing)."""
+    zero = torch.nonzero(torch.linalg.vector_norm(z.double(), dim=-1) == 0).flatten().tolist()
+    if zero:
+        raise ValueError(f"{name} rows {zero[:5]} are all zeros; an embedding needs a direction (decoders and "
+                         "cosine read only directions): drop those rows or check where they came from")
 
 
 def check_same_dim(name_a: str, a: Sequence | np.ndarray | torch.Tensor,

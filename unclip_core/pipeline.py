@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .autoencoder import Autoencoder
 from .checkpoint import load_checkpoint, read_pipeline, resolve
-from .checks import check_choice, check_embeddings, check_guidance, check_positive_int
+from .checks import check_choice, check_embeddings, check_guidance, check_nonzero_rows, check_positive_int
 from .clip import ClipEncoder
 from .decoder import Decoder
 from .diffusion import Schedule, cosine_schedule
@@ -381,6 +381,7 @@ class UnCLIP:
     def _check_z_i(self, z_i: Tensor) -> Tensor:
         z_i = torch.as_tensor(check_embeddings("z_i", z_i, self.decoder.config.clip_dim, allow_1d=True))
         z_i = z_i[None] if z_i.ndim == 1 else z_i
+        check_nonzero_rows("z_i", z_i)
         return torch.nn.functional.normalize(z_i.float(), dim=-1)
 
     def _check_x_T(self, x_T: Tensor | None, n: int, g: torch.Generator) -> Tensor:

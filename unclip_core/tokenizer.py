@@ -7,6 +7,7 @@ Prompts longer than the context are truncated (the last position keeps [EOT]) wi
 """
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
@@ -57,6 +58,14 @@ class WordTokenizer:
         """Word ids of one prompt, without [SOT]/[EOT]; unknown words map to [UNK]."""
         return [self.ids.get(w, self.unk_id) for w in split_words(text)]
 
+    def unknown_words(self, text: str) -> list[str]:
+        """The words of `text` outside the vocabulary (each once, in order): they would become [UNK]."""
+        out: list[str] = []
+        for w in split_words(text):
+            if w not in self.ids and w not in out:
+                out.append(w)
+        return out
+
     def n_tokens(self, text: str) -> int:
         """Length of the prompt in tokens, [SOT] and [EOT] included."""
         return len(split_words(text)) + 2
@@ -70,6 +79,14 @@ class WordTokenizer:
         L = self.context_length if context_length is None else check_positive_int("context_length", context_length, 3)
         out = torch.full((len(texts), L), self.pad_id, dtype=torch.long)
         for i, text in enumerate(texts):
+            unknown = self.unknown_words(text)
+            if unknown:
+                hints = []
+                for w in unknown:
+                    close = difflib.get_close_matches(w, self.tokens[2:-2], n=1, cutoff=0.6)
+                    hints.append(f"{w!r} (did you mean {close[0]!r}?)" if close else repr(w))
+                warnings.warn(f"prompt {text!r}: {', '.join(hints)} not in this CLIP's {len(self.tokens) - 4}-word "
+                              f"vocabulary; each becomes [UNK], which carries no meaning", stacklevel=2)
             ids = [self.sot_id, *self.encode(text), self.eot_id]
             if len(ids) > L:
                 warnings.warn(f"prompt {text!r} has {len(ids)} tokens, more than the context length {L}; "
