@@ -332,9 +332,17 @@ def load_suite(path: str | Path) -> list[Case]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"suite file not found: {path} (make one with `unclip-explorer binding make-suite`)")
-    with open(path, encoding="utf-8") as fh:
-        cases = parse_suite(fh, str(path))
-    return [resolve_paths(c, path.parent) for c in cases]
+    if path.is_dir():
+        raise SuiteError(f"{path} is a folder; pass the suite's .jsonl file (`binding make-suite` writes suite.jsonl)")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SuiteError(f"{path} is not a UTF-8 text file (byte 0x{raw[exc.start]:02x} at offset {exc.start}); a "
+                         "suite is JSON Lines, one case per line: make one with `unclip-explorer binding make-suite` "
+                         "or `binding convert`") from None
+    cases = parse_suite(text.splitlines(), str(path))
+    return [resolve_paths(c, path.parent, source=str(path)) for c in cases]
 
 
 def suite_lines(cases: Sequence[Case]) -> list[str]:
@@ -342,10 +350,18 @@ def suite_lines(cases: Sequence[Case]) -> list[str]:
     return [json.dumps(case_to_dict(c), sort_keys=False) for c in cases]
 
 
-def resolve_paths(case: Case, root: str | Path) -> Case:
-    """Make the case's relative image paths absolute against `root`."""
+def resolve_paths(case: Case, root: str | Path, source: str = "<suite>") -> Case:
+    """Make the case's relative image paths absolute against `root`; a relative path may not leave `root`
+    (`../../etc/hostname` in a suite someone sent you is refused, naming the case). Absolute paths are kept."""
+    base = Path(root).resolve()
+
     def fix(im: ImageSpec | None) -> ImageSpec | None:
         if isinstance(im, str) and not Path(im).is_absolute():
+            full = (base / im).resolve()
+            if full != base and base not in full.parents:
+                raise SuiteError(f"{source}: case {case.id!r}: image path {im!r} leaves the suite's folder {base}; "
+                                 "keep a suite's images under its folder, or write the path as an absolute path "
+                                 "if you mean that file")
             return str(Path(root) / im)
         return im
     if isinstance(case, WinogroundCase):

@@ -107,10 +107,29 @@ def _model_name(model: Any) -> str:
     return str(getattr(model, "spec", None) or getattr(model, "name", None) or type(model).__name__)
 
 
+def _has_results(folder: Path) -> bool:
+    """Whether a run folder holds any finished work (parts, probes, images), not only its settings."""
+    return (any((folder / "parts").glob("*.jsonl")) or (folder / "probes.csv").is_file()
+            or any((folder / "images").glob("*/*.png")))
+
+
+def _check_images_exist(cases: Sequence[Case]) -> None:
+    """Every image file a suite names must exist before a run writes anything (a rerun then starts clean)."""
+    missing = []
+    for c in cases:
+        specs = c.images if isinstance(c, WinogroundCase) else (getattr(c, "image", None),)
+        missing += [(c.id, im) for im in specs if isinstance(im, str) and not Path(im).is_file()]
+    if missing:
+        shown = "; ".join(f"case {cid!r}: {im}" for cid, im in missing[:3])
+        raise FileNotFoundError(f"{len(missing)} image file(s) named by the suite do not exist ({shown}"
+                                f"{'; ...' if len(missing) > 3 else ''}); fix the paths (relative paths are read "
+                                "from the suite's folder) and rerun: nothing was written")
+
+
 def _check_resume(folder: Path, settings: dict[str, Any]) -> None:
     path = folder / SETTINGS_FILE
-    if not path.is_file():
-        return
+    if not path.is_file() or not _has_results(folder):
+        return  # a run that failed before any work (bad paths, a model that did not load) starts over
     old = json.loads(path.read_text(encoding="utf-8"))
     diffs = [k for k in _RESUME_KEYS if json.dumps(old.get(k), sort_keys=True, default=str)
              != json.dumps(settings.get(k), sort_keys=True, default=str)]
@@ -142,6 +161,7 @@ def run_suite(suite: str | Path | Sequence[Case], model: Any, out: str | Path, g
         suite_path, cases = None, list(suite)
     if not cases:
         raise ValueError("the suite has no cases")
+    _check_images_exist(cases)
     n_images = check_positive_int("n_images", n_images)
     batch_size = check_positive_int("batch_size", batch_size)
     probe_n = check_positive_int("probe_n", probe_n, minimum=0)
@@ -168,7 +188,7 @@ def run_suite(suite: str | Path | Sequence[Case], model: Any, out: str | Path, g
     if pipe is not None and hasattr(pipe, "describe"):
         settings["pipeline"] = pipe.describe()
     old_path = folder / SETTINGS_FILE
-    settings["started"] = (json.loads(old_path.read_text())["started"] if old_path.is_file()
+    settings["started"] = (json.loads(old_path.read_text())["started"] if old_path.is_file() and _has_results(folder)
                            else time.strftime("%Y-%m-%dT%H:%M:%S"))
     settings["finished"] = None
     _write_json(old_path, settings)
@@ -406,14 +426,23 @@ def _read_run_table(folder: Path, stem: str) -> pd.DataFrame:
 
 
 def compare_runs(run_a: str | Path, run_b: str | Path, level: float = 0.95, n_boot: int = 2000,
-                 seed: int = 0) -> pd.DataFrame:
+                 seed: int = 0, *, shared_cases: bool = False) -> pd.DataFrame:
     """Per-category differences between two runs, paired on case id: McNemar (exact) on CLIP-level hits and a
-    paired bootstrap interval of acc_b - acc_a; generation rows pair per-case mean hits (bootstrap only)."""
+    paired bootstrap interval of acc_b - acc_a; generation rows pair per-case mean hits (bootstrap only).
+
+    Runs over different suites (another suite_sha256) are refused unless shared_cases=True, which compares the
+    cases whose ids both runs hold (the table's n says how many)."""
     a_dir, b_dir = Path(run_a), Path(run_b)
     for d in (a_dir, b_dir):
         if not (d / SETTINGS_FILE).is_file():
             raise FileNotFoundError(f"{d} is not a binding run (no {SETTINGS_FILE}); pass folders written by "
                                     "`unclip-explorer binding run`")
+    sa, sb = (json.loads((d / SETTINGS_FILE).read_text(encoding="utf-8")) for d in (a_dir, b_dir))
+    if sa.get("suite_sha256") != sb.get("suite_sha256") and not shared_cases:
+        raise ValueError(f"{a_dir} and {b_dir} ran different suites ({sa.get('n_cases')} cases from "
+                         f"{sa.get('suite')}, sha256 {str(sa.get('suite_sha256'))[:12]}; {sb.get('n_cases')} cases from "
+                         f"{sb.get('suite')}, sha256 {str(sb.get('suite_sha256'))[:12]}); rerun one on the other's "
+                         "suite, or pass shared_cases=True (--shared-cases) to compare the cases both hold")
     rows = []
     a, b = _read_run_table(a_dir, "cases"), _read_run_table(b_dir, "cases")
     if not a.empty and not b.empty:

@@ -157,3 +157,51 @@ def test_cli_generation_judges_the_decoder_output_unless_upsample(tmp_path):
                      *flag]) == 0
         assert Image.open(out / "images" / cases[0].id / "prior-0.png").size == (side, side)
         assert json.loads((out / "settings.json").read_text())["text_to_image_kwargs"]["upsample"] is bool(flag)
+
+
+def test_bad_suites_fail_before_writing_and_rerun_clean(tmp_path, suite):
+    """Escaping image paths, binary files and missing images are named before any output; a rerun then works."""
+    from PIL import Image
+
+    from analyses.binding_suite import SuiteError
+    img = tmp_path / "img.png"
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(img)
+    (tmp_path / "escape").mkdir()
+    case = {"kind": "caption_pair", "id": "c1", "category": "colour_change", "image": "../img.png",
+            "caption": "a red circle", "foils": ["a blue circle"]}
+    esc = tmp_path / "escape" / "suite.jsonl"
+    esc.write_text(json.dumps(case) + "\n")
+    with pytest.raises(SuiteError, match=r"case 'c1': image path '../img.png' leaves the suite's folder"):
+        run_suite(esc, CountingEncoder(), tmp_path / "r_esc", probes=False, progress=False)
+    binary = tmp_path / "binary.jsonl"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(SuiteError, match=r"binary.jsonl is not a UTF-8 text file \(byte 0xff at offset 0\); a suite "
+                                         r"is JSON Lines"):
+        run_suite(binary, CountingEncoder(), tmp_path / "r_bin", probes=False, progress=False)
+    missing = tmp_path / "missing.jsonl"
+    missing.write_text(json.dumps({**case, "image": "nope.png"}) + "\n")
+    with pytest.raises(FileNotFoundError, match=r"1 image file\(s\) named by the suite do not exist \(case 'c1': "
+                                                r".*nope.png\).*nothing was written"):
+        run_suite(missing, CountingEncoder(), tmp_path / "r_miss", probes=False, progress=False)
+    assert not (tmp_path / "r_miss").exists()
+    missing.write_text(json.dumps({**case, "image": "img.png"}) + "\n")  # fixed: the same --out runs
+    out = run_suite(missing, CountingEncoder(), tmp_path / "r_miss", probes=False, progress=False)
+    assert len(pd.read_csv(out / "cases.csv")) == 1
+    # a settings.json left by a run that died before any work does not block a rerun with other settings
+    (tmp_path / "r_dead").mkdir()
+    (tmp_path / "r_dead" / "settings.json").write_text(json.dumps({"suite_sha256": "other", "seed": 5}))
+    run_suite(missing, CountingEncoder(), tmp_path / "r_dead", probes=False, progress=False)
+
+
+def test_compare_refuses_runs_of_different_suites(tmp_path, suite):
+    a = run_suite(suite, CountingEncoder(), tmp_path / "a", probes=False, progress=False)
+    other = write_suite(make_suite(12, seed=1, kinds=["caption_pair"]), tmp_path / "other.jsonl")
+    b = run_suite(other, CountingEncoder(), tmp_path / "b", probes=False, progress=False)
+    with pytest.raises(ValueError, match=r"ran different suites \(24 cases from .*suite.jsonl, sha256 \w{12}; 12 cases "
+                                         r"from .*other.jsonl.*--shared-cases"):
+        compare_runs(a, b)
+    try:
+        df = compare_runs(a, b, shared_cases=True)
+        assert (df["n"] <= 12).all()
+    except ValueError as e:  # different seeds may share no ids at all: then it says so
+        assert "share no case ids" in str(e)

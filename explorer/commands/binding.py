@@ -55,6 +55,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     k.add_argument("run_b", metavar="RUN_B")
     k.add_argument("--out", metavar="CSV", default=None, help="also write the table as CSV")
     k.add_argument("--json", action="store_true", help="print JSON records instead of a table")
+    k.add_argument("--shared-cases", action="store_true",
+                   help="compare runs of different suites on the case ids both hold (refused otherwise)")
     return p
 
 
@@ -111,7 +113,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _compare(args: argparse.Namespace) -> int:
     from explorer.binding import compare_runs
-    df = compare_runs(args.run_a, args.run_b)
+    df = compare_runs(args.run_a, args.run_b, shared_cases=args.shared_cases)
     if args.out:
         from unclip_core.atomic import atomic_write
         atomic_write(Path(args.out), lambda tmp: df.to_csv(tmp, index=False))
