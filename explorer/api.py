@@ -59,10 +59,14 @@ def open_store(path: str | Path) -> EmbeddingStore:
 def embed(items: str | Path | Sequence[Any], model: str | Encoder, out: str | Path, kind: str | None = None,
           batch_size: int = 64, chunk_size: int = 1024, dtype: str = "float16",
           extra_metadata: Mapping[str, Any] | pd.DataFrame | Sequence[Mapping[str, Any]] | None = None,
-          progress: bool = True) -> EmbeddingStore:
-    """Embed an image folder, captions.jsonl, .txt or list into the store at `out` (resumable)."""
+          progress: bool = True, *, skip_bad: bool = False) -> EmbeddingStore:
+    """Embed an image folder, captions.jsonl, .txt or list into the store at `out` (resumable).
+
+    An unreadable image file is an error before any work, or with skip_bad=True left out and recorded in
+    store.json under "skipped"."""
     return embed_items(load_encoder(model), items, out, kind=kind, batch_size=batch_size,
-                       chunk_size=chunk_size, extra_metadata=extra_metadata, progress=progress, dtype=dtype)
+                       chunk_size=chunk_size, extra_metadata=extra_metadata, progress=progress, dtype=dtype,
+                       skip_bad=skip_bad)
 
 
 def query_vectors(store: EmbeddingStore, text: str | Sequence[str] | None = None, image: Any = None,

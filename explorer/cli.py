@@ -14,7 +14,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from explorer.store import DTYPES, INPUT_KINDS, _tool_version
+from explorer.store import DTYPES, INPUT_KINDS, MANIFEST, _tool_version
 from explorer.commands import _args
 
 # errors a user can fix; anything else is a bug and keeps its traceback
@@ -57,6 +57,8 @@ def _embed_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_args.positive_int, default=64)
     p.add_argument("--chunk-size", type=_args.positive_int, default=1024, help="rows per resumable chunk")
     p.add_argument("--dtype", choices=DTYPES, default="float16")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="leave out unreadable image files and record them in store.json (default: refuse them)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
 
@@ -69,9 +71,14 @@ def _embed_run(args: argparse.Namespace) -> int:
     except FileNotFoundError:
         pass
     store = api.embed(args.input, args.model, args.out, kind=args.kind, batch_size=args.batch_size,
-                      chunk_size=args.chunk_size, dtype=args.dtype, progress=not args.no_progress)
+                      chunk_size=args.chunk_size, dtype=args.dtype, progress=not args.no_progress,
+                      skip_bad=args.skip_bad)
     print(f"{store.path}: {len(store)} vectors ({len(store) - before} new), dim {store.dim}, {store.dtype}, "
           f"model {store.model_spec}")
+    skipped = store._manifest.get("skipped", [])
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable file(s), listed in {store.path / MANIFEST}: "
+              + ", ".join(s["source"] for s in skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
     return 0
 
 

@@ -288,7 +288,7 @@ class EmbeddingStore:
         return self
 
     def _commit(self, blocks: Iterable[np.ndarray], n_new: int, new_meta: pd.DataFrame,
-                job: str | None = None) -> None:
+                job: str | None = None, skipped: Sequence[Mapping[str, Any]] = ()) -> None:
         """Write new vectors/metadata files of the next generation, then publish them via store.json."""
         old_meta = self.metadata
         clash = sorted(set(old_meta["id"]).intersection(new_meta["id"]))
@@ -326,6 +326,8 @@ class EmbeddingStore:
                         metadata_file=metadata_file, updated=_now(), tool_version=_tool_version())
         if job is not None:
             manifest["jobs"] = list(manifest.get("jobs", [])) + [job]
+        if skipped:
+            manifest["skipped"] = list(manifest.get("skipped", [])) + [dict(s) for s in skipped]
         _write_json(self.path / MANIFEST, manifest)  # the commit point
         self._manifest = manifest
         self._vectors = self._metadata = self._row_of_id = self._inv_norm = None
@@ -659,8 +661,11 @@ def embed_items(encoder: Encoder, items: str | Path | Sequence[Any], out: str | 
                 kind: str | None = None, batch_size: int = 64, chunk_size: int = 1024,
                 extra_metadata: Mapping[str, Any] | pd.DataFrame | Sequence[Mapping[str, Any]] | None = None,
                 progress: bool = True, dtype: str = "float16",
-                on_chunk: Callable[[int, int], None] | None = None) -> EmbeddingStore:
+                on_chunk: Callable[[int, int], None] | None = None, skip_bad: bool = False) -> EmbeddingStore:
     """Embed items with a CLIP encoder into the store at `out`, in resumable chunks; returns the store.
+
+    Every image file is checked before any work: an unreadable one is an error naming it (nothing is written),
+    or with skip_bad=True it is left out and recorded in store.json under "skipped" (file and reason).
 
     items: an image folder, a captions.jsonl (ShapesWorld export; scene columns are carried), a .txt with
     one caption per line, or a list of captions / image paths / PIL images. Each chunk of `chunk_size` rows
@@ -685,6 +690,20 @@ def embed_items(encoder: Encoder, items: str | Path | Sequence[Any], out: str | 
     if dup:
         raise ValueError(f"the input yields duplicate ids {dup[:3]} (e.g. a captions.jsonl naming one file "
                          "twice); make each file / item appear once")
+    bad = _unreadable_images(records, progress)
+    if bad and not skip_bad:
+        shown = "; ".join(f"{b['source']} ({b['error']})" for b in bad[:3])
+        raise ValueError(f"{len(bad)} of {sum(r.kind == 'image' for r in records)} images cannot be read: {shown}"
+                         f"{'; ...' if len(bad) > 3 else ''}. Fix or remove them, or pass --skip-bad (skip_bad=True) "
+                         "to embed the rest and record the skipped files in store.json; nothing was written")
+    if bad:
+        drop = {b["row"] for b in bad}
+        keep = [i for i in range(len(records)) if i not in drop]
+        records = [records[i] for i in keep]
+        meta = meta.iloc[keep].reset_index(drop=True)
+        if not records:
+            raise ValueError(f"every input of {items} is unreadable; nothing to embed")
+    skipped = [{"id": b["id"], "source": b["source"], "error": b["error"]} for b in bad]
     _check_world(meta, encoder)
     dim = int(encoder.embed_dim)
 
@@ -754,9 +773,25 @@ def embed_items(encoder: Encoder, items: str | Path | Sequence[Any], out: str | 
     order = [i for _, idx in chunks for i in idx]
     blocks: Iterator[np.ndarray] = (np.load(_chunk_path(partial, ci), allow_pickle=False)
                                     for ci in range(len(chunks)))
-    store._commit(blocks, len(records), meta.iloc[order].reset_index(drop=True), job=key)
+    store._commit(blocks, len(records), meta.iloc[order].reset_index(drop=True), job=key, skipped=skipped)
     shutil.rmtree(partial, ignore_errors=True)
     return store
+
+
+def _unreadable_images(records: Sequence[Record], progress: bool = False) -> list[dict[str, Any]]:
+    """Image records whose file PIL cannot read (row, id, source, error); in-memory images are trusted."""
+    from PIL import Image
+    from tqdm.auto import tqdm
+    bad = []
+    rows = [i for i, r in enumerate(records) if r.kind == "image" and isinstance(r.payload, (str, Path))]
+    for i in tqdm(rows, desc="checking images", unit="file", disable=not progress or len(rows) < 2000):
+        r = records[i]
+        try:
+            with Image.open(r.payload) as im:
+                im.verify()
+        except Exception as e:  # UnidentifiedImageError, truncated data, bad CRC, unreadable file
+            bad.append({"row": i, "id": r.id, "source": str(r.source), "error": type(e).__name__})
+    return bad
 
 
 def open_store(path: str | Path) -> EmbeddingStore:

@@ -394,3 +394,23 @@ def test_neighbors_100k_float16_is_fast(tmp_path):
     df = store.neighbors(np.asarray(store.vectors[123], np.float32), k=10)
     elapsed = time.perf_counter() - t0
     assert df["id"].iloc[0] == "r123" and elapsed < 5.0
+
+
+def test_unreadable_images_refused_or_skipped_and_recorded(tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for k in range(3):
+        Image.new("RGB", (8, 8), (40 * k, 0, 0)).save(folder / f"ok{k}.png")
+    (folder / "bad.png").write_bytes(os.urandom(64))
+    (folder / "cut.png").write_bytes((folder / "ok0.png").read_bytes()[:40])  # truncated PNG
+    enc = FakeEncoder()
+    with pytest.raises(ValueError, match=r"2 of 5 images cannot be read: .*bad.png \(UnidentifiedImageError\); "
+                                         r".*cut.png .*--skip-bad .*nothing was written"):
+        embed_items(enc, folder, tmp_path / "s", progress=False)
+    assert not (tmp_path / "s").exists()
+    store = embed_items(enc, folder, tmp_path / "s", progress=False, skip_bad=True)
+    assert len(store) == 3 and sorted(store.metadata["source"].map(lambda s: Path(s).name)) == [
+        "ok0.png", "ok1.png", "ok2.png"]
+    skipped = json.loads((tmp_path / "s" / "store.json").read_text())["skipped"]
+    assert sorted(Path(s["source"]).name for s in skipped) == ["bad.png", "cut.png"]
+    assert {s["error"] for s in skipped} <= {"UnidentifiedImageError", "SyntaxError", "OSError"}
