@@ -173,6 +173,17 @@ def prdc(real: Array, fake: Array, k: int = 5) -> dict[str, float]:
     }
 
 
+def check_metric_rows(real: Array, fake: Array, k: int = 5, names: tuple[str, str] = ("real", "fake")) -> None:
+    """Both sides need k + 1 rows (PRDC's k nearest neighbours within a set) and 2 (FD's covariance)."""
+    need = max(2, int(k) + 1)
+    for name, z in zip(names, (real, fake)):
+        n = int(z.shape[0])
+        if n < need:
+            raise ValueError(f"{name} has {n} embedding row(s); the metric table needs at least {need} per side "
+                             f"(FD estimates a covariance, PRDC uses each point's k={k} nearest neighbours): "
+                             "embed more items, or lower k (-k)")
+
+
 def metric_table(real: Array, fake: Array, text_emb: Array | None = None, k: int = 5,
                  sigma: float = 10.0, scale: float = 1000.0) -> pd.DataFrame:
     """All distribution metrics of fake against real in one tidy frame: columns metric, value.
@@ -180,6 +191,7 @@ def metric_table(real: Array, fake: Array, text_emb: Array | None = None, k: int
     Rows: fd, cmmd, precision, recall, density, coverage, and clip_score (fake vs text_emb) when
     text_emb (aligned with fake) is given.
     """
+    check_metric_rows(real, fake, k)
     rows = [("fd", frechet_distance(real, fake)), ("cmmd", cmmd(real, fake, sigma=sigma, scale=scale))]
     rows += list(prdc(real, fake, k=k).items())
     if text_emb is not None:

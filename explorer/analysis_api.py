@@ -273,6 +273,11 @@ def metrics(real: Any, fake: Any, text_emb: Any = None, k: int = 5, kind: str | 
     if "model_id" in real_info and "model_id" in fake_info and real_info["model_id"] != fake_info["model_id"]:
         raise ValueError(f"real was embedded with {real_info['model']!r} ({real_info['model_id']}) but fake with "
                          f"{fake_info['model']!r} ({fake_info['model_id']}); embed both with the same CLIP model")
+    from analyses.metrics import check_metric_rows
+    check_metric_rows(R, F, k, names=(f"real ({real_info.get('store', real_info.get('path', 'array'))}"
+                                      f"{', kind ' + kind if kind else ''})",
+                                      f"fake ({fake_info.get('store', fake_info.get('path', 'array'))}"
+                                      f"{', kind ' + kind if kind else ''})"))
     T = None
     if text_emb is not None:
         T, _ = _embeddings("text_emb", text_emb, "text")

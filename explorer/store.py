@@ -236,10 +236,22 @@ class EmbeddingStore:
             if not vpath.exists():
                 raise FileNotFoundError(f"store at {self.path} lacks its vectors file {vpath.name}; "
                                         "the store is damaged, re-embed it")
-            if self.count == 0:  # a zero-length region cannot be memory-mapped
-                self._vectors = np.load(vpath, allow_pickle=False)
-            else:
-                self._vectors = np.load(vpath, mmap_mode="r", allow_pickle=False)
+            try:
+                if self.count == 0:  # a zero-length region cannot be memory-mapped
+                    vectors = np.load(vpath, allow_pickle=False)
+                else:
+                    vectors = np.load(vpath, mmap_mode="r", allow_pickle=False)
+            except (ValueError, OSError, EOFError) as e:  # garbage, object arrays (pickles), truncation
+                raise ValueError(f"store at {self.path}: its vectors file {vpath.name} is not a plain numeric .npy "
+                                 f"array ({'it holds Python objects' if 'object' in str(e) or 'pickle' in str(e) else type(e).__name__}); "
+                                 "the store is damaged or was edited: "
+                                 "re-embed it (pickled arrays are never loaded)") from None
+            want = (self.count, self.dim)
+            if vectors.ndim != 2 or tuple(vectors.shape) != want or vectors.dtype.name != self.dtype:
+                raise ValueError(f"store at {self.path}: {vpath.name} holds a {vectors.dtype} array of shape "
+                                 f"{tuple(vectors.shape)}, but store.json says {self.dtype} {want}; the store is "
+                                 "damaged or was edited: re-embed it")
+            self._vectors = vectors
         return self._vectors
 
     @property

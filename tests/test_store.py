@@ -414,3 +414,29 @@ def test_unreadable_images_refused_or_skipped_and_recorded(tmp_path):
     skipped = json.loads((tmp_path / "s" / "store.json").read_text())["skipped"]
     assert sorted(Path(s["source"]).name for s in skipped) == ["bad.png", "cut.png"]
     assert {s["error"] for s in skipped} <= {"UnidentifiedImageError", "SyntaxError", "OSError"}
+
+
+def test_damaged_vectors_file_is_named_never_unpickled(tmp_path):
+    store = embed_items(FakeEncoder(), ["a", "b", "c"], tmp_path / "s", progress=False)
+    vfile = tmp_path / "s" / store._manifest["vectors_file"]
+    np.save(vfile, np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match=r"vectors file .* is not a plain numeric .npy array \(it holds Python "
+                                         r"objects\); the store is damaged or was edited: re-embed it") as e:
+        EmbeddingStore.open(tmp_path / "s").vectors
+    assert "unsafe" not in str(e.value) and "allow_pickle" not in str(e.value)
+    vfile.write_bytes(os.urandom(200))
+    with pytest.raises(ValueError, match="is not a plain numeric .npy array"):
+        EmbeddingStore.open(tmp_path / "s").vectors
+    np.save(vfile, np.zeros((2, 16), np.float16))
+    with pytest.raises(ValueError, match=r"holds a float16 array of shape \(2, 16\), but store.json says float16 "
+                                         r"\(3, 16\)"):
+        EmbeddingStore.open(tmp_path / "s").vectors
+
+
+def test_metrics_on_a_tiny_store_names_the_side_and_the_fix(tmp_path):
+    from explorer import analysis_api
+    big = embed_items(FakeEncoder(), [f"c{i}" for i in range(8)], tmp_path / "big", progress=False)
+    one = embed_items(FakeEncoder(), ["only"], tmp_path / "one", progress=False)
+    with pytest.raises(ValueError, match=r"fake \(.*one, kind text\) has 1 embedding row\(s\); the metric table "
+                                         r"needs at least 6 per side .* lower k \(-k\)"):
+        analysis_api.metrics(big, one, kind="text")
