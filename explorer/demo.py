@@ -7,6 +7,7 @@ import html
 import json
 import os
 import platform
+import shutil
 import time
 import urllib.parse
 from dataclasses import asdict, dataclass
@@ -126,6 +127,13 @@ def _load_pipeline(spec: str) -> Any:
     except (ValueError, FileNotFoundError) as exc:
         raise type(exc)(f"pipeline {spec!r} could not be loaded: {exc}; pass --pipeline with a pipeline folder "
                         f"or a bundled name, or --pipeline none to skip the unCLIP pictures") from None
+
+
+def _clip_world(model: str) -> int:
+    """The ShapesWorld version the demo's CLIP reads (the bundled models' for a CLIP trained on other data)."""
+    from unclip_core.clip import bundled_world
+    world = getattr(api.load_encoder(model), "world", None)
+    return int(world) if world is not None else bundled_world()
 
 
 def _render(caption_text: str, seed: int, size: int, world: int) -> Image.Image:
@@ -390,9 +398,17 @@ def run_demo(out: str | Path, n: int = 300, seed: int = 0, model: str = "shapes-
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     export_dir = out / "shapes"
-    if not (export_dir / "captions.jsonl").is_file():
-        api.export_shapes(export_dir, n=n, seed=seed, size=64, progress=progress)
     store_dir = out / "store"
+    world = _clip_world(model)
+    want = {"n": n, "seed": seed, "size": 64, "world": world}
+    meta_path = export_dir / "meta.json"
+    if meta_path.is_file():
+        have = json.loads(meta_path.read_text(encoding="utf-8"))
+        if {k: have.get(k) for k in want} != want:  # a rerun with another --n / --seed: rebuild what depends on it
+            shutil.rmtree(export_dir)
+            shutil.rmtree(store_dir, ignore_errors=True)
+    if not (export_dir / "captions.jsonl").is_file():
+        api.export_shapes(export_dir, n=n, seed=seed, size=64, progress=progress, world=world, overwrite=True)
     store = api.embed(export_dir, model, store_dir, kind="image", progress=progress)
     sections, tables = [], []
     for query in QUERIES:

@@ -154,6 +154,13 @@ def test_cli_demo(pipe_dir, tmp_path, capsys):
     assert read_png_meta(tmp_path / "unclip/text_to_image/r0-seed5.png")["prompt"] == "a green star"
     assert json.loads((tmp_path / "settings.json").read_text())["generator"]["settings"]["cascade_stages"] == 0
     assert not (tmp_path / "unclip/cascade").exists()
+    # a rerun with another --n rebuilds the scenes and the store it depends on, and reports the n it used
+    assert main(["demo", "--out", str(tmp_path), "--n", "8", "--model", str(pipe_dir.parent / "clip"),
+                 "--pipeline", "none", "--no-progress"]) == 0
+    assert json.loads((tmp_path / "settings.json").read_text())["n"] == 8
+    assert json.loads((tmp_path / "shapes/meta.json").read_text())["n"] == 8
+    from explorer.store import EmbeddingStore
+    assert len(EmbeddingStore.open(tmp_path / "store")) == 8
 
 
 def test_cli_errors(pipe_dir, tmp_path, capsys):
