@@ -54,6 +54,13 @@ def test_accuracy_table_groups_macro_and_all():
     assert t.loc["all", "accuracy"] == pytest.approx(4 / 6) and t.loc["all", "n"] == 6
     assert t.loc["a", "lo"] == pytest.approx(wilson_interval(3, 4)[0])
     assert t.loc["macro", "lo"] <= 0.625 <= t.loc["macro", "hi"]
+    # small categories that are all right or all wrong: the macro interval must not collapse to a point
+    small = accuracy_table([1] * 6 + [0] + [1], ["a"] * 7 + ["b"]).set_index("group")
+    assert small.loc["macro", "accuracy"] == pytest.approx((6 / 7 + 1) / 2)
+    lo, hi = small.loc["macro", "lo"], small.loc["macro", "hi"]
+    assert lo < 0.8 and hi > 0.95 and hi - lo > 0.15, (lo, hi)
+    one_each = accuracy_table([1, 1, 1], ["a", "b", "c"]).set_index("group")
+    assert one_each.loc["macro", "hi"] - one_each.loc["macro", "lo"] > 0.2
     with pytest.raises(ValueError, match="ci='exact' is not known; accepted: 'wilson', 'bootstrap'"):
         accuracy_table(hits, groups, ci="exact")
     with pytest.raises(ValueError, match="groups has 2 entries but hits has 6"):
