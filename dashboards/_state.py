@@ -130,8 +130,8 @@ def prompt_problem(encoder: Any, prompt: str) -> str | None:
 
 
 def png_bytes(image: Image.Image, meta: Mapping[str, Any]) -> bytes:
-    """PNG bytes with `meta` embedded as provenance (unclip_core.provenance.save_png, read back)."""
-    from unclip_core.provenance import save_png
+    """PNG bytes with `meta` embedded as provenance (explorer.records.save_png, read back)."""
+    from explorer.records import save_png
     with tempfile.TemporaryDirectory(prefix="unclip-png-") as tmp:
         path = save_png(image, Path(tmp) / "image.png", dict(meta))
         return path.read_bytes()
@@ -155,7 +155,7 @@ def image_result(image: Image.Image, label: str, meta: Mapping[str, Any], key: s
     c1, c2 = st.columns(2)
     c1.download_button("Download PNG", png_bytes(image, meta), file_name=f"{key}.png", mime="image/png",
                        key=f"dl_{key}", help="The PNG carries its model, seed and settings in a text chunk "
-                                             "(read it with unclip_core.provenance.read_png_meta).")
+                                             "(read it with explorer.records.read_png_meta).")
     if c2.button("Add to gallery", key=f"gal_{key}"):
         add_to_gallery(image, label, meta)
         st.toast(f"added {label!r} to the gallery")

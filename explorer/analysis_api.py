@@ -7,10 +7,7 @@ Every file is written atomically (temporary file, then rename).
 """
 from __future__ import annotations
 
-import json
-import platform
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -27,12 +24,12 @@ from analyses.recon import Judge, PCAReconResult
 from analyses.recon import pca_reconstructions as _pca_reconstructions
 from analyses.text_diff import TextDiffResult
 from analyses.text_diff import text_diff as _text_diff
-from explorer.grids import make_grid, save_grid, write_report, write_text
-from explorer.store import EmbeddingStore, _tool_version
+from explorer.grids import make_grid, save_grid, write_report
+from unclip_core.atomic import write_text
+from explorer.records import run_record, save_png, write_record
+from explorer.store import EmbeddingStore
 from unclip_core.checks import check_choice, check_embeddings, check_same_dim
-from unclip_core.provenance import save_png
 
-SETTINGS_FILE = "settings.json"
 _PIPES: dict[str, Any] = {}
 
 
@@ -51,18 +48,6 @@ def load_pipeline(model: Any) -> Any:
     return _PIPES[key]
 
 
-def versions() -> dict[str, str]:
-    """Versions of this tool, Python and the libraries that shape the numbers."""
-    out = {"unclip_explorer": _tool_version(), "python": platform.python_version(), "torch": torch.__version__,
-           "numpy": np.__version__, "pandas": pd.__version__}
-    for name, mod in (("open_clip", "open_clip"), ("pillow", "PIL"), ("sklearn", "sklearn")):
-        try:
-            out[name] = str(__import__(mod).__version__)
-        except Exception:  # a missing optional library only drops its line
-            pass
-    return out
-
-
 def _out_folder(out: str | Path) -> Path:
     folder = Path(out)
     if folder.exists() and not folder.is_dir():
@@ -73,11 +58,10 @@ def _out_folder(out: str | Path) -> Path:
 
 def write_settings(folder: Path, analysis: str, model: Mapping[str, Any] | None, settings: Mapping[str, Any],
                    files: Sequence[str]) -> Path:
-    """folder/settings.json: {analysis, model, seed, settings, files, versions, created} (atomic)."""
-    record = {"analysis": analysis, "model": dict(model) if model is not None else None,
-              "seed": settings.get("seed"), "settings": dict(settings), "files": sorted(files),
-              "versions": versions(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    return write_text(folder / SETTINGS_FILE, json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
+    """folder/settings.json: the run record (explorer.records.run_record) with `analysis` naming the analysis."""
+    record = run_record(analysis, settings=settings, model=model, seed=settings.get("seed"), files=files)
+    record["analysis"] = analysis
+    return write_record(folder, record)
 
 
 def _write_csv(path: Path, df: pd.DataFrame) -> Path:

@@ -22,12 +22,13 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from analyses.binding import (GENERATION_PATHS, ShapesJudge, accuracy_table, case_image, clip_summary,
+from analyses.binding import (GENERATION_PATHS, ShapesJudge, accuracy_table, case_image, case_seed, clip_summary,
                               clip_scores, generation_scores, generation_summary, linear_probes, mcnemar,
                               check_suite_world, model_world, paired_bootstrap, probe_embeddings, probe_scenes)
 from analyses.binding_suite import (CaptionPairCase, Case, GenerationCase, WinogroundCase, load_suite,
                                     suite_lines)
 from explorer.store import _parquet_safe, _tool_version
+from explorer.records import save_png
 from unclip_core.atomic import atomic_write
 from unclip_core.checks import check_positive_int
 
@@ -220,8 +221,13 @@ def run_suite(suite: str | Path | Sequence[Case], model: Any, out: str | Path, g
         todo_g = [c for c in gen_cases if c.id not in done]
 
         def save(case: GenerationCase, path: str, images: list) -> None:
+            meta = {"case": case.id, "category": case.category, "prompt": case.prompt, "path": path,
+                    "seed": case_seed(seed, case.id), "n_images": len(images), "model": settings["model"],
+                    "model_id": settings["model_id"], "suite_sha256": suite_sha, "world": world,
+                    **({"pipeline": settings["pipeline"]} if "pipeline" in settings else {}),
+                    **(dict(text_to_image_kwargs or {}) if path == "prior" else dict(decode_kwargs or {}))}
             for k, im in enumerate(images):
-                atomic_write(folder / "images" / case.id / f"{path}-{k}.png", lambda tmp: im.save(tmp, format="PNG"))
+                save_png(im, folder / "images" / case.id / f"{path}-{k}.png", {**meta, "index": k})
 
         with tqdm(total=len(gen_cases), initial=len(gen_cases) - len(todo_g), desc="generation", unit="case",
                   disable=not progress) as bar:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import html
 import json
 import os
-import platform
 import shutil
 import time
 import urllib.parse
@@ -22,7 +21,7 @@ from explorer import api
 from unclip_core.atomic import atomic_write
 from unclip_core.checkpoint import list_bundled
 from unclip_core.checks import check_choice, check_guidance, check_nonneg_float, check_positive_int
-from unclip_core.provenance import save_png
+from explorer.records import run_record, save_png, write_record
 
 # words of every ShapesWorld version (no hexagon, no cross), so the demo runs on v1 and v2 models alike
 QUERIES = ("a red circle left of a blue square", "a small yellow star at the top",
@@ -439,10 +438,12 @@ def run_demo(out: str | Path, n: int = 300, seed: int = 0, model: str = "shapes-
             "pictures": {r["title"]: {"image": "unclip/" + r["image"], "files": ["unclip/" + f for f in r["files"]],
                                       "seconds": r["seconds"]} for r in records},
             "seconds": round(sum(r["seconds"] for r in records), 1)})
-    settings = {"n": n, "seed": seed, "model": model, "model_id": store.model_id, "k": k, "queries": list(QUERIES),
-                "clip_seconds": clip_seconds, "generator": generator_record,
-                "seconds": round(time.perf_counter() - t0, 1), "python": platform.python_version()}
-    atomic_write(out / "settings.json", lambda p: Path(p).write_text(json.dumps(settings, indent=2, default=str)))
+    settings = {"n": n, "seed": seed, "k": k, "queries": list(QUERIES), "clip_seconds": clip_seconds,
+                "generator": generator_record, "seconds": round(time.perf_counter() - t0, 1)}
+    files = ["index.html", "neighbours.csv", "pca.html", "shapes/", "store/"] + (["unclip/"] if records else [])
+    record = run_record("demo", settings=settings, model={"model": model, "model_id": store.model_id}, seed=seed,
+                        files=files)
+    write_record(out, record)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>unclip-explorer demo</title>
 <style>body{{font-family:sans-serif;max-width:960px;margin:2em auto}} td{{text-align:center;padding:4px}}
 img{{image-rendering:pixelated;border:1px solid #ccc;max-width:100%}} figure{{margin:0 0 2em 0}}
@@ -456,6 +457,6 @@ among the image embeddings. Scores are cosine similarities.</p>
 <h2>Projection</h2><p><a href="pca.html">Interactive PCA map of the embeddings</a>
 (explained variance of the two axes: {', '.join(f'{v:.1%}' for v in proj.explained_variance_ratio_)}).</p>
 {_generator_section(records, note, spec, "unclip/")}
-<h2>Settings</h2><pre>{html.escape(json.dumps(settings, indent=2, default=str))}</pre></body></html>"""
+<h2>Settings</h2><pre>{html.escape(json.dumps(record, indent=2, default=str))}</pre></body></html>"""
     atomic_write(out / "index.html", lambda p: Path(p).write_text(page, encoding="utf-8"))
     return out / "index.html"

@@ -10,15 +10,10 @@ from typing import Any, Mapping, Sequence
 from PIL import Image
 
 from analyses.tiling import grid_geometry, make_grid
-from unclip_core.atomic import atomic_write
-from unclip_core.provenance import read_png_meta, save_png
+from unclip_core.atomic import write_text
+from explorer.records import read_png_meta, save_png
 
 __all__ = ["make_grid", "grid_geometry", "save_grid", "write_report", "write_text"]
-
-
-def write_text(path: str | Path, text: str) -> Path:
-    """Write a UTF-8 text file atomically (temporary file in the same folder, then rename)."""
-    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def save_grid(image: Image.Image, path: str | Path, settings: Mapping[str, Any]) -> Path:

@@ -13,7 +13,7 @@ from analyses.projection import fit_projection
 from explorer import analysis_api
 from explorer.cli import main
 from explorer.store import EmbeddingStore, embed_items
-from unclip_core.provenance import read_png_meta
+from explorer.records import read_png_meta
 
 from fake_encoder import FakeEncoder
 from pipeline_fixture import INVERT, noise_image, pipe, pipe_dir  # noqa: F401 (fixtures)

@@ -139,6 +139,12 @@ def test_generation_run_on_a_tiny_pipeline(tmp_path):
     gen = pd.read_csv(out / "generation.csv")
     assert len(gen) == 4 and set(gen["path"]) == {"prior", "true_z_i"}
     assert (out / "images" / cases[0].id / "prior-0.png").is_file()
+    from explorer.records import read_png_meta
+    meta = read_png_meta(out / "images" / cases[0].id / "true_z_i-0.png")
+    row = gen[(gen["id"] == cases[0].id) & (gen["path"] == "true_z_i")].iloc[0]
+    assert meta["case"] == cases[0].id and meta["path"] == "true_z_i" and meta["seed"] == row["seed"]
+    assert meta["prompt"] == cases[0].prompt and meta["steps"] == 2 and meta["index"] == 0
+    assert len(meta["suite_sha256"]) == 64
     assert set(pd.read_csv(out / "generation_summary.csv")["path"]) == {"prior", "true_z_i"}
     assert json.loads((out / "settings.json").read_text())["pipeline"]["model"] == "tiny-unclip"
 

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from explorer.cli import main
-from unclip_core.provenance import read_png_meta
+from explorer.records import read_png_meta
 
 from tiny_models import write_tiny_pipeline
 
@@ -23,7 +23,10 @@ def test_generate_writes_pngs_with_provenance(pipe_dir, tmp_path, capsys):
     meta = read_png_meta(pngs[2])
     assert meta["prompt"] == "a blue square" and meta["seed"] == 7 and meta["model"] == "tiny-unclip"
     assert meta["steps"] == 2 and len(meta["z_i_hash"]) == 16
-    assert json.loads((tmp_path / "settings.json").read_text())["prompts"] == ["a red circle", "a blue square"]
+    record = json.loads((tmp_path / "settings.json").read_text())
+    assert record["command"] == "generate" and record["seed"] == 7 and record["model"]["model"] == "tiny-unclip"
+    assert record["settings"]["prompts"] == ["a red circle", "a blue square"] and len(record["files"]) == 4
+    assert record["versions"]["torch"] and record["settings"]["upsampler_steps"] == [27]
     assert main(["inspect", str(pngs[0])]) == 0
     assert '"prompt": "a red circle"' in capsys.readouterr().out
 

@@ -21,7 +21,7 @@ from explorer.commands import dashboard as dashboard_cmd
 from tiny_models import write_tiny_pipeline
 from unclip_core.clip import ClipEncoder, bundled_world
 from unclip_core.pipeline import UnCLIP
-from unclip_core.provenance import read_png_meta
+from explorer.records import read_png_meta
 
 PAGES = Path(__file__).resolve().parent.parent / "dashboards" / "views"
 pytestmark = pytest.mark.filterwarnings("ignore:prompt", "ignore:.*ScriptRunContext")
@@ -403,7 +403,7 @@ def test_dashboard_command_rejects_bad_input(tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match="no embedding store at"):
         dashboard_cmd.command(_args(store=str(tmp_path)))
     assert main(["dashboard", "--port", "0"]) == 2
-    assert "error: --port must be an integer" in capsys.readouterr().err
+    assert "error: argument --port: must be an integer in [1, 65535]" in capsys.readouterr().err
 
 
 def test_latent_lab_stops_where_the_default_cascade_stops(monkeypatch, pipe_dir, tmp_path):

@@ -10,7 +10,7 @@ from analyses.tiling import PAD, make_grid
 from explorer import demo
 from explorer.cli import main
 from explorer.demo import DEMO_CAPTIONS, GeneratorSettings, run_demo, run_generator
-from unclip_core.provenance import read_png_meta
+from explorer.records import read_png_meta
 
 from tiny_models import write_tiny_pipeline
 
@@ -106,11 +106,12 @@ def test_index_references_every_picture_and_settings_record_seeds(demo_out):
     assert page.count("<table class='settings'>") == 5
     assert "a red circle left of a blue square" in page  # the CLIP neighbour section is still there
     s = json.loads((demo_out / "settings.json").read_text())
-    gen = s["generator"]
+    assert s["command"] == "demo" and s["versions"]["torch"]
+    gen = s["settings"]["generator"]
     assert gen["pipeline"].endswith("tiny-unclip") and gen["pipeline_model"]["model"] == "tiny-unclip"
     assert gen["seeds"] == {"text_to_image": [3, 4], "variations": 3, "interpolation": 3, "text_diff": 3}
     assert gen["settings"]["steps"] == 2 and gen["settings"]["captions"] == ["a red circle", "a blue square"]
-    assert s["model"].endswith("clip") and s["seed"] == 3
+    assert s["model"]["model"].endswith("clip") and s["seed"] == 3
     assert sorted(gen["pictures"]) == ["Cascade: 16px -> 32px", "Image to image interpolation", "Text diff",
                                        "Text to image", "Variations"]
 
@@ -134,7 +135,7 @@ def test_without_a_pipeline_the_page_says_it_is_not_bundled(pipe_dir, tmp_path, 
     page = (tmp_path / "index.html").read_text()
     assert re.search(r"shapes-unclip</code> is not bundled yet", page)
     assert "--pipeline DIR" in page and not (tmp_path / "unclip").exists()
-    gen = json.loads((tmp_path / "settings.json").read_text())["generator"]
+    gen = json.loads((tmp_path / "settings.json").read_text())["settings"]["generator"]
     assert gen["pipeline"] is None and "not bundled yet" in gen["note"]
     run_demo(tmp_path, n=6, model=str(pipe_dir.parent / "clip"), k=2, progress=False, pipeline="none")
     assert "No generator pipeline was requested" in (tmp_path / "index.html").read_text()
@@ -152,12 +153,12 @@ def test_cli_demo(pipe_dir, tmp_path, capsys):
                  "--no-upsample", "--seed", "5", "--no-progress"])
     assert code == 0 and "demo written" in capsys.readouterr().out
     assert read_png_meta(tmp_path / "unclip/text_to_image/r0-seed5.png")["prompt"] == "a green star"
-    assert json.loads((tmp_path / "settings.json").read_text())["generator"]["settings"]["cascade_stages"] == 0
+    assert json.loads((tmp_path / "settings.json").read_text())["settings"]["generator"]["settings"]["cascade_stages"] == 0
     assert not (tmp_path / "unclip/cascade").exists()
     # a rerun with another --n rebuilds the scenes and the store it depends on, and reports the n it used
     assert main(["demo", "--out", str(tmp_path), "--n", "8", "--model", str(pipe_dir.parent / "clip"),
                  "--pipeline", "none", "--no-progress"]) == 0
-    assert json.loads((tmp_path / "settings.json").read_text())["n"] == 8
+    assert json.loads((tmp_path / "settings.json").read_text())["settings"]["n"] == 8
     assert json.loads((tmp_path / "shapes/meta.json").read_text())["n"] == 8
     from explorer.store import EmbeddingStore
     assert len(EmbeddingStore.open(tmp_path / "store")) == 8

@@ -7,7 +7,7 @@ from PIL import Image, ImageDraw
 
 from analyses.tiling import LABEL_PAD, PAD, _font, grid_geometry
 from explorer.grids import make_grid, save_grid, write_report
-from unclip_core.provenance import read_png_meta
+from explorer.records import read_png_meta
 
 
 def _solid(colour, size=(16, 16)):

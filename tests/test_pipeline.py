@@ -7,7 +7,8 @@ from PIL import Image
 from unclip_core.diffusion import cosine_schedule
 from unclip_core.inpaint import sample_repaint
 from unclip_core.pipeline import UnCLIP
-from unclip_core.provenance import BlockedContentError, ConceptPolicy, read_png_meta, save_png
+from explorer.records import read_png_meta, save_png
+from unclip_core.provenance import BlockedContentError, ConceptPolicy
 
 from tiny_models import write_tiny_pipeline
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from unclip_core import atomic, seeds
 from unclip_core.pipeline import UnCLIP
-from unclip_core.provenance import read_png_meta, save_png
+from explorer.records import read_png_meta, save_png
 
 from tiny_models import write_tiny_pipeline
 

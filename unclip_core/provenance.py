@@ -1,24 +1,19 @@
-"""Provenance for generated images: PNG text chunks, an optional visible signature, and a policy hook.
+"""Provenance for generated images: hashes of what made them, an optional visible signature, and a policy hook.
 
 DALL·E 2 marks its outputs; we record what made each image (model name and hash, seed, steps, guidance,
-a hash of z_i) in the PNG's text chunks so a picture found later says how to reproduce it.
+a hash of z_i). The PNG files and their text-chunk records are written by explorer.records.save_png.
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, PngImagePlugin
+from PIL import Image, ImageDraw
 
-from unclip_core.atomic import atomic_write
-
-META_KEY = "unclip-explorer"
 
 
 def tensor_hash(x: torch.Tensor | np.ndarray, n_chars: int = 16) -> str:
@@ -40,28 +35,6 @@ def add_signature(image: Image.Image, text: str = "unCLIP") -> Image.Image:
     if w >= 128:
         draw.text((w - len(colours) * bar - 6 * len(text) - 2, h - 11), text, fill=(255, 255, 255))
     return im
-
-
-def save_png(image: Image.Image, path: str | Path, meta: dict[str, Any], signature: bool = False) -> Path:
-    """Write `image` as PNG with `meta` (JSON) in a text chunk, atomically (temp file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if signature:
-        image = add_signature(image)
-    info = PngImagePlugin.PngInfo()
-    info.add_text(META_KEY, json.dumps(meta, sort_keys=True, default=str))
-    for key in ("model", "seed", "prompt"):
-        if key in meta:
-            info.add_text(key, str(meta[key]))
-    atomic_write(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info), fsync=False)
-    return path
-
-
-def read_png_meta(path: str | Path) -> dict[str, Any]:
-    """The provenance record saved by `save_png`, or {} when the PNG has none."""
-    with Image.open(path) as im:
-        raw = im.text.get(META_KEY) if hasattr(im, "text") else None
-    return json.loads(raw) if raw else {}
 
 
 @dataclass

@@ -38,8 +38,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from unclip_core.pipeline import UnCLIP
-    from unclip_core.atomic import write_json
-    from unclip_core.provenance import save_png, tensor_hash
+    from explorer.records import run_record, save_png, write_record
+    from unclip_core.provenance import tensor_hash
 
     folder = Path(args.out)
     if folder.exists() and not folder.is_dir():
@@ -59,10 +59,12 @@ def run(args: argparse.Namespace) -> int:
         out.settings["resize"] = note
     out.settings["size"] = size
     folder.mkdir(parents=True, exist_ok=True)
+    files = []
     for k, image in enumerate(out.images):
         prompt = args.prompts[k // args.n]
         meta = {**out.settings, "prompt": prompt, "index": k, "z_i_hash": tensor_hash(out.z_i[k])}
-        save_png(image, folder / f"{k:03d}.png", meta, signature=args.signature)
-    write_json(folder / "settings.json", out.settings)
+        files.append(save_png(image, folder / f"{k:03d}.png", meta, signature=args.signature).name)
+    write_record(folder, run_record("generate", settings=out.settings, model=pipe.describe(),
+                                    seed=out.settings["seed"], files=files))
     print(f"wrote {len(out.images)} images to {folder}")
     return 0

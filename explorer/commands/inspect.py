@@ -13,7 +13,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from unclip_core.provenance import read_png_meta
+    from explorer.records import read_png_meta
     path = Path(args.png)
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
