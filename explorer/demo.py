@@ -110,7 +110,7 @@ def _resolve_pipeline(pipeline: str | Path | None) -> tuple[str | None, str]:
         if spec is None:
             return None, (f"The generator pipeline <code>{DEFAULT_PIPELINE}</code> is not bundled yet, so no unCLIP "
                           "pictures were made. Pass one with <code>unclip-explorer demo --pipeline DIR</code> "
-                          "(a pipeline folder, e.g. one written by <code>unclip-explorer import-karlo</code> or "
+                          "(a pipeline folder, e.g. one written by <code>unclip-explorer import karlo</code> or "
                           "<code>save_pipeline</code>).")
         return spec, ""
     if not isinstance(pipeline, (str, Path)):

@@ -89,7 +89,7 @@ def test_text_diff_cli_default_guidance_is_the_inversion_s(pipe_dir, image_files
 
 def test_text_diff_cli_and_grouped_command(pipe_dir, image_files, tmp_path, capsys):
     out = tmp_path / "td"
-    code = main(["analysis", "text-diff", str(image_files / "img0.png"), "a red circle", "a blue square",
+    code = main(["text-diff", str(image_files / "img0.png"), "a red circle", "a blue square",
                  "--model", str(pipe_dir), "--out", str(out), "--theta-max", "0.3", "--n-steps", "2", "--steps", "1",
                  "--x-T", "fixed", "--no-upsample"])
     assert code == 0, capsys.readouterr().err
@@ -188,11 +188,11 @@ def test_metrics_cli_and_errors(text_store, tmp_path, capsys):
         analysis_api.metrics(text_store, fake)
 
 
-def test_commands_are_discovered_in_a_fresh_process():
+def test_commands_are_listed_in_a_fresh_process():
     proc = subprocess.run([sys.executable, "-m", "explorer", "--help"], cwd=ROOT, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
-    for name in ("interpolate", "text-diff", "project", "pca-recon", "metrics", "analysis"):
+    for name in ("interpolate", "text-diff", "project", "pca-recon", "metrics"):
         assert f"\n    {name}" in proc.stdout
 
 

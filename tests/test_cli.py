@@ -116,34 +116,28 @@ def test_no_command_prints_help(capsys):
     assert cli.main([]) == 2 and "embed" in capsys.readouterr().err
 
 
-def test_a_registered_command_runs(capsys):
-    def add_parser(sub):
-        p = sub.add_parser("hello-test", help="say hello")
-        p.add_argument("--name", default="world")
-        return p
+def test_one_explicit_command_table():
+    """Every command module contributes its COMMANDS to cli.TABLE; no command is there twice, no module is left out."""
+    import pkgutil
 
-    def run(args):
-        print(f"hello {args.name}")
-        return 0
-
-    cli.register(cli.Command("hello-test", add_parser, run))
-    try:
-        assert cli.main(["hello-test", "--name", "shapes"]) == 0
-        assert capsys.readouterr().out == "hello shapes\n"
-    finally:
-        cli.COMMANDS[:] = [c for c in cli.COMMANDS if c.name != "hello-test"]
+    import explorer.commands as package
+    names = [c.name for c in cli.TABLE]
+    assert len(names) == len(set(names))
+    modules = [m.name for m in pkgutil.iter_modules(package.__path__) if not m.name.startswith("_")]
+    for m in modules:
+        module = __import__(f"explorer.commands.{m}", fromlist=["COMMANDS"])
+        assert module.COMMANDS and all(c in cli.TABLE for c in module.COMMANDS), m
+    assert {"embed", "neighbors", "generate", "interpolate", "binding", "train", "import"} <= set(names)
+    assert "analysis" not in names and "import-karlo" not in names  # the aliases are gone
 
 
-def test_a_command_module_is_discovered(tmp_path, monkeypatch, capsys):
-    import explorer.commands
-    (tmp_path / "say_twice_test.py").write_text(
-        "def add_parser(sub):\n    p = sub.add_parser('say-twice-test')\n    p.add_argument('word')\n    return p\n"
-        "def run(args):\n    print(args.word * 2)\n    return 0\n")
-    monkeypatch.setattr(explorer.commands, "__path__", [*explorer.commands.__path__, str(tmp_path)])
-    try:
-        assert cli.main(["say-twice-test", "ab"]) == 0 and capsys.readouterr().out == "abab\n"
-    finally:
-        sys.modules.pop("explorer.commands.say_twice_test", None)
+def test_debug_is_accepted_anywhere(tmp_path, capsys):
+    assert cli.main(["neighbors", str(tmp_path / "nowhere"), "--text", "x"]) == 2
+    assert capsys.readouterr().err.startswith("error: no embedding store at")
+    for argv in (["--debug", "neighbors", str(tmp_path / "nowhere"), "--text", "x"],
+                 ["neighbors", str(tmp_path / "nowhere"), "--text", "x", "--debug"]):
+        with pytest.raises(FileNotFoundError, match="no embedding store at"):
+            cli.main(argv)
 
 
 def test_models_lists_bundled_folders(tmp_path, monkeypatch, capsys):

@@ -7,10 +7,9 @@ discovers this module; `add_parser`/`run` below add the same commands grouped un
 from __future__ import annotations
 
 import argparse
-from typing import Callable
 
-from explorer.cli import Command, register
-from explorer.commands import _args
+
+from explorer.commands import Command, _args
 
 DEFAULT_MODEL = "shapes-unclip"
 
@@ -160,26 +159,10 @@ def _metrics_run(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: list[tuple[str, Callable, Callable]] = [
-    ("interpolate", _interpolate_parser, _interpolate_run),
-    ("text-diff", _text_diff_parser, _text_diff_run),
-    ("project", _project_parser, _project_run),
-    ("pca-recon", _pca_recon_parser, _pca_recon_run),
-    ("metrics", _metrics_parser, _metrics_run),
+COMMANDS = [
+    Command("interpolate", _interpolate_parser, _interpolate_run),
+    Command("text-diff", _text_diff_parser, _text_diff_run),
+    Command("project", _project_parser, _project_run),
+    Command("pca-recon", _pca_recon_parser, _pca_recon_run),
+    Command("metrics", _metrics_parser, _metrics_run),
 ]
-for _name, _parser, _run in COMMANDS:
-    register(Command(_name, _parser, _run))
-
-
-def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """`unclip-explorer analysis COMMAND ...`: the same five commands, grouped."""
-    p = sub.add_parser("analysis", help="interpolate, text-diff, project, pca-recon, metrics (also top-level)")
-    asub = p.add_subparsers(dest="analysis_command", metavar="{" + ",".join(n for n, _, _ in COMMANDS) + "}",
-                            required=True)
-    for name, parser, run_fn in COMMANDS:
-        parser(asub).set_defaults(_analysis_run=run_fn)
-    return p
-
-
-def run(args: argparse.Namespace) -> int:
-    return args._analysis_run(args)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from explorer.commands import _args
+from explorer.commands import Command, _args
 
 FORMATS = ("aro", "winoground", "sugarcrepe", "geneval")
 
@@ -127,3 +127,6 @@ def _compare(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     return {"make-suite": _make_suite, "convert": _convert, "run": _run,
             "compare": _compare}[args.binding_command](args)
+
+
+COMMANDS = [Command("binding", add_parser, run)]

@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from explorer.commands import _args
+from explorer.commands import Command, _args
 
 APP = Path(__file__).resolve().parents[2] / "dashboards" / "app.py"
 
@@ -65,3 +65,6 @@ def run(args: argparse.Namespace) -> int:
         except subprocess.TimeoutExpired:
             proc.kill()
             return 130
+
+
+COMMANDS = [Command("dashboard", add_parser, run)]

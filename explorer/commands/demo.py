@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import argparse
-from explorer.commands import _args
+from explorer.commands import Command, _args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -54,3 +54,6 @@ def run(args: argparse.Namespace) -> int:
                      pipeline=args.pipeline, generator=generator)
     print(f"demo written: open {index}")
     return 0
+
+
+COMMANDS = [Command("demo", add_parser, run)]

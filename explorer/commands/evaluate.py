@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import argparse
-from explorer.commands import _args
+from explorer.commands import Command, _args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -47,3 +47,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"{b['name']}: {b['value']:.3f} (bar >= {b['bar']:.2f}) {'pass' if b['pass'] else 'MISS'}")
     print(f"wrote per_image.csv, summary.json and evaluation.md to {args.out}")
     return 0
+
+
+COMMANDS = [Command("evaluate", add_parser, run)]

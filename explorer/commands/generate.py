@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from PIL import Image
-from explorer.commands import _args
+from explorer.commands import Command, _args
 
 DEFAULT_MODEL = "shapes-unclip"
 
@@ -68,3 +68,6 @@ def run(args: argparse.Namespace) -> int:
                                     seed=out.settings["seed"], files=files))
     print(f"wrote {len(out.images)} images to {folder}")
     return 0
+
+
+COMMANDS = [Command("generate", add_parser, run)]

@@ -1,14 +1,10 @@
-"""`unclip-explorer import karlo PATH --out DIR`: convert a local Karlo folder (diffusers layout) into our format.
-
-Registered as the command `import` (subcommand `karlo`) when explorer/cli.py discovers this module; the module's
-own `add_parser`/`run` add the same conversion as the one-word `import-karlo`.
-"""
+"""`unclip-explorer import karlo PATH --out DIR`: convert a local Karlo folder (diffusers layout) into our format."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from explorer.cli import Command, register
+from explorer.commands import Command
 
 
 def _karlo_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -42,12 +38,4 @@ def _import_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
-register(Command("import", _import_parser, _run_karlo))
-
-
-def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    return _karlo_args(sub.add_parser("import-karlo", help="same as `import karlo`"))
-
-
-def run(args: argparse.Namespace) -> int:
-    return _run_karlo(args)
+COMMANDS = [Command("import", _import_parser, _run_karlo)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from explorer.commands import Command
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -30,3 +31,6 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{path} carries no unclip-explorer provenance record (it was not saved by this tool)")
     print(json.dumps(meta, indent=2, sort_keys=True))
     return 0
+
+
+COMMANDS = [Command("inspect", add_parser, run)]

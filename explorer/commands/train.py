@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from explorer.commands import _args
+from explorer.commands import Command, _args
 
 STAGES = ("clip", "prior", "decoder", "upsampler1", "upsampler2")
 FAMILY_STAGES = ("prior", "decoder", "upsampler1", "upsampler2")
@@ -145,3 +145,6 @@ def _assemble(args: argparse.Namespace) -> int:
     written = [k for k in json.loads((folder / "pipeline.json").read_text())["stages"] if k != "clip"]
     print(f"assembled {name} ({', '.join(written)}; CLIP {clip}): {folder}")
     return 0
+
+
+COMMANDS = [Command("train", add_parser, run)]
