@@ -26,28 +26,14 @@ from analyses.text_diff import TextDiffResult
 from analyses.text_diff import text_diff as _text_diff
 from explorer.grids import make_grid, save_grid, write_report
 from unclip_core.atomic import write_text
+from explorer.api import load_pipeline
 from explorer.records import run_record, save_png, write_record
 from explorer.store import EmbeddingStore
 from unclip_core.checks import check_choice, check_embeddings, check_same_dim
 
-_PIPES: dict[str, Any] = {}
 
 
 # ------------------------------------------------------------------------------------------- helpers
-def load_pipeline(model: Any) -> Any:
-    """An UnCLIP for a spec (pipeline folder or bundled name, loaded once and cached) or a loaded UnCLIP."""
-    from unclip_core.pipeline import UnCLIP
-    if isinstance(model, UnCLIP):
-        return model
-    if not isinstance(model, (str, Path)):
-        raise TypeError(f"model must be a pipeline folder, a bundled name (e.g. 'shapes-unclip') or an UnCLIP, "
-                        f"got {type(model).__name__}")
-    key = str(Path(model).resolve()) if Path(model).exists() else str(model)
-    if key not in _PIPES:
-        _PIPES[key] = UnCLIP.load(model)
-    return _PIPES[key]
-
-
 def _out_folder(out: str | Path) -> Path:
     folder = Path(out)
     if folder.exists() and not folder.is_dir():

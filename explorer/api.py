@@ -69,6 +69,25 @@ def embed(items: str | Path | Sequence[Any], model: str | Encoder, out: str | Pa
                        skip_bad=skip_bad)
 
 
+_PIPES: dict[str, Any] = {}
+
+
+def load_pipeline(model: Any) -> Any:
+    """The one pipeline loader of the toolkit: an UnCLIP (or a family's subclass, e.g. KarloUnCLIP) for a pipeline
+    folder or bundled name, loaded once and cached; a loaded pipeline is returned as it is."""
+    import unclip_core.karlo  # noqa: F401 (registers the Karlo family with UnCLIP.load)
+    from unclip_core.pipeline import UnCLIP
+    if isinstance(model, UnCLIP):
+        return model
+    if not isinstance(model, (str, Path)):
+        raise TypeError(f"model must be a pipeline folder, a bundled name (e.g. 'shapes-unclip') or an UnCLIP, "
+                        f"got {type(model).__name__}")
+    key = str(Path(model).resolve()) if Path(model).exists() else str(model)
+    if key not in _PIPES:
+        _PIPES[key] = UnCLIP.load(model)
+    return _PIPES[key]
+
+
 def query_vectors(store: EmbeddingStore, text: str | Sequence[str] | None = None, image: Any = None,
                   vector: np.ndarray | None = None, id: str | Sequence[str] | None = None,
                   model: str | Encoder | None = None) -> np.ndarray:

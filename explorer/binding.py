@@ -92,8 +92,8 @@ def _load_models(model: Any, generate: bool) -> tuple[Any, Any]:
     if _is_pipeline(model):
         pipe = model
         if isinstance(model, (str, Path)):
-            from unclip_core.pipeline import UnCLIP
-            pipe = UnCLIP.load(model)
+            from explorer.api import load_pipeline
+            pipe = load_pipeline(model)
         return pipe.clip, pipe
     if generate:
         raise ValueError(f"--generate needs a pipeline (a folder with pipeline.json or a bundled pipeline such as "

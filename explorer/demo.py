@@ -120,9 +120,8 @@ def _resolve_pipeline(pipeline: str | Path | None) -> tuple[str | None, str]:
 
 
 def _load_pipeline(spec: str) -> Any:
-    from unclip_core.pipeline import UnCLIP
     try:
-        return UnCLIP.load(spec)
+        return api.load_pipeline(spec)
     except (ValueError, FileNotFoundError) as exc:
         raise type(exc)(f"pipeline {spec!r} could not be loaded: {exc}; pass --pipeline with a pipeline folder "
                         f"or a bundled name, or --pipeline none to skip the unCLIP pictures") from None

@@ -1,12 +1,13 @@
 """Checkpoint folders: round trips, strict loading with named errors, atomic writes, bundled names, pipelines."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
 import unclip_core.checkpoint as ckpt
-from unclip_core.checkpoint import (list_bundled, load_checkpoint, load_pipeline, read_checkpoint_config,
+from unclip_core.checkpoint import (list_bundled, load_checkpoint, load_stages, read_checkpoint_config,
                                     read_pipeline, resolve, save_checkpoint, save_pipeline)
 from unclip_core.decoder import Decoder, DecoderConfig
 from unclip_core.prior import DiffusionPrior, PriorConfig
@@ -98,7 +99,7 @@ def test_load_errors(tmp_path):
     path = save_checkpoint(tmp_path / "u", Upsampler(UPS))
     info = json.loads((path / "config.json").read_text())
     (path / "config.json").write_text(json.dumps(dict(info, **{"class": "GAN"})))
-    with pytest.raises(ValueError, match=r"names class 'GAN', which is not known; known classes: "
+    with pytest.raises(ValueError, match=r"names class 'GAN', which is not known here; a module that defines it registers it with register_model_class when imported; known classes: "
                                          r"\['Autoencoder', 'Decoder', "):
         load_checkpoint(path)
     (path / "config.json").write_text(json.dumps(dict(info, format=2)))
@@ -166,14 +167,14 @@ def test_pipeline_layout(tmp_path):
     dirs, meta = read_pipeline(path)
     assert list(dirs) == ["prior", "decoder", "upsampler1"] and meta == {"clip": "shapes-clip"}
     assert (path / "README.md").read_text() == "# pipeline\n"
-    models = load_pipeline(path)
+    models = load_stages(path)
     with torch.no_grad():
         assert torch.equal(outputs(models["prior"]), outputs(prior))
         assert torch.equal(outputs(models["decoder"]), outputs(dec))
         assert torch.equal(outputs(models["upsampler1"]), outputs(load_checkpoint(up_dir)))
-    assert list(load_pipeline(path, stages=["decoder"])) == ["decoder"]
+    assert list(load_stages(path, stages=["decoder"])) == ["decoder"]
     with pytest.raises(ValueError, match=r"stages \['upsampler2'\] are not in .*; its stages: \['prior', "):
-        load_pipeline(path, stages=["upsampler2"])
+        load_stages(path, stages=["upsampler2"])
     with pytest.raises(ValueError, match="stage name 'a/b' must be a simple folder name"):
         save_pipeline(tmp_path / "bad", {"a/b": dec})
     with pytest.raises(TypeError, match="stage 'x' must be an nn.Module or a checkpoint folder, got int"):
@@ -182,3 +183,32 @@ def test_pipeline_layout(tmp_path):
     (path / "pipeline.json").write_text(json.dumps({"format": 1, "stages": {"prior": "gone"}}))
     with pytest.raises(FileNotFoundError, match="stage 'prior' of .* points to .*gone, which does not exist"):
         read_pipeline(path)
+
+
+def test_no_hidden_import_loops():
+    """checkpoint does not import the read-out and pipeline does not import Karlo (the higher layers register
+    themselves with the lower ones); nothing in unclip_core or explorer imports modules by string."""
+    import subprocess
+    import sys
+    code = ("import sys, unclip_core.pipeline, unclip_core.checkpoint; "
+            "print('unclip_core.karlo' in sys.modules, 'unclip_core.data.readout' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["False", "False"], out.stderr
+    root = Path(__file__).resolve().parents[1]
+    for folder in ("unclip_core", "explorer", "analyses", "dashboards"):
+        for f in (root / folder).rglob("*.py"):
+            assert "importlib.import_module" not in f.read_text(encoding="utf-8"), f
+
+
+def test_a_family_folder_needs_its_family_loaded(monkeypatch, tmp_path):
+    from unclip_core import pipeline
+    from unclip_core.pipeline import UnCLIP
+    from tiny_models import write_tiny_pipeline
+    folder = write_tiny_pipeline(tmp_path)
+    manifest = json.loads((folder / "pipeline.json").read_text())
+    manifest["metadata"]["family"] = "karlo"
+    (folder / "pipeline.json").write_text(json.dumps(manifest))
+    monkeypatch.setattr(pipeline, "FAMILIES", {})
+    with pytest.raises(ValueError, match=r"holds a 'karlo' pipeline, whose class is not loaded: import "
+                                         r"unclip_core.karlo first, or load it with explorer.load_pipeline"):
+        UnCLIP.load(folder)

@@ -10,7 +10,6 @@ and one checkpoint folder per stage. Writes go to a temporary folder that is ren
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import os
 import re
@@ -50,9 +49,6 @@ def register_model_class(cls: type[nn.Module]) -> type[nn.Module]:
 
 for _cls in (DiffusionPrior, Decoder, Upsampler, Autoencoder):
     register_model_class(_cls)
-
-# classes whose modules register them when imported; loaded on first use so this module stays light
-_LAZY_CLASSES = {"ShapeClassifier": "unclip_core.data.readout"}
 
 
 # --- configs --------------------------------------------------------------------------------------
@@ -156,10 +152,11 @@ def read_checkpoint_config(path: str | Path) -> tuple[type[nn.Module], Any, dict
     path = resolve(path)
     info = _read_json(path / CONFIG_FILE, "checkpoint")
     name = info.get("class")
-    if name not in MODEL_CLASSES and name in _LAZY_CLASSES:
-        importlib.import_module(_LAZY_CLASSES[name])  # registers itself on import
     if name not in MODEL_CLASSES:
-        raise ValueError(f"{path / CONFIG_FILE} names class {name!r}, which is not known; "
+        hint = (" (a ShapesWorld read-out: load it with unclip_core.data.readout.load_readout, which registers "
+                "the class)" if name == "ShapeClassifier" else "; a module that defines it registers it with "
+                "register_model_class when imported")
+        raise ValueError(f"{path / CONFIG_FILE} names class {name!r}, which is not known here{hint}; "
                          f"known classes: {sorted(MODEL_CLASSES)}")
     cls = MODEL_CLASSES[name]
     return cls, config_from_dict(cls.config_class, info.get("config", {})), info
@@ -271,8 +268,8 @@ def read_pipeline(path: str | Path) -> tuple[dict[str, Path], dict[str, Any]]:
     return dirs, manifest.get("metadata", {})
 
 
-def load_pipeline(path: str | Path, stages: list[str] | None = None,
-                  device: str | torch.device = "cpu") -> dict[str, nn.Module]:
+def load_stages(path: str | Path, stages: list[str] | None = None,
+                device: str | torch.device = "cpu") -> dict[str, nn.Module]:
     """Load the model stages of a pipeline folder (all, or those named in `stages`) -> {name: model}."""
     dirs, _ = read_pipeline(path)
     names = list(dirs) if stages is None else stages

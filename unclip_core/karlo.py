@@ -3,7 +3,8 @@
 Karlo's published folder is in diffusers layout (prior/, decoder/, text_proj/, super_res_first/,
 super_res_last/, text_encoder/, tokenizer/, *_scheduler/). `import_karlo(src, out)` converts it into a
 pipeline folder of ours (pipeline.json + one checkpoint per stage), mapping every tensor by name and shape;
-`UnCLIP.load(out)` then returns a `KarloUnCLIP`, which samples exactly as diffusers' UnCLIPPipeline does:
+`UnCLIP.load(out)` then returns a `KarloUnCLIP` (once this module is imported; `explorer.load_pipeline(out)` always
+knows it), which samples exactly as diffusers' UnCLIPPipeline does:
 
   * the unconditional branch of both guided stages is the CLIP encoding of the empty prompt "" (z_t, tokens
     and mask), not a learned null; the decoder's null z_i is Karlo's learned one;
@@ -36,7 +37,8 @@ from .checkpoint import (FORMAT, PIPELINE_FILE, _write_checkpoint, _write_json, 
 from .checks import check_choice, check_embeddings, check_positive_int
 from .clip import ClipEncoder
 from .decoder import Decoder, DecoderConfig
-from .pipeline import SAMPLERS, SPACING, StageInfo, UnCLIP, UnCLIPOutput, _check_guidance, _check_prompts
+from .pipeline import (SAMPLERS, SPACING, StageInfo, UnCLIP, UnCLIPOutput, _check_guidance, _check_prompts,
+                       register_family)
 from .prior import DiffusionPrior, PriorConfig
 from .provenance import tensor_hash
 from .imageio import tensor_to_pil
@@ -674,3 +676,6 @@ class KarloUnCLIP(UnCLIP):
         out.settings.update({"prompts": prompts, "n": n, "prior_steps": prior_steps, "prior_guidance": prior_guidance,
                              "best_of": best_of, "seed": seed})
         return out
+
+
+register_family("karlo", KarloUnCLIP)

@@ -10,7 +10,6 @@ decoded to pixels before anything else sees it, so upsamplers, outputs and calle
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -36,9 +35,17 @@ from .samplers import (classifier_free_guidance, invert_ddim, model_to_denoiser,
 from .upsampler import Upsampler
 
 SAMPLERS = ("ddim", "ddpm", "dpmpp_2m")
-# pipeline folders whose pipeline.json names another family load with that family's class (a subclass of
-# UnCLIP defined in a module that imports this one, so it is found by name, not imported here)
-FAMILIES = {"karlo": "unclip_core.karlo:KarloUnCLIP"}
+# pipeline folders whose pipeline.json names a family load with that family's class: a subclass of UnCLIP that
+# registers itself here when its module is imported (register_family); this module imports none of them
+FAMILIES: dict[str, type] = {}
+
+
+def register_family(name: str, cls: type) -> type:
+    """Make UnCLIP.load return `cls` for pipeline folders whose pipeline.json says family `name`."""
+    if not (isinstance(cls, type) and issubclass(cls, UnCLIP)):
+        raise TypeError(f"a family class must subclass UnCLIP, got {cls!r}")
+    FAMILIES[name] = cls
+    return cls
 # Trailing spacing starts at t = T - 1, from pure noise (Lin et al. 2024); inversion uses the same steps.
 SPACING = "trailing"
 
@@ -170,9 +177,12 @@ class UnCLIP:
         folder = resolve(spec)
         dirs, meta = read_pipeline(folder)
         family = meta.get("family")
-        if family in FAMILIES and cls is UnCLIP:  # e.g. imported Karlo: its own text encoder and sampling
-            module, name = FAMILIES[family].split(":")
-            return getattr(importlib.import_module(module), name).load(folder, device=device)
+        if family is not None and cls is UnCLIP:  # e.g. imported Karlo: its own text encoder and sampling
+            if family not in FAMILIES:
+                raise ValueError(f"{folder} holds a {family!r} pipeline, whose class is not loaded: import "
+                                 f"unclip_core.{family} first, or load it with explorer.load_pipeline(spec), which "
+                                 f"knows every family (loaded: {sorted(FAMILIES) or 'none'})")
+            return FAMILIES[family].load(folder, device=device)
         clip_spec = meta.get("clip")
         if clip_spec is None:
             raise ValueError(f"{folder}/pipeline.json has no 'clip' entry naming its CLIP model")

@@ -33,14 +33,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from explorer.evaluate import MEASURES, EvalSettings, evaluate_family
-    from unclip_core.pipeline import UnCLIP
+    from explorer.api import load_pipeline
 
     settings = EvalSettings(steps=args.steps, guidance=args.guidance, prior_steps=args.prior_steps,
                             prior_guidance=args.prior_guidance, best_of=args.best_of,
                             upsampler_steps=tuple(args.upsampler_steps), n_upsample=args.n_upsample,
                             n_variation_images=args.n_variation_images, n_variations=args.n_variations,
                             batch_size=args.batch_size)
-    pipe = UnCLIP.load(args.model)
+    pipe = load_pipeline(args.model)
     result = evaluate_family(pipe, n=args.n, seed=args.seed, out=args.out, progress=not args.no_progress,
                              settings=settings, measures=args.measures or MEASURES)
     for b in result.summary["bars"]:

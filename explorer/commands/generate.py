@@ -37,7 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from unclip_core.pipeline import UnCLIP
+    from explorer.api import load_pipeline
     from explorer.records import run_record, save_png, write_record
     from unclip_core.provenance import tensor_hash
 
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"--out {folder} is a file, not a folder; pass a folder (created if missing) for the "
                          "PNGs and settings.json")
-    pipe = UnCLIP.load(args.model)
+    pipe = load_pipeline(args.model)
     if args.no_upsample and args.size not in (None, pipe.resolutions[0]):
         raise ValueError(f"--no-upsample stops at {pipe.resolutions[0]} px but --size is {args.size}; drop one of them")
     size = pipe.resolutions[0] if args.no_upsample else args.size

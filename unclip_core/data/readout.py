@@ -28,6 +28,7 @@ from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
+from unclip_core.checkpoint import MODEL_CLASSES, load_checkpoint, register_model_class
 from unclip_core.checks import check_positive_int
 from unclip_core.data.shapes_render import object_polygon
 from unclip_core.data.shapes_scene import (BACKGROUND_RGB, COLOUR_RGB, COLOURS, COLUMN, CURRENT_WORLD, POSITIONS,
@@ -165,17 +166,15 @@ class ShapeClassifier(nn.Module):
 
 
 def _register() -> None:
-    from unclip_core.checkpoint import MODEL_CLASSES, register_model_class
     if MODEL_CLASSES.get("ShapeClassifier") is not ShapeClassifier:
         register_model_class(ShapeClassifier)
 
 
-_register()  # so that load_checkpoint finds the class by name (checkpoint.py imports this module lazily)
+_register()  # so that load_checkpoint finds the class by name (checkpoint.py does not know this module)
 
 
 @lru_cache(maxsize=4)
 def _load_cached(folder: str, mtime_ns: int) -> ShapeClassifier:
-    from unclip_core.checkpoint import load_checkpoint
     _register()
     model = load_checkpoint(folder)
     if not isinstance(model, ShapeClassifier):
