@@ -136,8 +136,8 @@ def neighbors(store: EmbeddingStore | str | Path, text: str | Sequence[str] | No
 
 def bundled_dir() -> Path:
     """Folder holding the bundled model checkpoints (unclip_core/bundled)."""
-    import unclip_core
-    return Path(unclip_core.__file__).parent / "bundled"
+    from unclip_core.checkpoint import BUNDLED_DIR
+    return BUNDLED_DIR
 
 
 def _model_kind(folder: Path) -> str:

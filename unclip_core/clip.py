@@ -32,11 +32,11 @@ from open_clip.transform import PreprocessCfg, image_transform_v2
 import torch
 from PIL import Image
 
+from unclip_core.checkpoint import BUNDLED_DIR
 from unclip_core.checks import check_positive_int
 from unclip_core.imageio import ImageLike, load_image
 from unclip_core.tokenizer import WordTokenizer
 
-BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
 WEIGHT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors", "open_clip_pytorch_model.bin",
                 "model.safetensors")
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
