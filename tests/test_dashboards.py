@@ -3,6 +3,8 @@ import argparse
 import base64
 import io
 import json
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -423,3 +425,13 @@ def test_latent_lab_stops_where_the_default_cascade_stops(monkeypatch, pipe_dir,
     at.checkbox(key="all_up").check().run()
     no_errors(at)
     assert not [i for i in at.info if "default cascade" in i.value]
+
+
+def test_dashboard_process_is_the_server(monkeypatch, pipe_dir, capsys):
+    """The command execs Streamlit in its own process: a SIGKILL of the PID it prints stops the server itself."""
+    calls = []
+    monkeypatch.setattr(dashboard_cmd.os, "execve", lambda path, argv, env: calls.append((path, argv, env)))
+    dashboard_cmd.run(_args(model=str(pipe_dir)))
+    (path, argv, env), = calls
+    assert path == sys.executable and argv[1:4] == ["-m", "streamlit", "run"]
+    assert f"server PID {os.getpid()}" in capsys.readouterr().out

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 from explorer.commands import Command, _args
@@ -52,19 +50,12 @@ def command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
 
 def run(args: argparse.Namespace) -> int:
     cmd, env = command(args)
-    print(f"unclip-explorer dashboard: http://{args.address}:{args.port} (Ctrl-C to stop)", flush=True)
-    proc = subprocess.Popen(cmd, env=env)
-    # a SIGTERM to this command stops Streamlit too, so no server outlives it
-    signal.signal(signal.SIGTERM, lambda signum, frame: proc.terminate())
-    try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        proc.terminate()
-        try:
-            return proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            return 130
+    print(f"unclip-explorer dashboard: http://{args.address}:{args.port} (Ctrl-C to stop; server PID {os.getpid()})",
+          flush=True)
+    # this process becomes the Streamlit server (exec, same PID): no wrapper is left whose death, even by SIGKILL,
+    # could leave a server running, and the printed PID is the server's
+    os.execve(cmd[0], cmd, env)
+    return 0  # not reached
 
 
 COMMANDS = [Command("dashboard", add_parser, run)]
