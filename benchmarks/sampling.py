@@ -43,6 +43,7 @@ CLIP_X0 = 1.0  # the pipeline's decoder clamps predicted x0 (GLIDE); diffusers' 
 # guidance s = 3) by 1 / sqrt(abar_999) ~ 2e4: pixels whose x0 is not clipped can differ by ~1e-3 between two
 # correct float32 paths (batched vs unbatched convolutions). A wrong sampler differs by ~1.
 DEFAULT_ATOL = {"float32": 1e-2, "bfloat16": 0.25}
+FLOOR_FACTOR = 4.0  # differences up to this many noise floors (see run) are rounding
 
 # GLIDE / unCLIP decoder layout at 64px (Ramesh et al. 2022, app. C: 3 res blocks, attention at 32/16/8,
 # a caption pathway) with model_channels 512 -> 64 so it runs on a CPU.
@@ -249,12 +250,24 @@ def run(cfg: SamplingBenchConfig) -> dict[str, Any]:
     per_step_ms = {name: 1e3 * median(ts) / cfg.steps for name, ts in t_lin.items()}
     diff = _max_abs_diff(images["ours"], images["diffusers"])
     diff_cfg = _max_abs_diff(images["ours"], images["two_pass"])
+    # the noise floor: how far the same sampler ends when x_T moves by float rounding (a relative 2**-20); batched
+    # vs two-pass kernels differ by that much per step, and 50 DDIM steps amplify it. A difference within a few
+    # floors is rounding, never a failure.
+    g = torch.Generator(device="cpu").manual_seed(cfg.seed + 2)
+    bump = (torch.randn(x_T.shape, generator=g) * 2.0 ** -20).to(x_T.device, x_T.dtype)
+    with torch.inference_mode():
+        nudged = sample_ours(decoder, x_T * (1 + bump), cond, uncond, schedule, cfg.steps, cfg.guidance, cfg.spacing,
+                             batched=True)
+    floor = _max_abs_diff(images["ours"], nudged)
+    tolerance = max(cfg.tolerance, FLOOR_FACTOR * floor)
     results = {}
     for name, ts in times.items():
         m = median(ts)
         results[name] = {"median_s": m, "s_per_image": m / cfg.batch, "images_per_s": cfg.batch / m, "times_s": ts}
     return {
         "settings": {**asdict(cfg), "tolerance": cfg.tolerance},
+        "noise_floor": floor,
+        "tolerance_used": tolerance,
         "machine": machine_info(cfg.device),
         "decoder": {"image_size": dc.image_size, "model_channels": dc.model_channels,
                     "n_params": sum(p.numel() for p in decoder.parameters()), "text_width": dc.text_width},
@@ -267,7 +280,7 @@ def run(cfg: SamplingBenchConfig) -> dict[str, Any]:
         "max_abs_diff_linear_eps": diff_lin,
         "sampler_ms_per_step": per_step_ms,
         "ratio_sampler_overhead": per_step_ms["ours"] / per_step_ms["diffusers"],
-        "agree": max(diff, diff_cfg, diff_lin) <= cfg.tolerance,
+        "agree": max(diff, diff_cfg, diff_lin) <= tolerance,
         "ratio_ours_diffusers": results["ours"]["median_s"] / results["diffusers"]["median_s"],
         "ratio_batched_two_pass": results["ours"]["median_s"] / results["two_pass"]["median_s"],
     }
@@ -313,7 +326,8 @@ def format_report(r: Mapping[str, Any]) -> str:
         f"   ours {r['sampler_ms_per_step']['ours']:.3f} ms   diffusers {r['sampler_ms_per_step']['diffusers']:.3f} ms"
         f"   max |ours - diffusers| = {r['max_abs_diff_linear_eps']:.3e}",
         f"   ratio ours/diffusers (sampler only) = {r['ratio_sampler_overhead']:.3f}",
-        f"images agree within atol={s['tolerance']:g}: {ok}",
+        f"images agree within max(atol={s['tolerance']:g}, {FLOOR_FACTOR:g} x noise floor {r['noise_floor']:.2e}) = "
+        f"{r['tolerance_used']:.3g}: {ok}",
     ]
     return "\n".join(lines)
 
