@@ -14,6 +14,7 @@ from typing import Sequence
 from explorer.commands import (Command, analysis, binding, dashboard, demo, evaluate, generate, import_karlo,
                                inspect, shapes, store, train)
 from explorer.store import _tool_version
+from explorer.threads import apply_default_threads
 
 # errors a user can fix; anything else is a bug and keeps its traceback
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError, PermissionError, FileExistsError)
@@ -60,6 +61,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     if getattr(args, "_run", None) is None:
         parser.print_help(sys.stderr)
+        return 2
+    try:
+        apply_default_threads()  # the idle cores, or UNCLIP_THREADS (explorer/threads.py)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     show = warnings.formatwarning
     if not debug:  # a warning is a line for the user ("warning: ..."), not a source location
