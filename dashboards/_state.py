@@ -236,15 +236,9 @@ def project_rows(store: Any, rows: Sequence[int], method: str, kind: str | None,
 
 
 def store_rows(store: Any, kind: str | None) -> tuple[np.ndarray, pd.DataFrame]:
-    """(vectors, metadata) of a store's rows of `kind` (all rows for None), in store order."""
-    meta = store.metadata
-    if kind is None or "kind" not in meta.columns:
-        return np.asarray(store.vectors, np.float32), meta.reset_index(drop=True)
-    keep = np.flatnonzero((meta["kind"] == kind).to_numpy())
-    if keep.size == 0:
-        raise ValueError(f"the store has no rows of kind {kind!r}; its kinds: "
-                         f"{sorted(meta['kind'].astype(str).unique())}")
-    return np.asarray(store.vectors[keep], np.float32), meta.iloc[keep].reset_index(drop=True)
+    """(vectors, metadata) of a store's rows of `kind` (all rows for None), in store order (EmbeddingStore.select)."""
+    Z, _, meta = store.select(kind)
+    return Z, meta
 
 
 def custom_axes(store: Any, encoder: Any, x_pair: tuple[str, str], y_pair: tuple[str, str],

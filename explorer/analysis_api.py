@@ -119,18 +119,11 @@ def text_diff(model: Any, image: Any, old_caption: str, new_caption: str, theta_
 
 def _fit_vectors(store: EmbeddingStore, kind: str | None, what: str) -> tuple[np.ndarray, np.ndarray]:
     """(vectors, row indices) of a store, restricted to rows of `kind` when the store has a kind column."""
-    vectors = store.vectors
-    rows = np.arange(len(store))
-    if kind is not None and len(store):
-        meta = store.metadata
-        if "kind" in meta.columns:
-            rows = np.flatnonzero((meta["kind"] == kind).to_numpy())
-            if rows.size == 0:
-                kinds = sorted(meta["kind"].astype(str).unique().tolist())
-                raise ValueError(f"{what} at {store.path} has no rows of kind {kind!r} (its kinds: {kinds}); "
-                                 f"embed images into it, or pass kind=None to use every row")
-            vectors = vectors[rows]
-    return np.asarray(vectors, dtype=np.float32), rows
+    try:
+        Z, rows, _ = store.select(kind)
+    except ValueError as e:
+        raise ValueError(f"{what}: {e}") from None
+    return Z, rows
 
 
 def _open(store: EmbeddingStore | str | Path, what: str) -> EmbeddingStore:

@@ -269,6 +269,20 @@ class EmbeddingStore:
             self._metadata = df
         return self._metadata
 
+    def select(self, kind: str | None = None) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+        """(float32 vectors, row indices, metadata) of the rows of `kind` ("image", "text"), in store order; every
+        row for kind=None or a store without a kind column. ValueError names the kinds there are when none match."""
+        rows = np.arange(len(self))
+        meta = self.metadata
+        if kind is not None and len(self) and "kind" in meta.columns:
+            rows = np.flatnonzero((meta["kind"] == kind).to_numpy())
+            if rows.size == 0:
+                kinds = sorted(meta["kind"].astype(str).unique().tolist())
+                raise ValueError(f"the store at {self.path} has no rows of kind {kind!r} (its kinds: {kinds}); embed "
+                                 "such items into it, or pass kind=None to use every row")
+            return np.asarray(self.vectors[rows], np.float32), rows, meta.iloc[rows].reset_index(drop=True)
+        return np.asarray(self.vectors, np.float32), rows, meta.reset_index(drop=True)
+
     def row_of(self, id: str) -> int:
         """Row index of the vector with this id."""
         if self._row_of_id is None:
