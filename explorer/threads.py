@@ -1,7 +1,8 @@
 """How many torch threads the command line uses: the idle cores, measured as the rule that benchmarks/threads.py backs.
 
-On this project's 2-core machines, 2 threads beside another busy process ran the demo workload up to 7x slower
-than 1 thread (the threads wait on each other while one is descheduled); on an idle machine all cores win.
+Measured by benchmarks/threads.py on this project's 2-core machine (demo workload, median of 3): idle, 2 threads
+1.12 s vs 1 thread 1.80 s; beside one busy process, 2 threads 5.71 s vs 1 thread 2.55 s (the threads wait on each
+other while one is descheduled).
 So the default is the number of cores not already busy (cores minus the 1-minute load average, at least 1).
 `UNCLIP_THREADS=N` overrides it (so does the usual OMP_NUM_THREADS, and `--threads` where a command has it).
 """
