@@ -46,11 +46,13 @@ from unclip_core.data.shapes import (
 )
 from unclip_core.imageio import pil_to_tensor
 
-# Bars of issue 4: (measure, summary key, threshold); each is a rate in [0, 1] that must be >= threshold.
+# Bars of the ShapesWorld v2 family (issue 15): (measure, summary key, threshold); each is a rate in [0, 1] that
+# must be >= threshold, reported with its 95% Wilson interval (summary key + "_lo" / "_hi", count key + "_n").
 BARS: tuple[tuple[str, str, float], ...] = (
-    ("reconstruction", "recon_one_object_shape_colour", 0.90),
-    ("reconstruction", "recon_two_object_per_object", 0.75),
-    ("text_to_image", "t2i_one_object_all_said", 0.85),
+    ("reconstruction", "recon_one_object_all", 0.95),          # true z_i -> image, one object, every attribute
+    ("reconstruction", "recon_two_object_per_object_all", 0.85),  # two objects, per object, every attribute
+    ("text_to_image", "t2i_one_object_all_said", 0.90),         # one-object captions of training compositions
+    ("variations", "variations_agreement_all", 0.90),           # every variation reads as its source, pixels differ
 )
 MEASURES: tuple[str, ...] = ("reconstruction", "text_to_image", "binding", "distribution", "upsamplers",
                              "variations")
@@ -76,10 +78,12 @@ class EvalSettings:
     min_pairwise_l1: float = 0.002  # mean |x_a - x_b| ([0, 1] units) above which variations "differ in pixels"
     caption_style: str = "plain"
     batch_size: int = 16
+    n_two_object_t2i: int = 0     # two-object captions for the text -> image report (per object; 0 skips it)
 
     def __post_init__(self) -> None:
         for name in ("steps", "prior_steps", "best_of", "n_upsample", "n_variation_images", "batch_size"):
             check_positive_int(name, getattr(self, name))
+        check_positive_int("n_two_object_t2i", self.n_two_object_t2i, minimum=0)
         check_positive_int("n_variations", self.n_variations, minimum=2)
         object.__setattr__(self, "upsampler_steps", tuple(self.upsampler_steps))
         if not self.upsampler_steps:
@@ -193,6 +197,28 @@ def _t2i(pipe: Any, captions: list[str], s: EvalSettings, g: torch.Generator) ->
                                        prior_guidance=s.prior_guidance, best_of=s.best_of, upsample=False, seed=g))
 
 
+def _object_all(df: pd.DataFrame) -> pd.Series:
+    """Per expected object: shape, colour, size and position all read right."""
+    cols = ["shape_correct", "colour_correct", "size_correct", "position_correct"]
+    return df[cols].fillna(False).astype(bool).all(axis=1)
+
+
+def _rate_ci(m: dict[str, Any], key: str, hits: pd.Series) -> None:
+    """m[key] = mean of boolean `hits`, with m[key_lo], m[key_hi] (95% Wilson) and m[key_n]."""
+    from analyses.binding_stats import wilson_interval
+    hits = hits.astype(bool)
+    n, k = int(len(hits)), int(hits.sum())
+    m[key] = k / n if n else math.nan
+    m[f"{key}_lo"], m[f"{key}_hi"] = wilson_interval(k, n, 0.95) if n else (math.nan, math.nan)
+    m[f"{key}_n"] = n
+
+
+def _image_hits(df: pd.DataFrame, ok: pd.Series) -> pd.Series:
+    """Per image: every expected object `ok` and the count right."""
+    per = df.assign(_ok=ok.to_numpy()).groupby("image").agg(ok=("_ok", "all"), count=("count_correct", "first"))
+    return per["ok"] & per["count"].fillna(False).astype(bool)
+
+
 def _image_rate(df: pd.DataFrame, col: str = "shape_colour_correct") -> float:
     """Fraction of images whose every expected object has `col` True (and the count is right)."""
     if df.empty:
@@ -235,7 +261,8 @@ def measure_reconstruction(pipe: Any, n: int = 100, seed: int = 0, settings: Eva
 
 def measure_text_to_image(pipe: Any, n: int = 100, seed: int = 0,
                           settings: EvalSettings | None = None) -> pd.DataFrame:
-    """Text -> prior -> decoder (fig. 2) on one-object captions of training compositions; scores what is said.
+    """Text -> prior -> decoder (fig. 2) on n one-object captions of training compositions (the bar) and
+    settings.n_two_object_t2i two-object captions (reported per object); scores what is said.
 
     The expected scene is parse(caption), so only the attributes a caption states are scored.
     """
@@ -244,13 +271,16 @@ def measure_text_to_image(pipe: Any, n: int = 100, seed: int = 0,
     rng, g = _streams(_check_seed(seed), "text_to_image")
     w = model_world(pipe)
     captions = [caption(sample_scene(rng, 1, world=w), style=s.caption_style) for _ in range(n)]
+    captions += [caption(sample_scene(rng, 2, world=w), style=s.caption_style) for _ in range(s.n_two_object_t2i)]
+    counts = [1] * n + [2] * s.n_two_object_t2i
     frames = []
     for batch in _batches(captions, s.batch_size):
         x, clipped = _t2i(pipe, list(batch), s, g)
         frames.append(_score(x, [parse(c, world=w) for c in batch], caption=list(batch), clip_denoised=clipped))
-    df = _renumber(frames, list(range(0, n, s.batch_size)))
+    df = _renumber(frames, list(range(0, len(captions), s.batch_size)))
     df.insert(0, "measure", "text_to_image")
-    df["source"], df["stage"], df["n_objects"] = "prior", "decoder", 1
+    df["source"], df["stage"] = "prior", "decoder"
+    df["n_objects"] = [counts[i] for i in df["image"]]
     return df
 
 
@@ -425,6 +455,10 @@ def summarize(tables: dict[str, pd.DataFrame], settings: EvalSettings | None = N
             d = df[df["stage"] == stage]
             one, two = d[d["n_objects"] == 1], d[d["n_objects"] == 2]
             pre = "recon" if stage == "decoder" else f"recon_{stage}"
+            if len(one):
+                _rate_ci(m, f"{pre}_one_object_all", _image_hits(one, _object_all(one)))
+            if len(two):
+                _rate_ci(m, f"{pre}_two_object_per_object_all", _object_all(two))
             m[f"{pre}_one_object_shape_colour"] = _image_rate(one)
             m[f"{pre}_two_object_per_object"] = _mean(two["shape_colour_correct"])
             m[f"{pre}_two_object_all_objects"] = _image_rate(two)
@@ -432,8 +466,15 @@ def summarize(tables: dict[str, pd.DataFrame], settings: EvalSettings | None = N
                 m[f"{pre}_{f}"] = _mean(d[f"{f}_correct"].dropna().astype(float))
     if "text_to_image" in tables:
         df = tables["text_to_image"]
-        m["t2i_one_object_all_said"] = _mean(df.drop_duplicates("image")["all_correct"].astype(float))
-        m["t2i_one_object_shape_colour"] = _image_rate(df)
+        one = df[df["n_objects"] == 1]
+        _rate_ci(m, "t2i_one_object_all_said", one.drop_duplicates("image")["all_correct"].fillna(False))
+        m["t2i_one_object_shape_colour"] = _image_rate(one)
+        two = df[df["n_objects"] == 2]
+        if len(two):  # report, not a bar: what the caption says of each object, read per object
+            said = two[["shape_correct", "colour_correct", "size_correct", "position_correct"]]
+            _rate_ci(m, "t2i_two_object_per_object_all_said",
+                     (said.isna() | said.fillna(False).astype(bool)).all(axis=1))
+            _rate_ci(m, "t2i_two_object_images_all_said", two.drop_duplicates("image")["all_correct"].fillna(False))
     if "binding" in tables:
         df = tables["binding"].drop_duplicates("image")
         for (cat, src), d in df.groupby(["category", "source"]):
@@ -450,10 +491,12 @@ def summarize(tables: dict[str, pd.DataFrame], settings: EvalSettings | None = N
     if "variations" in tables:
         df = tables["variations"]
         m["variations_agreement"] = _image_rate(df)
+        _rate_ci(m, "variations_agreement_all", _image_hits(df, _object_all(df)))
         l1 = _mean(df.drop_duplicates("source_image")["mean_pairwise_l1"])
         m["variations_mean_pairwise_l1"] = l1
         m["variations_differ"] = bool(l1 > s.min_pairwise_l1)
-    bars = [{"name": key, "measure": meas, "value": m[key], "bar": thr,
+    bars = [{"name": key, "measure": meas, "value": m[key], "bar": thr, "lo": m.get(f"{key}_lo"),
+             "hi": m.get(f"{key}_hi"), "n": m.get(f"{key}_n"),
              "pass": bool(not math.isnan(m[key]) and m[key] >= thr)} for meas, key, thr in BARS if key in m]
     return {"metrics": m, "bars": bars, "passed": bool(bars) and all(b["pass"] for b in bars)}
 
@@ -472,9 +515,11 @@ def to_markdown(summary: dict[str, Any]) -> str:
             f"{summary.get('elapsed_s', '?')} s. ShapesWorld v{summary.get('world', '?')}, judged by the bundled "
             "read-out of that world.")
     lines = ["## Evaluation", "", head, "",
-             "| bar | value | threshold | pass |", "| --- | --- | --- | --- |"]
+             "| bar | value [95% Wilson] | n | threshold | pass |", "| --- | --- | --- | --- | --- |"]
     for b in summary["bars"]:
-        lines.append(f"| {b['name']} | {_fmt(b['value'])} | >= {b['bar']:.2f} | {_fmt(b['pass'])} |")
+        ci = f" [{_fmt(b['lo'])}, {_fmt(b['hi'])}]" if b.get("lo") is not None else ""
+        lines.append(f"| {b['name']} | {_fmt(b['value'])}{ci} | {b.get('n', '')} | >= {b['bar']:.2f} | "
+                     f"{_fmt(b['pass'])} |")
     m = summary["metrics"]
     cats = [c for c in BINDING_CATEGORIES if f"binding_{c}_prior" in m]
     if cats:

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pandas as pd
 import pytest
+
+from analyses.binding_stats import wilson_interval
 import torch
 from PIL import Image
 from tiny_models import write_tiny_pipeline
@@ -112,7 +114,7 @@ def _single_thread():
     torch.set_num_threads(before)
 
 
-ORACLE_SETTINGS = EvalSettings(n_upsample=3, n_variation_images=3, n_variations=3)
+ORACLE_SETTINGS = EvalSettings(n_upsample=3, n_variation_images=3, n_variations=3, n_two_object_t2i=3)
 
 
 def test_oracle_meets_every_bar_exactly(monkeypatch, tmp_path):
@@ -120,7 +122,13 @@ def test_oracle_meets_every_bar_exactly(monkeypatch, tmp_path):
     r = evaluate_family(fake, n=4, seed=3, out=tmp_path / "ev", progress=False, settings=ORACLE_SETTINGS)
     m = r.summary["metrics"]
     assert r.summary["passed"] is True
-    assert [b["value"] for b in r.summary["bars"]] == [1.0, 1.0, 1.0]
+    assert [b["value"] for b in r.summary["bars"]] == [1.0, 1.0, 1.0, 1.0]
+    # Wilson intervals with their counts: 4 one-object images, 8 objects of 4 two-object scenes, 4 captions,
+    # 3 x 3 variation images
+    assert [b["n"] for b in r.summary["bars"]] == [4, 8, 4, 9]
+    lo, hi = r.summary["bars"][0]["lo"], r.summary["bars"][0]["hi"]
+    assert (lo, hi) == pytest.approx(wilson_interval(4, 4, 0.95))
+    assert m["t2i_two_object_per_object_all_said"] == 1.0 and m["t2i_two_object_per_object_all_said_n"] == 6
     for stage in ("recon", "recon_upsampler1"):
         for f in ("shape", "colour", "size", "position"):
             assert m[f"{stage}_{f}"] == 1.0
@@ -153,10 +161,11 @@ def test_wrong_colour_fake_scores_zero_colour_and_fails(monkeypatch):
                         measures=["reconstruction", "text_to_image", "binding", "variations"])
     m = r.summary["metrics"]
     assert m["recon_colour"] == 0.0 and m["recon_shape"] == 1.0 and m["recon_position"] == 1.0
-    assert [b["value"] for b in r.summary["bars"]] == [0.0, 0.0, 0.0]
+    assert [b["value"] for b in r.summary["bars"]] == [0.0, 0.0, 0.0, 0.0]
     assert r.summary["passed"] is False and not any(b["pass"] for b in r.summary["bars"])
     assert m["binding_colour_swap_true_z_i"] == 0.0 and m["variations_agreement"] == 0.0
-    assert "| recon_one_object_shape_colour | 0.000 | >= 0.90 | no |" in r.markdown
+    lo, hi = wilson_interval(0, 3, 0.95)
+    assert f"| recon_one_object_all | 0.000 [{lo:.3f}, {hi:.3f}] | 3 | >= 0.95 | no |" in r.markdown
 
 
 def test_binding_cases_are_seeded_pairs_of_training_compositions():
@@ -228,7 +237,7 @@ def test_cli_evaluate(tiny_dir, tmp_path, capsys):
                "--measures", "reconstruction", "upsamplers", "--no-progress"])
     assert rc == 0
     text = capsys.readouterr().out
-    assert "recon_one_object_shape_colour" in text and "t2i_one_object_all_said" not in text
+    assert "recon_one_object_all" in text and "t2i_one_object_all_said" not in text
     assert set(pd.read_csv(out / "per_image.csv")["measure"]) == {"reconstruction", "upsamplers"}
     rc = main(["evaluate", str(tiny_dir), "--out", str(out), "--measures", "everything"])
     assert rc == 2 and "accepted: 'reconstruction'" in capsys.readouterr().err

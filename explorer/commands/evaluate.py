@@ -22,7 +22,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--best-of", type=_args.positive_int, default=2)
     p.add_argument("--upsampler-steps", type=_args.positive_int, nargs="+", default=[27, 15], metavar="N")
     p.add_argument("--n-upsample", type=_args.positive_int, default=16, help="scenes per upsampler (at most --n)")
-    p.add_argument("--n-variation-images", type=_args.positive_int, default=8, help="source images of variations (at most --n)")
+    p.add_argument("--n-variation-images", type=_args.positive_int, default=8,
+                   help="source images of variations (at most --n; the bar wants 100)")
+    p.add_argument("--n-two-object-t2i", type=_args.nonnegative_int, default=50,
+                   help="two-object captions whose text -> image is reported per object (default 50; 0 skips)")
     p.add_argument("--n-variations", type=_args.at_least_two, default=4, help="variations per source image")
     p.add_argument("--batch-size", type=_args.positive_int, default=16)
     p.add_argument("--measures", nargs="+", default=None, metavar="NAME",
@@ -39,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
                             prior_guidance=args.prior_guidance, best_of=args.best_of,
                             upsampler_steps=tuple(args.upsampler_steps), n_upsample=args.n_upsample,
                             n_variation_images=args.n_variation_images, n_variations=args.n_variations,
-                            batch_size=args.batch_size)
+                            batch_size=args.batch_size, n_two_object_t2i=args.n_two_object_t2i)
     pipe = load_pipeline(args.model)
     result = evaluate_family(pipe, n=args.n, seed=args.seed, out=args.out, progress=not args.no_progress,
                              settings=settings, measures=args.measures or MEASURES)
