@@ -6,7 +6,6 @@ turn uploads and chart selections into library inputs, and show user errors as m
 from __future__ import annotations
 
 import io
-import json
 import os
 import tempfile
 import warnings
@@ -17,6 +16,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 from PIL import Image
+
+from explorer import analysis_api
 
 ENV_STORE = "UNCLIP_EXPLORER_STORE"
 ENV_MODEL = "UNCLIP_EXPLORER_MODEL"
@@ -224,42 +225,12 @@ def chart_frame(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def project_rows(store: Any, rows: Sequence[int], method: str, kind: str | None, seed: int) -> Any:
-    """Re-project a subset of a store's rows of `kind` (analyses.projection.fit_projection) -> (frame, projection)."""
-    from analyses.projection import fit_projection, projection_frame
-    Z, meta = store_rows(store, kind)
-    rows = np.asarray(sorted(set(int(r) for r in rows)), dtype=np.int64)
-    if rows.size == 0:
-        raise ValueError("the selection is empty; drag a box or lasso over some points first")
-    proj = fit_projection(Z[rows], method=method, seed=seed)
-    frame = projection_frame(proj, meta.iloc[rows].reset_index(drop=True))
-    return frame, proj
-
-
-def store_rows(store: Any, kind: str | None) -> tuple[np.ndarray, pd.DataFrame]:
-    """(vectors, metadata) of a store's rows of `kind` (all rows for None), in store order (EmbeddingStore.select)."""
-    Z, _, meta = store.select(kind)
-    return Z, meta
+    return analysis_api.project_rows(store, rows, method=method, kind=kind, seed=seed)
 
 
 def custom_axes(store: Any, encoder: Any, x_pair: tuple[str, str], y_pair: tuple[str, str],
                 kind: str | None) -> pd.DataFrame:
-    """Embedding Projector's custom axes: x = cos(z, d1), y = cos(z, d2), d = text_diff_direction(z_t(a), z_t(b)).
-
-    Returns the store's rows of `kind` with columns x, y and their metadata.
-    """
-    from analyses.latent_math import normalize, text_diff_direction
-    from analyses.projection import projection_frame
-    store.check_model(encoder.model_id, encoder.spec)
-    captions = [*x_pair, *y_pair]
-    for c in captions:
-        if not isinstance(c, str) or not c.strip():
-            raise ValueError("custom axes need four captions: x = (a, b) and y = (a, b); one of them is empty")
-    z_t = np.asarray(encoder.encode_text(captions), dtype=np.float64)
-    d1 = text_diff_direction(z_t[0], z_t[1])
-    d2 = text_diff_direction(z_t[2], z_t[3])
-    Z, meta = store_rows(store, kind)
-    Zu = normalize(Z.astype(np.float64))
-    return projection_frame(np.stack([Zu @ d1, Zu @ d2], axis=1), meta)
+    return analysis_api.custom_axes(store, encoder, x_pair, y_pair, kind=kind)
 
 
 def thumbnail_paths(meta: pd.DataFrame, store_path: Path, limit: int = MAX_THUMBNAILS) -> list[tuple[Path, str]]:
@@ -280,37 +251,3 @@ def thumbnail_paths(meta: pd.DataFrame, store_path: Path, limit: int = MAX_THUMB
     return out
 
 
-# ------------------------------------------------------------------------------------------- binding runs
-def load_run(folder: str | Path) -> dict[str, Any]:
-    """The tables of a finished `binding run` folder: settings, summary, cases, probes, generation_summary."""
-    folder = Path(str(folder).strip()).expanduser()
-    if not str(folder).strip() or not folder.is_dir():
-        raise FileNotFoundError(f"no binding run folder at {str(folder)!r}; type the --out folder of "
-                                "`unclip-explorer binding run`")
-    if not (folder / "settings.json").is_file():
-        raise FileNotFoundError(f"{folder} is not a binding run (no settings.json); type the --out folder of "
-                                "`unclip-explorer binding run`")
-    settings = json.loads((folder / "settings.json").read_text(encoding="utf-8"))
-    if not settings.get("finished"):
-        raise ValueError(f"the run in {folder} has not finished (settings.json has no 'finished' time); rerun "
-                         "the same `unclip-explorer binding run` command to complete it")
-
-    def table(stem: str) -> pd.DataFrame:
-        for suffix in (".parquet", ".csv"):
-            p = folder / f"{stem}{suffix}"
-            if p.is_file():
-                return pd.read_parquet(p) if suffix == ".parquet" else pd.read_csv(p)
-        return pd.DataFrame()
-
-    return {"folder": folder, "settings": settings, "summary": table("summary"), "cases": table("cases"),
-            "probes": table("probes"), "generation_summary": table("generation_summary"),
-            "failures": folder / "failures.png" if (folder / "failures.png").is_file() else None}
-
-
-def run_cases(settings: Mapping[str, Any]) -> list[Any] | None:
-    """The suite cases of a run (for the swap confusion), when its suite file is still on disk."""
-    suite = settings.get("suite")
-    if not suite or not Path(suite).is_file():
-        return None
-    from analyses.binding_suite import load_suite
-    return load_suite(suite)

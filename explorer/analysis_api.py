@@ -252,3 +252,39 @@ def metrics(real: Any, fake: Any, text_emb: Any = None, k: int = 5, kind: str | 
         write_settings(folder, "metrics", model, {"k": k, "kind": kind, "real": real_info, "fake": fake_info,
                                                   "seed": None}, ["metrics.csv"])
     return df
+
+
+# ------------------------------------------------------------------------------------------- projections of stores
+def project_rows(store: EmbeddingStore | str | Path, rows: Sequence[int], *, method: str = "pca",
+                 kind: str | None = "image", seed: int = 0) -> tuple[pd.DataFrame, Projection]:
+    """Re-project a subset of a store's rows of `kind` (positions among those rows) -> (frame, projection)."""
+    store = _open(store, "store")
+    Z, _, meta = store.select(kind)
+    rows = np.asarray(sorted(set(int(r) for r in rows)), dtype=np.int64)
+    if rows.size == 0:
+        raise ValueError("the selection is empty; drag a box or lasso over some points first")
+    if rows.min() < 0 or rows.max() >= len(Z):
+        raise ValueError(f"rows must lie in [0, {len(Z)}) (the store's rows of kind {kind!r}), got "
+                         f"{int(rows.min())}..{int(rows.max())}")
+    proj = fit_projection(Z[rows], method=method, seed=seed)
+    return projection_frame(proj, meta.iloc[rows].reset_index(drop=True)), proj
+
+
+def custom_axes(store: EmbeddingStore | str | Path, encoder: Any, x_pair: tuple[str, str], y_pair: tuple[str, str],
+                *, kind: str | None = "image") -> pd.DataFrame:
+    """Embedding Projector's custom axes: x = cos(z, d1), y = cos(z, d2), d = text_diff_direction(z_t(a), z_t(b)).
+
+    Returns the store's rows of `kind` with columns x, y and their metadata.
+    """
+    from analyses.latent_math import normalize, text_diff_direction
+    store = _open(store, "store")
+    store.check_model(encoder.model_id, encoder.spec)
+    captions = [*x_pair, *y_pair]
+    if len(captions) != 4 or any(not isinstance(c, str) or not c.strip() for c in captions):
+        raise ValueError("custom axes need four captions: x = (a, b) and y = (a, b); one of them is empty")
+    z_t = np.asarray(encoder.encode_text(captions), dtype=np.float64)
+    d1 = text_diff_direction(z_t[0], z_t[1])
+    d2 = text_diff_direction(z_t[2], z_t[3])
+    Z, _, meta = store.select(kind)
+    Zu = normalize(Z.astype(np.float64))
+    return projection_frame(np.stack([Zu @ d1, Zu @ d2], axis=1), meta)

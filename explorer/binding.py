@@ -245,7 +245,7 @@ def run_suite(suite: str | Path | Sequence[Case], model: Any, out: str | Path, g
 
 # ----------------------------------------------------------------------------------------------- report
 
-def _accuracy_figure(summary: pd.DataFrame, gen_summary: pd.DataFrame):
+def accuracy_figure(summary: pd.DataFrame, gen_summary: pd.DataFrame):
     import plotly.graph_objects as go
     fig = go.Figure()
     blocks = []
@@ -282,7 +282,7 @@ def swap_confusion(scores: pd.DataFrame, cases: Sequence[Case]) -> pd.DataFrame:
             .rename(columns={"size": "n", "mean": "error_rate"}))
 
 
-def _confusion_figure(conf: pd.DataFrame):
+def confusion_figure(conf: pd.DataFrame):
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
     attrs = sorted(conf["attribute"].unique()) if not conf.empty else []
@@ -378,10 +378,10 @@ def write_report(folder: str | Path, cases: Sequence[Case]) -> dict[str, pd.Data
         _write_table(folder / "generation_summary", gen_summary, parquet=False)
     probes = pd.read_csv(folder / "probes.csv") if (folder / "probes.csv").is_file() else pd.DataFrame()
     charts = folder / "charts"
-    _write_figure(charts / "accuracy.html", _accuracy_figure(summary, gen_summary))
+    _write_figure(charts / "accuracy.html", accuracy_figure(summary, gen_summary))
     cp = clip[clip["kind"] == "caption_pair"] if not clip.empty else clip
     conf = swap_confusion(cp, cases) if not cp.empty else swap_confusion(pd.DataFrame(columns=["id", "hit"]), cases)
-    _write_figure(charts / "confusion.html", _confusion_figure(conf))
+    _write_figure(charts / "confusion.html", confusion_figure(conf))
     if not clip.empty:
         sheet = failure_gallery(clip, cases)
         atomic_write(folder / "failures.png", lambda tmp: sheet.save(tmp, format="PNG"))
@@ -481,4 +481,39 @@ def compare_runs(run_a: str | Path, run_b: str | Path, level: float = 0.95, n_bo
     return pd.DataFrame(rows)
 
 
-__all__ = ["run_suite", "write_report", "write_suite", "compare_runs", "swap_confusion", "failure_gallery"]
+def load_run(folder: str | Path) -> dict[str, Any]:
+    """The tables of a finished `binding run` folder: settings, summary, cases, probes, generation_summary."""
+    folder = Path(str(folder).strip()).expanduser()
+    if not str(folder).strip() or not folder.is_dir():
+        raise FileNotFoundError(f"no binding run folder at {str(folder)!r}; type the --out folder of "
+                                "`unclip-explorer binding run`")
+    if not (folder / "settings.json").is_file():
+        raise FileNotFoundError(f"{folder} is not a binding run (no settings.json); type the --out folder of "
+                                "`unclip-explorer binding run`")
+    settings = json.loads((folder / "settings.json").read_text(encoding="utf-8"))
+    if not settings.get("finished"):
+        raise ValueError(f"the run in {folder} has not finished (settings.json has no 'finished' time); rerun "
+                         "the same `unclip-explorer binding run` command to complete it")
+
+    def table(stem: str) -> pd.DataFrame:
+        for suffix in (".parquet", ".csv"):
+            p = folder / f"{stem}{suffix}"
+            if p.is_file():
+                return pd.read_parquet(p) if suffix == ".parquet" else pd.read_csv(p)
+        return pd.DataFrame()
+
+    return {"folder": folder, "settings": settings, "summary": table("summary"), "cases": table("cases"),
+            "probes": table("probes"), "generation_summary": table("generation_summary"),
+            "failures": folder / "failures.png" if (folder / "failures.png").is_file() else None}
+
+
+def run_cases(settings: Mapping[str, Any]) -> list[Any] | None:
+    """The suite cases of a run (for the swap confusion), when its suite file is still on disk."""
+    suite = settings.get("suite")
+    if not suite or not Path(suite).is_file():
+        return None
+    from analyses.binding_suite import load_suite
+    return load_suite(suite)
+
+
+__all__ = ["load_run", "run_cases", "accuracy_figure", "confusion_figure", "run_suite", "write_report", "write_suite", "compare_runs", "swap_confusion", "failure_gallery"]

@@ -204,3 +204,15 @@ def test_project_umap_default(text_store, tmp_path):
     again = analysis_api.project(text_store, n_neighbors=5)
     np.testing.assert_allclose(again.frame[["x", "y"]], r.frame[["x", "y"]])  # seeded: reproducible
     assert len(pd.read_csv(tmp_path / "u" / "points.csv")) == len(CAPTIONS)
+
+
+def test_project_rows_and_custom_axes_are_library_calls(text_store):
+    """The dashboard's re-projection of a selection and its custom axes live in explorer.analysis_api."""
+    frame, proj = analysis_api.project_rows(text_store, [0, 2, 3, 5], method="pca", kind="text")
+    assert len(frame) == 4 and proj.n_components == 2
+    with pytest.raises(ValueError, match="the selection is empty"):
+        analysis_api.project_rows(text_store, [], kind="text")
+    with pytest.raises(ValueError, match=r"rows must lie in \[0, \d+\)"):
+        analysis_api.project_rows(text_store, [10**6], kind="text")
+    with pytest.raises(ValueError, match="has no rows of kind 'image'"):
+        analysis_api.project_rows(text_store, [0], kind="image")

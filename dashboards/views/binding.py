@@ -9,7 +9,7 @@ from analyses.binding import model_world
 from analyses.binding_suite import make_suite
 from unclip_core.data.shapes import CURRENT_WORLD
 from dashboards import _state as S
-from explorer.binding import _accuracy_figure, _confusion_figure, failure_gallery, swap_confusion
+from explorer.binding import accuracy_figure, confusion_figure, failure_gallery, load_run, run_cases, swap_confusion
 
 st.title("Binding")
 st.caption("Variable binding (Ramesh et al. 2022, sec. 7): does CLIP keep which attribute belongs to which object? "
@@ -31,7 +31,7 @@ def show_run(run: dict, cases: list | None, key: str) -> None:
         for col, r in zip(cols, heads.itertuples()):
             col.metric(f"{r.kind} {r.metric} (all)", f"{r.accuracy:.3f}",
                        help=f"k={r.k} of n={r.n}; 95% interval [{r.lo:.3f}, {r.hi:.3f}]; chance {r.chance:.3f}")
-    st.plotly_chart(_accuracy_figure(summary, run["generation_summary"]), key=f"{key}_acc", width="stretch")
+    st.plotly_chart(accuracy_figure(summary, run["generation_summary"]), key=f"{key}_acc", width="stretch")
     if not summary.empty:
         st.dataframe(summary, hide_index=True, key=f"{key}_summary")
     if not run["probes"].empty:
@@ -43,7 +43,7 @@ def show_run(run: dict, cases: list | None, key: str) -> None:
         st.dataframe(run["generation_summary"], hide_index=True)
     if cases is not None and not clip.empty:
         conf = swap_confusion(clip[clip["kind"] == "caption_pair"], cases)
-        st.plotly_chart(_confusion_figure(conf), key=f"{key}_conf", width="stretch")
+        st.plotly_chart(confusion_figure(conf), key=f"{key}_conf", width="stretch")
         st.image(failure_gallery(clip, cases), caption="Failures: the image, its caption (+) and the foil CLIP "
                                                        "preferred (−)")
     else:
@@ -58,9 +58,9 @@ load_tab, live_tab, compare_tab = st.tabs(["Load a run", "Run a small suite live
 with load_tab:
     folder = st.text_input("Run folder (the --out of `unclip-explorer binding run`)", "", key="bd_folder")
     if folder.strip():
-        run = S.attempt(S.load_run, folder)
+        run = S.attempt(load_run, folder)
         if run is not None:
-            show_run(run, S.attempt(S.run_cases, run["settings"]), "load")
+            show_run(run, S.attempt(run_cases, run["settings"]), "load")
 
 with live_tab:
     st.caption("A small built-in ShapesWorld suite (caption pairs and Winoground cases), CLIP level.")
@@ -82,7 +82,7 @@ with live_tab:
             st.session_state["live"] = (str(out), cases)
     if "live" in st.session_state:
         out, cases = st.session_state["live"]
-        run = S.attempt(S.load_run, out)
+        run = S.attempt(load_run, out)
         if run is not None:
             show_run(run, cases, "live")
 
