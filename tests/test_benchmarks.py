@@ -17,14 +17,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks import _common as common  # noqa: E402
 from benchmarks import sampling as sb  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny convolutions run fastest, and least disturbed by a busy shared CPU, on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_smoke_subprocess_prints_ratios_and_writes_json(tmp_path):

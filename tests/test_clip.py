@@ -13,6 +13,8 @@ from unclip_core.clip import ClipEncoder, bundled_names
 from unclip_core.imageio import tensor_to_pil
 from unclip_core.tokenizer import WordTokenizer
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ARCH = "TinyClipTest-unclip"
 TINY_CFG = {"embed_dim": 32, "quick_gelu": True,  # QuickGELU as in OpenAI's JIT models
             "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
@@ -20,15 +22,6 @@ TINY_CFG = {"embed_dim": 32, "quick_gelu": True,  # QuickGELU as in OpenAI's JIT
 PROMPTS = ["a red circle", "a small blue square left of a green star", "hello!"]
 MEAN = torch.tensor(open_clip.OPENAI_DATASET_MEAN)[:, None, None]
 STD = torch.tensor(open_clip.OPENAI_DATASET_STD)[:, None, None]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a CPU shared with other jobs, 2 threads were ~10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

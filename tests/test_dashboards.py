@@ -20,6 +20,7 @@ from dashboards import _state as S
 from explorer.binding import run_suite
 from explorer.cli import main
 from explorer.commands import dashboard as dashboard_cmd
+from pipeline_fixture import pipe, pipe_dir  # noqa: F401 (module-scoped fixtures)
 from tiny_models import write_tiny_pipeline
 from unclip_core.clip import ClipEncoder, bundled_world
 from unclip_core.pipeline import UnCLIP
@@ -53,16 +54,6 @@ def chart_points(at: AppTest, index: int = 0) -> int:
         x = trace["x"]
         n += len(np.frombuffer(base64.b64decode(x["bdata"]), dtype=x["dtype"])) if isinstance(x, dict) else len(x)
     return n
-
-
-@pytest.fixture(scope="module")
-def pipe_dir(tmp_path_factory):
-    return write_tiny_pipeline(tmp_path_factory.mktemp("pipe"))
-
-
-@pytest.fixture(scope="module")
-def pipe(pipe_dir):
-    return UnCLIP.load(pipe_dir)
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,8 @@ from explorer.evaluate import EvalSettings, evaluate_family
 from unclip_core.data.shapes import COLOURS, Scene, get_world, parse, render
 from unclip_core.imageio import pil_to_tensor, tensor_to_pil
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 FAST = EvalSettings(steps=2, prior_steps=2, best_of=1, upsampler_steps=(2,), n_upsample=2, n_variation_images=2,
                     n_variations=2, batch_size=8)
 
@@ -103,15 +105,6 @@ def _patched(monkeypatch, fake):
         return render(scene, size)
     monkeypatch.setattr(ev, "render", recording_render)
     return fake
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """The CPU is shared with training runs: one intra-op thread is faster here than two fighting."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 ORACLE_SETTINGS = EvalSettings(n_upsample=3, n_variation_images=3, n_variations=3, n_two_object_t2i=3)

@@ -25,6 +25,8 @@ from benchmarks import karlo as kb  # noqa: E402
 from unclip_core.karlo import KarloUnCLIP, import_karlo, load_karlo_clip  # noqa: E402
 from unclip_core.pipeline import UnCLIP  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 PROMPTS = ["a red cube", "a photo of the cat on the left of a small dog"]
 
 
@@ -46,14 +48,6 @@ def ours(karlo):
 @pytest.fixture(scope="module")
 def ref(karlo):
     return kb.diffusers_pipeline(karlo[0])
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _text(ref, prompts):

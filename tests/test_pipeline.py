@@ -10,16 +10,8 @@ from unclip_core.pipeline import UnCLIP
 from explorer.records import read_png_meta, save_png
 from unclip_core.provenance import BlockedContentError, ConceptPolicy
 
+from pipeline_fixture import pipe, pipe_dir  # noqa: F401 (module-scoped fixtures)
 from tiny_models import write_tiny_pipeline
-
-@pytest.fixture(scope="module")
-def pipe_dir(tmp_path_factory):
-    return write_tiny_pipeline(tmp_path_factory.mktemp("pipe"))
-
-
-@pytest.fixture(scope="module")
-def pipe(pipe_dir):
-    return UnCLIP.load(pipe_dir)
 
 
 def test_load_and_describe(pipe):

@@ -18,16 +18,10 @@ from unclip_core.pipeline import UnCLIP
 
 from tiny_models import write_tiny_pipeline
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 PROMPT = "a red circle left of a blue square"
 FAST = {"steps": 3, "upsample": False}  # decoder steps of every bundled call below
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

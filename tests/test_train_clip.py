@@ -11,15 +11,6 @@ from unclip_core.train.clip import (ClipTrainConfig, build_model, contrastive_lo
 from unclip_core.train.common import EMA, CsvLog, cosine_lr, load_state, save_state
 
 
-@pytest.fixture
-def one_thread():
-    """Train on one intra-op thread: on a CPU shared with other jobs, 2 threads were ~10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_contrastive_loss_closed_forms():
     B, s = 4, 2.0
     z = torch.eye(B)  # orthonormal: logits are s on the diagonal, 0 elsewhere
