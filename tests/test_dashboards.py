@@ -21,9 +21,7 @@ from explorer.binding import run_suite
 from explorer.cli import main
 from explorer.commands import dashboard as dashboard_cmd
 from pipeline_fixture import pipe, pipe_dir  # noqa: F401 (module-scoped fixtures)
-from tiny_models import write_tiny_pipeline
 from unclip_core.clip import ClipEncoder, bundled_world
-from unclip_core.pipeline import UnCLIP
 from explorer.records import read_png_meta
 
 PAGES = Path(__file__).resolve().parent.parent / "dashboards" / "views"
