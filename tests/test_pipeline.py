@@ -11,7 +11,6 @@ from explorer.records import read_png_meta, save_png
 from unclip_core.provenance import BlockedContentError, ConceptPolicy
 
 from pipeline_fixture import pipe, pipe_dir  # noqa: F401 (module-scoped fixtures)
-from tiny_models import write_tiny_pipeline
 
 
 def test_load_and_describe(pipe):
