@@ -80,7 +80,7 @@ def test_config_errors():
         ClipTrainConfig(patch_size=10)
     with pytest.raises(ValueError, match="batch_size must be >= 2 for a contrastive loss, got 1"):
         ClipTrainConfig(batch_size=1)
-    with pytest.raises(ValueError, match=r"recipe='big' is not known; accepted: 'shapes', 'shapes-v2', 'tiny'"):
+    with pytest.raises(ValueError, match=r"recipe='big' is not known; accepted: 'shapes', 'shapes-v2', 'shapes-v2-binding', 'tiny'"):
         ClipTrainConfig.recipe("big")
     with pytest.raises(ValueError, match=r"unknown ClipTrainConfig fields \['depth'\]"):
         ClipTrainConfig.from_dict({"depth": 3})
@@ -191,3 +191,23 @@ def test_shape_gates_on_a_tiny_model(tmp_path, one_thread):
     assert 0.2 <= probes["majority"] < 0.5  # five shapes drawn uniformly
     with pytest.raises(TypeError, match="encoder must be a ClipEncoder"):
         shape_probes("shapes-clip")
+
+
+def test_warm_start_and_two_object_probes(tmp_path, one_thread):
+    """init_from loads a CLIP folder of the same architecture at step 0 (a fresh optimiser); another architecture
+    is refused naming the tensors; two_object_probes reads the first object of two-object z_i."""
+    from unclip_core.train.clip import two_object_probes
+    base = train_clip(ClipTrainConfig.recipe("tiny", n_steps=2, batch_size=4), tmp_path / "base", progress=False)
+    seen = {}
+    warm = ClipTrainConfig.recipe("tiny", n_steps=1, batch_size=4, lr=0.0, warmup_steps=0, init_from=str(base))
+    out = train_clip(warm, tmp_path / "warm", progress=False,
+                     callback=lambda step, m: seen.setdefault("loss", m["loss"]))
+    # lr 0: the warm-started model is the base model (weights unchanged by the step)
+    a, b = ClipEncoder.load(base), ClipEncoder.load(out)
+    assert torch.allclose(a.encode_text(["a red circle"]), b.encode_text(["a red circle"]), atol=1e-6)
+    with pytest.raises(ValueError, match=r"init_from=.* does not fit this config's architecture \(\d+ tensors "
+                                         r"differ"):
+        train_clip(ClipTrainConfig.recipe("tiny", n_steps=1, batch_size=4, embed_dim=24, init_from=str(base)),
+                   tmp_path / "bad", progress=False)
+    probes = two_object_probes(b, n=90, seed=0, world=2)
+    assert probes["n"] == 90 and all(0.0 <= probes[k] <= 1.0 for k in ("shape", "size", "colour"))

@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         from unclip_core.train.common import load_state
         load_state(out / "state.pt")  # a state this tool did not write fails here, before any model is built
     if args.stage == "clip":
-        unused = [f for f, v in (("--init-from", args.init_from), ("--min-snr-gamma", args.min_snr_gamma),
+        unused = [f for f, v in (("--min-snr-gamma", args.min_snr_gamma),
                                  ("--autoencoder", args.autoencoder),
                                  ("--lr", args.lr), ("--object-weights", args.object_weights),
                                  ("--high-t-fraction", args.high_t_fraction),
@@ -97,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"options for the diffusion stages only, not clip: {', '.join(unused)}; drop them")
         from unclip_core.train.clip import ClipTrainConfig, train_clip
         overrides = {k: v for k, v in {"n_steps": args.steps, "batch_size": args.batch_size,
-                                       "precision": args.precision, "world": args.world}.items() if v is not None}
+                                       "precision": args.precision, "world": args.world,
+                                       "init_from": args.init_from}.items() if v is not None}
         folder = train_clip(ClipTrainConfig.recipe(args.recipe, **overrides), out, resume=args.resume,
                             progress=not args.no_progress)
     else:
