@@ -150,3 +150,17 @@ def test_unknown_words_warn_with_suggestions():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         enc.encode_text(["a red circle"])
+
+
+def test_checkpoint_files_are_published_readable(tmp_path):
+    from unclip_core.checkpoint import save_checkpoint
+    from unclip_core.prior import DiffusionPrior, PriorConfig
+    mask = os.umask(0o022)
+    try:
+        folder = save_checkpoint(tmp_path / "p", DiffusionPrior(PriorConfig(clip_dim=8, text_width=8, width=16,
+                                                                          n_layers=1, n_heads=2, n_text_tokens=4)))
+    finally:
+        os.umask(mask)
+    for f in folder.iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o644, f
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o755

@@ -99,6 +99,9 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     tmp.mkdir()
     try:
         yield tmp
+        for f in [tmp, *tmp.rglob("*")]:  # writers that use mkstemp inside (safetensors) leave 0600 files
+            if not f.is_symlink():
+                publish_permissions(f)
         if path.exists():
             old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
             os.replace(path, old)

@@ -26,7 +26,7 @@ from unclip_core.clip import ClipEncoder
 from unclip_core.data.shapes import ShapesConfig, caption, render_array, sample_scene, vocabulary
 from unclip_core.data.shapes_scene import CURRENT_WORLD, COLOURS, SIZES, Scene, get_world, object_xy
 from unclip_core.tokenizer import WordTokenizer
-from unclip_core.atomic import publish_permissions
+from unclip_core.atomic import publish_permissions, write_json
 from unclip_core.train.common import (PRECISIONS, EMA, CsvLog, check_optimiser_fields, cosine_lr, load_state,
                                       resolve_precision, resume_run, save_state, set_lr,
                                       write_text_atomic)
@@ -627,7 +627,7 @@ def main(argv: list[str] | None = None) -> None:
     eval_seed = 10_000
     rows = evaluate_retrieval(encoder, n=a.eval_n, seed=eval_seed, world=config.world)
     print(_format_rows(rows))
-    (Path(a.out) / "retrieval.json").write_text(json.dumps(rows, indent=2))
+    write_json(Path(a.out) / "retrieval.json", rows, sort_keys=False)
     gates = gate_report(encoder, rows, n_poses=a.gates_n, n_probe=8 * a.gates_n)
     print(_format_gates(gates))
     write_text_atomic(Path(a.out) / "gates.json", json.dumps(gates, indent=2) + "\n")
