@@ -54,13 +54,13 @@ def as_image(name: str, item: Any) -> Image.Image:
 def end_kind(name: str, end: Any) -> tuple[str, Image.Image | str, str]:
     """Classify an interpolation end: ("image", PIL, label) or ("text", caption, caption).
 
-    A str is a caption unless it ends in an image suffix (.png, .jpg, ...), then it is a path that must
-    exist; Path objects, PIL images, uint8 arrays and tensors are images.
+    A str is a caption unless it ends in an image suffix (.png, .jpg, ...) or names an existing file, then it is
+    an image path that must be readable; Path objects, PIL images, uint8 arrays and tensors are images.
     """
     if isinstance(end, str):
         if not end.strip():
             raise ValueError(f"{name} is an empty string; pass a caption, an image path or a PIL image")
-        if not end.lower().endswith(IMAGE_SUFFIXES):
+        if not end.lower().endswith(IMAGE_SUFFIXES) and not Path(end).expanduser().is_file():
             return "text", end, end
         return "image", as_image(name, end), Path(end).name
     label = Path(end).name if isinstance(end, Path) else "image"
