@@ -28,7 +28,7 @@ from explorer.grids import make_grid, save_grid, write_report
 from unclip_core.atomic import write_text
 from explorer.api import load_pipeline
 from explorer.records import run_record, save_png, write_record
-from explorer.store import EmbeddingStore
+from explorer.store import EmbeddingStore, open_store
 from unclip_core.checks import check_choice, check_embeddings, check_same_dim
 
 
@@ -127,11 +127,7 @@ def _fit_vectors(store: EmbeddingStore, kind: str | None, what: str) -> tuple[np
 
 
 def _open(store: EmbeddingStore | str | Path, what: str) -> EmbeddingStore:
-    if isinstance(store, EmbeddingStore):
-        return store
-    if not isinstance(store, (str, Path)):
-        raise TypeError(f"{what} must be an EmbeddingStore or a store folder, got {type(store).__name__}")
-    return EmbeddingStore.open(store)
+    return open_store(store, what)
 
 
 def pca_reconstructions(model: Any, images: Sequence[Any], fit_store: EmbeddingStore | str | Path | None = None,

@@ -8,7 +8,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from explorer.store import EmbeddingStore, Encoder, embed_items
+from explorer.store import EmbeddingStore, Encoder, embed_items, open_store  # noqa: F401 (api.open_store)
 
 EncoderFactory = Callable[[str], Encoder]
 _FACTORIES: dict[str, EncoderFactory] = {}
@@ -49,11 +49,6 @@ def load_encoder(spec: str | Encoder) -> Encoder:
             from unclip_core.clip import ClipEncoder  # heavy (torch, open_clip): only when needed
             _LOADED[spec] = ClipEncoder.load(spec)
     return _LOADED[spec]
-
-
-def open_store(path: str | Path) -> EmbeddingStore:
-    """Open an embedding store folder."""
-    return EmbeddingStore.open(path)
 
 
 def embed(items: str | Path | Sequence[Any], model: str | Encoder, out: str | Path, kind: str | None = None,
@@ -128,8 +123,7 @@ def neighbors(store: EmbeddingStore | str | Path, text: str | Sequence[str] | No
               vector: np.ndarray | None = None, id: str | Sequence[str] | None = None, k: int = 10,
               model: str | Encoder | None = None) -> pd.DataFrame:
     """Exact cosine nearest neighbours in a store, queried by text, image, vector or stored id."""
-    if not isinstance(store, EmbeddingStore):
-        store = EmbeddingStore.open(store)
+    store = open_store(store)
     q = query_vectors(store, text=text, image=image, vector=vector, id=id, model=model)
     return store.neighbors(q, k=k)
 

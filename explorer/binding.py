@@ -28,7 +28,7 @@ from analyses.binding import (GENERATION_PATHS, ShapesJudge, accuracy_table, cas
 from analyses.binding_suite import (CaptionPairCase, Case, GenerationCase, WinogroundCase, load_suite,
                                     suite_lines)
 from explorer.store import _parquet_safe, _tool_version
-from explorer.records import save_png
+from explorer.records import save_png, versions
 from unclip_core.atomic import atomic_write
 from unclip_core.checks import check_positive_int
 
@@ -176,7 +176,7 @@ def run_suite(suite: str | Path | Sequence[Case], model: Any, out: str | Path, g
         "paths": list(paths), "probes": bool(probes), "probe_n": probe_n if probes else 0,
         "text_to_image_kwargs": dict(text_to_image_kwargs or {}), "decode_kwargs": dict(decode_kwargs or {}),
         "judge": type(judge_obj).__name__ if generate else None, "batch_size": batch_size,
-        "tool_version": _tool_version(),
+        "tool_version": _tool_version(), "versions": versions(), "command": "binding run",
     }
     _check_resume(folder, settings)
     encoder, pipe = _load_models(model, generate)

@@ -25,6 +25,7 @@ from PIL import Image
 from analyses._pipe import check_pipe
 from analyses.binding import model_world
 from analyses.metrics import cmmd, frechet_distance
+from explorer.records import now, versions
 from unclip_core.atomic import atomic_write
 from unclip_core.seeds import check_seed
 from unclip_core.checks import check_choice, check_guidance, check_nonneg_float, check_positive_int
@@ -611,7 +612,8 @@ def evaluate_family(pipe: Any, n: int = 100, seed: int = 0, out: str | Path | No
     summary = summarize(tables, s)
     describe = getattr(pipe, "describe", None)
     summary.update({"model": describe() if callable(describe) else {}, "world": model_world(pipe),
-                    "seed": seed, "n": n, "settings": asdict(s), "measures": measures, "elapsed_s": elapsed, "seconds": timings})
+                    "seed": seed, "n": n, "settings": asdict(s), "measures": measures, "elapsed_s": elapsed, "seconds": timings,
+                    "command": "evaluate", "versions": versions(), "created": now()})
     print(f"evaluation finished in {elapsed:.1f} s ({'all bars pass' if summary['passed'] else 'bars missed'})")
     result = FamilyEvaluation(tables, summary, to_markdown(summary))
     if out is not None:

@@ -820,6 +820,11 @@ def _unreadable_images(records: Sequence[Record], progress: bool = False) -> lis
     return bad
 
 
-def open_store(path: str | Path) -> EmbeddingStore:
-    """Open an embedding store (alias of EmbeddingStore.open)."""
-    return EmbeddingStore.open(path)
+def open_store(store: "EmbeddingStore | str | Path", what: str = "store") -> EmbeddingStore:
+    """The one store loader: an EmbeddingStore as it is, or the store folder at a path (EmbeddingStore.open);
+    `what` names the argument in the TypeError for anything else."""
+    if isinstance(store, EmbeddingStore):
+        return store
+    if not isinstance(store, (str, Path)):
+        raise TypeError(f"{what} must be an EmbeddingStore or a store folder, got {type(store).__name__}")
+    return EmbeddingStore.open(store)
