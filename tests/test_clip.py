@@ -296,7 +296,7 @@ def test_word_tokenizer_pools_at_eot_in_an_open_clip_custom_text_tower(tmp_path)
 
 
 # ---------------------------------------------------------------- the bundled model
-@pytest.mark.parametrize("name,world", [("shapes-clip", 1), ("shapes-clip-v2", 2)])
+@pytest.mark.parametrize("name,world", [("shapes-clip", 2)])
 def test_bundled_shapes_clip_retrieves_fresh_held_out_scenes(name, world):
     from unclip_core.data.shapes import ShapesConfig, caption, render_array
 

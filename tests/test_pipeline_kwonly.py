@@ -33,7 +33,13 @@ def bundled():
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    return UnCLIP.load(write_tiny_pipeline(tmp_path_factory.mktemp("kwonly")))
+    """The tiny random pixel pipeline with its decoder's output layer scaled x30, so predicted x0 leaves [-1, 1]
+    and the clamp changes pixels (at random-init scale it barely does): the progress tests need that teeth."""
+    pipe = UnCLIP.load(write_tiny_pipeline(tmp_path_factory.mktemp("kwonly")))
+    with torch.no_grad():
+        pipe.decoder.unet.conv_out.weight.mul_(30.0)
+        pipe.decoder.unet.conv_out.bias.mul_(30.0)
+    return pipe
 
 
 def _z(pipe: UnCLIP, seed: int = 0, n: int = 2) -> torch.Tensor:
@@ -51,13 +57,13 @@ def _max_abs_255(a: list[Image.Image], b: list[Image.Image]) -> int:
 
 # ---- (a) progress changes nothing but the bars -----------------------------------------------------------
 @pytest.mark.parametrize("call", ["text_to_image", "decode", "variations"])
-def test_same_seed_same_images_whatever_progress(bundled, call, capsys):
+def test_same_seed_same_images_whatever_progress(tiny, call, capsys):
     def run(progress: bool):
         if call == "text_to_image":
-            return bundled.text_to_image(PROMPT, n=2, prior_steps=2, seed=11, progress=progress, **FAST)
+            return tiny.text_to_image(PROMPT, n=2, prior_steps=2, seed=11, progress=progress, **FAST)
         if call == "decode":
-            return bundled.decode(_z(bundled), seed=11, progress=progress, **FAST)
-        return bundled.variations(_image(1, 64), n=2, seed=11, progress=progress, **FAST)
+            return tiny.decode(_z(tiny), seed=11, progress=progress, **FAST)
+        return tiny.variations(_image(1, 16), n=2, seed=11, progress=progress, **FAST)
 
     quiet, shown = run(False), run(True)
     assert "decoder: DDIM" in capsys.readouterr().err  # the bar was really shown
@@ -67,18 +73,19 @@ def test_same_seed_same_images_whatever_progress(bundled, call, capsys):
     assert quiet.settings["clip_denoised"] is shown.settings["clip_denoised"] is True
 
 
-def test_the_clamp_matters_so_the_progress_test_has_teeth(bundled):
-    """On the bundled decoder clamping predicted x0 changes pixels: had progress leaked into clip_denoised
-    (the bug), the test above would see it. text_to_image equals prior + decode with the clamp on."""
+def test_the_clamp_matters_so_the_progress_test_has_teeth(tiny):
+    """On a pixel decoder clamping predicted x0 changes pixels: had progress leaked into clip_denoised (the bug),
+    the test above would see it. text_to_image equals prior + decode with the clamp on. (The bundled v2 family
+    has a latent decoder, which never clamps: test_latent_decoder_never_clamps.)"""
     g = torch.Generator().manual_seed(11)
-    z_i = bundled.sample_prior(PROMPT, n=2, steps=2, seed=g)
+    z_i = tiny.sample_prior(PROMPT, n=2, steps=2, seed=g)
     state = g.get_state()
-    clamped = bundled.decode(z_i, seed=g, **FAST)
-    unclamped = bundled.decode(z_i, seed=torch.Generator().set_state(state), clip_denoised=False, **FAST)
-    t2i = bundled.text_to_image(PROMPT, n=2, prior_steps=2, seed=11, **FAST)
+    clamped = tiny.decode(z_i, seed=g, **FAST)
+    unclamped = tiny.decode(z_i, seed=torch.Generator().set_state(state), clip_denoised=False, **FAST)
+    t2i = tiny.text_to_image(PROMPT, n=2, prior_steps=2, seed=11, **FAST)
     assert torch.equal(t2i.z_i, clamped.z_i)  # decode re-normalises the prior's z_i
     assert torch.equal(t2i.stages["decoder"], clamped.stages["decoder"])
-    assert _max_abs_255(clamped.images, unclamped.images) >= 20  # measured 100 / 255 at 3 steps
+    assert _max_abs_255(clamped.images, unclamped.images) >= 20
     assert unclamped.settings["clip_denoised"] is False
 
 
@@ -124,22 +131,22 @@ def test_extra_positional_arguments_raise_type_error(tiny):
 
 
 # ---- (c) one clip_denoised rule, recorded -----------------------------------------------------------------
-def test_clip_denoised_rule_and_settings(bundled, tiny):
-    z = bundled.sample_prior(PROMPT, n=2, steps=2, seed=0)
-    fresh = bundled.decode(z, seed=3, **FAST)
-    t2i = bundled.text_to_image(PROMPT, prior_steps=2, seed=3, **FAST)
+def test_clip_denoised_rule_and_settings(tiny):
+    z = tiny.sample_prior(PROMPT, n=2, steps=2, seed=0)
+    fresh = tiny.decode(z, seed=3, **FAST)
+    t2i = tiny.text_to_image(PROMPT, prior_steps=2, seed=3, **FAST)
     assert fresh.settings["clip_denoised"] is True and fresh.settings["x_T_given"] is False
     assert t2i.settings["clip_denoised"] is True and t2i.settings["x_T_given"] is False
     # decode(z_i) from the seed's noise is decode with that noise as x_T and the clamp on
-    x_T = torch.randn(z.shape[0], 3, 64, 64, generator=torch.Generator().manual_seed(3))
-    given = bundled.decode(z, x_T=x_T, **FAST)
-    given_clamped = bundled.decode(z, x_T=x_T, clip_denoised=True, **FAST)
+    x_T = torch.randn(z.shape[0], 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    given = tiny.decode(z, x_T=x_T, **FAST)
+    given_clamped = tiny.decode(z, x_T=x_T, clip_denoised=True, **FAST)
     assert given.settings["clip_denoised"] is False and given.settings["x_T_given"] is True
     assert given_clamped.settings["clip_denoised"] is True
     assert torch.equal(given_clamped.stages["decoder"], fresh.stages["decoder"])
     # a given x_T runs the unclamped ODE, which here moves pixels by tens of levels
     assert _max_abs_255(given.images, fresh.images) >= 20
-    assert torch.equal(bundled.decode(z, x_T=x_T, clip_denoised=False, **FAST).stages["decoder"],
+    assert torch.equal(tiny.decode(z, x_T=x_T, clip_denoised=False, **FAST).stages["decoder"],
                        given.stages["decoder"])
     var = tiny.variations(_image(2, 16), n=2, steps=2, seed=0, upsample=False)
     mask = torch.zeros(16, 16)
@@ -152,6 +159,14 @@ def test_clip_denoised_rule_and_settings(bundled, tiny):
         tiny.decode(_z(tiny), clip_denoised=1)
     with pytest.raises(TypeError, match=r"clip_denoised must be True or False, got NoneType None"):
         tiny.decoder_denoiser(_z(tiny), clip_denoised=None)
+
+
+def test_latent_decoder_never_clamps(bundled):
+    """The bundled v2 decoder samples autoencoder latents: no [-1, 1] clamp applies, fresh noise or given x_T."""
+    z = bundled.sample_prior(PROMPT, n=1, steps=2, seed=0)
+    assert bundled.decode(z, seed=3, **FAST).settings["clip_denoised"] is False
+    assert bundled.text_to_image(PROMPT, prior_steps=2, seed=3, **FAST).settings["clip_denoised"] is False
+    assert bundled.decode(z, seed=3, clip_denoised=True, **FAST).settings["clip_denoised"] is False  # asked: ignored
 
 
 def test_every_stage_shows_a_labelled_bar(tiny, capsys):

@@ -38,7 +38,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_args.positive_int, default=None)
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=None,
                    help="auto (default): bf16 autocast where the CPU has native bf16 (AVX512-BF16/AMX), else fp32")
-    p.add_argument("--clip", default=None, help="CLIP spec for the prior/decoder (default: the recipe's)")
+    p.add_argument("--clip", default=None, help="CLIP spec for the prior/decoder (default: the recipe's); assemble: the "
+                   "pipeline's CLIP (default: the one the decoder was trained with)")
     p.add_argument("--autoencoder", default=None, metavar="PATH",
                    help="decoder: an autoencoder checkpoint (folder or bundled NAME/STAGE, from `python -m "
                         "unclip_core.train.autoencoder`); the decoder then samples its latents, its image_size and "
@@ -137,7 +138,7 @@ def _assemble(args: argparse.Namespace) -> int:
         raise ValueError(f"no finished decoder at {runs / f'{args.recipe}-decoder' / 'model'}; train it first "
                          f"(unclip-explorer train decoder --recipe {args.recipe}) or pass --runs")
     meta = json.loads((stage_dirs["decoder"] / "config.json").read_text()).get("metadata", {})
-    clip = str(meta.get("train", {}).get("clip", "shapes-clip"))
+    clip = args.clip or str(meta.get("train", {}).get("clip", "shapes-clip"))  # --clip: e.g. a CLIP since renamed
     name = args.name or f"{args.recipe}-unclip"
     if args.autoencoder is not None:  # else the one the decoder recorded (assemble_pipeline)
         stage_dirs["autoencoder"] = args.autoencoder

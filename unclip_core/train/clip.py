@@ -142,11 +142,11 @@ RECIPES: dict[str, dict[str, Any]] = {
     # z_i cosine 0.9987 and found 84% of one-object training scenes by text
     "shapes-v2": dict(n_steps=3000, warmup_steps=100, patch_size=8, object_weights=(0.5, 0.3, 0.2),
                       twin_fraction=0.5, world=2),
-    # shapes-clip-v2 continued for two-object binding: the v2 decoder read the first object's shape / size of a
+    # the bundled (v2) shapes-clip continued for two-object binding: the v2 decoder read the first object's shape / size of a
     # two-object z_i no better than a linear probe of it (0.94 / 0.87), so two-object scenes and size twins
     # get more of each batch, at a lower learning rate from the shipped weights
     "shapes-v2-binding": dict(n_steps=1000, warmup_steps=50, lr=3e-4, patch_size=8, object_weights=(0.2, 0.6, 0.2),
-                              twin_fraction=0.5, twin_weights=(0.45, 0.35, 0.2), world=2, init_from="shapes-clip-v2"),
+                              twin_fraction=0.5, twin_weights=(0.45, 0.35, 0.2), world=2, init_from="shapes-clip"),
     "tiny": dict(embed_dim=16, image_size=32, patch_size=8, vision_width=32, vision_layers=1, vision_head_width=16,
                  text_width=32, text_layers=1, text_heads=2, context_length=24, batch_size=8, n_steps=6,
                  warmup_steps=2, checkpoint_every=2, log_every=1),

@@ -143,10 +143,12 @@ class DiffusionTrainConfig:
 # the base is 64px with a thin top level (32 channels at 64x64), which costs ~1.5x a 32px UNet, not 7x.
 # clip_scale 6.1 = 17.2 * sqrt(128 / 1024) keeps the paper's per-component scale for 128-d embeddings.
 RECIPES: dict[str, dict[str, dict[str, Any]]] = {
+    # ShapesWorld v1 (the family bundled until the v2 one replaced it): its prior and decoder need a v1 CLIP, which
+    # is no longer bundled; train one with `train clip --recipe shapes` and pass it with --clip
     "shapes": {
         "prior": dict(model=dict(clip_dim=128, text_width=128, width=256, n_layers=6, n_heads=4, n_text_tokens=24,
                                  clip_scale=6.1, dropout=0.0),
-                      n_steps=1000, batch_size=128, lr=3e-4, p_drop_text=0.1),
+                      n_steps=1000, batch_size=128, lr=3e-4, p_drop_text=0.1, world=1),
         # clip_map_channels (a spatial z_i map at the input, see decoder.py) and high_t_fraction (half of each batch
         # from the top fifth of the schedule, where the scene is drawn from z_i): without them the v0 decoder barely
         # used z_i (x0-MSE at t=990: 0.0363 with the true z_i, 0.0379 with another image's); docs/training.md
@@ -155,7 +157,7 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
                                    attention_resolutions=(16, 8), head_channels=32, clip_dim=128, n_clip_tokens=4,
                                    text_width=0, learn_sigma=True, dropout=0.0, norm_groups=16,
                                    resblock_updown=False, clip_map_channels=4, clip_map_size=16),
-                        prediction="v", n_steps=3000, batch_size=32, lr=2e-4, high_t_fraction=0.5),
+                        prediction="v", n_steps=3000, batch_size=32, lr=2e-4, high_t_fraction=0.5, world=1),
         "upsampler1": dict(model=dict(low_res=64, out_res=256, model_channels=32, channel_mult=(1, 2, 2),
                                       n_res_blocks=1, norm_groups=16),
                            prediction="v", n_steps=1000, batch_size=16, lr=3e-4, crop=64),
@@ -163,18 +165,18 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
                                       n_res_blocks=1, norm_groups=8),
                            prediction="v", n_steps=500, batch_size=8, lr=3e-4, crop=128, crop_content_fraction=0.5),
     },
-    # ShapesWorld v2 with shapes-clip-v2: the prior as v1's on the v2 CLIP, and a LATENT decoder (pass
+    # ShapesWorld v2 with the bundled v2 shapes-clip: the prior as v1's on the v2 CLIP, and a LATENT decoder (pass
     # --autoencoder: a python -m unclip_core.train.autoencoder export, 64 px -> 16x16x4) that samples 16x16 latents,
     # 8.3 M parameters, ~2 s a step of 32 on a shared CPU core where the 64 px pixel decoder took 4.4 s
     "shapes-v2": {
         "prior": dict(model=dict(clip_dim=128, text_width=128, width=256, n_layers=6, n_heads=4, n_text_tokens=24,
                                  clip_scale=6.1, dropout=0.0),
-                      clip="shapes-clip-v2", world=2, n_steps=2000, batch_size=128, lr=3e-4, p_drop_text=0.1),
+                      clip="shapes-clip", world=2, n_steps=2000, batch_size=128, lr=3e-4, p_drop_text=0.1),
         "decoder": dict(model=dict(image_size=16, in_channels=4, model_channels=64, channel_mult=(1, 2, 2),
                                    n_res_blocks=2, attention_resolutions=(8, 4), head_channels=32, clip_dim=128,
                                    n_clip_tokens=4, text_width=0, learn_sigma=False, dropout=0.0, norm_groups=16,
                                    resblock_updown=False, clip_map_channels=4, clip_map_size=16),
-                        clip="shapes-clip-v2", world=2, prediction="v", n_steps=8000, batch_size=32, lr=3e-4,
+                        clip="shapes-clip", world=2, prediction="v", n_steps=8000, batch_size=32, lr=3e-4,
                         high_t_fraction=0.3, object_weights=(0.4, 0.4, 0.2)),
     },
     # for tests: seconds per step
@@ -369,6 +371,11 @@ def train_stage(config: DiffusionTrainConfig, out_dir: str | os.PathLike, resume
     if needs_clip and clip.embed_dim != mc.clip_dim:
         raise ValueError(f"the {config.stage} config has clip_dim={mc.clip_dim} but CLIP {config.clip!r} makes "
                          f"{clip.embed_dim}-d embeddings; set model clip_dim={clip.embed_dim}")
+    if needs_clip and config.world is not None and clip.world is not None and clip.world != config.world:
+        raise ValueError(f"the {config.stage} trains on ShapesWorld v{config.world} but CLIP {config.clip!r} was "
+                         f"trained on v{clip.world}; pass --clip with a v{config.world} CLIP (train one with "
+                         f"`unclip-explorer train clip --recipe {'shapes' if config.world == 1 else 'shapes-v2'}`) "
+                         f"or --world {clip.world}")
     autoencoder = load_autoencoder_for(config, mc)
     torch.manual_seed(config.seed)  # the same initial weights on every rank
     model_cls = _MODEL[config.stage][0]
