@@ -126,10 +126,6 @@ def _fit_vectors(store: EmbeddingStore, kind: str | None, what: str) -> tuple[np
     return Z, rows
 
 
-def _open(store: EmbeddingStore | str | Path, what: str) -> EmbeddingStore:
-    return open_store(store, what)
-
-
 def pca_reconstructions(model: Any, images: Sequence[Any], fit_store: EmbeddingStore | str | Path | None = None,
                         Z_fit: np.ndarray | None = None, ks: Sequence[int] | None = None, seed: int = 0,
                         steps: int = 50, guidance: float = 3.0, judge: Judge | None = None,
@@ -146,7 +142,7 @@ def pca_reconstructions(model: Any, images: Sequence[Any], fit_store: EmbeddingS
         raise ValueError("pass exactly one of fit_store (an embedding store of images) or Z_fit (an (n, dim) array)")
     source = "Z_fit"
     if fit_store is not None:
-        store = _open(fit_store, "fit_store")
+        store = open_store(fit_store, "fit_store")
         store.check_model(pipe.clip.model_id, pipe.clip.spec)
         Z_fit, _ = _fit_vectors(store, kind, "fit_store")
         source = str(store.path)
@@ -184,7 +180,7 @@ def project(store: EmbeddingStore | str | Path, method: str = "umap", n_componen
     kind: keep only rows of that kind ("image" / "text"). With out=DIR writes scatter.html (interactive,
     plotly.js inlined so it opens offline), points.csv and settings.json. kw go to the estimator.
     """
-    store = _open(store, "store")
+    store = open_store(store, "store")
     check_choice("method", method, ("pca", "umap", "tsne"))
     meta = store.metadata
     if color is not None and color not in meta.columns:
@@ -210,7 +206,7 @@ def project(store: EmbeddingStore | str | Path, method: str = "umap", n_componen
 def _embeddings(name: str, x: Any, kind: str | None) -> tuple[np.ndarray, dict[str, Any]]:
     """(n, dim) float array and a description, from a store, a store folder or an array."""
     if isinstance(x, (EmbeddingStore, str, Path)):
-        store = _open(x, name)
+        store = open_store(x, name)
         Z, _ = _fit_vectors(store, kind, name)
         check_embeddings(name, Z)
         return Z, {"store": str(store.path), "model": store.model_spec, "model_id": store.model_id}
@@ -254,7 +250,7 @@ def metrics(real: Any, fake: Any, text_emb: Any = None, k: int = 5, kind: str | 
 def project_rows(store: EmbeddingStore | str | Path, rows: Sequence[int], *, method: str = "pca",
                  kind: str | None = "image", seed: int = 0) -> tuple[pd.DataFrame, Projection]:
     """Re-project a subset of a store's rows of `kind` (positions among those rows) -> (frame, projection)."""
-    store = _open(store, "store")
+    store = open_store(store, "store")
     Z, _, meta = store.select(kind)
     rows = np.asarray(sorted(set(int(r) for r in rows)), dtype=np.int64)
     if rows.size == 0:
@@ -273,7 +269,7 @@ def custom_axes(store: EmbeddingStore | str | Path, encoder: Any, x_pair: tuple[
     Returns the store's rows of `kind` with columns x, y and their metadata.
     """
     from analyses.latent_math import normalize, text_diff_direction
-    store = _open(store, "store")
+    store = open_store(store, "store")
     store.check_model(encoder.model_id, encoder.spec)
     captions = [*x_pair, *y_pair]
     if len(captions) != 4 or any(not isinstance(c, str) or not c.strip() for c in captions):

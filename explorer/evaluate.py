@@ -224,8 +224,7 @@ def _image_rate(df: pd.DataFrame, col: str = "shape_colour_correct") -> float:
     """Fraction of images whose every expected object has `col` True (and the count is right)."""
     if df.empty:
         return math.nan
-    per = df.groupby("image").agg(ok=(col, "all"), count=("count_correct", "first"))
-    return float((per["ok"] & per["count"].fillna(False).astype(bool)).mean())
+    return float(_image_hits(df, df[col]).mean())
 
 
 # ----------------------------------------------------------------------------------------------- measures
