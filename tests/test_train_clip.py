@@ -80,7 +80,7 @@ def test_config_errors():
         ClipTrainConfig(patch_size=10)
     with pytest.raises(ValueError, match="batch_size must be >= 2 for a contrastive loss, got 1"):
         ClipTrainConfig(batch_size=1)
-    with pytest.raises(ValueError, match=r"recipe='big' is not known; accepted: 'shapes', 'shapes-v2', 'shapes-v2-binding', 'tiny'"):
+    with pytest.raises(ValueError, match=r"recipe='big' is not known; accepted: 'shapes', 'shapes-v2', 'shapes-v2-binding', 'shapes-v2-slots', 'tiny'"):
         ClipTrainConfig.recipe("big")
     with pytest.raises(ValueError, match=r"unknown ClipTrainConfig fields \['depth'\]"):
         ClipTrainConfig.from_dict({"depth": 3})
@@ -162,8 +162,8 @@ def test_twins_change_one_attribute_of_one_object_and_keep_the_pose():
     config = ClipTrainConfig.recipe("tiny", batch_size=8, twin_fraction=0.5, image_size=32)
     assert ClipTrainConfig.recipe("shapes-v2").world == 2 and ClipTrainConfig.recipe("shapes").world == 1
     data = ShapesConfig(0, 32, "train", world=2)
-    x, texts, keys = _batch(data, 3, config)
-    x2, texts2, _ = _batch(data, 3, config)
+    x, texts, keys, _ = _batch(data, 3, config)
+    x2, texts2, _, _ = _batch(data, 3, config)
     assert torch.equal(x, x2) and texts == texts2 and x.shape == (8, 3, 32, 32)
     assert len(set(keys[:4])) == 4  # two (scene, twin) pairs, four different descriptions
     assert sum(k1.split() != k2.split() for k1, k2 in zip(keys[0:4:2], keys[1:4:2])) == 2
@@ -211,3 +211,50 @@ def test_warm_start_and_two_object_probes(tmp_path, one_thread):
                    tmp_path / "bad", progress=False)
     probes = two_object_probes(b, n=90, seed=0, world=2)
     assert probes["n"] == 90 and all(0.0 <= probes[k] <= 1.0 for k in ("shape", "size", "colour"))
+
+
+def test_slot_read_out_labels_loss_and_resume(tmp_path, one_thread):
+    """slot_labels puts each object's shape / colour / size (index + 1) at its position and 0 elsewhere; the heads'
+    loss is log(n_classes) averaged at zero weights; a run with slot_weight resumes bit-identically, logs the slot
+    metrics and exports a plain open_clip folder (no head tensors)."""
+    from unclip_core.data.shapes_scene import COLOURS, POSITIONS, SIZES, Obj, Relation, Scene, get_world
+    from unclip_core.train.clip import SlotHeads, slot_labels
+    shapes = get_world(2).shapes
+    scene = Scene((Obj("star", "blue", "large", "left"), Obj("circle", "red", "small", "right")),
+                  Relation("left of", 0, 1), world=2)
+    one = Scene((Obj("cross", "purple", "small", "centre"),), world=2)
+    y = slot_labels([scene, one])
+    assert y.shape == (2, 5, 3)
+    assert y[0, POSITIONS.index("left")].tolist() == [shapes.index("star") + 1, COLOURS.index("blue") + 1,
+                                                       SIZES.index("large") + 1]
+    assert y[0, POSITIONS.index("right")].tolist() == [shapes.index("circle") + 1, 1, 1]
+    assert y[0].sum() == y[0, [0, 1]].sum() and y[1].sum() == y[1, POSITIONS.index("centre")].sum()
+    heads = SlotHeads(16, len(shapes))
+    torch.nn.init.zeros_(heads.linear.weight), torch.nn.init.zeros_(heads.linear.bias)
+    loss, acc = heads.loss(torch.randn(2, 16), y)
+    expected = (math.log(len(shapes) + 1) + math.log(len(COLOURS) + 1) + math.log(len(SIZES) + 1)) / 3
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ValueError, match=r"slot_weight must be a finite weight >= 0"):
+        ClipTrainConfig(slot_weight=-1.0)
+
+    config = ClipTrainConfig.recipe("tiny", n_steps=4, batch_size=6, slot_weight=1.0, world=2)
+    full = train_clip(config, tmp_path / "full", progress=False)
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_3(step, metrics):
+        assert 0.0 <= metrics["slot_acc"] <= 1.0 and metrics["slot_loss"] > 0
+        if step == 3:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train_clip(config, tmp_path / "run", progress=False, callback=kill_at_3)
+    resumed = train_clip(config, tmp_path / "run", progress=False)
+    assert ClipEncoder.load(full).model_id == ClipEncoder.load(resumed).model_id
+    assert torch.equal(load_state(tmp_path / "full" / "state.pt")["slot_heads"]["linear.weight"],
+                       load_state(tmp_path / "run" / "state.pt")["slot_heads"]["linear.weight"])
+    header = (tmp_path / "run" / "loss.csv").read_text().splitlines()[0]
+    assert header.endswith("slot_loss,slot_acc")
+    from safetensors.torch import load_file
+    assert not any("linear" in k and "slot" in k for k in load_file(resumed / "model.safetensors"))
