@@ -367,7 +367,8 @@ def train_clip(config: ClipTrainConfig, out_dir: str | os.PathLike, resume: bool
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed + 1)
             heads = SlotHeads(config.embed_dim, len(get_world(config.world).shapes))
-        groups.append({"params": list(heads.parameters()), "weight_decay": 0.0})
+        # the heads start from scratch beside a warm-started CLIP: 10x its learning rate
+        groups.append({"params": list(heads.parameters()), "weight_decay": 0.0, "lr_scale": 10.0})
     optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2), eps=config.adam_eps)
     ema = EMA(model, config.ema_decay) if config.ema_decay is not None else None
     state_path = out / STATE_FILE

@@ -105,9 +105,9 @@ def cosine_lr(step: int, base_lr: float, n_steps: int, warmup_steps: int = 0, mi
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Set the learning rate of every parameter group."""
+    """Set the learning rate of every parameter group (times the group's "lr_scale" where it has one)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 def save_state(path: str | os.PathLike, state: Mapping[str, Any]) -> Path:

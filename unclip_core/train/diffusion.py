@@ -179,6 +179,19 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
                         clip="shapes-clip", world=2, prediction="v", n_steps=8000, batch_size=32, lr=3e-4,
                         high_t_fraction=0.3, object_weights=(0.4, 0.4, 0.2)),
     },
+    # the v2 family continued on the slot-trained CLIP (train clip --recipe shapes-v2-slots; pass it with --clip):
+    # the v2 prior and decoder warm-started (pass --init-from), at the v2 networks' configs
+    "shapes-v2-slots": {
+        "prior": dict(model=dict(clip_dim=128, text_width=128, width=256, n_layers=6, n_heads=4, n_text_tokens=24,
+                                 clip_scale=6.1, dropout=0.0),
+                      world=2, n_steps=700, warmup_steps=50, batch_size=128, lr=2e-4, p_drop_text=0.1),
+        "decoder": dict(model=dict(image_size=16, in_channels=4, model_channels=64, channel_mult=(1, 2, 2),
+                                   n_res_blocks=2, attention_resolutions=(8, 4), head_channels=32, clip_dim=128,
+                                   n_clip_tokens=4, text_width=0, learn_sigma=False, dropout=0.0, norm_groups=16,
+                                   resblock_updown=False, clip_map_channels=4, clip_map_size=16),
+                        world=2, prediction="v", n_steps=3000, warmup_steps=100, batch_size=32, lr=2e-4,
+                        high_t_fraction=0.3, object_weights=(0.3, 0.5, 0.2)),
+    },
     # for tests: seconds per step
     "tiny": {
         "prior": dict(model=dict(clip_dim=64, text_width=128, width=32, n_layers=1, n_heads=2, n_text_tokens=24,
@@ -578,6 +591,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="decoder: an autoencoder checkpoint (folder or bundled NAME/STAGE); the decoder then samples "
                         "its latents (a latent decoder)")
     p.add_argument("--world", type=int, default=None, help="ShapesWorld version of the data (default: the CLIP's)")
+    p.add_argument("--init-from", default=None, metavar="PATH",
+                   help="warm start: the weights of a checkpoint folder or bundled NAME/STAGE of the same network")
     p.add_argument("--fresh", action="store_true")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (1 is fastest when other jobs share the cores)")
@@ -585,7 +600,8 @@ def main(argv: list[str] | None = None) -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     overrides = {k: v for k, v in {"n_steps": a.steps, "batch_size": a.batch_size, "precision": a.precision,
-                                   "clip": a.clip, "autoencoder": a.autoencoder, "world": a.world}.items()
+                                   "clip": a.clip, "autoencoder": a.autoencoder, "world": a.world,
+                                   "init_from": a.init_from}.items()
                  if v is not None}
     try:
         config = fit_to_autoencoder(recipe(a.recipe, a.stage, **overrides))
