@@ -113,6 +113,66 @@ def _check_metadata(metadata: pd.DataFrame | Sequence[Mapping[str, Any]], n_rows
     return df
 
 
+def check_rows(block: np.ndarray, dtype: str, ids: Sequence[Any], what: str = "vectors") -> None:
+    """Refuse rows a store cannot hold faithfully, naming them: NaN or inf values, finite values beyond the store
+    dtype's range (float16: 65504; they would be stored as inf) and all-zero rows (no direction: cosine 0 with
+    everything)."""
+    block = np.asarray(block)
+    if block.size == 0:
+        return
+    f64 = block.astype(np.float64, copy=False)
+
+    def named(mask: np.ndarray) -> str:
+        rows = np.flatnonzero(mask)
+        shown = [f"{int(r)} ({ids[int(r)]!r})" if int(r) < len(ids) else str(int(r)) for r in rows[:5]]
+        return f"rows {', '.join(shown)}{' ...' if len(rows) > 5 else ''} ({len(rows)} in all)"
+
+    bad = ~np.isfinite(f64).all(axis=1)
+    if bad.any():
+        raise ValueError(f"{what} {named(bad)} hold NaN or inf values; the store keeps only finite embeddings: "
+                         "check the encoder output or the file they were read from")
+    limit = float(np.finfo(np.dtype(dtype)).max)
+    over = (np.abs(f64) > limit).any(axis=1)
+    if over.any():
+        raise ValueError(f"{what} {named(over)} hold values beyond {dtype}'s range (|x| > {limit:g}), which would be "
+                         f"stored as inf; embed into a float32 store (dtype='float32', --dtype float32) or scale the "
+                         "vectors (cosine search reads only directions)")
+    zero = ~(f64 != 0).any(axis=1)
+    if zero.any():
+        raise ValueError(f"{what} {named(zero)} are all zeros: an embedding needs a direction (a zero vector has "
+                         "cosine 0 with everything); drop those rows or check where they came from")
+
+
+def _check_file_name(path: Path, manifest: Mapping[str, Any], key: str) -> str:
+    """A manifest's file reference must name a file inside the store folder (a plain file name)."""
+    name = manifest.get(key)
+    if not isinstance(name, str) or not name or Path(name).name != name or name in (".", "..") \
+            or "/" in name or "\\" in name:
+        raise ValueError(f"{path / MANIFEST} names {key}={name!r}, which is not a file inside the store folder; a "
+                         "store's files live in its folder (store.json was edited or damaged): restore store.json "
+                         "or re-embed the store")
+    return name
+
+
+def _npy_size_problem(vpath: Path, count: int, dim: int, dtype: str) -> str | None:
+    """Why a .npy file cannot hold a (count, dim) array of dtype, read from its header and size; None if it can."""
+    try:
+        with open(vpath, "rb") as f:
+            major, _ = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            shape, _, file_dtype = read(f, max_header_size=10_000)
+            header = f.tell()
+    except (ValueError, OSError, EOFError):
+        return None  # not an .npy header: np.load's own error path names it
+    need = header + int(np.prod(shape, dtype=np.int64)) * np.dtype(file_dtype).itemsize
+    have = vpath.stat().st_size
+    if have < need:
+        return (f"its vectors file {vpath.name} is truncated: {have} bytes, where its header's {file_dtype} "
+                f"{tuple(shape)} array needs {need}; the file was cut short (an interrupted copy?): restore it "
+                "from the original or re-embed the store")
+    return None
+
+
 class EmbeddingStore:
     """A folder of CLIP embeddings: `vectors` (n, dim) memmap, `metadata` DataFrame, `store.json` manifest."""
 
@@ -184,6 +244,8 @@ class EmbeddingStore:
             raise ValueError(f"store at {path} has format version {version!r}, this unclip-explorer "
                              f"({_tool_version()}) reads version {FORMAT_VERSION}; use the matching "
                              "unclip-explorer version or re-embed the store")
+        for key in ("vectors_file", "metadata_file"):
+            _check_file_name(path, manifest, key)
         store = cls(path, manifest)
         vec = store.vectors
         if vec.shape != (store.count, store.dim) or vec.dtype.name != store.dtype:
@@ -236,6 +298,9 @@ class EmbeddingStore:
             if not vpath.exists():
                 raise FileNotFoundError(f"store at {self.path} lacks its vectors file {vpath.name}; "
                                         "the store is damaged, re-embed it")
+            problem = _npy_size_problem(vpath, self.count, self.dim, self.dtype)
+            if problem is not None:
+                raise ValueError(f"store at {self.path}: {problem}")
             try:
                 if self.count == 0:  # a zero-length region cannot be memory-mapped
                     vectors = np.load(vpath, allow_pickle=False)
@@ -310,6 +375,7 @@ class EmbeddingStore:
         vectors = _as_numpy(vectors)
         check_embeddings("vectors", vectors, dim=self.dim)
         df = _check_metadata(metadata, len(vectors))
+        check_rows(vectors, self.dtype, df["id"].tolist())  # before anything is written
         self._commit([vectors], len(vectors), df)
         return self
 
@@ -335,8 +401,11 @@ class EmbeddingStore:
                 stop = min(start + NEIGHBOR_BLOCK_ROWS, n_old)
                 out[start:stop] = old_vec[start:stop]
             row = n_old
+            new_ids = new_meta["id"].tolist()
             for block in blocks:
                 block = np.asarray(block)
+                # encoders' output too: a bad row fails the write (the temporary file is removed)
+                check_rows(block, self.dtype, new_ids[row - n_old:row - n_old + len(block)])
                 out[row:row + len(block)] = block.astype(self.dtype, copy=False)
                 row += len(block)
             if row != total:
@@ -399,7 +468,13 @@ class EmbeddingStore:
         inv_norm = self._inverse_norms(block_rows)
         for start in range(0, self.count, block_rows):
             block = np.asarray(vec[start:start + block_rows], dtype=np.float32)
-            s = (block @ q.T).T * inv_norm[start:start + len(block)]  # (q, b) cosine
+            with np.errstate(invalid="ignore", over="ignore"):
+                s = (block @ q.T).T * inv_norm[start:start + len(block)]  # (q, b) cosine
+            if not np.isfinite(s).all():  # inf / NaN rows of a store written before append refused them
+                bad_rows = np.flatnonzero(~np.isfinite(s).all(axis=0)) + start
+                warnings.warn(f"store at {self.path}: rows {bad_rows[:5].tolist()} hold inf or NaN values and rank "
+                              "last (score -inf); re-embed those items", RuntimeWarning, stacklevel=2)
+                s = np.where(np.isfinite(s), s, -np.inf).astype(np.float32)
             if s.shape[1] > k:
                 kth = np.partition(s, s.shape[1] - k, axis=1)[:, s.shape[1] - k]
             else:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -440,3 +441,48 @@ def test_metrics_on_a_tiny_store_names_the_side_and_the_fix(tmp_path):
     with pytest.raises(ValueError, match=r"fake \(.*one, kind text\) has 1 embedding row\(s\); the metric table "
                                          r"needs at least 6 per side .* lower k \(-k\)"):
         analysis_api.metrics(big, one, kind="text")
+
+
+def _img_meta(n: int, prefix: str) -> list[dict]:
+    return [{"id": f"{prefix}{i}", "kind": "image", "source": f"{prefix}{i}.png"} for i in range(n)]
+
+
+def test_rows_a_store_cannot_hold_are_refused_with_their_ids(tmp_path):
+    """Finite values beyond float16 (stored as inf before), all-zero rows (cosine 0 with everything) and NaN
+    rows are refused at append, naming row and id; nothing is written; a float32 store takes the large rows."""
+    store = EmbeddingStore.create(tmp_path / "s", "m", "mid", 4)
+    store.append(np.eye(4, dtype=np.float32)[:2], _img_meta(2, "ok"))
+    files = sorted(p.name for p in (tmp_path / "s").iterdir())
+    cases = [(np.array([[1, 0, 0, 0], [7e4, 0, 0, 0]], np.float32), r"rows 1 \('big1'\).*beyond float16's range "
+              r"\(\|x\| > 65504\).*float32 store"),
+             (np.array([[1, 0, 0, 0], [0, 0, 0, 0]], np.float32), r"rows 1 \('zero1'\).*all zeros"),
+             (np.array([[np.nan, 0, 0, 0], [1, 0, 0, 0]], np.float32), r"rows \[0\]|row.*NaN")]
+    for (vectors, pattern), prefix in zip(cases, ("big", "zero", "nan")):
+        with pytest.raises(ValueError, match=pattern):
+            store.append(vectors, _img_meta(2, prefix))
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == files and len(EmbeddingStore.open(tmp_path / "s")) == 2
+    wide = EmbeddingStore.create(tmp_path / "w", "m", "mid", 4, dtype="float32")
+    wide.append(np.array([[7e4, 1, 0, 0]], np.float32), _img_meta(1, "big"))
+    assert float(wide.vectors[0, 0]) == 7e4
+    # neighbours of a store keep k rows: every score finite
+    nb = store.neighbors(np.array([1, 0, 0, 0], np.float32), k=5)
+    assert len(nb) == 2 and np.isfinite(nb["score"]).all()
+
+
+def test_store_files_stay_inside_the_folder_and_truncation_is_named(tmp_path):
+    store = EmbeddingStore.create(tmp_path / "s", "m", "mid", 4)
+    store.append(np.eye(4, dtype=np.float32), _img_meta(4, "r"))
+    mpath = tmp_path / "s" / "store.json"
+    good = json.loads(mpath.read_text())
+    for key, bad in (("vectors_file", "../../elsewhere.npy"), ("metadata_file", "/etc/passwd"),
+                     ("vectors_file", "..")):
+        mpath.write_text(json.dumps({**good, key: bad}))
+        with pytest.raises(ValueError, match=rf"names {key}='{re.escape(bad)}', which is not a file inside the "
+                                             "store folder.*restore store.json"):
+            EmbeddingStore.open(tmp_path / "s")
+    mpath.write_text(json.dumps(good))
+    vfile = tmp_path / "s" / good["vectors_file"]
+    vfile.write_bytes(vfile.read_bytes()[:-6])
+    with pytest.raises(ValueError, match=rf"{good['vectors_file']} is truncated: \d+ bytes, where its header's "
+                                         r"float16 \(4, 4\) array needs \d+.*restore it"):
+        EmbeddingStore.open(tmp_path / "s")
