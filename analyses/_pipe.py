@@ -11,6 +11,7 @@ from PIL import Image
 from unclip_core import seeds
 from unclip_core.checks import check_guidance as _check_guidance, check_positive_int
 from unclip_core.imageio import load_image, pil_to_tensor
+from unclip_core.sampling import SamplingConfig, check_sampling
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 _PIPE_ATTRS = ("clip", "decoder", "decode", "invert", "encode_images", "sample_prior", "upsample", "describe")
@@ -99,19 +100,25 @@ def noise(pipe: Any, n: int, generator: torch.Generator) -> torch.Tensor:
     return torch.randn(pipe.x_T_shape(check_positive_int("n", n)), generator=generator)
 
 
-def decode(pipe: Any, z_i: torch.Tensor, x_T: torch.Tensor, *, steps: int, guidance: float, clip_denoised: bool,
-           upsample: bool | int | None, upsampler_steps: Sequence[int], g: torch.Generator,
+def sampling_of(pipe: Any, sampling: Any) -> SamplingConfig:
+    """An analysis' sampling settings: `sampling` (a SamplingConfig or a dict of its fields) over pipe.sampling."""
+    return check_sampling(sampling, getattr(pipe, "sampling", None) or SamplingConfig())
+
+
+def decode(pipe: Any, z_i: torch.Tensor, x_T: torch.Tensor, *, sampling: SamplingConfig,
+           upsample: bool | int | None, g: torch.Generator,
            batch_size: int = 16) -> tuple[list[Image.Image], torch.Tensor]:
     """Decode z_i (n, d) from x_T of pipe.x_T_shape(n) in batches -> (final images, decoder-stage pixels (n, 3, s, s)).
 
-    DDIM with eta = 0, so a frame depends only on its z_i and x_T. When upsampling, every frame gets the
-    same upsampler noise (one seed drawn from g), so frames differ only through z_i and x_T.
+    With `sampling` from analyses._inversion.frame_sampling (DDIM at eta 0) a frame depends only on its z_i and
+    x_T. When upsampling, every frame gets the same upsampler noise (one seed drawn from g), so frames differ only
+    through z_i and x_T.
     """
     up_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=g).item())
     decoded = []
     for s in range(0, z_i.shape[0], batch_size):
-        out = pipe.decode(z_i[s:s + batch_size], x_T=x_T[s:s + batch_size], steps=steps, guidance=guidance,
-                          upsample=False, seed=0, clip_denoised=clip_denoised)
+        out = pipe.decode(z_i[s:s + batch_size], x_T=x_T[s:s + batch_size], sampling=sampling, upsample=False,
+                          seed=0)
         decoded.append(out.stages["decoder"])
     x = torch.cat(decoded)
     final = x
@@ -121,8 +128,7 @@ def decode(pipe: Any, z_i: torch.Tensor, x_T: torch.Tensor, *, steps: int, guida
         for j in range(x.shape[0]):
             y = x[j:j + 1]
             for k in range(n_up):
-                n_steps = upsampler_steps[k] if k < len(upsampler_steps) else upsampler_steps[-1]
-                y = pipe.upsample(y, k, steps=n_steps, seed=up_seed + k).cpu()
+                y = pipe.upsample(y, k, sampling=sampling, seed=up_seed + k).cpu()
             frames.append(y)
         final = torch.cat(frames)
     from unclip_core.imageio import tensor_to_pil

@@ -476,15 +476,16 @@ def true_image(case: GenerationCase, image_size: int = 64, seed: int = 0, *,
 
 
 def generation_scores(cases: Sequence[Case], pipe: Any, judge: Judge, n_images: int = 2, seed: int = 0,
-                      paths: Sequence[str] = GENERATION_PATHS, image_size: int = 64,
-                      text_to_image_kwargs: Mapping[str, Any] | None = None,
-                      decode_kwargs: Mapping[str, Any] | None = None,
+                      paths: Sequence[str] = GENERATION_PATHS, image_size: int = 64, *,
+                      sampling: Any = None, upsample: bool | int | None = False,
                       on_images: Callable[[GenerationCase, str, list], None] | None = None) -> pd.DataFrame:
     """Generate n images per generation case and judge them (Ramesh et al. 2022; checks as in GenEval).
 
     paths: "prior" = pipe.text_to_image(prompt) (prior + decoder); "true_z_i" = pipe.decode of the true
-    image's z_i (decoder only), which separates prior errors from decoder errors. One row per image: id,
-    category, split, path, k, seed, checks (JSON), shape_ok ... count_ok, objects_ok, hit.
+    image's z_i (decoder only), which separates prior errors from decoder errors. sampling: a SamplingConfig or
+    a dict of its fields over pipe.sampling (None: pipe.sampling); upsample: the cascade to run (False: the
+    decoder's images, which a ShapesWorld judge reads). One row per image: id, category, split, path, k, seed,
+    checks (JSON), shape_ok ... count_ok, objects_ok, hit.
     """
     n_images = check_positive_int("n_images", n_images)
     for p in paths:
@@ -495,20 +496,20 @@ def generation_scores(cases: Sequence[Case], pipe: Any, judge: Judge, n_images: 
     if hasattr(judge, "check_case"):
         for c in gen_cases:
             judge.check_case(c)
-    t2i_kw = dict(text_to_image_kwargs or {})
-    dec_kw = dict(decode_kwargs or {})
+    from unclip_core.sampling import SamplingConfig, check_sampling
+    sc = check_sampling(sampling, getattr(pipe, "sampling", None) or SamplingConfig())
     rows = []
     for c in gen_cases:
         s = case_seed(seed, c.id)
         for path in paths:
             if path == "prior":
-                images = pipe.text_to_image([c.prompt], n=n_images, seed=s, **t2i_kw).images
+                images = pipe.text_to_image([c.prompt], n=n_images, sampling=sc, upsample=upsample, seed=s).images
             else:
                 im = true_image(c, image_size, seed, world=model_world(pipe))
                 if im is None:
                     continue  # no true image to encode
                 z_i = pipe.encode_images([im])
-                images = pipe.decode(z_i.repeat(n_images, 1), seed=s, **dec_kw).images
+                images = pipe.decode(z_i.repeat(n_images, 1), sampling=sc, upsample=upsample, seed=s).images
             if on_images is not None:
                 on_images(c, path, images)
             for k, im in enumerate(images):

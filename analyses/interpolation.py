@@ -17,12 +17,13 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from analyses._inversion import decoder_guidance
-from analyses._pipe import (check_pipe, check_refine, decode, encode_images, encode_texts, end_kind, generator,
+from analyses._inversion import frame_sampling
+from analyses._pipe import (check_pipe, decode, sampling_of, encode_images, encode_texts, end_kind, generator,
                             noise, to_decoder_tensor, unit_rows)
 from analyses.latent_math import slerp
 from analyses.tiling import make_grid
 from unclip_core.checks import check_choice, check_positive_int
+from unclip_core.sampling import SamplingConfig
 
 X_T_MODES = ("fixed", "inverted")
 TEXT_AS = ("prior", "z_t")
@@ -66,24 +67,23 @@ def _slerp_x_T(x_T: torch.Tensor, t: np.ndarray) -> torch.Tensor:
 
 
 def interpolate(pipe: Any, a: Any, b: Any, *, n_steps: int = 8, x_T_mode: str = "fixed", text_as: str = "prior",
-                seed: int | torch.Generator = 0, steps: int = 50, guidance: float | None = None, refine: int = 3,
-                prior_steps: int = 64, prior_guidance: float = 4.0, upsample: bool | int | None = None,
-                upsampler_steps: Sequence[int] = (27, 15)) -> InterpolationResult:
+                seed: int | torch.Generator = 0, sampling: SamplingConfig | None = None,
+                upsample: bool | int | None = None) -> InterpolationResult:
     """Interpolate between two images or captions (Ramesh et al. 2022, fig. 4): z_i slerped, x_T fixed or inverted.
 
     pipe: an UnCLIP. a, b: images or captions (see module doc). n_steps: frames, t = linspace(0, 1, n_steps).
-    steps / guidance: decoder DDIM steps and guidance scale, also those of the DDIM inversion, so the end frames
-    reconstruct; guidance None: 1 (the inversion's) for x_T_mode="inverted", 3 for "fixed"; another guidance with
-    "inverted" warns that the ends may not reconstruct. refine: fixed-point iterations per inversion step
-    (pipe.invert). Returns an InterpolationResult with n_steps images; settings record guidance and
-    invert_guidance (None for fixed x_T).
+    sampling: a SamplingConfig (None: pipe.sampling). Frames decode with DDIM at eta 0 in decoder_steps: x_T_mode
+    "fixed" under decoder_guidance; "inverted" inverts both ends (decoder_steps, invert_refine) and decodes
+    every frame under invert_guidance, so the end frames reconstruct (an invert_guidance other than 1 warns
+    that they may not). Captions go through the prior with the prior settings. Returns an InterpolationResult
+    with n_steps images; settings record the frames' guidance, invert_guidance (None for fixed x_T) and the
+    whole sampling config.
     """
     check_pipe(pipe)
     n_steps = check_positive_int("n_steps", n_steps, minimum=2)
     check_choice("x_T_mode", x_T_mode, X_T_MODES)
     check_choice("text_as", text_as, TEXT_AS)
-    steps = check_positive_int("steps", steps)
-    refine = check_refine(refine)
+    sc = sampling_of(pipe, sampling)
     ends = [end_kind("a", a), end_kind("b", b)]
     if x_T_mode == "inverted":
         texts = [n for n, (kind, _, _) in zip("ab", ends) if kind == "text"]
@@ -94,7 +94,7 @@ def interpolate(pipe: Any, a: Any, b: Any, *, n_steps: int = 8, x_T_mode: str = 
     if any(kind == "text" for kind, _, _ in ends) and text_as == "prior" and getattr(pipe, "prior", 1) is None:
         raise ValueError("this pipeline has no prior to map a caption to z_i; pass text_as='z_t' to use the "
                          "caption's CLIP text embedding directly, or load a pipeline with a prior")
-    guidance = decoder_guidance(guidance, x_T_mode)
+    frames_sc = frame_sampling(sc, x_T_mode)
     g, seed_int = generator(seed)
 
     z_ends, refs = [], []  # refs: the unit CLIP embedding each frame is compared with
@@ -105,23 +105,21 @@ def interpolate(pipe: Any, a: Any, b: Any, *, n_steps: int = 8, x_T_mode: str = 
         else:
             z_t = torch.as_tensor(encode_texts(pipe, [value]), dtype=torch.float32)
             refs.append(z_t[0].double().numpy())
-            z = (pipe.sample_prior([value], n=1, steps=prior_steps, guidance=prior_guidance, seed=g)
+            z = (pipe.sample_prior([value], n=1, sampling=sc, seed=g)
                  if text_as == "prior" else z_t)
         z_ends.append(z.reshape(1, -1).float())
 
     t = np.linspace(0.0, 1.0, n_steps)
     if x_T_mode == "inverted":
         # one inversion for both ends: z_i from CLIP, x_T from the decoder run backwards (sec. 3.1)
-        z_inv, x_T_ends = pipe.invert([ends[0][1], ends[1][1]], steps=steps, guidance=guidance, refine=refine)
+        z_inv, x_T_ends = pipe.invert([ends[0][1], ends[1][1]], sampling=sc)
         z_ends = [z_inv[0:1].float(), z_inv[1:2].float()]
         x_T = _slerp_x_T(x_T_ends, t)
     else:
         x_T = noise(pipe, 1, g).expand(n_steps, -1, -1, -1).contiguous()
     z_path = slerp(z_ends[0][0].double(), z_ends[1][0].double(), torch.as_tensor(t)).float()  # (n_steps, d)
 
-    images, decoded = decode(pipe, z_path, x_T, steps=steps, guidance=guidance,
-                             clip_denoised=x_T_mode == "fixed", upsample=upsample,
-                             upsampler_steps=upsampler_steps, g=g)
+    images, decoded = decode(pipe, z_path, x_T, sampling=frames_sc, upsample=upsample, g=g)
     emb = encode_images(pipe, images)
     zu = unit_rows(z_path)
     frame = {"frame": np.arange(n_steps), "t": t}
@@ -135,10 +133,9 @@ def interpolate(pipe: Any, a: Any, b: Any, *, n_steps: int = 8, x_T_mode: str = 
             frame[f"l1_{name}"] = np.full(n_steps, np.nan)
     settings = {"analysis": "interpolate", "a": ends[0][2], "b": ends[1][2], "kind_a": ends[0][0],
                 "kind_b": ends[1][0], "n_steps": n_steps, "x_T_mode": x_T_mode, "text_as": text_as,
-                "seed": seed_int, "steps": steps, "guidance": guidance,
-                "invert_guidance": guidance if x_T_mode == "inverted" else None, "refine": refine,
-                "prior_steps": prior_steps, "prior_guidance": prior_guidance, "upsample": upsample,
-                "upsampler_steps": list(upsampler_steps)}
+                "seed": seed_int, "guidance": frames_sc.decoder_guidance,
+                "invert_guidance": sc.invert_guidance if x_T_mode == "inverted" else None, "upsample": upsample,
+                "sampling": frames_sc.to_dict()}
     return InterpolationResult(images, pd.DataFrame(frame, columns=FRAME_COLUMNS), z_path, x_T, decoded, settings)
 
 
@@ -146,7 +143,7 @@ def interpolation_grid(pipe: Any, pairs: Sequence[tuple[Any, Any]], n_steps: int
                        **kwargs: Any) -> InterpolationGrid:
     """Interpolations of several (a, b) pairs in one labelled grid: rows = pairs, columns = frames.
 
-    kwargs go to `interpolate` (x_T_mode, seed, steps, ...); every pair uses the same seed.
+    kwargs go to `interpolate` (x_T_mode, seed, sampling, ...); every pair uses the same seed.
     """
     if isinstance(pairs, (str, bytes)) or not isinstance(pairs, Sequence) or not pairs:
         raise ValueError("pairs must be a non-empty list of (a, b) pairs of images or captions, "

@@ -15,7 +15,9 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from analyses._pipe import as_image, check_guidance, check_pipe, decode, encode_images, generator, noise, unit_rows
+from analyses._inversion import frame_sampling
+from analyses._pipe import as_image, check_pipe, decode, encode_images, generator, noise, sampling_of, unit_rows
+from unclip_core.sampling import SamplingConfig
 from analyses.projection import PAPER_KS, fit_projection, pca_truncate
 from analyses.tiling import make_grid
 from unclip_core.checks import check_embeddings, check_positive_int
@@ -78,14 +80,16 @@ def _judge_scores(judge: Judge, image: Image.Image) -> dict[str, float]:
 
 
 def pca_reconstructions(pipe: Any, images: Sequence[Any], Z_fit: np.ndarray | torch.Tensor,
-                        ks: Sequence[int] | None = None, seed: int | torch.Generator = 0, steps: int = 50,
-                        guidance: float = 3.0, judge: Judge | None = None, upsample: bool | int | None = None,
-                        upsampler_steps: Sequence[int] = (27, 15)) -> PCAReconResult:
+                        ks: Sequence[int] | None = None, *, seed: int | torch.Generator = 0,
+                        sampling: SamplingConfig | None = None, judge: Judge | None = None,
+                        upsample: bool | int | None = None) -> PCAReconResult:
     """PCA reconstructions (Ramesh et al. 2022, fig. 7): decode each image's z_i truncated to k PCs of Z_fit.
 
     images: image-likes (n_images). Z_fit: (n_fit, dim) image embeddings from the pipeline's CLIP model
     (n_fit >= 2). ks: default `default_ks`; k = dim decodes the untruncated z_i. judge: optional callable
-    image -> {name: score} (e.g. a ShapesWorld read-out), added as judge_<name> columns.
+    image -> {name: score} (e.g. a ShapesWorld read-out), added as judge_<name> columns. sampling (None:
+    pipe.sampling): the decoder's steps and guidance; every reconstruction is DDIM at eta 0 from one x_T per
+    image, so the k columns of an image differ only through z_i.
     """
     check_pipe(pipe)
     if isinstance(images, (str, bytes, Image.Image)) or not isinstance(images, Sequence) or len(images) == 0:
@@ -97,8 +101,7 @@ def pca_reconstructions(pipe: Any, images: Sequence[Any], Z_fit: np.ndarray | to
         raise ValueError(f"Z_fit needs at least 2 rows to fit a PCA, got {Z_fit.shape[0]}")
     if judge is not None and not callable(judge):
         raise TypeError(f"judge must be a callable image -> dict of scores, got {type(judge).__name__}")
-    steps = check_positive_int("steps", steps)
-    guidance = check_guidance(guidance)
+    frames_sc = frame_sampling(sampling_of(pipe, sampling), "fixed")
     g, seed_int = generator(seed)
     pics = [as_image(f"images[{i}]", im) for i, im in enumerate(images)]
 
@@ -112,8 +115,7 @@ def pca_reconstructions(pipe: Any, images: Sequence[Any], Z_fit: np.ndarray | to
     n_img, n_k = len(pics), len(ks)
     x_T = noise(pipe, n_img, g)  # one x_T per image, shared by its k columns
     x_T = x_T.repeat_interleave(n_k, dim=0)
-    recons, _ = decode(pipe, z_k.reshape(n_img * n_k, dim).float(), x_T, steps=steps, guidance=guidance,
-                       clip_denoised=True, upsample=upsample, upsampler_steps=upsampler_steps, g=g)
+    recons, _ = decode(pipe, z_k.reshape(n_img * n_k, dim).float(), x_T, sampling=frames_sc, upsample=upsample, g=g)
     emb = encode_images(pipe, recons).reshape(n_img, n_k, -1)
     zi = z_i.numpy()
     zk = unit_rows(z_k.reshape(n_img * n_k, dim)).reshape(n_img, n_k, dim)
@@ -135,7 +137,7 @@ def pca_reconstructions(pipe: Any, images: Sequence[Any], Z_fit: np.ndarray | to
     grid = make_grid(rows, labels, ["original"] + [f"k={k}" for k in ks],
                      cell_size=max(64, max(im.size[0] for im in recons)))
     settings = {"analysis": "pca_reconstructions", "ks": ks, "dim": dim, "n_fit": int(Z_fit.shape[0]),
-                "n_components": n_comp, "n_images": n_img, "seed": seed_int, "steps": steps, "guidance": guidance,
-                "upsample": upsample, "upsampler_steps": list(upsampler_steps),
+                "n_components": n_comp, "n_images": n_img, "seed": seed_int,
+                "guidance": frames_sc.decoder_guidance, "upsample": upsample, "sampling": frames_sc.to_dict(),
                 "judge": None if judge is None else getattr(judge, "__name__", type(judge).__name__)}
     return PCAReconResult(grid, rows, frame, ks, settings)

@@ -8,18 +8,19 @@ image (x_T_mode="fixed").
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
 
-from analyses._inversion import decoder_guidance
-from analyses._pipe import (as_image, check_pipe, check_refine, decode, encode_images, encode_texts, generator, noise,
+from analyses._inversion import frame_sampling
+from analyses._pipe import (as_image, check_pipe, decode, sampling_of, encode_images, encode_texts, generator, noise,
                             to_decoder_tensor, unit_rows)
 from analyses.latent_math import text_diff_path
 from unclip_core.checks import check_choice, check_positive_int
+from unclip_core.sampling import SamplingConfig
 
 BASELINES = ("caption", "neutral", "none")
 X_T_MODES = ("inverted", "fixed")
@@ -62,15 +63,15 @@ def _caption(name: str, text: Any) -> str:
 
 def text_diff(pipe: Any, image: Any, old_caption: str, new_caption: str, *, theta_max: float = 0.5,
               n_steps: int = 6, baseline: str = "caption", neutral_caption: str = "a picture",
-              x_T_mode: str = "inverted", seed: int | torch.Generator = 0, steps: int = 50,
-              guidance: float | None = None, refine: int = 3, upsample: bool | int | None = None,
-              upsampler_steps: Sequence[int] = (27, 15)) -> TextDiffResult:
+              x_T_mode: str = "inverted", seed: int | torch.Generator = 0,
+              sampling: SamplingConfig | None = None, upsample: bool | int | None = None) -> TextDiffResult:
     """Text diff (Ramesh et al. 2022, sec. 3.3): decode slerp(z_i, normalize(z_t - z_t0), theta) with x_T fixed.
 
     z_t embeds new_caption; z_t0 embeds old_caption (baseline="caption"), neutral_caption ("neutral"), or
-    is left out ("none": direction normalize(z_t)). theta_max in [0, 1]; n_steps >= 2 frames. guidance: the
-    decoder's and the inversion's; None: 1 (the inversion's) for x_T_mode="inverted", so frame 0 reconstructs the
-    image, 3 for "fixed"; another guidance with "inverted" warns. settings record guidance and invert_guidance.
+    is left out ("none": direction normalize(z_t)). theta_max in [0, 1]; n_steps >= 2 frames. sampling (None:
+    pipe.sampling): frames decode with DDIM at eta 0; x_T_mode "inverted" inverts the image and decodes under
+    invert_guidance, so frame 0 reconstructs it (another invert_guidance than 1 warns); "fixed" decodes one
+    fresh noise under decoder_guidance. settings record guidance, invert_guidance and the frames' sampling.
     """
     check_pipe(pipe)
     theta_max = check_theta_max(theta_max)
@@ -81,9 +82,8 @@ def text_diff(pipe: Any, image: Any, old_caption: str, new_caption: str, *, thet
     new_caption = _caption("new_caption", new_caption)
     if baseline == "neutral":
         neutral_caption = _caption("neutral_caption", neutral_caption)
-    steps = check_positive_int("steps", steps)
-    guidance = decoder_guidance(guidance, x_T_mode)
-    refine = check_refine(refine)
+    sc = sampling_of(pipe, sampling)
+    frames_sc = frame_sampling(sc, x_T_mode)
     g, seed_int = generator(seed)
     img = as_image("image", image)
 
@@ -96,13 +96,11 @@ def text_diff(pipe: Any, image: Any, old_caption: str, new_caption: str, *, thet
     z_theta = text_diff_path(z_i, z_t, z_t0, theta_max, n_steps).float()  # (n_steps, d)
 
     if x_T_mode == "inverted":
-        _, x_T1 = pipe.invert([img], steps=steps, guidance=guidance, refine=refine)
+        _, x_T1 = pipe.invert([img], sampling=sc)
     else:
         x_T1 = noise(pipe, 1, g)
     x_T = x_T1.expand(n_steps, -1, -1, -1).contiguous()
-    images, decoded = decode(pipe, z_theta, x_T, steps=steps, guidance=guidance,
-                             clip_denoised=x_T_mode == "fixed", upsample=upsample,
-                             upsampler_steps=upsampler_steps, g=g)
+    images, decoded = decode(pipe, z_theta, x_T, sampling=frames_sc, upsample=upsample, g=g)
     emb = encode_images(pipe, images)
     zu = unit_rows(z_theta)
     target = to_decoder_tensor(pipe, img)
@@ -119,7 +117,7 @@ def text_diff(pipe: Any, image: Any, old_caption: str, new_caption: str, *, thet
     settings = {"analysis": "text_diff", "old_caption": old_caption, "new_caption": new_caption,
                 "theta_max": theta_max, "n_steps": n_steps, "baseline": baseline,
                 "neutral_caption": neutral_caption if baseline == "neutral" else None, "x_T_mode": x_T_mode,
-                "seed": seed_int, "steps": steps, "guidance": guidance,
-                "invert_guidance": guidance if x_T_mode == "inverted" else None, "refine": refine,
-                "upsample": upsample, "upsampler_steps": list(upsampler_steps)}
+                "seed": seed_int, "guidance": frames_sc.decoder_guidance,
+                "invert_guidance": sc.invert_guidance if x_T_mode == "inverted" else None, "upsample": upsample,
+                "sampling": frames_sc.to_dict()}
     return TextDiffResult(images, frame, z_theta, x_T, decoded, settings)

@@ -35,10 +35,10 @@ enc = ClipEncoder.load("shapes-clip")
 pipe = UnCLIP.load("shapes-unclip")
 rng = np.random.default_rng(0)
 images = [render_array(sample_scene(rng, world=enc.world or 1), 64) for _ in range(n_images)]
-enc.encode_image(images[:2]); pipe.decode(enc.encode_image(images[:2]), steps=1, upsample=False, seed=0)  # warm
+enc.encode_image(images[:2]); pipe.decode(enc.encode_image(images[:2]), sampling=pipe.sampling.replace(decoder_steps=1), upsample=False, seed=0)  # warm
 t0 = time.perf_counter()
 z = enc.encode_image(images)
-pipe.decode(z[:2], steps=steps, upsample=False, seed=0)
+pipe.decode(z[:2], sampling=pipe.sampling.replace(decoder_steps=steps), upsample=False, seed=0)
 print(time.perf_counter() - t0)
 """
 

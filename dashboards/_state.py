@@ -251,3 +251,42 @@ def thumbnail_paths(meta: pd.DataFrame, store_path: Path, limit: int = MAX_THUMB
     return out
 
 
+
+
+def sampling_widget(pipe: Any, key: str = "sampling") -> Any:
+    """The sidebar's sampling controls, each starting at the pipeline's own setting (pipe.sampling, from its
+    pipeline.json) -> the SamplingConfig every tool of the page uses. The one dashboard builder of one."""
+    from unclip_core.samplers import get_sampler, sampler_names
+
+    base = pipe.sampling
+    names = list(sampler_names())
+    st.header("Sampling")
+    st.caption(f"Defaults: {getattr(pipe, 'name', 'the pipeline')}'s pipeline.json")
+    dec_sampler = st.selectbox("decoder sampler", names, index=names.index(base.decoder_sampler),
+                               key=f"{key}_decoder_sampler")
+    steps = st.slider("decoder steps", 1, 100, base.decoder_steps, key=f"{key}_decoder_steps")
+    guidance = st.number_input("decoder guidance scale", 0.0, 20.0, float(base.decoder_guidance), 0.5,
+                               key=f"{key}_decoder_guidance",
+                               help="Classifier-free guidance; 1 = none. The paper uses ~1.25 for FID, Karlo 8.")
+    eta = 0.0
+    if get_sampler(dec_sampler).honours_eta:
+        eta = st.slider("eta (text → image)", 0.0, 1.0, float(base.eta), 0.1, key=f"{key}_eta",
+                        help="DDIM's eta: 0 deterministic (invertible); variations use 1 unless set below.")
+    with st.expander("prior"):
+        prior_sampler = st.selectbox("prior sampler", names, index=names.index(base.prior_sampler),
+                                     key=f"{key}_prior_sampler")
+        prior_steps = st.slider("prior steps", 1, 100, base.prior_steps, key=f"{key}_prior_steps",
+                                help="The paper samples the prior with 64 steps and keeps the best of 2 by z_i·z_t.")
+        prior_guidance = st.number_input("prior guidance", 0.0, 20.0, float(base.prior_guidance), 0.5,
+                                         key=f"{key}_prior_guidance")
+        best_of = int(st.number_input("best of", 1, 8, base.best_of, key=f"{key}_best_of"))
+    with st.expander("inversion"):
+        invert_guidance = st.number_input("inversion guidance", 0.0, 20.0, float(base.invert_guidance), 0.5,
+                                          key=f"{key}_invert_guidance",
+                                          help="Guidance of DDIM inversion and of frames decoded from an inverted "
+                                               "x_T; at 1 they reconstruct the input.")
+        refine = int(st.number_input("fixed-point iterations per step", 0, 8, base.invert_refine,
+                                     key=f"{key}_refine"))
+    return attempt(base.replace, decoder_sampler=dec_sampler, decoder_steps=steps, decoder_guidance=guidance,
+                   eta=eta, prior_sampler=prior_sampler, prior_steps=prior_steps, prior_guidance=prior_guidance,
+                   best_of=best_of, invert_guidance=invert_guidance, invert_refine=refine)

@@ -30,6 +30,7 @@ from explorer.api import load_pipeline
 from explorer.records import run_record, save_png, write_record
 from explorer.store import EmbeddingStore, open_store
 from unclip_core.checks import check_choice, check_embeddings, check_same_dim
+from unclip_core.sampling import SamplingConfig
 
 
 
@@ -70,20 +71,17 @@ def _write_frames(folder: Path, result: InterpolationResult | TextDiffResult, me
 
 
 # ------------------------------------------------------------------------------------------- generation analyses
-def interpolate(model: Any, a: Any, b: Any, n_steps: int = 8, x_T_mode: str = "fixed", text_as: str = "prior",
-                seed: int = 0, steps: int = 50, guidance: float | None = None, refine: int = 3, prior_steps: int = 64,
-                prior_guidance: float = 4.0, upsample: bool | int | None = None,
-                upsampler_steps: Sequence[int] = (27, 15),
-                out: str | Path | None = None) -> InterpolationResult:
+def interpolate(model: Any, a: Any, b: Any, *, n_steps: int = 8, x_T_mode: str = "fixed", text_as: str = "prior",
+                seed: int = 0, sampling: SamplingConfig | Mapping[str, Any] | None = None,
+                upsample: bool | int | None = None, out: str | Path | None = None) -> InterpolationResult:
     """Interpolate between two images or captions (Ramesh et al. 2022, fig. 4); see analyses.interpolation.
 
-    guidance None: the inversion's guidance 1 for x_T_mode="inverted" (the end frames reconstruct), 3 for "fixed".
+    sampling: a SamplingConfig, or a dict of its fields over the pipeline's own settings (None: the pipeline's).
     With out=DIR writes frame-KKK.png (provenance), grid.png, frames.csv, index.html and settings.json.
     """
     pipe = load_pipeline(model)
-    result = _interpolate(pipe, a, b, n_steps=n_steps, x_T_mode=x_T_mode, text_as=text_as, seed=seed, steps=steps,
-                          guidance=guidance, refine=refine, prior_steps=prior_steps, prior_guidance=prior_guidance,
-                          upsample=upsample, upsampler_steps=upsampler_steps)
+    result = _interpolate(pipe, a, b, n_steps=n_steps, x_T_mode=x_T_mode, text_as=text_as, seed=seed,
+                          sampling=sampling, upsample=upsample)
     if out is not None:
         info = pipe.describe()
         meta = {**result.settings, "model": info["model"], "model_info": info}
@@ -92,21 +90,19 @@ def interpolate(model: Any, a: Any, b: Any, n_steps: int = 8, x_T_mode: str = "f
     return result
 
 
-def text_diff(model: Any, image: Any, old_caption: str, new_caption: str, theta_max: float = 0.5, n_steps: int = 6,
-              baseline: str = "caption", neutral_caption: str = "a picture", x_T_mode: str = "inverted",
-              seed: int = 0, steps: int = 50, guidance: float | None = None, refine: int = 3,
-              upsample: bool | int | None = None,
-              upsampler_steps: Sequence[int] = (27, 15), out: str | Path | None = None) -> TextDiffResult:
+def text_diff(model: Any, image: Any, old_caption: str, new_caption: str, *, theta_max: float = 0.5,
+              n_steps: int = 6, baseline: str = "caption", neutral_caption: str = "a picture",
+              x_T_mode: str = "inverted", seed: int = 0, sampling: SamplingConfig | Mapping[str, Any] | None = None,
+              upsample: bool | int | None = None, out: str | Path | None = None) -> TextDiffResult:
     """Text diff of an image from old_caption to new_caption (Ramesh et al. 2022, fig. 5); see analyses.text_diff.
 
-    guidance None: the inversion's guidance 1 for x_T_mode="inverted" (frame 0 reconstructs), 3 for "fixed".
+    sampling: a SamplingConfig, or a dict of its fields over the pipeline's own settings (None: the pipeline's).
     With out=DIR writes frame-KKK.png (provenance), grid.png, frames.csv, index.html and settings.json.
     """
     pipe = load_pipeline(model)
     result = _text_diff(pipe, image, old_caption, new_caption, theta_max=theta_max, n_steps=n_steps,
                         baseline=baseline, neutral_caption=neutral_caption, x_T_mode=x_T_mode, seed=seed,
-                        steps=steps, guidance=guidance, refine=refine, upsample=upsample,
-                        upsampler_steps=upsampler_steps)
+                        sampling=sampling, upsample=upsample)
     if out is not None:
         info = pipe.describe()
         settings = {**result.settings, "image": str(image) if isinstance(image, (str, Path)) else "image"}
@@ -126,11 +122,10 @@ def _fit_vectors(store: EmbeddingStore, kind: str | None, what: str) -> tuple[np
     return Z, rows
 
 
-def pca_reconstructions(model: Any, images: Sequence[Any], fit_store: EmbeddingStore | str | Path | None = None,
+def pca_reconstructions(model: Any, images: Sequence[Any], *, fit_store: EmbeddingStore | str | Path | None = None,
                         Z_fit: np.ndarray | None = None, ks: Sequence[int] | None = None, seed: int = 0,
-                        steps: int = 50, guidance: float = 3.0, judge: Judge | None = None,
-                        upsample: bool | int | None = None,
-                        upsampler_steps: Sequence[int] = (27, 15), kind: str | None = "image",
+                        sampling: SamplingConfig | Mapping[str, Any] | None = None, judge: Judge | None = None,
+                        upsample: bool | int | None = None, kind: str | None = "image",
                         out: str | Path | None = None) -> PCAReconResult:
     """PCA-truncated reconstructions (Ramesh et al. 2022, fig. 7) with a PCA of fit_store's (or Z_fit's) vectors.
 
@@ -146,8 +141,8 @@ def pca_reconstructions(model: Any, images: Sequence[Any], fit_store: EmbeddingS
         store.check_model(pipe.clip.model_id, pipe.clip.spec)
         Z_fit, _ = _fit_vectors(store, kind, "fit_store")
         source = str(store.path)
-    result = _pca_reconstructions(pipe, images, Z_fit, ks=ks, seed=seed, steps=steps, guidance=guidance, judge=judge,
-                                  upsample=upsample, upsampler_steps=upsampler_steps)
+    result = _pca_reconstructions(pipe, images, Z_fit, ks=ks, seed=seed, sampling=sampling, judge=judge,
+                                  upsample=upsample)
     result.settings["fit"] = source
     if out is not None:
         folder = _out_folder(out)

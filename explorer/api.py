@@ -111,7 +111,7 @@ def query_vectors(store: EmbeddingStore, text: str | Sequence[str] | None = None
         return np.asarray(store.vectors[[store.row_of(i) for i in ids]], dtype=np.float32)
     encoder = load_encoder(model if model is not None else store.model_spec)
     store.check_model(encoder.model_id, encoder.spec)
-    from explorer.store import _as_numpy
+    from explorer.store.format import _as_numpy
     if name == "text":
         return _as_numpy(encoder.encode_text(texts)).astype(np.float32)
     from unclip_core.imageio import load_image

@@ -27,7 +27,7 @@ from analyses.binding import (GENERATION_PATHS, ShapesJudge, accuracy_table, cas
                               check_suite_world, model_world, paired_bootstrap, probe_embeddings, probe_scenes)
 from analyses.binding_suite import (CaptionPairCase, Case, GenerationCase, WinogroundCase, load_suite,
                                     suite_lines)
-from explorer.store import _parquet_safe, _tool_version
+from explorer.store.format import _parquet_safe, _tool_version
 from explorer.records import save_png, versions
 from unclip_core.atomic import atomic_write
 from unclip_core.checks import check_positive_int
@@ -35,7 +35,7 @@ from unclip_core.checks import check_positive_int
 SETTINGS_FILE = "settings.json"
 # settings that change results: a resumed run must agree on them
 _RESUME_KEYS = ("suite_sha256", "model", "seed", "image_size", "generate", "n_images", "paths", "probe_n",
-                "text_to_image_kwargs", "decode_kwargs", "judge")
+                "sampling", "upsample", "judge")
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -143,13 +143,16 @@ def _check_resume(folder: Path, settings: dict[str, Any]) -> None:
 def run_suite(suite: str | Path | Sequence[Case], model: Any, out: str | Path, generate: bool = False,
               n_images: int = 2, seed: int = 0, judge: Callable | None = None, probes: bool = True,
               probe_n: int = 600, image_size: int = 64, batch_size: int = 32,
-              paths: Sequence[str] = GENERATION_PATHS, text_to_image_kwargs: Mapping[str, Any] | None = None,
-              decode_kwargs: Mapping[str, Any] | None = None, progress: bool = True) -> Path:
+              paths: Sequence[str] = GENERATION_PATHS, sampling: Any = None, upsample: bool | int | None = False,
+              progress: bool = True) -> Path:
     """Run a binding suite into folder `out` (resumable) and write its report; returns `out`.
 
     model: a CLIP spec or encoder (CLIP-level and probe-level), or a pipeline spec / UnCLIP (also needed for
     generate=True, which judges n_images per generation case with `judge`, ShapesJudge by default).
+    sampling: a SamplingConfig or a dict of its fields over the pipeline's own settings (None: the pipeline's);
+    upsample: the cascade generation runs (False: the decoder's images, which the ShapesWorld judge reads).
     """
+    from unclip_core.sampling import SamplingConfig
     from tqdm.auto import tqdm
 
     folder = Path(out)
@@ -174,7 +177,8 @@ def run_suite(suite: str | Path | Sequence[Case], model: Any, out: str | Path, g
         "suite": suite_path, "suite_sha256": suite_sha, "n_cases": len(cases), "model": _model_name(model),
         "seed": seed, "image_size": image_size, "generate": bool(generate), "n_images": n_images,
         "paths": list(paths), "probes": bool(probes), "probe_n": probe_n if probes else 0,
-        "text_to_image_kwargs": dict(text_to_image_kwargs or {}), "decode_kwargs": dict(decode_kwargs or {}),
+        "sampling": sampling.to_dict() if isinstance(sampling, SamplingConfig) else dict(sampling or {}),
+        "upsample": upsample,
         "judge": type(judge_obj).__name__ if generate else None, "batch_size": batch_size,
         "tool_version": _tool_version(), "versions": versions(), "command": "binding run",
     }
@@ -217,6 +221,8 @@ def run_suite(suite: str | Path | Sequence[Case], model: Any, out: str | Path, g
         if hasattr(judge_obj, "check_case"):
             for c in gen_cases:
                 judge_obj.check_case(c)
+        from unclip_core.sampling import check_sampling
+        gen_sampling = check_sampling(sampling, getattr(pipe, "sampling", None) or SamplingConfig())
         done = set(_read_parts(folder, "gen").get("id", pd.Series(dtype=str)).astype(str))
         todo_g = [c for c in gen_cases if c.id not in done]
 
@@ -225,7 +231,7 @@ def run_suite(suite: str | Path | Sequence[Case], model: Any, out: str | Path, g
                     "seed": case_seed(seed, case.id), "n_images": len(images), "model": settings["model"],
                     "model_id": settings["model_id"], "suite_sha256": suite_sha, "world": world,
                     **({"pipeline": settings["pipeline"]} if "pipeline" in settings else {}),
-                    **(dict(text_to_image_kwargs or {}) if path == "prior" else dict(decode_kwargs or {}))}
+                    "upsample": upsample, "sampling": gen_sampling.to_dict()}
             for k, im in enumerate(images):
                 save_png(im, folder / "images" / case.id / f"{path}-{k}.png", {**meta, "index": k})
 
@@ -233,7 +239,7 @@ def run_suite(suite: str | Path | Sequence[Case], model: Any, out: str | Path, g
                   disable=not progress) as bar:
             for c in todo_g:
                 df = generation_scores([c], pipe, judge_obj, n_images, seed, paths, image_size,
-                                       text_to_image_kwargs, decode_kwargs, on_images=save)
+                                       sampling=gen_sampling, upsample=upsample, on_images=save)
                 _write_part(folder, "gen", df)
                 bar.update(1)
 

@@ -13,7 +13,7 @@ from typing import Sequence
 
 from explorer.commands import (Command, analysis, binding, dashboard, demo, evaluate, generate, import_karlo,
                                inspect, shapes, store, train)
-from explorer.store import _tool_version
+from explorer.store.format import _tool_version
 from explorer.threads import apply_default_threads
 
 # errors a user can fix; anything else is a bug and keeps its traceback

@@ -20,7 +20,8 @@ from analyses.binding import model_world
 from explorer import api
 from unclip_core.atomic import atomic_write
 from unclip_core.checkpoint import list_bundled
-from unclip_core.checks import check_choice, check_guidance, check_nonneg_float, check_positive_int
+from unclip_core.checks import check_choice, check_positive_int
+from unclip_core.sampling import SamplingConfig, check_sampling
 from explorer.records import run_record, save_png, write_record
 
 # words of every ShapesWorld version (no hexagon, no cross), so the demo runs on v1 and v2 models alike
@@ -43,30 +44,23 @@ TEXT_DIFF_SCENE = "a large red circle"
 class GeneratorSettings:
     """Knobs of the demo's unCLIP pictures (Ramesh et al. 2022, figs. 3-5), sized for ~2 minutes on a 2-core CPU.
 
-    captions x n_seeds text-to-image cells; n_variations variations (DDIM eta); n_frames interpolation frames
-    with DDIM-inverted x_T (refine fixed-point iterations per inversion step); n_theta text-diff frames up to
-    theta_max. guidance is the decoder's for text-to-image and variations; the interpolation and the text diff
-    invert and decode under guidance 1, so their inverted frames reconstruct. Pictures stay at the decoder's
-    resolution; cascade_stages upsamplers (None: the first one if the pipeline has one; 2 = the full cascade) are
-    run on one text-to-image cell.
+    captions x n_seeds text-to-image cells; n_variations variations (pipe.variation_sampling: DDIM eta 1);
+    n_frames interpolation frames with DDIM-inverted x_T; n_theta text-diff frames up to theta_max. sampling: a
+    dict of SamplingConfig fields (or a whole SamplingConfig) over the pipeline's own settings, which are the ones
+    its card was measured with (shapes-unclip: 25 prior and 25 decoder DDIM steps, guidance 4 and 3; inversion
+    under guidance 1 with 3 fixed-point iterations per step, so the inverted frames reconstruct). Pictures stay
+    at the decoder's resolution; cascade_stages upsamplers (None: the first one if the pipeline has one; 2 = the
+    full cascade) are run on one text-to-image cell.
     """
 
     captions: tuple[str, ...] = DEMO_CAPTIONS
     n_seeds: int = 2
-    steps: int = 25
-    guidance: float = 3.0
-    prior_steps: int = 25
-    prior_guidance: float = 4.0
     n_variations: int = 3
-    eta: float = 1.0
     n_frames: int = 5
-    # 25 steps, guidance 1, text diffs of 20 v2 renders (seeds 5000-5019): mean |pixel error| 0.0037 (max 0.0084)
-    # at refine 3; at 2 the fixed-point iteration diverged on one render (0.44)
-    refine: int = 3
     n_theta: int = 4
     theta_max: float = 0.5
     cascade_stages: int | None = None
-    upsampler_steps: tuple[int, ...] = (27, 15)
+    sampling: Any = None
 
     def __post_init__(self) -> None:
         if isinstance(self.captions, str) or not isinstance(self.captions, tuple) or not self.captions:
@@ -75,25 +69,18 @@ class GeneratorSettings:
         for i, c in enumerate(self.captions):
             if not isinstance(c, str) or not c.strip():
                 raise ValueError(f"captions[{i}] must be a non-empty string, got {c!r}")
-        for name in ("n_seeds", "steps", "prior_steps", "n_variations"):
+        for name in ("n_seeds", "n_variations"):
             check_positive_int(name, getattr(self, name))
-        check_positive_int("refine", self.refine, minimum=0)
         check_positive_int("n_frames", self.n_frames, minimum=2)
         check_positive_int("n_theta", self.n_theta, minimum=2)
-        for name in ("guidance", "prior_guidance"):
-            check_guidance(name, getattr(self, name))
-        for name in ("eta",):
-            check_nonneg_float(name, getattr(self, name))
+        if self.sampling is not None and not isinstance(self.sampling, SamplingConfig):
+            check_sampling(self.sampling, SamplingConfig())  # field names and values, before any work
+            object.__setattr__(self, "sampling", dict(self.sampling))
         if isinstance(self.theta_max, bool) or not isinstance(self.theta_max, (int, float)) \
                 or not 0.0 <= self.theta_max <= 1.0:
             raise ValueError(f"theta_max must lie in [0, 1] (the paper uses 0.25-0.5), got {self.theta_max!r}")
         if self.cascade_stages is not None:
             check_choice("cascade_stages", self.cascade_stages, (0, 1, 2))
-        if not isinstance(self.upsampler_steps, tuple) or not self.upsampler_steps:
-            raise TypeError(f"upsampler_steps must be a non-empty tuple of step counts, one per upsampler, e.g. "
-                            f"(27, 15), got {self.upsampler_steps!r}")
-        for k, s in enumerate(self.upsampler_steps):
-            check_positive_int(f"upsampler_steps[{k}]", s)
 
 
 def default_pipeline() -> str | None:
@@ -212,6 +199,7 @@ def run_generator(pipe: Any, folder: str | Path, seed: int = 0, settings: Genera
                          f"{getattr(pipe, 'name', '?')!r} has {n_up}; pass cascade_stages <= {n_up} "
                          "(drop --full-cascade)")
     s = settings
+    sc = check_sampling(s.sampling, pipe.sampling)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model = pipe.describe()
@@ -227,9 +215,8 @@ def run_generator(pipe: Any, folder: str | Path, seed: int = 0, settings: Genera
     cells, first, n_agree = [], None, 0
     for j, cell_seed in enumerate(seeds):
         say(f"text-to-image: seed {cell_seed} ({j + 1}/{len(seeds)})")
-        out = pipe.text_to_image(list(s.captions), n=1, steps=s.steps, guidance=s.guidance,
-                                 prior_steps=s.prior_steps, prior_guidance=s.prior_guidance, upsample=False,
-                                 seed=cell_seed, progress=progress)
+        out = pipe.text_to_image(list(s.captions), n=1, sampling=sc, upsample=False, seed=cell_seed,
+                                 progress=progress)
         agrees = readout_agreement(list(out.images), list(s.captions), world)
         for i, (caption_text, image) in enumerate(zip(s.captions, out.images)):
             meta = {**out.settings, "demo": "text_to_image", "prompt": caption_text, "seed": cell_seed,
@@ -242,14 +229,14 @@ def run_generator(pipe: Any, folder: str | Path, seed: int = 0, settings: Genera
         if first is None:
             first = (out.stages["decoder"][:1], {**out.settings, "prompt": s.captions[0], "seed": cell_seed,
                                                  "z_i_hash": tensor_hash(out.z_i[0])})
-    grid_settings = {"demo": "text_to_image", "captions": list(s.captions), "seeds": seeds, "steps": s.steps,
-                     "guidance": s.guidance, "prior_steps": s.prior_steps, "prior_guidance": s.prior_guidance,
-                     "best_of": 2, "sampler": "ddim", "world": world,
+    grid_settings = {"demo": "text_to_image", "captions": list(s.captions), "seeds": seeds,
+                     "sampling": sc.to_dict(), "world": world,
                      "readout_agrees": f"{n_agree} of {len(cells)}", **model}
     grid = make_grid(rows, list(s.captions), [f"seed {x}" for x in seeds])
     save_grid(grid, folder / "text_to_image.png", grid_settings)
     records.append({"title": "Text to image", "image": "text_to_image.png", "files": cells,
-                    "caption": f"Rows are captions, columns are seeds: prior z_i (best of 2) decoded with DDIM. A green "
+                    "caption": f"Rows are captions, columns are seeds: prior z_i (best of {sc.best_of}) decoded with "
+                               f"{sc.decoder_sampler.upper()} ({sc.decoder_steps} steps). A green "
                                f"frame: the ShapesWorld v{world} read-out finds everything the caption says; red: it "
                                f"does not ({n_agree} of {len(cells)} cells agree).",
                     "settings": grid_settings, "seconds": round(time.perf_counter() - t0, 1)})
@@ -258,8 +245,8 @@ def run_generator(pipe: Any, folder: str | Path, seed: int = 0, settings: Genera
     t0 = time.perf_counter()
     say("variations")
     var_input = _save_input(folder, VARIATION_SCENE, seed, size, world)
-    out = pipe.variations(var_input, n=s.n_variations, eta=s.eta, steps=s.steps, guidance=s.guidance,
-                          seed=seed, upsample=False, progress=progress)
+    var_sc = check_sampling(s.sampling, pipe.variation_sampling())
+    out = pipe.variations(var_input, n=s.n_variations, sampling=var_sc, seed=seed, upsample=False, progress=progress)
     var_files = []
     for k, image in enumerate(out.images):
         meta = {**out.settings, "demo": "variations", "input": str(var_input.relative_to(folder)), "index": k,
@@ -274,16 +261,16 @@ def run_generator(pipe: Any, folder: str | Path, seed: int = 0, settings: Genera
     records.append({"title": "Variations", "image": "variations.png",
                     "files": [str(var_input.relative_to(folder))] + var_files,
                     "caption": f"A render of '{VARIATION_SCENE}' and {s.n_variations} decodings of its CLIP image "
-                               f"embedding from fresh noise (DDIM eta {s.eta}).",
+                               f"embedding from fresh noise ({var_sc.decoder_sampler.upper()} eta {var_sc.eta:g}).",
                     "settings": var_settings, "seconds": round(time.perf_counter() - t0, 1)})
 
     # image -> image: z_i slerped, x_T of both ends DDIM-inverted and slerped (sec. 3.2, fig. 4)
     t0 = time.perf_counter()
     say("interpolation")
     ends = [_save_input(folder, c, seed, size, world) for c in INTERPOLATION_SCENES]
-    # guidance None: inverted and decoded under the inversion's guidance (1), so the end frames reconstruct
+    # inverted and decoded under the inversion's guidance (invert_guidance 1), so the end frames reconstruct
     res = interpolation_grid(pipe, [(ends[0], ends[1])], n_steps=s.n_frames, x_T_mode="inverted", seed=seed,
-                             steps=s.steps, guidance=None, refine=s.refine, upsample=False)
+                             sampling=sc, upsample=False)
     int_settings = {**res.settings, "demo": "interpolation", "scenes": list(INTERPOLATION_SCENES), **model}
     save_grid(res.image, folder / "interpolation.png", int_settings)
     _write_csv(folder / "interpolation.csv", res.frame)
@@ -298,8 +285,7 @@ def run_generator(pipe: Any, folder: str | Path, seed: int = 0, settings: Genera
     say("text diff")
     td_input = _save_input(folder, TEXT_DIFF_SCENE, seed, size, world)
     td = text_diff(pipe, td_input, TEXT_DIFF[0], TEXT_DIFF[1], theta_max=s.theta_max, n_steps=s.n_theta,
-                   x_T_mode="inverted", seed=seed, steps=s.steps, guidance=None, refine=s.refine,
-                   upsample=False)
+                   x_T_mode="inverted", seed=seed, sampling=sc, upsample=False)
     td_settings = {**td.settings, "demo": "text_diff", "input_scene": TEXT_DIFF_SCENE, **model}
     grid = make_grid([[Image.open(td_input).convert("RGB")] + list(td.images)], None,
                      ["input"] + [f"theta {t:.2f}" for t in td.frame["theta"]])
@@ -318,11 +304,10 @@ def run_generator(pipe: Any, folder: str | Path, seed: int = 0, settings: Genera
         stage_files = [str(save_png(tensor_to_pil(x)[0], folder / "cascade" / "decoder.png",
                                     {**meta, "demo": "cascade", "stage": "decoder"}).relative_to(folder))]
         for k in range(stages):
-            n_steps = s.upsampler_steps[k] if k < len(s.upsampler_steps) else s.upsampler_steps[-1]
-            say(f"upsampler {k + 1} ({n_steps} steps)")
-            x = pipe.upsample(x, k, steps=n_steps, seed=seed + k).cpu()
+            say(f"upsampler {k + 1} ({sc.upsampler_steps_for(k + 1)[k]} steps)")
+            x = pipe.upsample(x, k, sampling=sc, seed=seed + k).cpu()
             stage_meta = {**meta, "demo": "cascade", "stage": f"upsampler{k + 1}", "upsampler_seed": seed + k,
-                          "upsampler_steps": list(s.upsampler_steps[:stages])}
+                          "upsampler_steps": sc.upsampler_steps_for(stages)}
             path = save_png(tensor_to_pil(x)[0], folder / "cascade" / f"upsampler{k + 1}.png", stage_meta)
             stage_files.append(str(path.relative_to(folder)))
         records.append({"title": f"Cascade: {' -> '.join(f'{r}px' for r in pipe.resolutions[:stages + 1])}",

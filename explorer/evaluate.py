@@ -28,7 +28,7 @@ from analyses.metrics import cmmd, frechet_distance
 from explorer.records import now, versions
 from unclip_core.atomic import atomic_write
 from unclip_core.seeds import check_seed
-from unclip_core.checks import check_choice, check_guidance, check_nonneg_float, check_positive_int
+from unclip_core.checks import check_choice, check_nonneg_float, check_positive_int
 from unclip_core.data.readout import MIN_READ_SIZE, READ_SIZE, score_attributes
 from unclip_core.data.shapes import (
     CAPTION_STYLES,
@@ -46,6 +46,7 @@ from unclip_core.data.shapes import (
     sample_scene,
 )
 from unclip_core.imageio import pil_to_tensor
+from unclip_core.sampling import SamplingConfig, check_sampling
 
 # Bars of the ShapesWorld v2 family (issue 15): (measure, summary key, threshold); each is a rate in [0, 1] that
 # must be >= threshold, reported with its 95% Wilson interval (summary key + "_lo" / "_hi", count key + "_n").
@@ -64,38 +65,44 @@ _PIPE_ATTRS = ("encode_images", "decode", "text_to_image", "upsample", "variatio
 
 @dataclass(frozen=True)
 class EvalSettings:
-    """Sampler knobs and the counts of the costly measures (CPU defaults: 25 decoder and prior steps)."""
+    """The counts of the costly measures, and `sampling`: a dict of SamplingConfig fields (or a whole one) over the
+    pipeline's own settings (None: the pipeline's, which its pipeline.json sets: shapes-unclip samples 25 prior
+    and 25 decoder DDIM steps). Variations start from pipe.variation_sampling() (DDIM eta 1)."""
 
-    steps: int = 25
-    guidance: float = 3.0
-    prior_steps: int = 25
-    prior_guidance: float = 4.0
-    best_of: int = 2
-    upsampler_steps: tuple[int, ...] = (27, 15)
+    sampling: Any = None
     n_upsample: int = 16          # scenes per upsampler (the 256 -> 1024 stage is slow on a CPU)
     n_variation_images: int = 8   # source images of the variations measure
     n_variations: int = 4         # variations per source image
-    variation_eta: float = 1.0
     min_pairwise_l1: float = 0.002  # mean |x_a - x_b| ([0, 1] units) above which variations "differ in pixels"
     caption_style: str = "plain"
     batch_size: int = 16
     n_two_object_t2i: int = 0     # two-object captions for the text -> image report (per object; 0 skips it)
 
     def __post_init__(self) -> None:
-        for name in ("steps", "prior_steps", "best_of", "n_upsample", "n_variation_images", "batch_size"):
+        for name in ("n_upsample", "n_variation_images", "batch_size"):
             check_positive_int(name, getattr(self, name))
         check_positive_int("n_two_object_t2i", self.n_two_object_t2i, minimum=0)
         check_positive_int("n_variations", self.n_variations, minimum=2)
-        object.__setattr__(self, "upsampler_steps", tuple(self.upsampler_steps))
-        if not self.upsampler_steps:
-            raise ValueError("upsampler_steps is empty; pass one DDIM step count per upsampler, e.g. (27, 15)")
-        for k in self.upsampler_steps:
-            check_positive_int("upsampler_steps entry", k)
-        for name in ("guidance", "prior_guidance"):
-            check_guidance(name, getattr(self, name))
-        for name in ("variation_eta", "min_pairwise_l1"):
-            check_nonneg_float(name, getattr(self, name))
+        check_nonneg_float("min_pairwise_l1", self.min_pairwise_l1)
+        if self.sampling is not None and not isinstance(self.sampling, SamplingConfig):
+            check_sampling(self.sampling, SamplingConfig())  # field names and values, before any work
+            object.__setattr__(self, "sampling", dict(self.sampling))
         check_choice("caption_style", self.caption_style, CAPTION_STYLES)
+
+    def resolve(self, pipe: Any) -> SamplingConfig:
+        """The settings every measure samples with on `pipe` (sampling over pipe.sampling)."""
+        return check_sampling(self.sampling, getattr(pipe, "sampling", None) or SamplingConfig())
+
+    def resolve_variations(self, pipe: Any) -> SamplingConfig:
+        """The settings of the variations measure (sampling over pipe.variation_sampling())."""
+        base = pipe.variation_sampling() if hasattr(pipe, "variation_sampling") else SamplingConfig(eta=1.0)
+        return check_sampling(self.sampling, base)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        if isinstance(self.sampling, SamplingConfig):
+            d["sampling"] = self.sampling.to_dict()
+        return d
 
 
 @dataclass
@@ -190,12 +197,11 @@ def _decoded(out: Any) -> tuple[torch.Tensor, bool | None]:
 
 
 def _decode(pipe: Any, z_i: torch.Tensor, s: EvalSettings, g: torch.Generator) -> tuple[torch.Tensor, bool | None]:
-    return _decoded(pipe.decode(z_i, steps=s.steps, guidance=s.guidance, upsample=False, seed=g))
+    return _decoded(pipe.decode(z_i, sampling=s.resolve(pipe), upsample=False, seed=g))
 
 
 def _t2i(pipe: Any, captions: list[str], s: EvalSettings, g: torch.Generator) -> tuple[torch.Tensor, bool | None]:
-    return _decoded(pipe.text_to_image(captions, n=1, steps=s.steps, guidance=s.guidance, prior_steps=s.prior_steps,
-                                       prior_guidance=s.prior_guidance, best_of=s.best_of, upsample=False, seed=g))
+    return _decoded(pipe.text_to_image(captions, n=1, sampling=s.resolve(pipe), upsample=False, seed=g))
 
 
 def _object_all(df: pd.DataFrame) -> pd.Series:
@@ -250,7 +256,7 @@ def measure_reconstruction(pipe: Any, n: int = 100, seed: int = 0, settings: Eva
         offsets.append(b0)
         k = min(len(batch), s.n_upsample - b0)  # the read-out after upsampler1, on the first n_upsample scenes
         if len(pipe.resolutions) > 1 and k > 0:
-            high = pipe.upsample(low[:k], 0, steps=s.upsampler_steps[0], seed=g)
+            high = pipe.upsample(low[:k], 0, sampling=s.resolve(pipe), seed=g)
             frames.append(_score(high, batch[:k], stage="upsampler1", n_objects=n_obj[:k], clip_denoised=clipped))
             offsets.append(b0)
     df = _renumber(frames, offsets)
@@ -396,10 +402,9 @@ def measure_upsamplers(pipe: Any, n: int = 16, seed: int = 0, settings: EvalSett
     rows = []
     for k in range(len(res) - 1):
         lo, hi = res[k], res[k + 1]
-        steps = s.upsampler_steps[k] if k < len(s.upsampler_steps) else s.upsampler_steps[-1]
         for b0, batch in zip(range(0, n, s.batch_size), _batches(scenes, s.batch_size)):
             lows = [render_at(sc, lo) for sc in batch]
-            up = _to_uint8(pipe.upsample(pil_to_tensor(lows), k, steps=steps, seed=g))
+            up = _to_uint8(pipe.upsample(pil_to_tensor(lows), k, sampling=s.resolve(pipe), seed=g))
             for j, (sc, low, u) in enumerate(zip(batch, lows, up)):
                 true = np.asarray(render_at(sc, hi))
                 bic = np.asarray(low.resize((hi, hi), Image.BICUBIC))
@@ -424,8 +429,8 @@ def measure_variations(pipe: Any, n: int = 8, n_variations: int = 4, seed: int =
     scenes = [sample_scene(rng, int(rng.integers(1, 3)), world=model_world(pipe)) for _ in range(n)]
     frames = []
     for i, sc in enumerate(scenes):
-        x, clipped = _decoded(pipe.variations(render_at(sc, REAL_SIZE), n=m, eta=s.variation_eta, steps=s.steps,
-                                              guidance=s.guidance, seed=g, upsample=False))
+        x, clipped = _decoded(pipe.variations(render_at(sc, REAL_SIZE), n=m, sampling=s.resolve_variations(pipe),
+                                              seed=g, upsample=False))
         u = torch.from_numpy(_to_uint8(x)).double() / 255.0                           # (m, H, W, 3)
         l1 = float(np.mean([(u[a] - u[b]).abs().mean().item() for a in range(m) for b in range(a + 1, m)]))
         df = _score(x, [sc] * m, source=i, variation=list(range(m)), mean_pairwise_l1=l1,
@@ -611,7 +616,8 @@ def evaluate_family(pipe: Any, n: int = 100, seed: int = 0, out: str | Path | No
     summary = summarize(tables, s)
     describe = getattr(pipe, "describe", None)
     summary.update({"model": describe() if callable(describe) else {}, "world": model_world(pipe),
-                    "seed": seed, "n": n, "settings": asdict(s), "measures": measures, "elapsed_s": elapsed, "seconds": timings,
+                    "seed": seed, "n": n, "settings": s.to_dict(),
+                    "sampling": s.resolve(pipe).to_dict() if hasattr(pipe, "sampling") else None, "measures": measures, "elapsed_s": elapsed, "seconds": timings,
                     "command": "evaluate", "versions": versions(), "created": now()})
     print(f"evaluation finished in {elapsed:.1f} s ({'all bars pass' if summary['passed'] else 'bars missed'})")
     result = FamilyEvaluation(tables, summary, to_markdown(summary))

@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -43,13 +44,15 @@ def _settings(folder):
 def test_interpolate_api_writes_folder(pipe, image_files, tmp_path):
     out = tmp_path / "interp"
     r = analysis_api.interpolate(pipe, image_files / "img0.png", image_files / "img1.png", n_steps=3,
-                                 x_T_mode="inverted", upsample=False, seed=2, out=out, **INVERT)
+                                 x_T_mode="inverted", upsample=False, seed=2, out=out, sampling=INVERT)
     names = sorted(p.name for p in out.iterdir())
     assert names == ["frame-000.png", "frame-001.png", "frame-002.png", "frames.csv", "grid.png", "index.html",
                      "settings.json"]
     s = _settings(out)
     assert s["analysis"] == "interpolate" and s["seed"] == 2 and s["model"]["model"] == "tiny-unclip"
-    assert s["settings"]["x_T_mode"] == "inverted" and s["settings"]["n_steps"] == 3 and s["settings"]["refine"] == 4
+    assert s["settings"]["x_T_mode"] == "inverted" and s["settings"]["n_steps"] == 3
+    assert s["settings"]["sampling"]["invert_refine"] == 4 and s["settings"]["sampling"]["decoder_steps"] == 4
+    assert "refine" not in s["settings"] and "steps" not in s["settings"]
     assert s["settings"]["a"] == "img0.png" and set(s["versions"]) >= {"torch", "numpy", "unclip_explorer"}
     assert "frames.csv" in s["files"]
     pd.testing.assert_frame_equal(pd.read_csv(out / "frames.csv"), r.frame, check_dtype=False, atol=1e-9)
@@ -69,6 +72,7 @@ def test_interpolate_cli(pipe_dir, tmp_path, capsys):
     s = _settings(out)
     assert s["seed"] == 9 and s["settings"]["kind_a"] == "text" and s["settings"]["x_T_mode"] == "fixed"
     assert s["settings"]["guidance"] == 3.0 and s["settings"]["invert_guidance"] is None  # fixed x_T: guidance 3
+    assert s["settings"]["sampling"]["decoder_steps"] == 1 and s["settings"]["sampling"]["prior_steps"] == 1
     assert len(pd.read_csv(out / "frames.csv")) == 2
 
 
@@ -80,10 +84,17 @@ def test_text_diff_cli_default_guidance_is_the_inversion_s(pipe_dir, image_files
     s = _settings(out)["settings"]
     assert (s["x_T_mode"], s["guidance"], s["invert_guidance"]) == ("inverted", 1.0, 1.0)
     assert read_png_meta(out / "frame-000.png")["invert_guidance"] == 1.0
-    with pytest.warns(UserWarning, match="guidance=3 with x_T_mode='inverted'"):
+    assert s["sampling"]["invert_refine"] == 0 and s["sampling"]["decoder_steps"] == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # --guidance is the decoder's: inverted frames ignore it, without a warning
         assert main(["text-diff", str(image_files / "img0.png"), "a red circle", "a blue square", "--model",
                      str(pipe_dir), "--out", str(out), "--n-steps", "2", "--steps", "1", "--refine", "0",
                      "--guidance", "3", "--no-upsample"]) == 0
+    assert _settings(out)["settings"]["invert_guidance"] == 1.0
+    with pytest.warns(UserWarning, match="invert_guidance=3 with x_T_mode='inverted'"):
+        assert main(["text-diff", str(image_files / "img0.png"), "a red circle", "a blue square", "--model",
+                     str(pipe_dir), "--out", str(out), "--n-steps", "2", "--steps", "1", "--refine", "0",
+                     "--invert-guidance", "3", "--no-upsample"]) == 0
     assert _settings(out)["settings"]["invert_guidance"] == 3.0
 
 
@@ -113,6 +124,10 @@ def test_cli_errors_are_one_line(pipe_dir, image_files, tmp_path, capsys):
     assert main(["interpolate", "a red circle", img, "--x-T", "inverted", "--model", str(pipe_dir), "--out",
                  str(tmp_path)]) == 2
     assert "needs images at both ends, but a is a caption" in capsys.readouterr().err
+    # frames decode with DDIM at eta 0: the analyses take no decoder sampler or eta
+    for option in (["--sampler", "ddpm"], ["--eta", "0.5"]):
+        assert main(["interpolate", "a", "b", "--model", str(pipe_dir), "--out", str(tmp_path), *option]) == 2
+        assert f"unrecognized arguments: {' '.join(option)}" in capsys.readouterr().err
 
 
 def test_pca_recon_cli(pipe, pipe_dir, image_files, tmp_path, capsys):
@@ -126,6 +141,7 @@ def test_pca_recon_cli(pipe, pipe_dir, image_files, tmp_path, capsys):
     s = _settings(out)
     assert s["settings"]["n_fit"] == 6 and s["settings"]["ks"] == [2, 16] and s["settings"]["fit"] == str(store.path)
     assert read_png_meta(out / "grid.png")["ks"] == [2, 16]
+    assert s["settings"]["sampling"]["decoder_steps"] == 1 and s["settings"]["guidance"] == 3.0
     assert main(["pca-recon", str(image_files / "img0.png"), "--model", str(pipe_dir), "--fit-store",
                  str(store.path), "--out", str(out), "--ks", "99"]) == 2
     assert "k=99 exceeds the embedding dimension 16" in capsys.readouterr().err

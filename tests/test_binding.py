@@ -452,7 +452,7 @@ def tiny_pipe(tmp_path_factory):
     return UnCLIP.load(write_tiny_pipeline(tmp_path_factory.mktemp("bpipe")))
 
 
-FAST = {"steps": 2, "upsampler_steps": (1,)}
+FAST = {"decoder_steps": 2, "prior_steps": 2, "upsampler_steps": (1,)}  # SamplingConfig fields
 
 
 def bright_judge(image, case):
@@ -464,13 +464,13 @@ def test_generation_scores_on_a_tiny_pipeline(tiny_pipe):
     cases = make_suite(1, seed=0, kinds=["generation"])
     seen = []
     df = generation_scores(cases, tiny_pipe, bright_judge, n_images=2, seed=0,
-                           text_to_image_kwargs={**FAST, "prior_steps": 2}, decode_kwargs=FAST,
+                           sampling=FAST, upsample=None,
                            on_images=lambda c, p, ims: seen.append((c.id, p, len(ims))))
     assert len(df) == 4 and seen == [(c.id, p, 2) for c in cases for p in ("prior", "true_z_i")]
     assert df["checks"].map(lambda s: set(json.loads(s))).eq({"bright"}).all()
     assert (df["hit"] == df["checks"].map(lambda s: float(json.loads(s)["bright"]))).all()
     again = generation_scores(cases, tiny_pipe, bright_judge, n_images=2, seed=0,
-                              text_to_image_kwargs={**FAST, "prior_steps": 2}, decode_kwargs=FAST)
+                              sampling=tiny_pipe.sampling.replace(**FAST), upsample=None)
     pd.testing.assert_frame_equal(df, again)
     with pytest.raises(ValueError, match="paths='decoder' is not known; accepted: 'prior', 'true_z_i'"):
         generation_scores(cases, tiny_pipe, bright_judge, paths=("decoder",))

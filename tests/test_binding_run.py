@@ -129,13 +129,13 @@ def test_generation_run_on_a_tiny_pipeline(tmp_path):
     from tiny_models import write_tiny_pipeline
     pipe_dir = write_tiny_pipeline(tmp_path / "pipe")
     cases = [c for c in make_suite(7, seed=0, kinds=["generation"]) if c.category in ("colour_swap", "count")]
-    fast = {"steps": 2, "upsampler_steps": (1,)}
+    fast = {"decoder_steps": 2, "prior_steps": 2, "upsampler_steps": (1,)}  # SamplingConfig fields
 
     def judge(image, case):
         return {"bright": float(np.asarray(image).mean()) > 100.0}
 
     out = run_suite(cases, str(pipe_dir), tmp_path / "run", generate=True, n_images=1, judge=judge, probes=False,
-                    text_to_image_kwargs={**fast, "prior_steps": 2}, decode_kwargs=fast, progress=False)
+                    sampling=fast, upsample=None, progress=False)
     gen = pd.read_csv(out / "generation.csv")
     assert len(gen) == 4 and set(gen["path"]) == {"prior", "true_z_i"}
     assert (out / "images" / cases[0].id / "prior-0.png").is_file()
@@ -143,7 +143,11 @@ def test_generation_run_on_a_tiny_pipeline(tmp_path):
     meta = read_png_meta(out / "images" / cases[0].id / "true_z_i-0.png")
     row = gen[(gen["id"] == cases[0].id) & (gen["path"] == "true_z_i")].iloc[0]
     assert meta["case"] == cases[0].id and meta["path"] == "true_z_i" and meta["seed"] == row["seed"]
-    assert meta["prompt"] == cases[0].prompt and meta["steps"] == 2 and meta["index"] == 0
+    assert meta["prompt"] == cases[0].prompt and meta["sampling"]["decoder_steps"] == 2 and meta["index"] == 0
+    assert meta["sampling"]["prior_steps"] == 2 and meta["sampling"]["upsampler_steps"] == [1]
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["sampling"] == {"decoder_steps": 2, "prior_steps": 2, "upsampler_steps": [1]}
+    assert settings["upsample"] is None and "text_to_image_kwargs" not in settings
     assert len(meta["suite_sha256"]) == 64
     assert set(pd.read_csv(out / "generation_summary.csv")["path"]) == {"prior", "true_z_i"}
     assert json.loads((out / "settings.json").read_text())["pipeline"]["model"] == "tiny-unclip"
@@ -162,7 +166,9 @@ def test_cli_generation_judges_the_decoder_output_unless_upsample(tmp_path):
                      "--n-images", "1", "--steps", "2", "--prior-steps", "2", "--probe-n", "0", "--no-progress",
                      *flag]) == 0
         assert Image.open(out / "images" / cases[0].id / "prior-0.png").size == (side, side)
-        assert json.loads((out / "settings.json").read_text())["text_to_image_kwargs"]["upsample"] is bool(flag)
+        settings = json.loads((out / "settings.json").read_text())
+        assert settings["upsample"] is bool(flag)
+        assert settings["sampling"] == {"decoder_steps": 2, "prior_steps": 2}  # the options given
 
 
 def test_bad_suites_fail_before_writing_and_rerun_clean(tmp_path, suite):

@@ -30,6 +30,9 @@ def test_loads_by_name_with_the_paper_s_cascade(pipe):
         "prior": "x0", "decoder": "v", "upsampler1": "v", "upsampler2": "v"}
     assert pipe.autoencoder is not None and pipe.x_T_shape(1) == (1, 4, 16, 16)  # a latent decoder
     assert pipe.default_upsample == 0  # neither upsampler beats bicubic (card)
+    # pipeline.json "sampling": the settings its card was measured with, over SamplingConfig's defaults
+    from unclip_core.sampling import SamplingConfig
+    assert pipe.sampling == SamplingConfig(prior_steps=25, decoder_steps=25)
 
 
 def test_decoder_reconstructs_one_object_scenes(pipe):
@@ -38,7 +41,7 @@ def test_decoder_reconstructs_one_object_scenes(pipe):
     rng = np.random.default_rng(123)
     scenes = [sample_scene(rng, 1, world=2) for _ in range(8)]  # the bundled pipeline is ShapesWorld v2
     z_i = pipe.encode_images([render(s, 64) for s in scenes])
-    out = pipe.decode(z_i, steps=15, upsample=False, seed=0)
+    out = pipe.decode(z_i, sampling={"decoder_steps": 15}, upsample=False, seed=0)
     assert out.images[0].size == (64, 64)
     df = score_attributes(out.images, scenes)
     assert df["colour_correct"].mean() >= 0.875  # chance is 1/6
@@ -53,7 +56,7 @@ def test_prior_maps_captions_next_to_their_renders(pipe):
     rng = np.random.default_rng(7)
     scenes = [sample_scene(rng, 1 + k % 2, world=2) for k in range(16)]
     z_true = pipe.encode_images([render(s, 64) for s in scenes])
-    z_hat = pipe.sample_prior([caption(s) for s in scenes], steps=25, seed=0)
+    z_hat = pipe.sample_prior([caption(s) for s in scenes], sampling={"prior_steps": 25}, seed=0)
     sim = z_hat @ z_true.T
     assert sim.diag().mean() >= 0.9   # measured 0.97
     assert (sim.argmax(1) == torch.arange(16)).float().mean() >= 0.875  # retrieves its own render among 16 (16/16)

@@ -22,11 +22,13 @@ def test_generate_writes_pngs_with_provenance(pipe_dir, tmp_path, capsys):
     assert [p.name for p in pngs] == ["000.png", "001.png", "002.png", "003.png"]
     meta = read_png_meta(pngs[2])
     assert meta["prompt"] == "a blue square" and meta["seed"] == 7 and meta["model"] == "tiny-unclip"
-    assert meta["steps"] == 2 and len(meta["z_i_hash"]) == 16
+    assert meta["sampling"]["decoder_steps"] == 2 and meta["sampling"]["prior_steps"] == 2
+    assert meta["sampling"]["decoder_guidance"] == 3.0 and len(meta["z_i_hash"]) == 16  # not given: the pipeline's
     record = json.loads((tmp_path / "settings.json").read_text())
     assert record["command"] == "generate" and record["seed"] == 7 and record["model"]["model"] == "tiny-unclip"
     assert record["settings"]["prompts"] == ["a red circle", "a blue square"] and len(record["files"]) == 4
     assert record["versions"]["torch"] and record["settings"]["upsampler_steps"] == [27]
+    assert record["settings"]["sampling"]["upsampler_steps"] == [27, 15] and "steps" not in record["settings"]
     assert main(["inspect", str(pngs[0])]) == 0
     assert '"prompt": "a red circle"' in capsys.readouterr().out
 
@@ -34,6 +36,12 @@ def test_generate_writes_pngs_with_provenance(pipe_dir, tmp_path, capsys):
 def test_cli_errors_are_one_line(pipe_dir, tmp_path, capsys):
     assert main(["generate", "x", "--model", str(pipe_dir), "--out", str(tmp_path), "--steps", "0"]) == 2
     assert capsys.readouterr().err.strip().startswith("error: argument --steps: must be an integer >= 1, got '0'")
+    assert main(["generate", "x", "--model", str(pipe_dir), "--out", str(tmp_path), "--sampler", "dpmpp_2m",
+                 "--eta", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "sampler 'dpmpp_2m' does not take eta" in err and err.strip().count("\n") == 0
+    assert main(["generate", "x", "--model", str(pipe_dir), "--out", str(tmp_path), "--sampler", "euler"]) == 2
+    assert "argument --sampler: invalid choice: 'euler'" in capsys.readouterr().err
     assert main(["generate", "x", "--model", "no-such-model", "--out", str(tmp_path)]) == 2
     assert "no-such-model" in capsys.readouterr().err
     assert main(["inspect", str(tmp_path / "missing.png")]) == 2
@@ -67,9 +75,10 @@ def test_default_cascade_leaves_out_upsamplers_that_do_not_beat_bicubic(pipe_dir
     (left_out / "pipeline.json").write_text(json.dumps(doc))
     pipe = UnCLIP.load(left_out)
     assert pipe.resolutions == [16, 32] and pipe.default_upsample == 0 and UnCLIP.load(pipe_dir).default_upsample == 1
-    z = pipe.sample_prior(["a red circle"], steps=2, seed=0)
-    assert list(pipe.decode(z, steps=2, seed=0).stages) == ["decoder"]  # None: the default cascade
-    assert list(pipe.decode(z, steps=2, seed=0, upsample=True).stages) == ["decoder", "upsampler1"]
+    z = pipe.sample_prior(["a red circle"], sampling={"prior_steps": 2}, seed=0)
+    fast = {"decoder_steps": 2, "upsampler_steps": (2,)}
+    assert list(pipe.decode(z, sampling=fast, seed=0).stages) == ["decoder"]  # None: the default cascade
+    assert list(pipe.decode(z, sampling=fast, seed=0, upsample=True).stages) == ["decoder", "upsampler1"]
     base = ["generate", "a red circle", "--model", str(left_out), "--n", "1", "--steps", "2", "--prior-steps", "2"]
     assert main(base + ["--out", str(tmp_path / "a")]) == 0  # default size: the largest below 256, 32 px
     meta = read_png_meta(tmp_path / "a" / "000.png")
@@ -82,7 +91,7 @@ def test_default_cascade_leaves_out_upsamplers_that_do_not_beat_bicubic(pipe_dir
     assert main(base + ["--out", str(tmp_path / "d"), "--no-upsample", "--size", "32"]) == 2
     assert "--no-upsample stops at 16 px but --size is 32" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"upsample must be None \(the default cascade\), True, False or a number"):
-        pipe.decode(z, steps=2, upsample=5)
+        pipe.decode(z, sampling={"decoder_steps": 2}, upsample=5)
 
 
 def test_bad_outputs_and_inputs_fail_before_any_work(pipe_dir, tmp_path, capsys, monkeypatch):

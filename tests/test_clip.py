@@ -135,6 +135,37 @@ def test_text_tokens_shapes_mask_and_eot_pooling(tiny, enc):
     torch.testing.assert_close(pooled, tiny["ref_t"], rtol=1e-4, atol=1e-5)
 
 
+class _LowEotTokenizer:
+    """A tokenizer whose end-of-text id (2) is not its largest id, padding with 0: [SOT]=1, words 3.., [EOT]=2."""
+
+    eot_id = 2
+
+    def __call__(self, texts, context_length=16):
+        out = torch.zeros(len(texts), context_length, dtype=torch.long)
+        for i, t in enumerate(texts):
+            ids = [1] + [3 + (sum(map(ord, w)) % 40) for w in t.split()] + [2]
+            out[i, :len(ids)] = torch.tensor(ids[:context_length])
+        return out
+
+
+def test_token_mask_comes_from_the_tokenizers_end_of_text_id(tiny):
+    """The prior's and decoder's text mask ends at the tokenizer's end-of-text id, not at the largest id: with a
+    tokenizer whose [EOT] (2) is below its word ids, the largest-id rule would cut every prompt after a word."""
+    enc = ClipEncoder(tiny["model"], _LowEotTokenizer(), spec="tiny-low-eot")
+    assert enc.eot_id == 2
+    ids = enc.tokenize(["a red circle", "big"])
+    mask = enc.token_mask(ids)
+    assert mask.sum(1).tolist() == [5, 3]  # [SOT] + words + [EOT]
+    assert not torch.equal(mask, torch.arange(16)[None] <= ids.argmax(-1, keepdim=True))  # the old rule differs
+    _, m2 = enc.text_tokens(["a red circle", "big"])
+    assert torch.equal(m2, mask)
+    # a tokenizer that pads with its end id (CLIP's Hugging Face tokenizer): the first one ends the text
+    padded = torch.tensor([[1, 7, 2, 2, 2, 2]])
+    assert enc.token_mask(padded).tolist() == [[True, True, True, False, False, False]]
+    # open_clip's own tokenizer names its [EOT]; the shapes word tokenizer too
+    assert ClipEncoder.load("shapes-clip").eot_id == ClipEncoder.load("shapes-clip").tokenizer.eot_id
+
+
 def test_long_prompt_is_truncated_with_a_warning_naming_it(enc):
     long = " ".join(["red circle"] * 20)
     with pytest.warns(UserWarning, match="prompt 'red circle red circle.*truncated"):

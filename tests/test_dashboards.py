@@ -84,7 +84,7 @@ def lab(monkeypatch, pipe_dir):
     monkeypatch.delenv(S.ENV_STORE, raising=False)
     at = page("latent_lab")
     at.run()
-    at.slider(key="steps").set_value(2)
+    at.slider(key="sampling_decoder_steps").set_value(2)
     return at
 
 
@@ -120,14 +120,16 @@ def test_latent_lab_unknown_model_is_a_message(monkeypatch):
 
 
 def test_text_to_image_shows_the_seeded_images(lab, pipe):
-    lab.slider(key="t2i_prior_steps").set_value(2)
+    lab.slider(key="sampling_prior_steps").set_value(2)
     lab.number_input(key="t2i_n").set_value(2)
     lab.number_input(key="seed").set_value(7)
     lab.button(key="t2i_go").click().run()
     no_errors(lab)
     shown = lab.session_state["t2i"]
-    ref = pipe.text_to_image("a red circle left of a blue square", n=2, steps=2, guidance=3.0, prior_steps=2,
-                             prior_guidance=4.0, seed=7)
+    ref = pipe.text_to_image("a red circle left of a blue square", n=2, seed=7,
+                             sampling={"decoder_steps": 2, "decoder_guidance": 3.0, "prior_steps": 2,
+                                       "prior_guidance": 4.0})
+    assert shown.settings["sampling"] == ref.settings["sampling"]
     assert len(shown.images) == 2
     for a, b in zip(shown.images, ref.images):
         assert np.array_equal(np.asarray(a), np.asarray(b))
@@ -157,7 +159,9 @@ def test_variations_and_a_non_image_upload(lab, pipe):
     lab.button(key="var_go").click().run()
     no_errors(lab)
     _, out = lab.session_state["var"]
-    ref = pipe.variations(Image.open(io.BytesIO(png(1))).convert("RGB"), n=2, eta=1.0, steps=2, guidance=3.0, seed=0)
+    ref = pipe.variations(Image.open(io.BytesIO(png(1))).convert("RGB"), n=2, seed=0,
+                          sampling={"eta": 1.0, "decoder_steps": 2, "decoder_guidance": 3.0})
+    assert out.settings["sampling"]["eta"] == 1.0 and out.settings["sampling"]["decoder_steps"] == 2
     assert [np.asarray(a).tolist() for a in out.images] == [np.asarray(b).tolist() for b in ref.images]
 
 

@@ -14,8 +14,8 @@ from explorer.records import read_png_meta
 
 from tiny_models import write_tiny_pipeline
 
-TINY = GeneratorSettings(captions=("a red circle", "a blue square"), n_seeds=2, steps=2, prior_steps=2,
-                         n_variations=2, n_frames=3, refine=0, n_theta=3, upsampler_steps=(2,))
+TINY = GeneratorSettings(captions=("a red circle", "a blue square"), n_seeds=2, n_variations=2, n_frames=3, n_theta=3,
+                         sampling={"decoder_steps": 2, "prior_steps": 2, "invert_refine": 0, "upsampler_steps": (2,)})
 
 
 @pytest.fixture(scope="module")
@@ -48,16 +48,19 @@ def test_every_file_exists_and_pngs_carry_provenance(demo_out):
         assert read_png_meta(png), f"{png} has no provenance"
     cell = read_png_meta(u / "text_to_image/r1-seed4.png")
     assert cell["prompt"] == "a blue square" and cell["seed"] == 4 and cell["model"] == "tiny-unclip"
-    assert cell["steps"] == 2 and cell["prior_steps"] == 2 and len(cell["z_i_hash"]) == 16
+    assert cell["sampling"]["decoder_steps"] == 2 and cell["sampling"]["prior_steps"] == 2
+    assert len(cell["z_i_hash"]) == 16
     # every cell says whether the read-out finds its caption in it (a random tiny model: it does not)
     assert cell["readout_agrees"] is False and cell["world"] == 2
     grid_meta = read_png_meta(u / "text_to_image.png")
     assert grid_meta["readout_agrees"] == "0 of 4" and grid_meta["world"] == 2
     var = read_png_meta(u / "variations/01.png")
-    assert var["eta"] == 1.0 and var["task"] == "variations"
+    assert var["sampling"]["eta"] == 1.0 and var["task"] == "variations"  # pipe.variation_sampling: DDIM eta 1
+    assert var["sampling"]["decoder_steps"] == 2 and cell["sampling"]["eta"] == 0.0
     assert var["input"] == "inputs/a-purple-star-above-an-orange-circle.png"
     inter = read_png_meta(u / "interpolation.png")
     assert inter["x_T_mode"] == "inverted" and inter["n_steps"] == 3 and inter["model"] == "tiny-unclip"
+    assert inter["sampling"]["invert_refine"] == 0 and inter["sampling"]["decoder_steps"] == 2
     td = read_png_meta(u / "text_diff.png")
     assert (td["old_caption"], td["new_caption"], td["x_T_mode"]) == ("a red circle", "a blue circle", "inverted")
     up = read_png_meta(u / "cascade/upsampler1.png")
@@ -110,7 +113,8 @@ def test_index_references_every_picture_and_settings_record_seeds(demo_out):
     gen = s["settings"]["generator"]
     assert gen["pipeline"].endswith("tiny-unclip") and gen["pipeline_model"]["model"] == "tiny-unclip"
     assert gen["seeds"] == {"text_to_image": [3, 4], "variations": 3, "interpolation": 3, "text_diff": 3}
-    assert gen["settings"]["steps"] == 2 and gen["settings"]["captions"] == ["a red circle", "a blue square"]
+    assert gen["settings"]["sampling"]["decoder_steps"] == 2
+    assert gen["settings"]["captions"] == ["a red circle", "a blue square"]
     assert s["model"]["model"].endswith("clip") and s["seed"] == 3
     assert sorted(gen["pictures"]) == ["Cascade: 16px -> 32px", "Image to image interpolation", "Text diff",
                                        "Text to image", "Variations"]
@@ -118,8 +122,9 @@ def test_index_references_every_picture_and_settings_record_seeds(demo_out):
 
 def test_generator_is_seeded(pipe_dir, demo_out, tmp_path):
     from unclip_core.pipeline import UnCLIP
-    s = GeneratorSettings(captions=("a red circle", "a blue square"), n_seeds=1, steps=2, prior_steps=2,
-                          n_variations=2, n_frames=2, refine=0, n_theta=2, cascade_stages=0)
+    s = GeneratorSettings(captions=("a red circle", "a blue square"), n_seeds=1, n_variations=2, n_frames=2,
+                          n_theta=2, cascade_stages=0,
+                          sampling={"decoder_steps": 2, "prior_steps": 2, "invert_refine": 0})
     records = run_generator(UnCLIP.load(str(pipe_dir)), tmp_path, seed=3, settings=s, progress=False)
     assert [r["title"] for r in records] == ["Text to image", "Variations", "Image to image interpolation",
                                             "Text diff"]
@@ -184,14 +189,19 @@ def test_cli_errors(pipe_dir, tmp_path, capsys):
     ({"n_seeds": 0}, ValueError, "n_seeds must be >= 1, got 0"),
     ({"n_frames": 1}, ValueError, "n_frames must be >= 2, got 1"),
     ({"n_theta": 1}, ValueError, "n_theta must be >= 2, got 1"),
-    ({"refine": -1}, ValueError, "refine must be >= 0, got -1"),
-    ({"steps": 2.5}, TypeError, "steps must be an integer >= 1"),
-    ({"guidance": -1.0}, ValueError, r"guidance must lie in \[0, 100\]"),
-    ({"eta": float("nan")}, ValueError, "eta must be a finite number >= 0"),
+    ({"sampling": {"invert_refine": -1}}, ValueError, "invert_refine must be >= 0, got -1"),
+    ({"sampling": {"decoder_steps": 2.5}}, TypeError, "decoder_steps must be an integer >= 1"),
+    ({"sampling": {"decoder_guidance": -1.0}}, ValueError, r"guidance must lie in \[0, 100\]"),
+    ({"sampling": {"eta": float("nan")}}, ValueError, r"eta must be a number in \[0, 1\]"),
+    ({"sampling": {"eta": 0.5, "decoder_sampler": "dpmpp_2m"}}, ValueError, "'dpmpp_2m' does not take eta"),
+    ({"sampling": {"steps": 2}}, ValueError, r"unknown sampling settings \['steps'\]"),
+    ({"sampling": 25}, TypeError, "sampling must be a SamplingConfig"),
+    ({"steps": 2}, TypeError, "unexpected keyword argument 'steps'"),
     ({"theta_max": 1.5}, ValueError, r"theta_max must lie in \[0, 1\]"),
     ({"cascade_stages": 3}, ValueError, "cascade_stages=3 is not known; accepted: 0, 1, 2"),
-    ({"upsampler_steps": [27]}, TypeError, "upsampler_steps must be a non-empty tuple"),
-    ({"upsampler_steps": (27, 0)}, ValueError, r"upsampler_steps\[1\] must be >= 1, got 0"),
+    ({"sampling": {"upsampler_steps": ()}}, ValueError, "upsampler_steps must name at least one step count"),
+    ({"sampling": {"upsampler_steps": "27"}}, TypeError, "upsampler_steps must be a sequence of step counts"),
+    ({"sampling": {"upsampler_steps": (27, 0)}}, ValueError, "upsampler_steps entry must be >= 1, got 0"),
 ])
 def test_settings_errors(kwargs, error, match):
     with pytest.raises(error, match=match):

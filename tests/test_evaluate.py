@@ -17,11 +17,12 @@ from explorer.cli import main
 from explorer.evaluate import EvalSettings, evaluate_family
 from unclip_core.data.shapes import COLOURS, Scene, get_world, parse, render
 from unclip_core.imageio import pil_to_tensor, tensor_to_pil
+from unclip_core.sampling import SamplingConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-FAST = EvalSettings(steps=2, prior_steps=2, best_of=1, upsampler_steps=(2,), n_upsample=2, n_variation_images=2,
-                    n_variations=2, batch_size=8)
+FAST = EvalSettings(sampling={"decoder_steps": 2, "prior_steps": 2, "best_of": 1, "upsampler_steps": (2,)},
+                    n_upsample=2, n_variation_images=2, n_variations=2, batch_size=8)
 
 
 @dataclass
@@ -63,10 +64,9 @@ class OraclePipe:
     def encode_images(self, images):
         return torch.stack([self._embed(im) for im in images])
 
-    def decode(self, z_i, *, x_T=None, steps=50, guidance=3.0, sampler="ddim", eta=0.0, prompts=None, upsample=True,
-               upsampler_steps=(27, 15), seed=None, **kw):
+    def decode(self, z_i, *, sampling=None, x_T=None, prompts=None, upsample=True, seed=None, **kw):
         scenes = [self._nearest(z) for z in z_i]
-        if eta > 0:
+        if sampling is not None and sampling.eta > 0:
             u = torch.rand(len(scenes), 3, generator=seed)
             shift = [get_world(sc.world).max_shift for sc in scenes]
             scenes = [Scene(tuple(replace(o, dx=m * (2 * float(v[0]) - 1), dy=m * (2 * float(v[1]) - 1),
@@ -81,11 +81,12 @@ class OraclePipe:
         z = torch.stack([self._embed(render(parse(p), 64)) for p in prompts])
         return self.decode(z, seed=seed)
 
-    def upsample(self, low, index, *, steps=27, seed=None, progress=False):
+    def upsample(self, low, index, *, sampling=None, seed=None, progress=False):
         return pil_to_tensor([render(self._nearest(self._embed(im)), 256) for im in tensor_to_pil(low)])
 
-    def variations(self, image, *, n=4, eta=1.0, seed=None, upsample=True, **kw):
-        return self.decode(self.encode_images([image]).expand(n, -1), eta=eta, seed=seed)
+    def variations(self, image, *, n=4, sampling=None, seed=None, upsample=True, **kw):
+        sampling = SamplingConfig(eta=1.0) if sampling is None else sampling  # UnCLIP.variation_sampling's eta
+        return self.decode(self.encode_images([image]).expand(n, -1), sampling=sampling, seed=seed)
 
     def describe(self):
         return {"model": "oracle"}
@@ -211,6 +212,12 @@ def test_tiny_pipeline_end_to_end_writes_files(tiny_dir, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["seed"] == 0 and summary["n"] == 2 and summary["model"]["model"] == "tiny-unclip"
     assert [b["name"] for b in summary["bars"]] == [k for _, k, _ in ev.BARS]
+    # the resolved settings: the overrides over the pipeline's own (the tiny pipeline's: SamplingConfig's defaults)
+    assert summary["sampling"] == pipe.sampling.replace(decoder_steps=2, prior_steps=2, best_of=1,
+                                                        upsampler_steps=(2,)).to_dict()
+    assert summary["settings"]["sampling"] == {"decoder_steps": 2, "prior_steps": 2, "best_of": 1,
+                                               "upsampler_steps": [2]}
+    assert summary["sampling"]["decoder_guidance"] == 3.0 and summary["sampling"]["prior_guidance"] == 4.0
     # every generated image comes from fresh noise under the one clip_denoised rule (clamped), as its output
     # records: text -> image is no longer measured unclamped beside a clamped reconstruction
     for name in ("reconstruction", "text_to_image", "binding", "distribution", "variations"):
@@ -232,15 +239,21 @@ def test_cli_evaluate(tiny_dir, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "recon_one_object_all" in text and "t2i_one_object_all_said" not in text
     assert set(pd.read_csv(out / "per_image.csv")["measure"]) == {"reconstruction", "upsamplers"}
+    sampling = json.loads((out / "summary.json").read_text())["sampling"]
+    assert (sampling["decoder_steps"], sampling["prior_steps"], sampling["best_of"]) == (2, 2, 1)
+    assert sampling["upsampler_steps"] == [2] and sampling["decoder_guidance"] == 3.0  # not given: the pipeline's
     rc = main(["evaluate", str(tiny_dir), "--out", str(out), "--measures", "everything"])
     assert rc == 2 and "accepted: 'reconstruction'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("kwargs, err, match", [
-    ({"steps": 0}, ValueError, "steps must be >= 1"),
+    ({"sampling": {"decoder_steps": 0}}, ValueError, "decoder_steps must be >= 1"),
     ({"n_variations": 1}, ValueError, "n_variations must be >= 2"),
-    ({"upsampler_steps": ()}, ValueError, "upsampler_steps is empty"),
-    ({"guidance": -1.0}, ValueError, r"guidance must lie in \[0, 100\]"),
+    ({"sampling": {"upsampler_steps": ()}}, ValueError, "upsampler_steps must name at least one step count"),
+    ({"sampling": {"decoder_guidance": -1.0}}, ValueError, r"guidance must lie in \[0, 100\]"),
+    ({"sampling": {"eta": 0.5, "decoder_sampler": "dpmpp_2m"}}, ValueError, "'dpmpp_2m' does not take eta"),
+    ({"sampling": {"variation_eta": 1.0}}, ValueError, r"unknown sampling settings \['variation_eta'\]"),
+    ({"steps": 2}, TypeError, "unexpected keyword argument 'steps'"),
     ({"caption_style": "fancy"}, ValueError, "caption_style='fancy' is not known; accepted: 'plain'"),
     ({"batch_size": 2.5}, TypeError, "batch_size must be an integer"),
 ])

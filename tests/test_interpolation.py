@@ -15,12 +15,13 @@ from pipeline_fixture import INVERT, noise_image, pipe, pipe_dir  # noqa: F401 (
 @pytest.fixture(scope="module")
 def inverted(pipe):
     a, b = noise_image(0), noise_image(1)
-    return a, b, interpolate(pipe, a, b, n_steps=4, x_T_mode="inverted", upsample=False, **INVERT)
+    return a, b, interpolate(pipe, a, b, n_steps=4, x_T_mode="inverted", upsample=False, sampling=INVERT)
 
 
 def test_fixed_x_T_and_equal_ends_give_identical_frames(pipe):
     img = noise_image(3)
-    r = interpolate(pipe, img, img, n_steps=3, steps=2, seed=5, upsample=True, upsampler_steps=(2,))
+    r = interpolate(pipe, img, img, n_steps=3, sampling={"decoder_steps": 2, "upsampler_steps": (2,)}, seed=5,
+                    upsample=True)
     assert list(r.frame.columns) == FRAME_COLUMNS
     np.testing.assert_array_equal(r.frame["frame"], [0, 1, 2])
     np.testing.assert_allclose(r.frame["t"], [0.0, 0.5, 1.0])
@@ -35,6 +36,10 @@ def test_fixed_x_T_and_equal_ends_give_identical_frames(pipe):
     np.testing.assert_allclose(r.frame["sim_a"], r.frame["sim_b"], atol=1e-6)
     np.testing.assert_allclose(r.frame[["z_cos_a", "z_cos_b"]].to_numpy(), 1.0, atol=1e-6)
     assert r.settings["seed"] == 5 and r.settings["x_T_mode"] == "fixed" and r.settings["kind_a"] == "image"
+    sc = r.settings["sampling"]  # the frames': DDIM at eta 0, clamped (fresh noise), the steps asked
+    assert (sc["decoder_sampler"], sc["eta"], sc["clip_denoised"]) == ("ddim", 0.0, True)
+    assert sc["decoder_steps"] == 2 and sc["upsampler_steps"] == [2]
+    assert not {"steps", "refine", "prior_steps", "prior_guidance", "upsampler_steps"} & set(r.settings)
 
 
 def test_inverted_x_T_end_frames_reconstruct_their_inputs(inverted):
@@ -54,13 +59,14 @@ def test_inverted_x_T_end_frames_reconstruct_their_inputs(inverted):
 
 def test_inverted_ends_match_pipe_invert(pipe, inverted):
     a, b, r = inverted
-    z, x_T = pipe.invert([a, b], **INVERT)
+    z, x_T = pipe.invert([a, b], sampling=INVERT)
     torch.testing.assert_close(r.x_T[0], x_T[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(r.z_i[-1], z[1].float(), atol=1e-6, rtol=1e-6)
 
 
 def test_text_ends(pipe):
-    r = interpolate(pipe, "a red circle", "a blue square", n_steps=3, text_as="z_t", steps=2, upsample=False)
+    r = interpolate(pipe, "a red circle", "a blue square", n_steps=3, text_as="z_t", sampling={"decoder_steps": 2},
+                    upsample=False)
     z_t = pipe.clip.encode_text(["a red circle", "a blue square"])
     torch.testing.assert_close(r.z_i[[0, -1]], z_t, atol=1e-6, rtol=1e-6)
     assert r.frame["l1_a"].isna().all() and r.frame["l1_b"].isna().all()
@@ -68,16 +74,17 @@ def test_text_ends(pipe):
     emb = pipe.clip.encode_image(r.images)
     np.testing.assert_allclose(r.frame["sim_a"], (emb @ z_t[0]).numpy(), atol=1e-5)
     # with the prior, the first draw of the seeded generator is caption a's z_i
-    p = interpolate(pipe, "a red circle", noise_image(2), n_steps=2, text_as="prior", prior_steps=2, steps=1,
-                    seed=4, upsample=False)
-    z_prior = pipe.sample_prior(["a red circle"], steps=2, guidance=4.0, seed=torch.Generator().manual_seed(4))
+    p = interpolate(pipe, "a red circle", noise_image(2), n_steps=2, text_as="prior",
+                    sampling={"prior_steps": 2, "decoder_steps": 1}, seed=4, upsample=False)
+    z_prior = pipe.sample_prior(["a red circle"], sampling={"prior_steps": 2, "prior_guidance": 4.0},
+                                seed=torch.Generator().manual_seed(4))
     torch.testing.assert_close(p.z_i[0], z_prior[0], atol=1e-6, rtol=1e-6)
     assert p.settings["kind_a"] == "text" and p.settings["kind_b"] == "image"
 
 
 def test_interpolation_grid_places_every_frame(pipe):
     g = interpolation_grid(pipe, [(noise_image(0), noise_image(1)), ("a red circle", "a blue square")], n_steps=3,
-                           text_as="z_t", steps=1, upsample=False)
+                           text_as="z_t", sampling={"decoder_steps": 1}, upsample=False)
     assert len(g.rows) == 2 and all(len(r) == 3 for r in g.rows)
     assert list(g.frame["pair"]) == [0, 0, 0, 1, 1, 1]
     assert g.settings["pairs"][1] == ["a red circle", "a blue square"]
@@ -92,15 +99,23 @@ def test_interpolation_grid_places_every_frame(pipe):
 
 def test_guidance_defaults_to_the_inversion_s_for_inverted_x_T_and_3_for_fixed(pipe):
     a, b = noise_image(0), noise_image(1)
+    quick = {"decoder_steps": 1, "invert_refine": 0}
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the defaults never warn
-        inv = interpolate(pipe, a, b, n_steps=2, x_T_mode="inverted", steps=1, refine=0, upsample=False)
-        fixed = interpolate(pipe, a, b, n_steps=2, steps=1, upsample=False)
+        inv = interpolate(pipe, a, b, n_steps=2, x_T_mode="inverted", sampling=quick, upsample=False)
+        fixed = interpolate(pipe, a, b, n_steps=2, sampling=quick, upsample=False)
+        # invert_guidance only matters to inverted x_T: fixed frames ignore it, without a warning
+        fixed3 = interpolate(pipe, a, b, n_steps=2, sampling={**quick, "invert_guidance": 3.0}, upsample=False)
     assert (inv.settings["guidance"], inv.settings["invert_guidance"]) == (1.0, 1.0)
+    assert inv.settings["sampling"]["decoder_guidance"] == 1.0 and inv.settings["sampling"]["clip_denoised"] is False
     assert (fixed.settings["guidance"], fixed.settings["invert_guidance"]) == (3.0, None)
-    with pytest.warns(UserWarning, match=r"guidance=3 with x_T_mode='inverted': .* leave guidance unset \(None\)"):
-        r = interpolate(pipe, a, b, n_steps=2, x_T_mode="inverted", steps=1, refine=0, guidance=3.0, upsample=False)
+    assert (fixed3.settings["guidance"], fixed3.settings["invert_guidance"]) == (3.0, None)
+    assert torch.equal(fixed3.decoded, fixed.decoded)
+    with pytest.warns(UserWarning, match=r"invert_guidance=3 with x_T_mode='inverted': .* keep invert_guidance at 1"):
+        r = interpolate(pipe, a, b, n_steps=2, x_T_mode="inverted", sampling={**quick, "invert_guidance": 3.0},
+                        upsample=False)
     assert r.settings["invert_guidance"] == 3.0  # the inversion runs the ODE the frames are decoded with
+    assert r.settings["guidance"] == 3.0 and r.settings["sampling"]["decoder_guidance"] == 3.0
 
 
 def test_errors(pipe):
@@ -120,7 +135,7 @@ def test_errors(pipe):
     with pytest.raises(TypeError, match="seed must be an int, a torch.Generator or None, got str"):
         interpolate(pipe, img, img, seed="0")
     with pytest.raises(ValueError, match=r"guidance must lie in \[0, 100\]"):
-        interpolate(pipe, img, img, guidance=float("nan"))
+        interpolate(pipe, img, img, sampling={"decoder_guidance": float("nan")})
     with pytest.raises(TypeError, match="pipe must be an unclip_core.pipeline.UnCLIP"):
         interpolate(object(), img, img)
     with pytest.raises(ValueError, match=r"pairs\[0\] must be an \(a, b\) pair"):

@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks import karlo as kb  # noqa: E402
-from unclip_core.karlo import KarloUnCLIP, import_karlo, load_karlo_clip  # noqa: E402
+from unclip_core.karlo import KARLO_SAMPLING, KarloUnCLIP, import_karlo, load_karlo_clip  # noqa: E402
 from unclip_core.pipeline import UnCLIP  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -199,14 +199,17 @@ def test_text_to_image_close_to_diffusers_float32_tables(ref, ours):
 
 
 def test_seeded_output_is_reproducible_and_decode_defaults_to_empty_prompt(ours):
-    a = ours.text_to_image("a red cube", seed=7, upsample=False, steps=5, prior_steps=5)
-    b = ours.text_to_image("a red cube", seed=7, upsample=False, steps=5, prior_steps=5)
+    fast = {"decoder_steps": 5, "prior_steps": 5}
+    a = ours.text_to_image("a red cube", seed=7, upsample=False, sampling=fast)
+    b = ours.text_to_image("a red cube", seed=7, upsample=False, sampling=fast)
     assert torch.equal(a.stages["decoder"], b.stages["decoder"]) and a.z_i.shape == (1, 32)
-    assert a.settings["sampler"] == "unclip" and a.settings["parameters"]["upsampler1_last"] > 0
+    assert a.settings["sampling"]["decoder_sampler"] == "unclip" and a.settings["parameters"]["upsampler1_last"] > 0
+    assert a.settings["sampling"]["decoder_steps"] == 5 and a.settings["sampling"]["prior_steps"] == 5
+    assert a.settings["sampling"]["decoder_guidance"] == 8.0 and a.settings["sampling"]["best_of"] == 1
     # decode without prompts conditions on "" (Karlo's image-variation convention); the caption matters
     x_T = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    c = ours.decode(a.z_i, x_T=x_T, steps=5, upsample=False, seed=1)
-    d = ours.decode(a.z_i, x_T=x_T, steps=5, upsample=False, seed=1, prompts=["a red cube"])
+    c = ours.decode(a.z_i, x_T=x_T, sampling=fast, upsample=False, seed=1)
+    d = ours.decode(a.z_i, x_T=x_T, sampling=fast, upsample=False, seed=1, prompts=["a red cube"])
     assert float((c.stages["decoder"] - d.stages["decoder"]).abs().max()) > 1e-3
     z_null, _, mask_null = ours.text_condition([""])
     assert torch.equal(z_null, ours.clip.encode_text([""], normalize=False)) and mask_null.sum() == 2
@@ -215,7 +218,7 @@ def test_seeded_output_is_reproducible_and_decode_defaults_to_empty_prompt(ours)
 def test_progress_changes_nothing_and_clip_denoised_follows_the_rule(ours, capsys):
     """Karlo follows UnCLIP's clip_denoised rule, except that its "unclip" sampler always clamps (as diffusers'
     UnCLIPScheduler); progress only adds one labelled bar per stage; calls are keyword-only."""
-    kw = {"seed": 3, "steps": 3, "prior_steps": 3, "upsampler_steps": (2,)}
+    kw = {"seed": 3, "sampling": {"decoder_steps": 3, "prior_steps": 3, "upsampler_steps": (2,)}}
     quiet = ours.text_to_image("a red cube", **kw)
     assert capsys.readouterr().err == ""
     shown = ours.text_to_image("a red cube", progress=True, **kw)
@@ -226,17 +229,37 @@ def test_progress_changes_nothing_and_clip_denoised_follows_the_rule(ours, capsy
         assert torch.equal(quiet.stages[stage], shown.stages[stage])
     assert quiet.settings["clip_denoised"] is shown.settings["clip_denoised"] is True
     x_T = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    dec = {"steps": 3, "upsample": False, "seed": 1}
-    assert ours.decode(quiet.z_i, x_T=x_T, **dec).settings["clip_denoised"] is True          # unclip sampler
-    assert ours.decode(quiet.z_i, sampler="ddim", **dec).settings["clip_denoised"] is True   # fresh noise
-    given = ours.decode(quiet.z_i, x_T=x_T, sampler="ddim", **dec)
+    dec = {"upsample": False, "seed": 1}
+    steps3, ddim = {"decoder_steps": 3}, {"decoder_steps": 3, "decoder_sampler": "ddim"}
+    assert ours.decode(quiet.z_i, x_T=x_T, sampling=steps3, **dec).settings["clip_denoised"] is True  # unclip
+    assert ours.decode(quiet.z_i, sampling=ddim, **dec).settings["clip_denoised"] is True   # fresh noise
+    given = ours.decode(quiet.z_i, x_T=x_T, sampling=ddim, **dec)
     assert given.settings["clip_denoised"] is False and given.settings["x_T_given"] is True
-    clamped = ours.decode(quiet.z_i, x_T=x_T, sampler="ddim", clip_denoised=True, **dec)
+    clamped = ours.decode(quiet.z_i, x_T=x_T, sampling={**ddim, "clip_denoised": True}, **dec)
     assert float((given.stages["decoder"] - clamped.stages["decoder"]).abs().max()) > 1e-3
     with pytest.raises(TypeError, match=r"decode\(\) takes 2 positional arguments but 3 were given"):
         ours.decode(quiet.z_i, x_T)
     with pytest.raises(TypeError, match=r"text_to_image\(\) takes 2 positional arguments but 3 were given"):
         ours.text_to_image("a red cube", 1)
+
+
+def test_karlo_sampling_defaults_and_eta_honoured_or_rejected(karlo, ours):
+    """An imported Karlo samples with KARLO_SAMPLING (written into its pipeline.json); the decoder's eta is
+    honoured by DDIM and refused by the "unclip" sampler (which has no eta), never silently dropped."""
+    assert ours.sampling == KARLO_SAMPLING
+    assert json.loads((karlo[1] / "pipeline.json").read_text())["metadata"]["sampling"] == KARLO_SAMPLING.to_dict()
+    assert (KARLO_SAMPLING.prior_steps, KARLO_SAMPLING.decoder_steps, KARLO_SAMPLING.upsampler_steps) == (25, 25, (7,))
+    z = ours.sample_prior("a red cube", sampling={"prior_steps": 3}, seed=0)
+    dec = {"upsample": False, "seed": 5}  # fresh noise, clamped (a given x_T saturates this random net's pixels)
+    ddim = {"decoder_steps": 4, "decoder_sampler": "ddim"}
+    eta0 = ours.decode(z, sampling=ddim, **dec)
+    eta1 = ours.decode(z, sampling={**ddim, "eta": 1.0}, **dec)
+    eta1_again = ours.decode(z, sampling={**ddim, "eta": 1.0}, **dec)
+    assert eta1.settings["sampling"]["eta"] == 1.0 and eta0.settings["sampling"]["eta"] == 0.0
+    assert float((eta1.stages["decoder"] - eta0.stages["decoder"]).abs().max()) > 1e-3  # honoured
+    assert torch.equal(eta1.stages["decoder"], eta1_again.stages["decoder"])  # its noise comes from the seed
+    with pytest.raises(ValueError, match="sampler 'unclip' does not take eta"):
+        ours.decode(z, sampling={"eta": 1.0}, **dec)  # the pipeline's decoder sampler is "unclip"
 
 
 def test_float16_storage_loads_close(karlo, ours, tmp_path):
@@ -306,9 +329,10 @@ def test_karlo_pipeline_user_errors(ours, karlo, tmp_path):
     with pytest.raises(ValueError, match="holds only CLIP's text tower"):
         ours.clip.encode_image(torch.zeros(1, 3, 224, 224))
     with pytest.raises(ValueError, match=r"x_T must be a float tensor of shape \(1, 32\), got \(2, 32\)"):
-        ours.sample_prior("a cube", steps=2, x_T=torch.zeros(2, 32))
-    with pytest.raises(ValueError, match="sampler='euler' is not known; accepted: 'unclip', 'ddim'"):
-        ours.text_to_image("a cube", sampler="euler")
+        ours.sample_prior("a cube", sampling={"prior_steps": 2}, x_T=torch.zeros(2, 32))
+    with pytest.raises(ValueError, match="sampler='euler' is not known; accepted: 'ddim', 'ddpm', 'dpmpp_2m', "
+                                         "'unclip'"):
+        ours.text_to_image("a cube", sampling={"decoder_sampler": "euler"})
     other = shutil.copytree(karlo[1], tmp_path / "other")
     manifest = json.loads((other / "pipeline.json").read_text())
     manifest["metadata"].pop("family")

@@ -12,6 +12,7 @@ from unclip_core.checkpoint import load_checkpoint
 from unclip_core.clip import ClipEncoder
 from unclip_core.imageio import pil_to_tensor
 from unclip_core.pipeline import StageInfo, UnCLIP
+from unclip_core.sampling import SamplingConfig
 from unclip_core.train.diffusion import assemble_pipeline
 
 from pipeline_fixture import noise_image
@@ -20,7 +21,7 @@ from tiny_models import write_tiny_latent_pipeline, write_tiny_latent_stages
 pytestmark = pytest.mark.filterwarnings("ignore:prompt .* truncated:UserWarning")
 # DDIM inversion of the tiny v-predicting latent decoder (steps 4, guidance 1, refine 2): decode(invert(x)) is
 # off by max 1.3e-5 in latents and 3.8e-5 in pixels (measured; it is exact up to the ODE's discretisation)
-INVERT = {"steps": 4, "guidance": 1.0, "refine": 2}
+INVERT = {"decoder_steps": 4, "invert_guidance": 1.0, "invert_refine": 2}  # SamplingConfig fields
 
 
 def _z(n: int, seed: int = 0) -> torch.Tensor:
@@ -53,7 +54,7 @@ def _ae_reconstruction(pipe: UnCLIP, images) -> tuple[torch.Tensor, torch.Tensor
 def test_the_decoder_samples_latents_and_outputs_pixels(lpipe):
     assert lpipe.is_latent and lpipe.x_T_shape(3) == (3, 4, 8, 8)
     assert lpipe.resolutions == [16, 32]  # pixels: the autoencoder's image size, then the upsampler's
-    out = lpipe.decode(_z(2), steps=3, upsampler_steps=(2,), seed=0)
+    out = lpipe.decode(_z(2), sampling={"decoder_steps": 3, "upsampler_steps": (2,)}, seed=0)
     assert {k: tuple(v.shape) for k, v in out.stages.items()} == {
         "decoder_latents": (2, 4, 8, 8), "decoder": (2, 3, 16, 16), "upsampler1": (2, 3, 32, 32)}
     assert out.images[0].size == (32, 32)
@@ -67,20 +68,21 @@ def test_the_decoder_samples_latents_and_outputs_pixels(lpipe):
 
 
 def test_same_seed_same_images_whatever_progress(lpipe):
-    a = lpipe.decode(_z(2), steps=3, upsample=False, seed=5)
-    b = lpipe.decode(_z(2), steps=3, upsample=False, seed=5, progress=True)
+    a = lpipe.decode(_z(2), sampling={"decoder_steps": 3}, upsample=False, seed=5)
+    b = lpipe.decode(_z(2), sampling={"decoder_steps": 3}, upsample=False, seed=5, progress=True)
     assert torch.equal(a.stages["decoder_latents"], b.stages["decoder_latents"])
     assert torch.equal(a.stages["decoder"], b.stages["decoder"])
-    c = lpipe.decode(_z(2), steps=3, upsample=False, seed=6)
+    c = lpipe.decode(_z(2), sampling={"decoder_steps": 3}, upsample=False, seed=6)
     assert not torch.equal(a.stages["decoder"], c.stages["decoder"])
 
 
 def test_x_T_of_another_shape_names_the_expected_one(lpipe):
     with pytest.raises(ValueError, match=r"x_T has shape \(2, 3, 8, 8\), expected a float tensor of shape "
                                          r"\(2, 4, 8, 8\) \(pipe.x_T_shape\(2\): one latent of the autoencoder"):
-        lpipe.decode(_z(2), x_T=torch.randn(2, 3, 8, 8), steps=2, upsample=False)
+        lpipe.decode(_z(2), x_T=torch.randn(2, 3, 8, 8), sampling={"decoder_steps": 2}, upsample=False)
     with pytest.raises(ValueError, match=r"expected a float tensor of shape \(2, 4, 8, 8\)"):
-        lpipe.decode(_z(2), x_T=torch.randn(2, 3, 16, 16), steps=2, upsample=False)  # pixel noise
+        lpipe.decode(_z(2), x_T=torch.randn(2, 3, 16, 16), sampling={"decoder_steps": 2},
+                     upsample=False)  # pixel noise
     with pytest.raises(ValueError, match="n must be"):
         lpipe.x_T_shape(0)
 
@@ -91,37 +93,38 @@ def test_a_latent_decoder_never_clamps_x0(lpipe):
     for asked in (None, True, False):
         for given in (True, False):
             assert lpipe.clip_denoised_rule(asked, x_T_given=given, sampler="ddim") is False
-    a = lpipe.decode(_z(1), steps=3, upsample=False, seed=0)
-    b = lpipe.decode(_z(1), steps=3, upsample=False, seed=0, clip_denoised=True)
+    a = lpipe.decode(_z(1), sampling={"decoder_steps": 3}, upsample=False, seed=0)
+    b = lpipe.decode(_z(1), sampling={"decoder_steps": 3, "clip_denoised": True}, upsample=False, seed=0)
     assert a.settings["clip_denoised"] is False and b.settings["clip_denoised"] is False
     assert torch.equal(a.stages["decoder_latents"], b.stages["decoder_latents"])
     with pytest.raises(TypeError, match="clip_denoised must be True, False or None"):
-        lpipe.decode(_z(1), steps=2, upsample=False, clip_denoised=1)
+        lpipe.decode(_z(1), sampling={"decoder_steps": 2, "clip_denoised": 1}, upsample=False)
 
 
 # ------------------------------------------------------------------------------------------------ inversion
 def test_invert_then_decode_reconstructs_latents_and_pixels(lpipe):
     images = [noise_image(0), noise_image(1)]
-    z_i, x_T = lpipe.invert(images, **INVERT)
+    z_i, x_T = lpipe.invert(images, sampling=INVERT)
     assert x_T.shape == lpipe.x_T_shape(2)
     lat, rec = _ae_reconstruction(lpipe, images)
-    out = lpipe.decode(z_i, x_T=x_T, steps=INVERT["steps"], guidance=INVERT["guidance"], upsample=False)
+    out = lpipe.decode(z_i, x_T=x_T, sampling={"decoder_steps": INVERT["decoder_steps"],
+                                              "decoder_guidance": INVERT["invert_guidance"]}, upsample=False)
     assert out.settings["clip_denoised"] is False and out.settings["x_T_given"] is True
     assert float((out.stages["decoder_latents"] - lat).abs().max()) < 1e-4  # measured 1.3e-5
     assert float((out.stages["decoder"] - rec).abs().max()) < 2e-4  # measured 3.8e-5
-    fresh = lpipe.decode(z_i, steps=INVERT["steps"], guidance=1.0, upsample=False, seed=0)
+    fresh = lpipe.decode(z_i, sampling={"decoder_steps": INVERT["decoder_steps"], "decoder_guidance": 1.0},
+                         upsample=False, seed=0)
     assert float((fresh.stages["decoder"] - rec).abs().mean()) > 0.1  # fresh noise does not reconstruct
 
 
 def test_variations_and_text_to_image_go_through_the_autoencoder(lpipe):
-    var = lpipe.variations(noise_image(3), n=2, steps=2, seed=0, upsample=False)
+    var = lpipe.variations(noise_image(3), n=2, sampling={"decoder_steps": 2}, seed=0, upsample=False)
     assert var.stages["decoder_latents"].shape == (2, 4, 8, 8) and var.images[0].size == (16, 16)
-    out = lpipe.text_to_image(["a red circle", "a blue square"], steps=2, prior_steps=2, upsampler_steps=(2,),
-                              seed=0)
+    fast = {"decoder_steps": 2, "prior_steps": 2, "upsampler_steps": (2,)}
+    out = lpipe.text_to_image(["a red circle", "a blue square"], sampling=fast, seed=0)
     assert out.stages["decoder_latents"].shape == (2, 4, 8, 8) and out.stages["upsampler1"].shape == (2, 3, 32, 32)
     assert out.settings["clip_denoised"] is False and out.settings["latent_decoder"] is True
-    again = lpipe.text_to_image(["a red circle", "a blue square"], steps=2, prior_steps=2, upsampler_steps=(2,),
-                                seed=0)
+    again = lpipe.text_to_image(["a red circle", "a blue square"], sampling=fast, seed=0)
     assert torch.equal(out.stages["upsampler1"], again.stages["upsampler1"])
 
 
@@ -131,7 +134,7 @@ def test_inpaint_resamples_latent_cells_and_keeps_the_rest(lpipe):
     lat, rec = _ae_reconstruction(lpipe, [image])
     mask = torch.zeros(16, 16)
     mask[:, :8] = 1  # regenerate the left half: latent columns 0-3
-    out = lpipe.inpaint(image, mask, n=2, steps=4, n_resample=2, seed=0, upsample=False)
+    out = lpipe.inpaint(image, mask, n=2, sampling={"decoder_steps": 4}, n_resample=2, seed=0, upsample=False)
     got, px = out.stages["decoder_latents"], out.stages["decoder"]
     assert got.shape == (2, 4, 8, 8) and px.shape == (2, 3, 16, 16)
     assert float((got[..., 4:] - lat[..., 4:]).abs().max()) < 1e-5  # kept latent cells: exactly the image's
@@ -143,11 +146,12 @@ def test_inpaint_resamples_latent_cells_and_keeps_the_rest(lpipe):
     # the mask goes to the latent grid: a cell is regenerated when any of its f x f pixels is
     one = torch.zeros(16, 16)
     one[5, 9] = 1
-    single = lpipe.inpaint(image, one, steps=4, n_resample=2, seed=0, upsample=False).stages["decoder_latents"]
+    single = lpipe.inpaint(image, one, sampling={"decoder_steps": 4}, n_resample=2, seed=0,
+                           upsample=False).stages["decoder_latents"]
     changed = ((single[0] - lat[0]).abs().amax(0) > 1e-5).nonzero().tolist()
     assert changed == [[2, 4]]
     with pytest.raises(ValueError, match=r"mask has shape \(8, 8\) but the decoder makes 16x16 images"):
-        lpipe.inpaint(image, torch.ones(8, 8), steps=2, upsample=False)
+        lpipe.inpaint(image, torch.ones(8, 8), sampling={"decoder_steps": 2}, upsample=False)
 
 
 # ------------------------------------------------------------------------------------------------ folders
@@ -162,8 +166,9 @@ def test_assembled_folder_round_trips(stages, tmp_path):
     built = UnCLIP(ClipEncoder.load(str(stages["clip"])), load_checkpoint(stages["decoder"]),
                    load_checkpoint(stages["prior"]), [load_checkpoint(stages["upsampler1"])],
                    {"decoder": StageInfo("v", None)}, autoencoder=load_checkpoint(stages["autoencoder"]))
-    a = loaded.text_to_image("a red circle", steps=2, prior_steps=2, upsampler_steps=(2,), seed=3)
-    b = built.text_to_image("a red circle", steps=2, prior_steps=2, upsampler_steps=(2,), seed=3)
+    fast = {"decoder_steps": 2, "prior_steps": 2, "upsampler_steps": (2,)}
+    a = loaded.text_to_image("a red circle", sampling=fast, seed=3)
+    b = built.text_to_image("a red circle", sampling=fast, seed=3)
     for name in ("decoder_latents", "decoder", "upsampler1"):
         assert torch.equal(a.stages[name], b.stages[name]), name
 
@@ -210,7 +215,7 @@ def test_describe_records_the_autoencoder(lpipe):
     assert d["parameters"]["autoencoder"] == n_ae
     assert d["autoencoder"] == {"parameters": n_ae, "image_size": 16, "latent_shape": [4, 8, 8], "factor": 2,
                                 "scaling_factor": 1.0}
-    out = lpipe.decode(_z(1), steps=2, upsample=False, seed=0)
+    out = lpipe.decode(_z(1), sampling={"decoder_steps": 2}, upsample=False, seed=0)
     assert out.settings["autoencoder"]["latent_shape"] == [4, 8, 8]  # provenance of every output
     json.dumps(out.settings)  # PNG text chunks need JSON
 
@@ -220,23 +225,23 @@ def test_analyses_helpers_use_pixels_and_x_T_shape(lpipe):
     assert decoder_size(lpipe) == 16 and to_decoder_tensor(lpipe, noise_image(0)).shape == (1, 3, 16, 16)
     x_T = noise(lpipe, 3, torch.Generator().manual_seed(0))
     assert x_T.shape == (3, 4, 8, 8)
-    images, decoded = pipe_decode(lpipe, _z(3), x_T, steps=2, guidance=3.0, clip_denoised=True, upsample=1,
-                                  upsampler_steps=(2,), g=torch.Generator().manual_seed(0), batch_size=2)
+    sc = SamplingConfig(decoder_steps=2, decoder_guidance=3.0, clip_denoised=True, upsampler_steps=(2,))
+    images, decoded = pipe_decode(lpipe, _z(3), x_T, sampling=sc, upsample=1, g=torch.Generator().manual_seed(0),
+                                  batch_size=2)
     assert decoded.shape == (3, 3, 16, 16) and [im.size for im in images] == [(32, 32)] * 3
     # frames depend on z_i and x_T only: the first frame alone decodes the same
-    one, d1 = pipe_decode(lpipe, _z(3)[:1], x_T[:1], steps=2, guidance=3.0, clip_denoised=True, upsample=False,
-                          upsampler_steps=(2,), g=torch.Generator().manual_seed(0))
+    one, d1 = pipe_decode(lpipe, _z(3)[:1], x_T[:1], sampling=sc, upsample=False, g=torch.Generator().manual_seed(0))
     torch.testing.assert_close(d1, decoded[:1])
 
 
 def test_pca_reconstructions_on_a_latent_pipeline(lpipe):
     Z = np.random.default_rng(0).normal(size=(20, 16))
     r = pca_reconstructions(lpipe, [noise_image(0), noise_image(1)], Z / np.linalg.norm(Z, axis=1, keepdims=True),
-                            ks=[2, 16], steps=2, seed=1, upsample=False)
+                            ks=[2, 16], sampling={"decoder_steps": 2}, seed=1, upsample=False)
     assert list(r.frame["k"]) == [2, 16, 2, 16]
     assert all(im.size == (16, 16) for row in r.rows for im in row[1:])
     again = pca_reconstructions(lpipe, [noise_image(0), noise_image(1)], Z / np.linalg.norm(Z, axis=1, keepdims=True),
-                                ks=[2, 16], steps=2, seed=1, upsample=False)
+                                ks=[2, 16], sampling={"decoder_steps": 2}, seed=1, upsample=False)
     assert np.asarray(r.rows[1][2]).tolist() == np.asarray(again.rows[1][2]).tolist()
 
 
@@ -263,7 +268,7 @@ def test_a_trained_latent_decoder_assembles_with_its_autoencoder(tmp_path, capsy
     assert "assembled tiny-unclip (decoder, autoencoder; CLIP" in capsys.readouterr().out
     pipe = UnCLIP.load(tmp_path / "p")
     assert pipe.is_latent and pipe.resolutions == [32] and pipe.x_T_shape(1) == (1, 2, 16, 16)
-    assert pipe.decode(_z(1), steps=2, seed=0).images[0].size == (32, 32)
+    assert pipe.decode(_z(1), sampling={"decoder_steps": 2}, seed=0).images[0].size == (32, 32)
 
 
 def test_training_cli_misuse_is_one_line(tmp_path, capsys):
@@ -306,13 +311,15 @@ def test_latent_lab_runs_a_latent_pipeline(monkeypatch, latent_dir, lpipe):
     at.run()
     assert not at.exception and not at.error
     assert any("autoencoder (0.02M)" in c.value for c in at.caption)  # describe() lists the stage
-    at.slider(key="steps").set_value(2)
-    at.slider(key="t2i_prior_steps").set_value(2)
+    at.slider(key="sampling_decoder_steps").set_value(2)
+    at.slider(key="sampling_prior_steps").set_value(2)
     at.number_input(key="t2i_n").set_value(1)
     at.button(key="t2i_go").click().run()
     assert not at.exception and not at.error, [e.value for e in at.exception] + [e.value for e in at.error]
     shown = at.session_state["t2i"]
-    ref = lpipe.text_to_image("a red circle left of a blue square", n=1, steps=2, guidance=3.0, prior_steps=2,
-                              prior_guidance=4.0, upsample=1, seed=0)
+    ref = lpipe.text_to_image("a red circle left of a blue square", n=1, upsample=1, seed=0,
+                              sampling={"decoder_steps": 2, "decoder_guidance": 3.0, "prior_steps": 2,
+                                        "prior_guidance": 4.0})
+    assert shown.settings["sampling"] == ref.settings["sampling"]
     assert shown.images[0].size == (32, 32)
     assert np.asarray(shown.images[0]).tolist() == np.asarray(ref.images[0]).tolist()

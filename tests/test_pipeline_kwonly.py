@@ -21,7 +21,11 @@ from tiny_models import write_tiny_pipeline
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 PROMPT = "a red circle left of a blue square"
-FAST = {"steps": 3, "upsample": False}  # decoder steps of every bundled call below
+
+
+def fast(**sampling) -> dict:
+    """Keyword arguments of a fast call: 3 decoder steps (plus `sampling` fields), no upsampler."""
+    return {"sampling": {"decoder_steps": 3, **sampling}, "upsample": False}
 
 
 @pytest.fixture(scope="module")
@@ -60,10 +64,10 @@ def _max_abs_255(a: list[Image.Image], b: list[Image.Image]) -> int:
 def test_same_seed_same_images_whatever_progress(tiny, call, capsys):
     def run(progress: bool):
         if call == "text_to_image":
-            return tiny.text_to_image(PROMPT, n=2, prior_steps=2, seed=11, progress=progress, **FAST)
+            return tiny.text_to_image(PROMPT, n=2, seed=11, progress=progress, **fast(prior_steps=2))
         if call == "decode":
-            return tiny.decode(_z(tiny), seed=11, progress=progress, **FAST)
-        return tiny.variations(_image(1, 16), n=2, seed=11, progress=progress, **FAST)
+            return tiny.decode(_z(tiny), seed=11, progress=progress, **fast())
+        return tiny.variations(_image(1, 16), n=2, seed=11, progress=progress, **fast())
 
     quiet, shown = run(False), run(True)
     assert "decoder: DDIM" in capsys.readouterr().err  # the bar was really shown
@@ -78,11 +82,11 @@ def test_the_clamp_matters_so_the_progress_test_has_teeth(tiny):
     the test above would see it. text_to_image equals prior + decode with the clamp on. (The bundled v2 family
     has a latent decoder, which never clamps: test_latent_decoder_never_clamps.)"""
     g = torch.Generator().manual_seed(11)
-    z_i = tiny.sample_prior(PROMPT, n=2, steps=2, seed=g)
+    z_i = tiny.sample_prior(PROMPT, n=2, sampling={"prior_steps": 2}, seed=g)
     state = g.get_state()
-    clamped = tiny.decode(z_i, seed=g, **FAST)
-    unclamped = tiny.decode(z_i, seed=torch.Generator().set_state(state), clip_denoised=False, **FAST)
-    t2i = tiny.text_to_image(PROMPT, n=2, prior_steps=2, seed=11, **FAST)
+    clamped = tiny.decode(z_i, seed=g, **fast())
+    unclamped = tiny.decode(z_i, seed=torch.Generator().set_state(state), **fast(clip_denoised=False))
+    t2i = tiny.text_to_image(PROMPT, n=2, seed=11, **fast(prior_steps=2))
     assert torch.equal(t2i.z_i, clamped.z_i)  # decode re-normalises the prior's z_i
     assert torch.equal(t2i.stages["decoder"], clamped.stages["decoder"])
     assert _max_abs_255(clamped.images, unclamped.images) >= 20
@@ -132,56 +136,60 @@ def test_extra_positional_arguments_raise_type_error(tiny):
 
 # ---- (c) one clip_denoised rule, recorded -----------------------------------------------------------------
 def test_clip_denoised_rule_and_settings(tiny):
-    z = tiny.sample_prior(PROMPT, n=2, steps=2, seed=0)
-    fresh = tiny.decode(z, seed=3, **FAST)
-    t2i = tiny.text_to_image(PROMPT, prior_steps=2, seed=3, **FAST)
+    z = tiny.sample_prior(PROMPT, n=2, sampling={"prior_steps": 2}, seed=0)
+    fresh = tiny.decode(z, seed=3, **fast())
+    t2i = tiny.text_to_image(PROMPT, seed=3, **fast(prior_steps=2))
     assert fresh.settings["clip_denoised"] is True and fresh.settings["x_T_given"] is False
     assert t2i.settings["clip_denoised"] is True and t2i.settings["x_T_given"] is False
     # decode(z_i) from the seed's noise is decode with that noise as x_T and the clamp on
     x_T = torch.randn(z.shape[0], 3, 16, 16, generator=torch.Generator().manual_seed(3))
-    given = tiny.decode(z, x_T=x_T, **FAST)
-    given_clamped = tiny.decode(z, x_T=x_T, clip_denoised=True, **FAST)
+    given = tiny.decode(z, x_T=x_T, **fast())
+    given_clamped = tiny.decode(z, x_T=x_T, **fast(clip_denoised=True))
     assert given.settings["clip_denoised"] is False and given.settings["x_T_given"] is True
     assert given_clamped.settings["clip_denoised"] is True
+    assert given.settings["sampling"]["clip_denoised"] is None  # asked: the rule; recorded: what it chose
+    assert given_clamped.settings["sampling"]["clip_denoised"] is True
     assert torch.equal(given_clamped.stages["decoder"], fresh.stages["decoder"])
     # a given x_T runs the unclamped ODE, which here moves pixels by tens of levels
     assert _max_abs_255(given.images, fresh.images) >= 20
-    assert torch.equal(tiny.decode(z, x_T=x_T, clip_denoised=False, **FAST).stages["decoder"],
+    assert torch.equal(tiny.decode(z, x_T=x_T, **fast(clip_denoised=False)).stages["decoder"],
                        given.stages["decoder"])
-    var = tiny.variations(_image(2, 16), n=2, steps=2, seed=0, upsample=False)
+    var = tiny.variations(_image(2, 16), n=2, sampling={"decoder_steps": 2}, seed=0, upsample=False)
     mask = torch.zeros(16, 16)
     mask[:, 8:] = 1
-    inp = tiny.inpaint(_image(2, 16), mask, n=1, steps=2, n_resample=1, seed=0, upsample=False)
+    inp = tiny.inpaint(_image(2, 16), mask, n=1, sampling={"decoder_steps": 2}, n_resample=1, seed=0,
+                       upsample=False)
     assert var.settings["clip_denoised"] is True and inp.settings["clip_denoised"] is True
     assert [tiny.clip_denoised_rule(None, x_T_given=g, sampler="ddim") for g in (False, True)] == [True, False]
     assert tiny.clip_denoised_rule(False, x_T_given=False, sampler="ddim") is False
     with pytest.raises(TypeError, match=r"clip_denoised must be True, False or None .* got int 1"):
-        tiny.decode(_z(tiny), clip_denoised=1)
+        tiny.decode(_z(tiny), sampling={"clip_denoised": 1})
     with pytest.raises(TypeError, match=r"clip_denoised must be True or False, got NoneType None"):
         tiny.decoder_denoiser(_z(tiny), clip_denoised=None)
 
 
 def test_latent_decoder_never_clamps(bundled):
     """The bundled v2 decoder samples autoencoder latents: no [-1, 1] clamp applies, fresh noise or given x_T."""
-    z = bundled.sample_prior(PROMPT, n=1, steps=2, seed=0)
-    assert bundled.decode(z, seed=3, **FAST).settings["clip_denoised"] is False
-    assert bundled.text_to_image(PROMPT, prior_steps=2, seed=3, **FAST).settings["clip_denoised"] is False
-    assert bundled.decode(z, seed=3, clip_denoised=True, **FAST).settings["clip_denoised"] is False  # asked: ignored
+    z = bundled.sample_prior(PROMPT, n=1, sampling={"prior_steps": 2}, seed=0)
+    assert bundled.decode(z, seed=3, **fast()).settings["clip_denoised"] is False
+    assert bundled.text_to_image(PROMPT, seed=3, **fast(prior_steps=2)).settings["clip_denoised"] is False
+    assert bundled.decode(z, seed=3, **fast(clip_denoised=True)).settings["clip_denoised"] is False  # asked: ignored
 
 
 def test_every_stage_shows_a_labelled_bar(tiny, capsys):
-    quiet = tiny.text_to_image("a red circle", prior_steps=2, steps=2, upsample=True, upsampler_steps=(2,), seed=1)
+    sc = tiny.sampling.replace(prior_steps=2, decoder_steps=2, upsampler_steps=(2,))
+    quiet = tiny.text_to_image("a red circle", sampling=sc, upsample=True, seed=1)
     assert capsys.readouterr().err == ""
-    shown = tiny.text_to_image("a red circle", prior_steps=2, steps=2, upsample=True, upsampler_steps=(2,), seed=1,
-                               progress=True)
+    shown = tiny.text_to_image("a red circle", sampling=sc, upsample=True, seed=1, progress=True)
     err = capsys.readouterr().err
     for label in ("prior: DDIM", "decoder: DDIM", "upsampler1: DDIM"):
         assert f"{label}: 100%" in err, (label, err)
     assert torch.equal(quiet.stages["upsampler1"], shown.stages["upsampler1"])
-    tiny.upsample(quiet.stages["decoder"], 0, steps=2, seed=0, progress=True)
-    tiny.invert([_image(0, 16)], steps=2, progress=True)
+    tiny.upsample(quiet.stages["decoder"], 0, sampling=sc, seed=0, progress=True)
+    tiny.invert([_image(0, 16)], sampling={"decoder_steps": 2}, progress=True)
     mask = torch.ones(16, 16)
-    tiny.inpaint(_image(0, 16), mask, prompt="a red circle", steps=2, n_resample=1, seed=0, upsample=True,
+    tiny.inpaint(_image(0, 16), mask, prompt="a red circle", sampling={"decoder_steps": 2}, n_resample=1, seed=0,
+                 upsample=True,
                  progress=True)
     err = capsys.readouterr().err
     for label in ("upsampler1: DDIM", "decoder: DDIM inversion", "prior: DDIM", "decoder: RePaint"):

@@ -26,7 +26,7 @@ def test_default_ks():
 def test_reconstruction_numbers(pipe):
     images = [noise_image(0), noise_image(1)]
     Z_fit = _Z(40)
-    r = pca_reconstructions(pipe, images, Z_fit, ks=[2, 4, 16], steps=2, seed=1, upsample=False,
+    r = pca_reconstructions(pipe, images, Z_fit, ks=[2, 4, 16], sampling={"decoder_steps": 2}, seed=1, upsample=False,
                             judge=lambda im: {"mean": float(np.asarray(im).mean())})
     f = r.frame
     assert list(f.columns) == FRAME_COLUMNS + ["judge_mean"]
@@ -47,15 +47,18 @@ def test_reconstruction_numbers(pipe):
     assert r.image.size == grid.size and r.image.size[0] > 4 * 66 + 2 and r.image.size[1] > 2 * 66 + 2
     np.testing.assert_array_equal(np.asarray(r.image), np.asarray(grid))
     assert r.settings["ks"] == [2, 4, 16] and r.settings["n_fit"] == 40 and r.settings["judge"] == "<lambda>"
+    assert r.settings["guidance"] == 3.0 and r.settings["sampling"]["decoder_steps"] == 2
+    assert (r.settings["sampling"]["decoder_sampler"], r.settings["sampling"]["eta"]) == ("ddim", 0.0)
+    assert "steps" not in r.settings and "upsampler_steps" not in r.settings
 
 
 def test_same_x_T_per_image_across_k(pipe):
     # k = dim decodes z_i itself from the image's x_T, drawn first from the seed
     img = noise_image(3)
-    r = pca_reconstructions(pipe, [img], _Z(20), ks=[16], steps=2, seed=7, upsample=False)
+    r = pca_reconstructions(pipe, [img], _Z(20), ks=[16], sampling={"decoder_steps": 2}, seed=7, upsample=False)
     x_T = torch.randn((1, 3, 16, 16), generator=torch.Generator().manual_seed(7))
-    want = pipe.decode(pipe.clip.encode_image([img]), x_T=x_T, steps=2, guidance=3.0, upsample=False,
-                       clip_denoised=True).images[0]
+    want = pipe.decode(pipe.clip.encode_image([img]), x_T=x_T, upsample=False,
+                       sampling={"decoder_steps": 2, "decoder_guidance": 3.0, "clip_denoised": True}).images[0]
     np.testing.assert_array_equal(np.asarray(r.rows[0][1]), np.asarray(want))
 
 
@@ -82,4 +85,5 @@ def test_errors(pipe):
     with pytest.raises(TypeError, match="judge must be a callable"):
         pca_reconstructions(pipe, img, _Z(10), judge="readout")
     with pytest.raises(TypeError, match="judge must return a dict of scores"):
-        pca_reconstructions(pipe, img, _Z(10), ks=[16], steps=1, upsample=False, judge=lambda im: 0.5)
+        pca_reconstructions(pipe, img, _Z(10), ks=[16], sampling={"decoder_steps": 1}, upsample=False,
+                            judge=lambda im: 0.5)

@@ -22,34 +22,40 @@ def tiny(tmp_path_factory):
     return UnCLIP.load(write_tiny_pipeline(tmp_path_factory.mktemp("records")))
 
 
+FAST = {"decoder_steps": 2, "prior_steps": 2, "best_of": 1}  # SamplingConfig fields of a quick call
+
+
 def _same(a, b) -> bool:
     return all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, b))
 
 
 def test_seed_none_is_drawn_recorded_and_reproduces(tiny):
-    out = tiny.text_to_image("a red circle", n=2, steps=2, prior_steps=2, best_of=1, upsample=False)
+    out = tiny.text_to_image("a red circle", n=2, sampling=FAST, upsample=False)
     seed = out.settings["seed"]
     assert isinstance(seed, int) and 0 <= seed < 2**31
-    again = tiny.text_to_image("a red circle", n=2, steps=2, prior_steps=2, best_of=1, upsample=False, seed=seed)
+    again = tiny.text_to_image("a red circle", n=2, sampling=FAST, upsample=False, seed=seed)
     assert again.settings["seed"] == seed and _same(out.images, again.images)
     z = torch.nn.functional.normalize(torch.randn(2, 16, generator=torch.Generator().manual_seed(0)), dim=-1)
-    d = tiny.decode(z, steps=2, upsample=False)
-    d2 = tiny.decode(z, steps=2, upsample=False, seed=d.settings["seed"])
+    d = tiny.decode(z, sampling={"decoder_steps": 2}, upsample=False)
+    d2 = tiny.decode(z, sampling={"decoder_steps": 2}, upsample=False, seed=d.settings["seed"])
     assert isinstance(d.settings["seed"], int) and _same(d.images, d2.images)
     # a caller's generator: its seed is the caller's to record
-    assert tiny.decode(z, steps=2, upsample=False, seed=torch.Generator().manual_seed(3)).settings["seed"] is None
+    g = torch.Generator().manual_seed(3)
+    assert tiny.decode(z, sampling={"decoder_steps": 2}, upsample=False, seed=g).settings["seed"] is None
 
 
 def test_two_calls_without_seed_differ(tiny):
-    a = tiny.text_to_image("a red circle", steps=2, prior_steps=2, best_of=1, upsample=False)
-    b = tiny.text_to_image("a red circle", steps=2, prior_steps=2, best_of=1, upsample=False)
+    a = tiny.text_to_image("a red circle", sampling=FAST, upsample=False)
+    b = tiny.text_to_image("a red circle", sampling=FAST, upsample=False)
     assert a.settings["seed"] != b.settings["seed"]
 
 
 def test_upsampler_steps_record_what_ran(tiny):
     z = torch.nn.functional.normalize(torch.randn(1, 16, generator=torch.Generator().manual_seed(1)), dim=-1)
-    assert tiny.decode(z, steps=2, upsample=False, seed=0).settings["upsampler_steps"] == []
-    assert tiny.decode(z, steps=2, upsample=True, upsampler_steps=(3, 9), seed=0).settings["upsampler_steps"] == [3]
+    assert tiny.decode(z, sampling={"decoder_steps": 2}, upsample=False, seed=0).settings["upsampler_steps"] == []
+    out = tiny.decode(z, sampling={"decoder_steps": 2, "upsampler_steps": (3, 9)}, upsample=True, seed=0)
+    assert out.settings["upsampler_steps"] == [3]  # the one stage that ran
+    assert out.settings["sampling"]["upsampler_steps"] == [3, 9]  # what was asked
 
 
 @pytest.mark.parametrize("value,error,match", [
@@ -59,7 +65,7 @@ def test_upsampler_steps_record_what_ran(tiny):
 ])
 def test_guidance_out_of_range_is_refused_before_work(tiny, value, error, match):
     with pytest.raises(error, match=match):
-        tiny.text_to_image("a red circle", steps=2, prior_steps=2, guidance=value, upsample=False)
+        tiny.text_to_image("a red circle", sampling={**FAST, "decoder_guidance": value}, upsample=False)
 
 
 def test_seeds_helpers():
@@ -133,11 +139,11 @@ def test_silent_inputs_now_speak(tiny):
     z = torch.zeros(2, 16)
     z[0, 0] = 1.0
     with pytest.raises(ValueError, match=r"z_i rows \[1\] are all zeros; an embedding needs a direction"):
-        tiny.decode(z, steps=1, upsample=False)
+        tiny.decode(z, sampling={"decoder_steps": 1}, upsample=False)
     with pytest.raises(ValueError, match=r"z_i holds finite values as large as 1e\+308"):
-        tiny.decode(np.full((1, 16), 1e308), steps=1, upsample=False)
+        tiny.decode(np.full((1, 16), 1e308), sampling={"decoder_steps": 1}, upsample=False)
     with pytest.raises(ValueError, match=r"z_i contains NaN or infinite values \(rows \[0\]\)"):
-        tiny.decode(torch.full((1, 16), float("nan")), steps=1, upsample=False)
+        tiny.decode(torch.full((1, 16), float("nan")), sampling={"decoder_steps": 1}, upsample=False)
 
 
 def test_unknown_words_warn_with_suggestions():

@@ -98,9 +98,9 @@ def test_ddpm_1000_steps_gaussian(sch):
 
 
 def test_ddpm_100_respaced_gaussian(sch):
-    x = sample_ddpm(gaussian_denoiser(sch), _x_T(), sch, n_steps=100, generator=1)
+    x = sample_ddpm(gaussian_denoiser(sch), _x_T(), sch, steps=100, generator=1)
     _assert_gaussian(x, mean_tol=0.01, std_rel_tol=0.05)
-    x_large = sample_ddpm(gaussian_denoiser(sch), _x_T(), sch, n_steps=100, variance="fixed_large", generator=1)
+    x_large = sample_ddpm(gaussian_denoiser(sch), _x_T(), sch, steps=100, variance="fixed_large", generator=1)
     _assert_gaussian(x_large, mean_tol=0.01, std_rel_tol=0.05)
 
 

@@ -19,7 +19,7 @@ def _z(pipe, img, *texts):
 
 def test_inverted_first_frame_reconstructs_and_path_is_the_text_diff(pipe):
     img = noise_image(0)
-    r = text_diff(pipe, img, OLD, NEW, theta_max=0.5, n_steps=3, upsample=False, **INVERT)
+    r = text_diff(pipe, img, OLD, NEW, theta_max=0.5, n_steps=3, upsample=False, sampling=INVERT)
     f = r.frame
     assert list(f.columns) == FRAME_COLUMNS
     np.testing.assert_allclose(f["theta"], [0.0, 0.25, 0.5])
@@ -40,21 +40,21 @@ def test_inverted_first_frame_reconstructs_and_path_is_the_text_diff(pipe):
 def test_baselines_and_fixed_noise(pipe):
     img = noise_image(1)
     z_i, z_t = _z(pipe, img, OLD, NEW, "a picture")
-    none = text_diff(pipe, img, OLD, NEW, baseline="none", x_T_mode="fixed", n_steps=2, steps=1, seed=3,
-                     upsample=False)
+    none = text_diff(pipe, img, OLD, NEW, baseline="none", x_T_mode="fixed", n_steps=2,
+                     sampling={"decoder_steps": 1}, seed=3, upsample=False)
     torch.testing.assert_close(none.z_theta, text_diff_path(z_i, z_t[1], None, 0.5, 2).float(), atol=1e-6, rtol=1e-6)
     x_T = torch.randn((1, 3, 16, 16), generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(none.x_T, x_T.expand(2, -1, -1, -1))
-    neutral = text_diff(pipe, img, OLD, NEW, baseline="neutral", x_T_mode="fixed", n_steps=2, steps=1,
-                        upsample=False)
+    neutral = text_diff(pipe, img, OLD, NEW, baseline="neutral", x_T_mode="fixed", n_steps=2,
+                        sampling={"decoder_steps": 1}, upsample=False)
     torch.testing.assert_close(neutral.z_theta, text_diff_path(z_i, z_t[1], z_t[2], 0.5, 2).float(), atol=1e-6,
                                rtol=1e-6)
     assert neutral.settings["neutral_caption"] == "a picture"
 
 
 def test_theta_max_zero_gives_identical_frames(pipe):
-    r = text_diff(pipe, noise_image(2), OLD, NEW, theta_max=0.0, n_steps=3, x_T_mode="fixed", steps=2,
-                  upsample=False)
+    r = text_diff(pipe, noise_image(2), OLD, NEW, theta_max=0.0, n_steps=3, x_T_mode="fixed",
+                  sampling={"decoder_steps": 2}, upsample=False)
     for k in (1, 2):
         torch.testing.assert_close(r.decoded[k], r.decoded[0], atol=1e-6, rtol=0)
     np.testing.assert_allclose(r.frame["theta"], 0.0)
@@ -64,12 +64,19 @@ def test_guidance_defaults_to_the_inversion_s_for_inverted_x_T_and_3_for_fixed(p
     img = noise_image(2)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the defaults never warn
-        inv = text_diff(pipe, img, OLD, NEW, n_steps=2, steps=1, refine=0, upsample=False)
-        fixed = text_diff(pipe, img, OLD, NEW, n_steps=2, steps=1, x_T_mode="fixed", upsample=False)
+        inv = text_diff(pipe, img, OLD, NEW, n_steps=2, sampling={"decoder_steps": 1, "invert_refine": 0},
+                        upsample=False)
+        fixed = text_diff(pipe, img, OLD, NEW, n_steps=2, sampling={"decoder_steps": 1}, x_T_mode="fixed",
+                          upsample=False)
     assert (inv.settings["guidance"], inv.settings["invert_guidance"]) == (1.0, 1.0)
     assert (fixed.settings["guidance"], fixed.settings["invert_guidance"]) == (3.0, None)
-    with pytest.warns(UserWarning, match="guidance=2 with x_T_mode='inverted'"):
-        text_diff(pipe, img, OLD, NEW, n_steps=2, steps=1, refine=0, guidance=2, upsample=False)
+    assert inv.settings["sampling"]["clip_denoised"] is False and fixed.settings["sampling"]["clip_denoised"] is True
+    assert inv.settings["sampling"]["decoder_steps"] == fixed.settings["sampling"]["decoder_steps"] == 1
+    assert not {"steps", "refine", "upsampler_steps"} & set(inv.settings)
+    with pytest.warns(UserWarning, match="invert_guidance=2 with x_T_mode='inverted'"):
+        r = text_diff(pipe, img, OLD, NEW, n_steps=2, upsample=False,
+                      sampling={"decoder_steps": 1, "invert_refine": 0, "invert_guidance": 2})
+    assert (r.settings["guidance"], r.settings["invert_guidance"]) == (2.0, 2.0)
 
 
 def test_errors(pipe, tmp_path):

@@ -109,7 +109,7 @@ def test_assembled_pipeline_samples_with_each_stage_s_prediction(clip, tmp_path)
     pipe = UnCLIP.load(folder)
     assert pipe.stage_info["decoder"].prediction == "v" and pipe.stage_info["prior"].prediction == "x0"
     assert pipe.name == "tiny-family"
-    out = pipe.text_to_image("a red circle", steps=2, prior_steps=2, seed=0)
+    out = pipe.text_to_image("a red circle", sampling={"decoder_steps": 2, "prior_steps": 2}, seed=0)
     assert out.images[0].size == (32, 32)
     with pytest.raises(ValueError, match="prediction='noise' is not known; accepted"):
         _tiny("decoder", prediction="noise")

@@ -268,6 +268,10 @@ class ClipEncoder:
         if spec.startswith("hf-hub:"):
             return cls._load_hub(spec, device)
         path = Path(spec).expanduser()
+        if path.is_dir() and not (path / "open_clip_config.json").is_file():
+            from .hf_clip import is_hf_clip_folder, load_hf_clip
+            if is_hf_clip_folder(path):  # Hugging Face towers in diffusers' layout (text_encoder/, image_encoder/)
+                return load_hf_clip(path, device=device)
         if path.is_dir():
             model, tok = _load_folder(path, spec, device)
             return cls(model, tok, spec, device, world=_folder_world(path))
@@ -328,6 +332,9 @@ class ClipEncoder:
     @property
     def embed_dim(self) -> int:
         """Dimension d of z_t and z_i."""
+        known = getattr(self.model, "embed_dim", None)
+        if isinstance(known, int) and not isinstance(known, bool):
+            return known
         proj = getattr(self._text, "text_projection", None)
         if isinstance(proj, torch.nn.Linear):
             return proj.out_features
@@ -396,14 +403,32 @@ class ClipEncoder:
                 return None
         return None
 
-    def _token_mask(self, ids: torch.Tensor) -> torch.Tensor:
-        pool = getattr(self._text, "pool_type", None) or getattr(self.model, "text_pool_type", None)
+    @property
+    def eot_id(self) -> int | None:
+        """The tokenizer's end-of-text id (WordTokenizer.eot_id, open_clip's eot_token_id, a Hugging Face
+        tokenizer's eos_token_id), or None when the tokenizer names none."""
+        tok = self.tokenizer
+        for holder in (tok, getattr(tok, "tokenizer", None)):
+            for attr in ("eot_id", "eot_token_id", "eos_token_id"):
+                value = getattr(holder, attr, None) if holder is not None else None
+                if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+                    return int(value)
+        return None
+
+    def token_mask(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B, L) bool: True from [SOT] through the first end-of-text token, False after it (padding).
+
+        The end is found by the tokenizer's own end-of-text id (eot_id), not by the largest id: a tokenizer whose
+        end-of-text id is not its largest (or that pads with it, as CLIP's Hugging Face tokenizer does) gets the
+        same mask as its attention mask. Without an end id, ids other than the text tower's pad id count.
+        """
         positions = torch.arange(ids.shape[1], device=ids.device)
-        if pool == "argmax":
-            return positions[None] <= ids.argmax(dim=-1, keepdim=True)
-        eos = getattr(self._text, "eos_id", None)
-        if pool == "eos" and eos is not None:
-            return positions[None] <= (ids == eos).int().argmax(dim=-1, keepdim=True)
+        eot = self.eot_id
+        if eot is not None:
+            is_end = ids == eot
+            first = torch.where(is_end.any(dim=-1), is_end.int().argmax(dim=-1),
+                                torch.full_like(ids[:, 0], ids.shape[1] - 1))
+            return positions[None] <= first[:, None]
         pad = getattr(self._text, "pad_id", 0)
         return ids != pad
 
@@ -430,7 +455,7 @@ class ClipEncoder:
             for i in range(0, len(texts), batch_size):
                 ids = self.tokenize(texts[i:i + batch_size]).to(self.device)
                 feats.append(self._token_features(ids).float().cpu())
-                masks.append(self._token_mask(ids).cpu())
+                masks.append(self.token_mask(ids).cpu())
         return torch.cat(feats), torch.cat(masks)
 
     def _token_features(self, ids: torch.Tensor) -> torch.Tensor:

@@ -37,16 +37,20 @@ from .checkpoint import (FORMAT, PIPELINE_FILE, _write_checkpoint, _write_json, 
 from .checks import check_choice, check_embeddings, check_positive_int
 from .clip import ClipEncoder
 from .decoder import Decoder, DecoderConfig
-from .pipeline import (SAMPLERS, SPACING, StageInfo, UnCLIP, UnCLIPOutput, _check_guidance, _check_prompts,
-                       register_family)
+from .pipeline import StageInfo, UnCLIP, UnCLIPOutput, _check_prompts, read_sampling, register_family
 from .prior import DiffusionPrior, PriorConfig
 from .provenance import tensor_hash
 from .imageio import tensor_to_pil
 from .seeds import generator
-from .samplers import classifier_free_guidance, model_to_denoiser, respace, sample_unclip
+from .sampling import SamplingConfig, check_sampling
+from .samplers import classifier_free_guidance, get_sampler, model_to_denoiser, run_sampler, timesteps
 from .upsampler import Upsampler, UpsamplerConfig, upsample_low_res
 
-KARLO_SAMPLERS = ("unclip",) + SAMPLERS
+# diffusers' UnCLIPPipeline defaults: 25 prior, 25 decoder and 7 super-resolution steps of UnCLIPScheduler,
+# guidance 4 (prior) and 8 (decoder), one prior sample per image
+KARLO_SAMPLING = SamplingConfig(prior_sampler="unclip", prior_steps=25, prior_guidance=4.0, best_of=1,
+                                decoder_sampler="unclip", decoder_steps=25, decoder_guidance=8.0,
+                                upsampler_sampler="unclip", upsampler_steps=(7,))
 KARLO_FOLDERS = ("prior", "decoder", "text_proj", "super_res_first", "super_res_last", "text_encoder", "tokenizer",
                  "prior_scheduler", "decoder_scheduler", "super_res_scheduler")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -424,7 +428,8 @@ def import_karlo(src: str | Path, out: str | Path, overwrite: bool = False, dtyp
         shutil.copytree(src / "tokenizer", tmp / "clip" / "tokenizer")
         stages = {s: s for s in ("prior", "decoder", "upsampler1", "upsampler1_last")}
         meta = {"family": "karlo", "name": f"karlo:{src.name}", "clip": "clip", "source": str(src),
-                "stage_info": {k: asdict(v) for k, v in infos.items()}, "variance": variances}
+                "stage_info": {k: asdict(v) for k, v in infos.items()}, "variance": variances,
+                "sampling": KARLO_SAMPLING.to_dict()}
         _write_json(tmp / PIPELINE_FILE, {"format": FORMAT, "stages": stages, "metadata": meta})
         (tmp / "README.md").write_text(f"# Karlo (imported)\n\nConverted from {src} by unclip_core.karlo.import_karlo. "
                                        "Load with `UnCLIP.load(path)`.\n", encoding="utf-8")
@@ -440,11 +445,13 @@ def _write_stage(root: Path, stage: str, model: nn.Module, dtype: str, src: Path
 class KarloUnCLIP(UnCLIP):
     """unCLIP with Karlo's conventions (module doc): "" as the unconditional text, raw z_t and z_i, UnCLIPScheduler."""
 
+    DEFAULT_SAMPLING = KARLO_SAMPLING
+
     def __init__(self, clip: ClipEncoder, decoder: Decoder, prior: DiffusionPrior | None = None,
                  upsamplers: Sequence[Upsampler] = (), upsamplers_last: Sequence[Upsampler | None] = (),
                  stage_info: Mapping[str, StageInfo] | None = None, variances: Mapping[str, str] | None = None,
-                 name: str = "karlo") -> None:
-        super().__init__(clip, decoder, prior, upsamplers, stage_info, name=name)
+                 name: str = "karlo", *, sampling: SamplingConfig | None = None) -> None:
+        super().__init__(clip, decoder, prior, upsamplers, stage_info, name=name, sampling=sampling)
         last = list(upsamplers_last) + [None] * (len(self.upsamplers) - len(upsamplers_last))
         if len(last) != len(self.upsamplers):
             raise ValueError(f"upsamplers_last has {len(upsamplers_last)} entries for "
@@ -473,7 +480,7 @@ class KarloUnCLIP(UnCLIP):
         last = [models.get(f"{n}_last") for n in ("upsampler1", "upsampler2") if n in models]
         info = {n: StageInfo(**v) for n, v in meta.get("stage_info", {}).items()}
         return cls(clip, models["decoder"], models.get("prior"), ups, last, info, meta.get("variance"),
-                   name=str(meta.get("name", spec)))
+                   name=str(meta.get("name", spec)), sampling=read_sampling(meta, folder, cls.DEFAULT_SAMPLING))
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
@@ -493,7 +500,7 @@ class KarloUnCLIP(UnCLIP):
                 z_t, feats = tower(ids)
         finally:
             tower.output_tokens = False
-        mask = self.clip._token_mask(ids)
+        mask = self.clip.token_mask(ids)
         return z_t.float().to(self.device), feats.float().to(self.device), mask.to(self.device)
 
     def _null(self, B: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -503,12 +510,10 @@ class KarloUnCLIP(UnCLIP):
 
     # ------------------------------------------------------------------ sampling
     def _sample(self, denoise: Callable, x_T: Tensor, *, steps: int, sampler: str, generator: torch.Generator,
-                progress: bool, stage: str) -> Tensor:
-        if sampler == "unclip":
-            return sample_unclip(denoise, x_T, self.schedule, steps, self.variances[stage], generator=generator,
-                                 progress=progress, label=stage)
-        return self._run_sampler(denoise, x_T, steps=steps, sampler=sampler, eta=0.0, generator=generator,
-                                 progress=progress, stage=stage)
+                progress: bool, stage: str, eta: float = 0.0) -> Tensor:
+        variance = self.variances[stage] if sampler == "unclip" else None
+        return run_sampler(sampler, denoise, x_T, self.schedule, steps, eta=eta, variance=variance,
+                           generator=generator, progress=progress, label=stage)
 
     def clip_denoised_rule(self, clip_denoised: bool | None, *, x_T_given: bool, sampler: str) -> bool:
         """UnCLIP's rule, except that the "unclip" sampler always clamps (diffusers' UnCLIPScheduler does)."""
@@ -529,9 +534,9 @@ class KarloUnCLIP(UnCLIP):
                              "from the seed")
         return x_T
 
-    def sample_prior(self, prompts: str | Sequence[str], *, n: int = 1, steps: int = 25, guidance: float = 4.0,
-                     best_of: int = 1, sampler: str = "unclip", seed: int | torch.Generator | None = None,
-                     progress: bool = False, x_T: Tensor | None = None) -> Tensor:
+    def sample_prior(self, prompts: str | Sequence[str], *, n: int = 1, sampling: SamplingConfig | None = None,
+                     seed: int | torch.Generator | None = None, progress: bool = False,
+                     x_T: Tensor | None = None) -> Tensor:
         """z_i ~ p(z_i | y) (Ramesh et al. 2022, sec. 2.2) as Karlo: raw (not unit-norm) image embeddings (len*n, d).
 
         x_T (len*n*best_of, d) fixes the prior's initial noise (diffusers' prior_latents).
@@ -539,10 +544,9 @@ class KarloUnCLIP(UnCLIP):
         if self.prior is None:
             raise ValueError("this pipeline has no prior; decode image embeddings with .decode(z_i) instead")
         prompts = _check_prompts(prompts)
-        n, best_of = check_positive_int("n", n), check_positive_int("best_of", best_of)
-        steps = check_positive_int("steps", steps)
-        guidance = _check_guidance("guidance", guidance)
-        check_choice("sampler", sampler, KARLO_SAMPLERS)
+        n = check_positive_int("n", n)
+        sc = check_sampling(sampling, self.sampling)
+        best_of, steps, guidance, sampler = sc.best_of, sc.prior_steps, sc.prior_guidance, sc.prior_sampler
         self._check_policy(prompts)
         g, seed = generator(seed)
         prior = self.prior
@@ -582,61 +586,59 @@ class KarloUnCLIP(UnCLIP):
         return model_to_denoiser(net, self.schedule, info.prediction, info.clip_x0 if clip_denoised else None,
                                  with_variance=with_variance)
 
-    def decode(self, z_i: Tensor, *, x_T: Tensor | None = None, steps: int = 25, guidance: float = 8.0,
-               sampler: str = "unclip", eta: float = 0.0, prompts: Sequence[str] | None = None,
-               upsample: bool | int | None = None, upsampler_steps: Sequence[int] = (7,),
-               seed: int | torch.Generator | None = None, clip_denoised: bool | None = None, progress: bool = False,
+    def decode(self, z_i: Tensor, *, sampling: SamplingConfig | None = None, x_T: Tensor | None = None,
+               prompts: Sequence[str] | None = None, upsample: bool | int | None = None,
+               seed: int | torch.Generator | None = None, progress: bool = False,
                super_res_x_T: Tensor | None = None) -> UnCLIPOutput:
         """Images from Karlo image embeddings z_i (B, d) and captions (default ""), as diffusers' UnCLIPPipeline.
 
         x_T / super_res_x_T fix the decoder's and the upsampler's initial noise (decoder_latents,
-        super_res_latents). clip_denoised=None follows clip_denoised_rule: with the "unclip" sampler predicted x0
-        is always clamped (UnCLIPScheduler); the value used is recorded in settings["clip_denoised"].
+        super_res_latents). sampling.clip_denoised None follows clip_denoised_rule: with the "unclip" sampler
+        predicted x0 is always clamped (UnCLIPScheduler); the value used is recorded in settings["clip_denoised"].
         """
-        z_i, steps, guidance, prompt_list = self._check_decode_args(z_i, steps, guidance, sampler, KARLO_SAMPLERS,
-                                                                    prompts)
-        for k in upsampler_steps:
-            check_positive_int("upsampler steps", k)
+        sc = check_sampling(sampling, self.sampling)
+        z_i, prompt_list = self._check_decode_args(z_i, prompts)
         n_up = self.upsample_stages(upsample)
         g, seed = generator(seed)
         given = x_T is not None
-        clip_denoised = self.clip_denoised_rule(clip_denoised, x_T_given=given, sampler=sampler)
+        clip_denoised = self.clip_denoised_rule(sc.clip_denoised, x_T_given=given, sampler=sc.decoder_sampler)
         x_T = self._noise(x_T, self.x_T_shape(z_i.shape[0]), g, "x_T")
         with torch.inference_mode():
-            learned = self._learned("decoder", sampler)
-            denoise = self._decoder_denoiser(z_i, prompt_list, guidance, clip_denoised=clip_denoised,
+            learned = self._learned("decoder", sc.decoder_sampler)
+            denoise = self._decoder_denoiser(z_i, prompt_list, sc.decoder_guidance, clip_denoised=clip_denoised,
                                              with_variance=learned)
-            x = self._sample(denoise, x_T.to(self.device), steps=steps, sampler=sampler, generator=g,
-                             progress=progress, stage="decoder").clamp(-1, 1)
+            x = self._sample(denoise, x_T.to(self.device), steps=sc.decoder_steps, sampler=sc.decoder_sampler,
+                             generator=g, progress=progress, stage="decoder", eta=sc.eta).clamp(-1, 1)
             stages = {"decoder": x.cpu()}
-            for k, n_steps in enumerate(self._steps_run(n_up, upsampler_steps)):
-                x = self.upsample(x, k, steps=n_steps, seed=g, progress=progress, sampler=sampler,
+            for k in range(n_up):
+                x = self.upsample(x, k, sampling=sc, seed=g, progress=progress,
                                   x_T=super_res_x_T if k == 0 else None)
                 stages[f"upsampler{k + 1}"] = x.cpu()
-        settings = {"steps": steps, "guidance": guidance, "sampler": sampler, "clip_denoised": clip_denoised,
-                    "x_T_given": given, "upsampler_steps": self._steps_run(n_up, upsampler_steps),
-                    "z_i_hash": tensor_hash(z_i), "seed": seed, **self.describe()}
+        settings = {"sampling": sc.to_dict(), "clip_denoised": clip_denoised, "x_T_given": given,
+                    "upsampler_steps": sc.upsampler_steps_for(n_up), "z_i_hash": tensor_hash(z_i), "seed": seed,
+                    **self.describe()}
         out = UnCLIPOutput(tensor_to_pil(x.cpu()), z_i.cpu(), stages, settings)
         self._check_images(out)
         return out
 
-    def upsample(self, low: Tensor, index: int, *, steps: int = 7, seed: int | torch.Generator | None = None,
-                 progress: bool = False, sampler: str = "unclip", x_T: Tensor | None = None) -> Tensor:
+    def upsample(self, low: Tensor, index: int, *, sampling: SamplingConfig | None = None,
+                 seed: int | torch.Generator | None = None, progress: bool = False,
+                 x_T: Tensor | None = None) -> Tensor:
         """Super-resolution stage `index` on (B, 3, h, h) images in [-1, 1]; the last step uses the `_last` net."""
         if not 0 <= index < len(self.upsamplers):
             raise ValueError(f"upsampler index {index} out of range; this pipeline has {len(self.upsamplers)}")
-        check_choice("sampler", sampler, KARLO_SAMPLERS)
+        sc = check_sampling(sampling, self.sampling)
+        sampler, steps = sc.upsampler_sampler, sc.upsampler_steps_for(index + 1)[index]
         up = self.upsamplers[index]
         last = self.upsamplers_last[index] or up
-        steps = check_positive_int("upsampler steps", steps)
         g, seed = generator(seed)
         B, _, h, w = low.shape
         if h != up.config.low_res:
             raise ValueError(f"upsampler{index + 1} takes {up.config.low_res}px images, got {h}px")
         f = up.config.factor
         low_up = upsample_low_res(low.to(self.device).float(), (h * f, w * f), up.config.antialias)
-        spacing = "linspace" if sampler == "unclip" else SPACING
-        t_last = int(respace(self.schedule, steps, spacing)[-1])
+        ts = timesteps(self.schedule, steps, get_sampler(sampler).spacing)
+        t_last = ts[-1]
 
         def net(x: Tensor, t: Tensor) -> Tensor:
             model = last if int(t.reshape(-1)[0]) == t_last else up
@@ -648,33 +650,27 @@ class KarloUnCLIP(UnCLIP):
                                     with_variance=self._learned(stage, sampler))
         x_T = self._noise(x_T, (B, 3, h * f, w * f), g, "super_res_x_T")
         with torch.inference_mode():
-            return self._sample(denoise, x_T.to(self.device), steps=steps, sampler=sampler, generator=g,
+            return self._sample(denoise, x_T.to(self.device), steps=torch.tensor(ts), sampler=sampler, generator=g,
                                 progress=progress, stage=stage).clamp(-1, 1)
 
-    def text_to_image(self, prompts: str | Sequence[str], *, n: int = 1, steps: int = 25, guidance: float = 8.0,
-                      prior_steps: int = 25, prior_guidance: float = 4.0, best_of: int = 1, sampler: str = "unclip",
-                      upsample: bool = True, upsampler_steps: Sequence[int] = (7,),
-                      seed: int | torch.Generator | None = None, progress: bool = False,
-                      prior_x_T: Tensor | None = None, decoder_x_T: Tensor | None = None,
+    def text_to_image(self, prompts: str | Sequence[str], *, n: int = 1, sampling: SamplingConfig | None = None,
+                      upsample: bool | int | None = None, seed: int | torch.Generator | None = None,
+                      progress: bool = False, prior_x_T: Tensor | None = None, decoder_x_T: Tensor | None = None,
                       super_res_x_T: Tensor | None = None) -> UnCLIPOutput:
-        """Text -> prior -> z_i -> decoder -> super-resolution with Karlo's defaults (25, 25, 7 steps; guidance 4, 8).
+        """Text -> prior -> z_i -> decoder -> super-resolution with Karlo's defaults (KARLO_SAMPLING).
 
         One generator draws every noise in diffusers' order (prior steps, decoder steps, upsampler steps);
         prior_x_T, decoder_x_T and super_res_x_T fix the initial noises as diffusers' *_latents arguments.
         """
         prompts = _check_prompts(prompts)
-        check_positive_int("steps", steps)
-        _check_guidance("guidance", guidance)
-        check_choice("sampler", sampler, KARLO_SAMPLERS)
+        sc = check_sampling(sampling, self.sampling)
+        self.upsample_stages(upsample)
         g, seed = generator(seed)
-        z_i = self.sample_prior(prompts, n=n, steps=prior_steps, guidance=prior_guidance, best_of=best_of,
-                                sampler=sampler, seed=g, progress=progress, x_T=prior_x_T)
+        z_i = self.sample_prior(prompts, n=n, sampling=sc, seed=g, progress=progress, x_T=prior_x_T)
         expanded = [p for p in prompts for _ in range(n)]
-        out = self.decode(z_i, x_T=decoder_x_T, steps=steps, guidance=guidance, sampler=sampler, eta=0.0,
-                          prompts=expanded, upsample=upsample, upsampler_steps=upsampler_steps, seed=g,
+        out = self.decode(z_i, sampling=sc, x_T=decoder_x_T, prompts=expanded, upsample=upsample, seed=g,
                           progress=progress, super_res_x_T=super_res_x_T)
-        out.settings.update({"prompts": prompts, "n": n, "prior_steps": prior_steps, "prior_guidance": prior_guidance,
-                             "best_of": best_of, "seed": seed})
+        out.settings.update({"prompts": prompts, "n": n, "seed": seed})
         return out
 
 

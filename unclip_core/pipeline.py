@@ -30,11 +30,10 @@ from .inpaint import sample_repaint
 from .prior import DiffusionPrior
 from .provenance import BlockedContentError, ConceptPolicy, tensor_hash
 from .seeds import generator
-from .samplers import (classifier_free_guidance, invert_ddim, model_to_denoiser, sample_ddim, sample_ddpm,
-                       sample_dpmpp_2m)
+from .sampling import SamplingConfig, check_sampling
+from .samplers import classifier_free_guidance, get_sampler, invert_ddim, model_to_denoiser, run_sampler, timesteps
 from .upsampler import Upsampler
 
-SAMPLERS = ("ddim", "ddpm", "dpmpp_2m")
 # pipeline folders whose pipeline.json names a family load with that family's class: a subclass of UnCLIP that
 # registers itself here when its module is imported (register_family); this module imports none of them
 FAMILIES: dict[str, type] = {}
@@ -46,8 +45,8 @@ def register_family(name: str, cls: type) -> type:
         raise TypeError(f"a family class must subclass UnCLIP, got {cls!r}")
     FAMILIES[name] = cls
     return cls
-# Trailing spacing starts at t = T - 1, from pure noise (Lin et al. 2024); inversion uses the same steps.
-SPACING = "trailing"
+# DDIM's trailing spacing starts at t = T - 1, from pure noise (Lin et al. 2024); inversion uses the same steps.
+SPACING = get_sampler("ddim").spacing
 
 
 @dataclass(frozen=True)
@@ -100,14 +99,30 @@ def _check_prompts(prompts: str | Sequence[str]) -> list[str]:
     return prompts
 
 
+def read_sampling(meta: Mapping[str, Any], folder: Path, default: SamplingConfig) -> SamplingConfig:
+    """pipeline.json's "sampling" entry over a family's defaults; a bad entry names the file."""
+    entry = meta.get("sampling")
+    if entry is None:
+        return default
+    try:
+        return SamplingConfig.from_dict(entry, base=default)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{folder}/pipeline.json: 'sampling': {e}") from None
+
+
 class UnCLIP:
-    """Text-to-image, variations, interpolation inputs and inpainting with the unCLIP cascade."""
+    """Text-to-image, variations, interpolation inputs and inpainting with the unCLIP cascade.
+
+    Every sampling call takes `sampling=` (a SamplingConfig; None: `self.sampling`, the pipeline folder's).
+    """
+
+    DEFAULT_SAMPLING = SamplingConfig()  # a pipeline folder without a "sampling" entry samples with these
 
     def __init__(self, clip: ClipEncoder, decoder: Decoder, prior: DiffusionPrior | None = None,
                  upsamplers: Sequence[Upsampler] = (), stage_info: Mapping[str, StageInfo] | None = None,
                  schedule: Schedule | None = None, name: str = "custom",
                  policy: ConceptPolicy | None = None, *, autoencoder: Autoencoder | None = None,
-                 default_upsample: int | None = None) -> None:
+                 default_upsample: int | None = None, sampling: SamplingConfig | None = None) -> None:
         if not isinstance(decoder, Decoder):
             raise TypeError(f"decoder must be a Decoder, got {type(decoder).__name__}")
         if prior is not None and not isinstance(prior, DiffusionPrior):
@@ -147,6 +162,8 @@ class UnCLIP:
         self.default_upsample = len(self.upsamplers)
         if default_upsample is not None:
             self.default_upsample = self.upsample_stages(default_upsample)
+        # the defaults of every sampling call (pipeline.json "sampling" over the family's defaults)
+        self.sampling = check_sampling(sampling, self.DEFAULT_SAMPLING)
 
     @staticmethod
     def _check_decoder_space(decoder: Decoder, autoencoder: Autoencoder | None) -> None:
@@ -194,7 +211,8 @@ class UnCLIP:
         ups = [models[n] for n in ("upsampler1", "upsampler2") if n in models]
         info = {n: StageInfo(**v) for n, v in meta.get("stage_info", {}).items()}
         return cls(clip, models["decoder"], models.get("prior"), ups, info, name=str(meta.get("name", spec)),
-                   autoencoder=models.get("autoencoder"), default_upsample=meta.get("default_upsample"))
+                   autoencoder=models.get("autoencoder"), default_upsample=meta.get("default_upsample"),
+                   sampling=read_sampling(meta, folder, cls.DEFAULT_SAMPLING))
 
     @property
     def device(self) -> torch.device:
@@ -286,18 +304,16 @@ class UnCLIP:
                 raise BlockedContentError(f"prompt {p!r} names blocked concept(s) {hits}")
 
     # ------------------------------------------------------------------ prior
-    def sample_prior(self, prompts: str | Sequence[str], *, n: int = 1, steps: int = 64, guidance: float = 4.0,
-                     best_of: int = 2, sampler: str = "ddim", seed: int | torch.Generator | None = None,
-                     progress: bool = False) -> Tensor:
-        """z_i ~ p(z_i | y) with the diffusion prior (sec. 2.2), best of `best_of` by z_i·z_t; -> (len*n, d) unit."""
+    def sample_prior(self, prompts: str | Sequence[str], *, n: int = 1, sampling: SamplingConfig | None = None,
+                     seed: int | torch.Generator | None = None, progress: bool = False) -> Tensor:
+        """z_i ~ p(z_i | y) with the diffusion prior (sec. 2.2), best of sampling.best_of by z_i·z_t;
+        -> (len*n, d) unit rows. Uses sampling.prior_sampler, prior_steps, prior_guidance."""
         if self.prior is None:
             raise ValueError("this pipeline has no prior; decode image embeddings with .decode(z_i) instead")
         prompts = _check_prompts(prompts)
         n = check_positive_int("n", n)
-        best_of = check_positive_int("best_of", best_of)
-        steps = check_positive_int("steps", steps)
-        guidance = _check_guidance("guidance", guidance)
-        check_choice("sampler", sampler, SAMPLERS)
+        sc = check_sampling(sampling, self.sampling)
+        best_of, steps, guidance, sampler = sc.best_of, sc.prior_steps, sc.prior_guidance, sc.prior_sampler
         self._check_policy(prompts)
         g, seed = generator(seed)
         prior, c = self.prior, self.prior.config
@@ -324,14 +340,9 @@ class UnCLIP:
     # ------------------------------------------------------------------ decoder + upsamplers
     def _run_sampler(self, denoise: Callable, x_T: Tensor, *, steps: int, sampler: str, eta: float,
                      generator: torch.Generator, progress: bool, stage: str) -> Tensor:
-        """One stage's sampler; its progress bar is labelled with the stage ("decoder: DDIM")."""
-        if sampler == "ddim":
-            return sample_ddim(denoise, x_T, self.schedule, steps, eta=eta, generator=generator, spacing=SPACING,
-                               progress=progress, label=stage)
-        if sampler == "ddpm":
-            return sample_ddpm(denoise, x_T, self.schedule, steps, generator=generator, progress=progress,
-                               label=stage)
-        return sample_dpmpp_2m(denoise, x_T, self.schedule, steps, progress=progress, label=stage)
+        """One stage's registered sampler; its progress bar is labelled with the stage ("decoder: DDIM")."""
+        return run_sampler(sampler, denoise, x_T, self.schedule, steps, eta=eta, generator=generator,
+                           progress=progress, label=stage)
 
     def clip_denoised_rule(self, clip_denoised: bool | None, *, x_T_given: bool, sampler: str) -> bool:
         """Whether the decoder clamps each predicted x0 to [-1, 1]: the one rule of every decoding call.
@@ -374,19 +385,14 @@ class UnCLIP:
                                       _check_guidance("guidance", guidance),
                                       clip_denoised=_check_clip_denoised(clip_denoised, allow_none=False))
 
-    def _check_decode_args(self, z_i: Tensor, steps: int, guidance: float, sampler: str,
-                           samplers: Sequence[str], prompts: Sequence[str] | None
-                           ) -> tuple[Tensor, int, float, list[str] | None]:
-        """Validated (z_i, steps, guidance, prompt list) of a decode call; prompts must match z_i's rows."""
+    def _check_decode_args(self, z_i: Tensor, prompts: Sequence[str] | None) -> tuple[Tensor, list[str] | None]:
+        """Validated (z_i, prompt list) of a decode call; prompts must match z_i's rows."""
         z_i = self._check_z_i(z_i)
-        steps = check_positive_int("steps", steps)
-        guidance = _check_guidance("guidance", guidance)
-        check_choice("sampler", sampler, samplers)
         prompt_list = None if prompts is None else _check_prompts(prompts)
         if prompt_list is not None and len(prompt_list) != z_i.shape[0]:
             raise ValueError(f"prompts has {len(prompt_list)} entries but z_i has {z_i.shape[0]} rows; "
                              "pass one prompt per embedding")
-        return z_i, steps, guidance, prompt_list
+        return z_i, prompt_list
 
     def _check_z_i(self, z_i: Tensor) -> Tensor:
         z_i = torch.as_tensor(check_embeddings("z_i", z_i, self.decoder.config.clip_dim, allow_1d=True))
@@ -420,49 +426,50 @@ class UnCLIP:
             return pixels
         return self.autoencoder.encode(pixels.to(next(self.autoencoder.parameters()).dtype)).float()
 
-    def decode(self, z_i: Tensor, *, x_T: Tensor | None = None, steps: int = 50, guidance: float = 3.0,
-               sampler: str = "ddim", eta: float = 0.0, prompts: Sequence[str] | None = None,
-               upsample: bool | int | None = None, upsampler_steps: Sequence[int] = (27, 15),
-               seed: int | torch.Generator | None = None, clip_denoised: bool | None = None,
-               progress: bool = False) -> UnCLIPOutput:
+    def decode(self, z_i: Tensor, *, sampling: SamplingConfig | None = None, x_T: Tensor | None = None,
+               prompts: Sequence[str] | None = None, upsample: bool | int | None = None,
+               seed: int | torch.Generator | None = None, progress: bool = False) -> UnCLIPOutput:
         """Images from CLIP image embeddings z_i (B, d) (sec. 2.1), optionally from a given x_T of x_T_shape(B).
 
-        upsample: None runs the default cascade, True every upsampler, False none, an int k the first k.
-        A latent decoder samples latents (kept in stages["decoder_latents"]); the autoencoder decodes them to the
-        pixels of stages["decoder"], which the upsamplers take.
+        sampling: decoder_sampler / decoder_steps / decoder_guidance / eta / clip_denoised and the upsampler
+        settings (None: self.sampling). upsample: None runs the default cascade, True every upsampler, False none,
+        an int k the first k. A latent decoder samples latents (kept in stages["decoder_latents"]); the
+        autoencoder decodes them to the pixels of stages["decoder"], which the upsamplers take.
 
-        clip_denoised clamps each predicted x0 to [-1, 1]; None (the default) follows clip_denoised_rule: on
-        from fresh noise, off when x_T is given, since a DDIM-inverted x_T reconstructs its image only through
-        the same unclamped ODE; always off for a latent decoder. The value used is in settings["clip_denoised"].
+        clip_denoised (sampling.clip_denoised) clamps each predicted x0 to [-1, 1]; None (the default) follows
+        clip_denoised_rule: on from fresh noise, off when x_T is given, since a DDIM-inverted x_T reconstructs its
+        image only through the same unclamped ODE; always off for a latent decoder. The value used is in
+        settings["clip_denoised"], the whole config in settings["sampling"].
         """
-        z_i, steps, guidance, prompt_list = self._check_decode_args(z_i, steps, guidance, sampler, SAMPLERS,
-                                                                    prompts)
+        sc = check_sampling(sampling, self.sampling)
+        z_i, prompt_list = self._check_decode_args(z_i, prompts)
         n_up = self.upsample_stages(upsample)
         given = x_T is not None
-        clip_denoised = self.clip_denoised_rule(clip_denoised, x_T_given=given, sampler=sampler)
+        clip_denoised = self.clip_denoised_rule(sc.clip_denoised, x_T_given=given, sampler=sc.decoder_sampler)
         g, seed = generator(seed)
         x_T = self._check_x_T(x_T, z_i.shape[0], g)
         with torch.inference_mode():
-            denoise = self._decoder_denoiser(z_i, prompt_list, guidance, clip_denoised=clip_denoised)
-            x = self._run_sampler(denoise, x_T.to(self.device), steps=steps, sampler=sampler, eta=eta, generator=g,
-                                  progress=progress, stage="decoder")
+            denoise = self._decoder_denoiser(z_i, prompt_list, sc.decoder_guidance, clip_denoised=clip_denoised)
+            x = self._run_sampler(denoise, x_T.to(self.device), steps=sc.decoder_steps, sampler=sc.decoder_sampler,
+                                  eta=sc.eta, generator=g, progress=progress, stage="decoder")
             x, stages = self._to_pixels(x)
-            x = self._cascade(x, stages, n_up=n_up, upsampler_steps=upsampler_steps, g=g, progress=progress)
-        settings = {"steps": steps, "guidance": guidance, "sampler": sampler, "eta": eta,
-                    "clip_denoised": clip_denoised, "x_T_given": given,
-                    "upsampler_steps": self._steps_run(n_up, upsampler_steps), "z_i_hash": tensor_hash(z_i),
+            x = self._cascade(x, stages, n_up=n_up, sampling=sc, g=g, progress=progress)
+        settings = {"sampling": sc.to_dict(), "clip_denoised": clip_denoised, "x_T_given": given,
+                    "upsampler_steps": sc.upsampler_steps_for(n_up), "z_i_hash": tensor_hash(z_i),
                     "seed": seed, **self.describe()}
         out = UnCLIPOutput(tensor_to_pil(x.cpu()), z_i.cpu(), stages, settings)
         self._check_images(out)
         return out
 
-    def upsample(self, low: Tensor, index: int, *, steps: int = 27, seed: int | torch.Generator | None = None,
-                 progress: bool = False) -> Tensor:
-        """Run upsampler `index` (0 or 1) on images (B, 3, h, h) in [-1, 1] with DDIM -> (B, 3, f*h, f*h)."""
+    def upsample(self, low: Tensor, index: int, *, sampling: SamplingConfig | None = None,
+                 seed: int | torch.Generator | None = None, progress: bool = False) -> Tensor:
+        """Run upsampler `index` (0 or 1) on images (B, 3, h, h) in [-1, 1] -> (B, 3, f*h, f*h), with
+        sampling.upsampler_sampler and sampling.upsampler_steps[index] (None: self.sampling)."""
         if not 0 <= index < len(self.upsamplers):
             raise ValueError(f"upsampler index {index} out of range; this pipeline has {len(self.upsamplers)}")
+        sc = check_sampling(sampling, self.sampling)
         up = self.upsamplers[index]
-        steps = check_positive_int("upsampler steps", steps)
+        steps = sc.upsampler_steps_for(index + 1)[index]
         g, seed = generator(seed)
         B, _, h, w = low.shape
         if h != up.config.low_res:
@@ -473,19 +480,14 @@ class UnCLIP:
         denoise = model_to_denoiser(lambda x, t: up(x, t, low), self.schedule, info.prediction, info.clip_x0)
         x_T = torch.randn((B, 3, h * f, w * f), generator=g).to(self.device)
         with torch.inference_mode():
-            return sample_ddim(denoise, x_T, self.schedule, steps, generator=g, spacing=SPACING,
-                               progress=progress, label=f"upsampler{index + 1}").clamp(-1, 1)
+            return self._run_sampler(denoise, x_T, steps=steps, sampler=sc.upsampler_sampler, eta=0.0,
+                                     generator=g, progress=progress, stage=f"upsampler{index + 1}").clamp(-1, 1)
 
-    @staticmethod
-    def _steps_run(n_up: int, upsampler_steps: Sequence[int]) -> list[int]:
-        """The DDIM steps each of the first n_up upsamplers ran ([] when none ran): what outputs record."""
-        return [upsampler_steps[k] if k < len(upsampler_steps) else upsampler_steps[-1] for k in range(n_up)]
-
-    def _cascade(self, x: Tensor, stages: dict[str, Tensor], *, n_up: int, upsampler_steps: Sequence[int],
+    def _cascade(self, x: Tensor, stages: dict[str, Tensor], *, n_up: int, sampling: SamplingConfig,
                  g: torch.Generator, progress: bool) -> Tensor:
-        """Run the first n_up upsamplers on pixels x, stage k with upsampler_steps[k] (the last entry beyond)."""
-        for k, n_steps in enumerate(self._steps_run(n_up, upsampler_steps)):
-            x = self.upsample(x, k, steps=n_steps, seed=g, progress=progress)
+        """Run the first n_up upsamplers on pixels x with `sampling`'s upsampler settings."""
+        for k in range(n_up):
+            x = self.upsample(x, k, sampling=sampling, seed=g, progress=progress)
             stages[f"upsampler{k + 1}"] = x.cpu()
         return x
 
@@ -499,33 +501,24 @@ class UnCLIP:
                                       f"{[hits[i] for i in flagged]}")
 
     # ------------------------------------------------------------------ public capabilities
-    def text_to_image(self, prompts: str | Sequence[str], *, n: int = 1, steps: int = 50, guidance: float = 3.0,
-                      prior_steps: int = 64, prior_guidance: float = 4.0, best_of: int = 2, sampler: str = "ddim",
-                      upsample: bool | int | None = None, upsampler_steps: Sequence[int] = (27, 15),
-                      seed: int | torch.Generator | None = None, progress: bool = False) -> UnCLIPOutput:
+    def text_to_image(self, prompts: str | Sequence[str], *, n: int = 1, sampling: SamplingConfig | None = None,
+                      upsample: bool | int | None = None, seed: int | torch.Generator | None = None,
+                      progress: bool = False) -> UnCLIPOutput:
         """Text -> prior -> z_i -> decoder -> upsamplers (Ramesh et al. 2022, fig. 2): n images per prompt.
 
-        upsample: None the default cascade, True every upsampler, False none, an int k the first k. The decoder
-        starts from fresh noise, so predicted x0 is clamped (clip_denoised_rule); progress shows one bar per stage.
+        sampling: every stage's settings (None: self.sampling). upsample: None the default cascade, True every
+        upsampler, False none, an int k the first k. The decoder starts from fresh noise, so predicted x0 is
+        clamped (clip_denoised_rule); progress shows one bar per stage.
         """
         prompts = _check_prompts(prompts)
-        # check the decoder's settings before spending time in the prior
-        self.upsample_stages(upsample)
-        check_positive_int("steps", steps)
-        _check_guidance("guidance", guidance)
-        check_choice("sampler", sampler, SAMPLERS)
-        for k in upsampler_steps:
-            check_positive_int("upsampler steps", k)
+        sc = check_sampling(sampling, self.sampling)
+        self.upsample_stages(upsample)  # checked before time is spent in the prior
         g, seed = generator(seed)
-        z_i = self.sample_prior(prompts, n=n, steps=prior_steps, guidance=prior_guidance, best_of=best_of,
-                                sampler=sampler, seed=g, progress=progress)
+        z_i = self.sample_prior(prompts, n=n, sampling=sc, seed=g, progress=progress)
         expanded = [p for p in prompts for _ in range(n)]
-        out = self.decode(z_i, steps=steps, guidance=guidance, sampler=sampler, eta=0.0,
-                          prompts=expanded if self.decoder.config.text_width else None, upsample=upsample,
-                          upsampler_steps=upsampler_steps, seed=g, progress=progress)
-        out.settings.update({"prompts": prompts, "n": n, "prior_steps": prior_steps,
-                             "prior_guidance": prior_guidance, "best_of": best_of,
-                             "seed": seed})
+        out = self.decode(z_i, sampling=sc, prompts=expanded if self.decoder.config.text_width else None,
+                          upsample=upsample, seed=g, progress=progress)
+        out.settings.update({"prompts": prompts, "n": n, "seed": seed})
         return out
 
     def encode_images(self, images: ImageLike | Sequence[ImageLike]) -> Tensor:
@@ -537,40 +530,50 @@ class UnCLIP:
         items = images if isinstance(images, (list, tuple)) else [images]
         return pil_to_tensor([load_image(im) for im in items], size=self.resolutions[0])
 
-    def invert(self, images: ImageLike | Sequence[ImageLike], *, steps: int = 50, guidance: float = 1.0,
-               refine: int = 2, progress: bool = False) -> tuple[Tensor, Tensor]:
+    def invert(self, images: ImageLike | Sequence[ImageLike], *, sampling: SamplingConfig | None = None,
+               progress: bool = False) -> tuple[Tensor, Tensor]:
         """image -> (z_i, x_T): CLIP image encoder, then DDIM inversion of the decoder (sec. 3.1, fig. 4).
 
-        Returns z_i (B, d) and x_T of x_T_shape(B): a latent decoder inverts the autoencoder's latents of the
-        image, so decode(z_i, x_T=x_T) reconstructs those latents and, through the autoencoder, the image.
-        `refine` fixed-point iterations per step make decode(z_i, x_T) reconstruct the image more closely
-        (each costs one more decoder pass per step).
+        Runs sampling.decoder_steps DDIM steps under sampling.invert_guidance with sampling.invert_refine
+        fixed-point iterations per step (each costs one more decoder pass per step and makes the reconstruction
+        closer). Returns z_i (B, d) and x_T of x_T_shape(B): a latent decoder inverts the autoencoder's latents of
+        the image. decode(z_i, x_T=x_T, sampling=sc.replace(decoder_sampler="ddim", eta=0, decoder_guidance=
+        sc.invert_guidance)) reconstructs the image (the analyses do this for their inverted frames).
         """
-        steps = check_positive_int("steps", steps)
+        sc = check_sampling(sampling, self.sampling)
+        steps, guidance, refine = sc.decoder_steps, sc.invert_guidance, sc.invert_refine
         z_i = self.encode_images(images)
         with torch.inference_mode():
             x0 = self._to_latents(self._decoder_input(images).to(self.device))
             # the unclamped ODE that decode(z_i, x_T=x_T) runs back (clip_denoised_rule with x_T given)
-            denoise = self._decoder_denoiser(z_i, None, _check_guidance("guidance", guidance), clip_denoised=False)
-            x_T = invert_ddim(denoise, x0, self.schedule, steps, spacing=SPACING, n_fixed_point=refine,
-                              progress=progress, label="decoder")
+            denoise = self._decoder_denoiser(z_i, None, guidance, clip_denoised=False)
+            x_T = invert_ddim(denoise, x0, self.schedule, timesteps(self.schedule, steps, SPACING),
+                              n_fixed_point=refine, progress=progress, label="decoder")
         return z_i, x_T.cpu()
 
-    def variations(self, image: ImageLike, *, n: int = 4, eta: float = 1.0, steps: int = 50, guidance: float = 3.0,
+    def variation_sampling(self) -> SamplingConfig:
+        """The default settings of `variations`: self.sampling with eta 1 where the decoder's sampler takes eta
+        (DDIM: noise at every step, as the paper's variations), else self.sampling as it is."""
+        if get_sampler(self.sampling.decoder_sampler).honours_eta:
+            return self.sampling.replace(eta=1.0)
+        return self.sampling
+
+    def variations(self, image: ImageLike, *, n: int = 4, sampling: SamplingConfig | None = None,
                    seed: int | torch.Generator | None = None, upsample: bool | int | None = None,
                    progress: bool = False) -> UnCLIPOutput:
-        """Image variations (sec. 3.1): decode the image's z_i n times with DDIM eta > 0 from fresh noise."""
+        """Image variations (sec. 3.1): decode the image's z_i n times from fresh noise (sampling None:
+        variation_sampling(), DDIM with eta 1)."""
         n = check_positive_int("n", n)
+        sc = check_sampling(sampling, self.variation_sampling())
         z_i = self.encode_images([image]).expand(n, -1)
-        out = self.decode(z_i, steps=steps, guidance=guidance, sampler="ddim", eta=eta, upsample=upsample, seed=seed,
-                          progress=progress)
+        out = self.decode(z_i, sampling=sc, upsample=upsample, seed=seed, progress=progress)
         out.settings.update({"task": "variations", "n": n})
         return out
 
     def inpaint(self, image: ImageLike, mask: Tensor | Image.Image, *, prompt: str | None = None,
-                z_i: Tensor | None = None, n: int = 1, steps: int = 50, guidance: float = 3.0,
-                n_resample: int = 4, seed: int | torch.Generator | None = None, upsample: bool | int | None = None,
-                upsampler_steps: Sequence[int] = (27, 15), progress: bool = False) -> UnCLIPOutput:
+                z_i: Tensor | None = None, n: int = 1, sampling: SamplingConfig | None = None, n_resample: int = 4,
+                seed: int | torch.Generator | None = None, upsample: bool | int | None = None,
+                progress: bool = False) -> UnCLIPOutput:
         """Inpainting by RePaint-style resampling (Lugmayr et al. 2022) with the decoder conditioned on a z_i.
 
         mask: (s, s) or (1, s, s) tensor / L-mode image at the decoder stage's pixel size (resolutions[0]),
@@ -578,30 +581,32 @@ class UnCLIP:
         mask taken to the latent grid: a latent cell is regenerated when any of its pixels is.
         The condition is z_i if given, else the prior's z_i for `prompt`, else the image's own z_i.
         Sampling starts from fresh noise, so predicted x0 is clamped (clip_denoised_rule; never for latents).
+        RePaint walks DDIM steps: sampling.decoder_steps under sampling.decoder_guidance.
         """
         n = check_positive_int("n", n)
+        sc = check_sampling(sampling, self.sampling)
+        steps, guidance = sc.decoder_steps, sc.decoder_guidance
         n_up = self.upsample_stages(upsample)
-        clip_denoised = self.clip_denoised_rule(None, x_T_given=False, sampler="ddim")
+        clip_denoised = self.clip_denoised_rule(sc.clip_denoised, x_T_given=False, sampler="ddim")
         m = self._check_mask(mask, self.resolutions[0])
         g, seed = generator(seed)
         if z_i is None:
-            z_i = (self.sample_prior([prompt], n=1, seed=g, progress=progress) if prompt is not None
+            z_i = (self.sample_prior([prompt], n=1, sampling=sc, seed=g, progress=progress) if prompt is not None
                    else self.encode_images([image]))
         z_i = self._check_z_i(z_i)[:1].expand(n, -1)
         with torch.inference_mode():
             x0 = self._to_latents(self._decoder_input([image]).to(self.device)).expand(n, -1, -1, -1)
             if self.autoencoder is not None:
                 m = F.max_pool2d(m, self.autoencoder.config.factor)  # (1, 1, h, h): any regenerated pixel
-            denoise = self._decoder_denoiser(z_i, None, _check_guidance("guidance", guidance),
-                                             clip_denoised=clip_denoised)
+            denoise = self._decoder_denoiser(z_i, None, guidance, clip_denoised=clip_denoised)
             x_T = torch.randn(self.x_T_shape(n), generator=g).to(self.device)
-            x = sample_repaint(denoise, x_T, self.schedule, check_positive_int("steps", steps), x0,
+            x = sample_repaint(denoise, x_T, self.schedule, timesteps(self.schedule, steps, SPACING), x0,
                                m.to(self.device), n_resample=n_resample, generator=g, progress=progress,
                                label="decoder")
             x, stages = self._to_pixels(x)
-            x = self._cascade(x, stages, n_up=n_up, upsampler_steps=upsampler_steps, g=g, progress=progress)
-        settings = {"task": "inpaint", "steps": steps, "guidance": guidance, "n_resample": n_resample,
-                    "clip_denoised": clip_denoised, "upsampler_steps": self._steps_run(n_up, upsampler_steps),
+            x = self._cascade(x, stages, n_up=n_up, sampling=sc, g=g, progress=progress)
+        settings = {"task": "inpaint", "sampling": sc.to_dict(), "n_resample": n_resample,
+                    "clip_denoised": clip_denoised, "upsampler_steps": sc.upsampler_steps_for(n_up),
                     "prompt": prompt, "z_i_hash": tensor_hash(z_i), "seed": seed,
                     **self.describe()}
         return UnCLIPOutput(tensor_to_pil(x.cpu()), z_i.cpu(), stages, settings)

@@ -6,7 +6,8 @@ clean sample (abar = 1). Models always receive the original integer index t of t
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -24,14 +25,14 @@ VARIANCES = ("fixed_small", "fixed_large", "learned")
 
 
 # ---- helpers ------------------------------------------------------------------------------------
-def _check_schedule(schedule: object) -> Schedule:
+def check_schedule(schedule: object) -> Schedule:
     if not isinstance(schedule, Schedule):
         raise TypeError(f"schedule must be a unclip_core.diffusion.Schedule (e.g. cosine_schedule()), "
                         f"got {type(schedule).__name__}")
     return schedule
 
 
-def _check_x(name: str, x: object) -> Tensor:
+def check_x(name: str, x: object) -> Tensor:
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch tensor of shape (B, ...), got {type(x).__name__}")
     if not x.dtype.is_floating_point:
@@ -41,7 +42,7 @@ def _check_x(name: str, x: object) -> Tensor:
     return x
 
 
-def _generator(generator: torch.Generator | int | None, device: torch.device) -> torch.Generator | None:
+def as_generator(generator: torch.Generator | int | None, device: torch.device) -> torch.Generator | None:
     """A caller's generator or int seed -> the generator; None stays None (the sampler's caller owns seeding)."""
     if generator is None:
         return None
@@ -51,11 +52,11 @@ def _generator(generator: torch.Generator | int | None, device: torch.device) ->
         raise TypeError(f"generator must be a torch.Generator, an int seed or None, got {type(generator).__name__}") from None
 
 
-def _noise(x: Tensor, generator: torch.Generator | None) -> Tensor:
+def gaussian_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
     return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
-def _progress(it: Iterable, progress: bool, desc: str, label: str | None = None) -> Iterable:
+def progress_steps(it: Iterable, progress: bool, desc: str, label: str | None = None) -> Iterable:
     """`it` behind a tqdm bar when progress is on; `label` names the stage ("decoder: DDIM")."""
     if not progress:
         return it
@@ -64,7 +65,7 @@ def _progress(it: Iterable, progress: bool, desc: str, label: str | None = None)
     return tqdm(it, desc=desc, total=len(it) if hasattr(it, "__len__") else None)
 
 
-def _call_denoiser(denoise: Denoiser, x: Tensor, t: int, want_variance: bool = False):
+def call_denoiser(denoise: Denoiser, x: Tensor, t: int, want_variance: bool = False):
     tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
     out = denoise(x, tt)
     if isinstance(out, tuple):
@@ -86,7 +87,7 @@ def _call_denoiser(denoise: Denoiser, x: Tensor, t: int, want_variance: bool = F
     return (x0, v) if want_variance else x0
 
 
-def _abar(schedule: Schedule, t: int) -> float:
+def abar(schedule: Schedule, t: int) -> float:
     """abar_t on the training grid; t = -1 is the clean end (abar = 1)."""
     return 1.0 if t < 0 else float(schedule.alphas_cumprod[t])
 
@@ -98,7 +99,7 @@ def respace(schedule: Schedule, n_steps: int, spacing: str = "leading") -> Tenso
     "leading": k * (T // n) as diffusers' DDIMScheduler; "trailing": round(T - k T / n) - 1, starts at T - 1;
     "linspace": round(linspace(0, T - 1, n)), as guided-diffusion's space_timesteps and Karlo's UnCLIPScheduler.
     """
-    T = _check_schedule(schedule).T
+    T = check_schedule(schedule).T
     n_steps = check_positive_int("n_steps", n_steps)
     if n_steps > T:
         raise ValueError(f"n_steps must be <= T={T} (the training steps of the schedule), got {n_steps}")
@@ -120,7 +121,7 @@ def model_to_denoiser(net_fn: Callable[[Tensor, Tensor], Tensor], schedule: Sche
     Returns (x_t, t) -> x0, or (x_t, t) -> (x0, var_interp) with `with_variance` (Nichol & Dhariwal 2021, eq. 15).
     `clip_x0` clamps predicted x0 to [-clip_x0, clip_x0] (GLIDE uses 1 for images).
     """
-    _check_schedule(schedule)
+    check_schedule(schedule)
     check_choice("prediction", prediction, PREDICTIONS)
     if not callable(net_fn):
         raise TypeError(f"net_fn must be callable as net_fn(x_t, t), got {type(net_fn).__name__}")
@@ -198,54 +199,85 @@ cfg_denoiser = classifier_free_guidance  # name used in docs/INTERFACES.md
 
 
 # ---- samplers -----------------------------------------------------------------------------------
-def sample_ddpm(denoise: Denoiser, x_T: Tensor, schedule: Schedule, n_steps: int | None = None,
+Callback = Callable[[int, int, Tensor], None]
+"""callback(j, t, x): after sampler step j (0-based) from training timestep t, with the new x."""
+
+def timesteps(schedule: Schedule, steps: int | Tensor | Sequence[int], spacing: str = "leading") -> list[int]:
+    """A sampler's timesteps: an int n -> respace(schedule, n, spacing); a given sequence is checked (strictly
+    decreasing integers on the training grid [0, T)) and used as it is, whatever `spacing` says."""
+    schedule = check_schedule(schedule)
+    if isinstance(steps, (int, np.integer)) and not isinstance(steps, bool):
+        return respace(schedule, int(steps), spacing).tolist()
+    if isinstance(steps, bool) or not isinstance(steps, (Tensor, np.ndarray, list, tuple)):
+        raise TypeError(f"steps must be a number of steps or a decreasing sequence of timesteps, got "
+                        f"{type(steps).__name__} {steps!r}")
+    ts = torch.as_tensor(steps)
+    if ts.ndim != 1 or len(ts) == 0 or ts.dtype.is_floating_point or ts.dtype == torch.bool:
+        raise ValueError(f"timesteps must be a non-empty 1-d sequence of integers, got {steps!r}")
+    ts_list = [int(t) for t in ts]
+    if any(b >= a for a, b in zip(ts_list, ts_list[1:])) or ts_list[0] >= schedule.T or ts_list[-1] < 0:
+        raise ValueError(f"timesteps must decrease strictly within [0, {schedule.T}) (the training grid), got "
+                         f"{ts_list[:6]}{'...' if len(ts_list) > 6 else ''}")
+    return ts_list
+
+
+def _report(callback: Callback | None, j: int, t: int, x: Tensor) -> None:
+    if callback is not None:
+        callback(j, t, x)
+
+
+def sample_ddpm(denoise: Denoiser, x_T: Tensor, schedule: Schedule, steps: int | Tensor | None = None,
                 variance: str = "fixed_small", generator: torch.Generator | int | None = None,
-                progress: bool = False, spacing: str = "linspace", *, label: str | None = None) -> Tensor:
+                progress: bool = False, spacing: str = "linspace", *, label: str | None = None,
+                callback: Callback | None = None) -> Tensor:
     """Ancestral sampling of p(x_{t-1}|x_t) (Ho et al. 2020), respaced as Nichol & Dhariwal 2021, sec. 4.
 
     variance: "fixed_small" (beta~), "fixed_large" (beta) or "learned" (eq. 15; the denoiser returns
-    (x0, var_interp), see model_to_denoiser(with_variance=True)). n_steps=None uses all T steps.
+    (x0, var_interp), see model_to_denoiser(with_variance=True)). steps: a number (None: all T) or the timesteps.
     """
-    schedule = _check_schedule(schedule)
-    x = _check_x("x_T", x_T)
+    schedule = check_schedule(schedule)
+    x = check_x("x_T", x_T)
     check_choice("variance", variance, VARIANCES)
-    ts = respace(schedule, schedule.T if n_steps is None else n_steps, spacing)
+    ts = torch.tensor(timesteps(schedule, schedule.T if steps is None else steps, spacing))
     sub = schedule.respaced(ts.flip(0))  # index i of `sub` is original timestep ts_up[i]
     n = len(ts)
-    g = _generator(generator, x.device)
+    g = as_generator(generator, x.device)
     learned = variance == "learned"
-    for j in _progress(range(n), progress, "DDPM", label):
+    for j in progress_steps(range(n), progress, "DDPM", label):
         t, i = int(ts[j]), n - 1 - j
-        out = _call_denoiser(denoise, x, t, learned)
+        out = call_denoiser(denoise, x, t, learned)
         x0, v = out if learned else (out, None)
         ii = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
         mean, _, _ = sub.q_posterior(x0, x, ii)
         if i == 0:
             x = mean
-            continue  # the last step (i == 0 only there); not break, so a progress bar reaches 100%
-        if variance == "fixed_small":
-            log_var = torch.log(sub.posterior_variance[i]).to(x.dtype)
-        elif variance == "fixed_large":
-            log_var = torch.log(sub.betas[i]).to(x.dtype)
         else:
-            log_var = sub.learned_log_variance(v, ii)
-        x = mean + torch.exp(0.5 * log_var) * _noise(x, g)
+            if variance == "fixed_small":
+                log_var = torch.log(sub.posterior_variance[i]).to(x.dtype)
+            elif variance == "fixed_large":
+                log_var = torch.log(sub.betas[i]).to(x.dtype)
+            else:
+                log_var = sub.learned_log_variance(v, ii)
+            x = mean + torch.exp(0.5 * log_var) * gaussian_like(x, g)
+        _report(callback, j, t, x)
     return x
 
 
-def sample_unclip(denoise: Denoiser, x_T: Tensor, schedule: Schedule, n_steps: int = 25,
+def sample_unclip(denoise: Denoiser, x_T: Tensor, schedule: Schedule, steps: int | Tensor = 25,
                   variance: str = "learned_range", generator: torch.Generator | int | None = None,
-                  progress: bool = False, *, label: str | None = None) -> Tensor:
+                  progress: bool = False, *, label: str | None = None, callback: Callback | None = None) -> Tensor:
     """Karlo's unCLIP sampler (diffusers' UnCLIPScheduler): sample_ddpm on "linspace" steps.
 
     variance: "learned_range" (the denoiser returns (x0, var_interp)) or "fixed_small_log" (beta~).
     """
     check_choice("variance", variance, ("learned_range", "fixed_small_log"))
     mapped = "learned" if variance == "learned_range" else "fixed_small"
-    return sample_ddpm(denoise, x_T, schedule, n_steps, mapped, generator, progress, spacing="linspace", label=label)
+    return sample_ddpm(denoise, x_T, schedule, steps, mapped, generator, progress, spacing="linspace", label=label,
+                       callback=callback)
 
 
-def _check_eta(eta: float) -> float:
+def check_eta(eta: float) -> float:
+    """eta of DDIM: a number in [0, 1]."""
     if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must be a number in [0, 1] (0 = deterministic DDIM, 1 = DDPM-like), got {eta!r}")
     return float(eta)
@@ -257,51 +289,55 @@ def ddim_update(x_t: Tensor, x0: Tensor, a_t: float, a_s: float, eta: float = 0.
     eps = (x_t - math.sqrt(a_t) * x0) / math.sqrt(1.0 - a_t)
     sigma = eta * math.sqrt((1.0 - a_s) / (1.0 - a_t) * (1.0 - a_t / a_s))
     x_s = math.sqrt(a_s) * x0 + math.sqrt(max(1.0 - a_s - sigma ** 2, 0.0)) * eps
-    return x_s + sigma * _noise(x_s, generator) if sigma > 0 else x_s
+    return x_s + sigma * gaussian_like(x_s, generator) if sigma > 0 else x_s
 
 
-def sample_ddim(denoise: Denoiser, x_T: Tensor, schedule: Schedule, n_steps: int, eta: float = 0.0,
+def sample_ddim(denoise: Denoiser, x_T: Tensor, schedule: Schedule, steps: int | Tensor, eta: float = 0.0,
                 generator: torch.Generator | int | None = None, spacing: str = "leading",
-                progress: bool = False, *, label: str | None = None) -> Tensor:
+                progress: bool = False, *, label: str | None = None, callback: Callback | None = None) -> Tensor:
     """DDIM (Song et al. 2021, eq. 12); eta=0 is deterministic and invertible, eta=1 matches DDPM's variance.
 
-    With eta > 0, one noise tensor is drawn per step except the last (whose sigma is 0).
+    steps: a number of steps (respaced with `spacing`) or the decreasing timesteps themselves. With eta > 0, one
+    noise tensor is drawn per step except the last (whose sigma is 0).
     """
-    schedule = _check_schedule(schedule)
-    x = _check_x("x_T", x_T)
-    eta = _check_eta(eta)
-    ts = respace(schedule, n_steps, spacing).tolist()
-    g = _generator(generator, x.device)
-    for j in _progress(range(len(ts)), progress, "DDIM", label):
+    schedule = check_schedule(schedule)
+    x = check_x("x_T", x_T)
+    eta = check_eta(eta)
+    ts = timesteps(schedule, steps, spacing)
+    g = as_generator(generator, x.device)
+    for j in progress_steps(range(len(ts)), progress, "DDIM", label):
         t, s = ts[j], (ts[j + 1] if j + 1 < len(ts) else -1)
-        a_t, a_s = _abar(schedule, t), _abar(schedule, s)
-        x = ddim_update(x, _call_denoiser(denoise, x, t), a_t, a_s, eta, g)
+        a_t, a_s = abar(schedule, t), abar(schedule, s)
+        x = ddim_update(x, call_denoiser(denoise, x, t), a_t, a_s, eta, g)
+        _report(callback, j, t, x)
     return x
 
 
-def invert_ddim(denoise: Denoiser, x0: Tensor, schedule: Schedule, n_steps: int, spacing: str = "leading",
-                n_fixed_point: int = 0, progress: bool = False, *, label: str | None = None) -> Tensor:
+def invert_ddim(denoise: Denoiser, x0: Tensor, schedule: Schedule, steps: int | Tensor, spacing: str = "leading",
+                n_fixed_point: int = 0, progress: bool = False, *, label: str | None = None,
+                callback: Callback | None = None) -> Tensor:
     """Deterministic DDIM inversion x0 -> x_T, the eta=0 ODE run forwards (Song et al. 2021, sec. 4.3).
 
-    Each step s -> t evaluates the denoiser at (x_s, t). With `n_fixed_point` > 0, each step then solves
-    ddim_step(x_t) = x_s for x_t by that many more evaluations (Richardson iteration with Barzilai-Borwein step
-    sizes), so that sample_ddim with the same steps and spacing reconstructs x0 up to the solver's tolerance.
+    steps: as sample_ddim's (the same decreasing timesteps; inversion walks them upwards). Each step s -> t
+    evaluates the denoiser at (x_s, t). With `n_fixed_point` > 0, each step then solves ddim_step(x_t) = x_s for
+    x_t by that many more evaluations (Richardson iteration with Barzilai-Borwein step sizes), so that sample_ddim
+    with the same steps reconstructs x0 up to the solver's tolerance. callback(j, t, x_t) after each step.
     """
-    schedule = _check_schedule(schedule)
-    x = _check_x("x0", x0)
+    schedule = check_schedule(schedule)
+    x = check_x("x0", x0)
     n_fixed_point = check_positive_int("n_fixed_point", n_fixed_point, minimum=0)
-    ts = respace(schedule, n_steps, spacing).flip(0).tolist()
+    ts = timesteps(schedule, steps, spacing)[::-1]
     dims = tuple(range(1, x.ndim))
-    for j in _progress(range(len(ts)), progress, "DDIM inversion", label):
+    for j in progress_steps(range(len(ts)), progress, "DDIM inversion", label):
         t, s = ts[j], (ts[j - 1] if j > 0 else -1)
-        a_t, a_s = _abar(schedule, t), _abar(schedule, s)
+        a_t, a_s = abar(schedule, t), abar(schedule, s)
         k = math.sqrt((1.0 - a_s) / (1.0 - a_t))
         r = math.sqrt(a_t / a_s)
         x_s = x
 
         def residual(x_t: Tensor) -> Tensor:
             # G(x_t) = ddim_step(x_t; t -> s) - x_s, with ddim_step = sqrt(a_s) x0 + k (x_t - sqrt(a_t) x0)
-            x0_hat = _call_denoiser(denoise, x_t, t)
+            x0_hat = call_denoiser(denoise, x_t, t)
             return math.sqrt(a_s) * x0_hat + k * (x_t - math.sqrt(a_t) * x0_hat) - x_s
 
         # x - r G(x) is the classic inversion step: eps(x_s, t) used in place of eps(x_t, t).
@@ -319,34 +355,133 @@ def invert_ddim(denoise: Denoiser, x0: Tensor, schedule: Schedule, n_steps: int,
             if it < n_fixed_point:
                 G = residual(x_t)
         x = x_t
+        _report(callback, j, t, x)
     return x
 
 
-def sample_dpmpp_2m(denoise: Denoiser, x_T: Tensor, schedule: Schedule, n_steps: int,
-                    spacing: str = "trailing", progress: bool = False, *, label: str | None = None) -> Tensor:
+def sample_dpmpp_2m(denoise: Denoiser, x_T: Tensor, schedule: Schedule, steps: int | Tensor,
+                    spacing: str = "trailing", progress: bool = False, *, label: str | None = None,
+                    callback: Callback | None = None) -> Tensor:
     """DPM-Solver++(2M), multistep data prediction on discrete-time lambda = log(alpha/sigma) (Lu et al. 2022, alg. 2).
 
     The first step and the last (to sigma = 0) are first order, as in diffusers' DPMSolverMultistepScheduler.
     """
-    schedule = _check_schedule(schedule)
-    x = _check_x("x_T", x_T)
-    ts = respace(schedule, n_steps, spacing).tolist()
+    schedule = check_schedule(schedule)
+    x = check_x("x_T", x_T)
+    ts = timesteps(schedule, steps, spacing)
     x0_prev, h_prev = None, None
-    for j in _progress(range(len(ts)), progress, "DPM-Solver++ 2M", label):
+    for j in progress_steps(range(len(ts)), progress, "DPM-Solver++ 2M", label):
         t, s = ts[j], (ts[j + 1] if j + 1 < len(ts) else -1)
-        x0 = _call_denoiser(denoise, x, t)
+        x0 = call_denoiser(denoise, x, t)
         if s < 0:
             x = x0  # sigma_s = 0, alpha_s = 1: the first-order step lands on the denoised sample
-            continue  # the last step; not break, so a progress bar reaches 100%
-        a_t, a_s = _abar(schedule, t), _abar(schedule, s)
-        alpha_t, sigma_t = math.sqrt(a_t), math.sqrt(1.0 - a_t)
-        alpha_s, sigma_s = math.sqrt(a_s), math.sqrt(1.0 - a_s)
-        h = math.log(alpha_s / sigma_s) - math.log(alpha_t / sigma_t)
-        if x0_prev is None:
-            D = x0
         else:
-            r = h_prev / h
-            D = (1.0 + 1.0 / (2.0 * r)) * x0 - (1.0 / (2.0 * r)) * x0_prev
-        x = (sigma_s / sigma_t) * x - alpha_s * math.expm1(-h) * D
-        x0_prev, h_prev = x0, h
+            a_t, a_s = abar(schedule, t), abar(schedule, s)
+            alpha_t, sigma_t = math.sqrt(a_t), math.sqrt(1.0 - a_t)
+            alpha_s, sigma_s = math.sqrt(a_s), math.sqrt(1.0 - a_s)
+            h = math.log(alpha_s / sigma_s) - math.log(alpha_t / sigma_t)
+            if x0_prev is None:
+                D = x0
+            else:
+                r = h_prev / h
+                D = (1.0 + 1.0 / (2.0 * r)) * x0 - (1.0 / (2.0 * r)) * x0_prev
+            x = (sigma_s / sigma_t) * x - alpha_s * math.expm1(-h) * D
+            x0_prev, h_prev = x0, h
+        _report(callback, j, t, x)
     return x
+
+
+# ---- the registry -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SamplerSpec:
+    """A sampler by name: how it walks the steps, and which settings it takes.
+
+    run(denoise, x_T, schedule, timesteps, *, eta, variance, generator, progress, label, callback) -> x0.
+    `honours_eta`: eta shapes its noise (DDIM); the others reject eta != 0 rather than ignore it.
+    `variances`: the variance choices it takes (first = default), () when it has none. `learned`: the variance
+    choice that needs a denoiser returning (x0, var_interp) (model_to_denoiser(with_variance=True)), or None.
+    """
+
+    name: str
+    run: Callable[..., Tensor]
+    spacing: str
+    honours_eta: bool
+    stochastic: bool
+    description: str
+    variances: tuple[str, ...] = ()
+    learned: str | None = None
+
+    def needs_variance(self, variance: str | None) -> bool:
+        return self.learned is not None and (variance or self.variances[0]) == self.learned
+
+
+SAMPLERS: dict[str, SamplerSpec] = {}
+
+
+def register_sampler(spec: SamplerSpec) -> SamplerSpec:
+    """Add a sampler to the registry every pipeline, CLI and dashboard reads its choices from."""
+    if not isinstance(spec, SamplerSpec):
+        raise TypeError(f"register a SamplerSpec, got {type(spec).__name__}")
+    check_choice("spacing", spec.spacing, SPACINGS)
+    SAMPLERS[spec.name] = spec
+    return spec
+
+
+def sampler_names() -> tuple[str, ...]:
+    """The registered sampler names, in registration order."""
+    return tuple(SAMPLERS)
+
+
+def get_sampler(name: str) -> SamplerSpec:
+    """The registered sampler `name` (ValueError listing the choices otherwise)."""
+    check_choice("sampler", name, sampler_names())
+    return SAMPLERS[name]
+
+
+def check_sampler_settings(name: str, *, eta: float = 0.0, variance: str | None = None) -> SamplerSpec:
+    """The sampler, after checking that it takes `eta` and `variance` (an ignored setting is an error)."""
+    spec = get_sampler(name)
+    eta = check_eta(eta)
+    if eta != 0.0 and not spec.honours_eta:
+        raise ValueError(f"sampler {name!r} does not take eta (got eta={eta:g}); only "
+                         f"{[s.name for s in SAMPLERS.values() if s.honours_eta]} do: pass eta=0 or another sampler")
+    if variance is not None:
+        if not spec.variances:
+            raise ValueError(f"sampler {name!r} takes no variance setting (got {variance!r})")
+        check_choice(f"variance of sampler {name!r}", variance, spec.variances)
+    return spec
+
+
+def run_sampler(name: str, denoise: Denoiser, x_T: Tensor, schedule: Schedule, steps: int | Tensor, *,
+                eta: float = 0.0, variance: str | None = None, spacing: str | None = None,
+                generator: torch.Generator | int | None = None, progress: bool = False, label: str | None = None,
+                callback: Callback | None = None) -> Tensor:
+    """Sample with the registered sampler `name`: steps is a number (respaced with `spacing`, default the
+    sampler's own) or the timesteps themselves; eta and variance only where the sampler takes them."""
+    spec = check_sampler_settings(name, eta=eta, variance=variance)
+    ts = timesteps(schedule, steps, spacing or spec.spacing)
+    return spec.run(denoise, x_T, schedule, ts, eta=eta, variance=variance, generator=generator, progress=progress,
+                    label=label, callback=callback)
+
+
+register_sampler(SamplerSpec(
+    "ddim", lambda d, x, sch, ts, *, eta, variance, generator, progress, label, callback: sample_ddim(
+        d, x, sch, ts, eta=eta, generator=generator, progress=progress, label=label, callback=callback),
+    spacing="trailing", honours_eta=True, stochastic=False,
+    description="DDIM (Song et al. 2021): deterministic at eta 0 (invertible), DDPM-like noise at eta 1"))
+register_sampler(SamplerSpec(
+    "ddpm", lambda d, x, sch, ts, *, eta, variance, generator, progress, label, callback: sample_ddpm(
+        d, x, sch, ts, variance or "fixed_small", generator, progress, label=label, callback=callback),
+    spacing="linspace", honours_eta=False, stochastic=True, variances=VARIANCES, learned="learned",
+    description="ancestral DDPM (Ho et al. 2020), respaced (Nichol & Dhariwal 2021)"))
+register_sampler(SamplerSpec(
+    "dpmpp_2m", lambda d, x, sch, ts, *, eta, variance, generator, progress, label, callback: sample_dpmpp_2m(
+        d, x, sch, ts, progress=progress, label=label, callback=callback),
+    spacing="trailing", honours_eta=False, stochastic=False,
+    description="DPM-Solver++(2M) (Lu et al. 2022): deterministic, good at 15-25 steps"))
+register_sampler(SamplerSpec(
+    "unclip", lambda d, x, sch, ts, *, eta, variance, generator, progress, label, callback: sample_unclip(
+        d, x, sch, ts, variance or "fixed_small_log", generator, progress, label=label, callback=callback),
+    spacing="linspace", honours_eta=False, stochastic=True, variances=("fixed_small_log", "learned_range"),
+    learned="learned_range",
+    description="Karlo's UnCLIPScheduler: ancestral on linspace steps, learned-range or fixed-small variance"))

@@ -5,6 +5,7 @@ import streamlit as st
 
 import explorer
 from dashboards import _state as S
+from unclip_core.samplers import get_sampler
 
 st.title("Latent lab")
 st.caption("unCLIP (DALL·E 2, Ramesh et al. 2022): CLIP text embedding z_t → prior → image embedding z_i → "
@@ -14,10 +15,6 @@ with st.sidebar:
     st.header("Generator")
     spec = st.text_input("Pipeline (folder or bundled name)", value=S.default_model() or "", key="model_spec",
                          help="A folder with pipeline.json (e.g. from `unclip-explorer train`) or a bundled name.")
-    st.header("Decoder sampling")
-    steps = st.slider("decoder steps (DDIM)", 1, 100, 25, key="steps")
-    guidance = st.number_input("decoder guidance scale", 0.0, 20.0, 3.0, 0.5, key="guidance",
-                               help="Classifier-free guidance; 1 = none. The paper uses ~1.25 for FID, Karlo 8.")
     seed = int(st.number_input("seed", 0, 2**31 - 1, 0, key="seed"))
 
 if not spec.strip():
@@ -32,6 +29,9 @@ if pipe is None:
 info = pipe.describe()
 sizes = list(info["resolutions"])
 with st.sidebar:
+    sampling = S.sampling_widget(pipe)
+    if sampling is None:  # a combination the config refuses (its message is shown)
+        st.stop()
     # default: 256 px (64 -> 256 of the cascade); the last stage to 1024 px is slow on a CPU
     out_px = st.selectbox("output size", sizes, index=min(1, len(sizes) - 1), key="out_px",
                           format_func=lambda px: f"{px} px",
@@ -49,7 +49,6 @@ space = (f" · decoder in latent space ({' × '.join(map(str, info['autoencoder'
 st.caption(f"Model **{info['model']}** · CLIP `{info['clip']}` · stages "
            f"{', '.join(f'{k} ({v / 1e6:.2f}M)' for k, v in info['parameters'].items())}{space} · output {out_px} px")
 
-common = {"steps": steps, "guidance": guidance, "seed": seed, "upsample": upsample}
 t2i_tab, var_tab, interp_tab, diff_tab, pca_tab, gallery_tab = st.tabs(
     ["Text → image", "Variations", "Interpolation", "Text diff", "PCA reconstruction", "Gallery"])
 
@@ -72,19 +71,16 @@ def upload(label, key):
 # ---------------------------------------------------------------------------------------------- text -> image
 with t2i_tab:
     prompt = st.text_input("Prompt", "a red circle left of a blue square", key="t2i_prompt")
-    c1, c2, c3 = st.columns(3)
+    c1, _ = st.columns([1, 2])
     n = int(c1.number_input("images", 1, 8, 2, key="t2i_n"))
-    prior_steps = c2.slider("prior steps", 1, 64, 16, key="t2i_prior_steps", help="The paper samples the prior "
-                            "with 64 steps and keeps the best of 2 by z_i·z_t.")
-    prior_guidance = c3.number_input("prior guidance", 0.0, 20.0, 4.0, 0.5, key="t2i_prior_guidance")
     if st.button("Generate", type="primary", key="t2i_go"):
         problem = S.prompt_problem(pipe.clip, prompt)
         if problem:
             st.error(problem)
         else:
-            with st.spinner(f"Generating {n} image(s): prior {prior_steps} steps, decoder {steps} steps…"):
-                out = S.attempt(pipe.text_to_image, prompt, n=n, steps=steps, guidance=guidance,
-                                prior_steps=prior_steps, prior_guidance=prior_guidance, upsample=upsample, seed=seed)
+            with st.spinner(f"Generating {n} image(s): prior {sampling.prior_steps} steps, decoder "
+                            f"{sampling.decoder_steps} steps…"):
+                out = S.attempt(pipe.text_to_image, prompt, n=n, sampling=sampling, upsample=upsample, seed=seed)
             if out is not None:
                 st.session_state["t2i"] = out
     out = st.session_state.get("t2i")
@@ -100,14 +96,16 @@ with var_tab:
     var_img = upload("Image", "var_upload")
     c1, c2 = st.columns(2)
     var_n = int(c1.number_input("variations", 1, 8, 4, key="var_n"))
-    eta = c2.slider("eta", 0.0, 1.0, 1.0, 0.1, key="var_eta")
+    var_sampling = sampling.replace(eta=1.0) if get_sampler(sampling.decoder_sampler).honours_eta else sampling
+    if get_sampler(sampling.decoder_sampler).honours_eta:
+        var_sampling = sampling.replace(eta=c2.slider("eta", 0.0, 1.0, 1.0, 0.1, key="var_eta"))
     if st.button("Make variations", type="primary", key="var_go"):
         if var_img is None:
             st.warning("Upload an image first.")
         else:
             with st.spinner(f"Decoding {var_n} variations…"):
-                out = S.attempt(pipe.variations, var_img, n=var_n, eta=eta, steps=steps, guidance=guidance,
-                                seed=seed, upsample=upsample)
+                out = S.attempt(pipe.variations, var_img, n=var_n, sampling=var_sampling, seed=seed,
+                                upsample=upsample)
             if out is not None:
                 st.session_state["var"] = (var_img, out)
     if "var" in st.session_state:
@@ -130,8 +128,8 @@ with interp_tab:
                 ends.append(upload(f"image {name}", f"ip_{name}_upload"))
     c1, c2 = st.columns(2)
     x_T_mode = c1.radio("x_T mode", ["fixed", "inverted"], horizontal=True, key="ip_mode",
-                        help="inverted needs images at both ends; it inverts and decodes with guidance 1, the "
-                             "ODE that the end frames reconstruct under, instead of the sidebar's guidance")
+                        help="inverted needs images at both ends; it inverts and decodes under the inversion "
+                             "guidance (sidebar, 1 by default), the ODE the end frames reconstruct under")
     ip_n = c2.slider("frames", 2, 12, 6, key="ip_n")
     if st.button("Interpolate", type="primary", key="ip_go"):
         problems = [S.prompt_problem(pipe.clip, e) for e in ends if isinstance(e, str)]
@@ -141,10 +139,8 @@ with interp_tab:
             st.error(next(p for p in problems if p))
         else:
             with st.spinner(f"Decoding {ip_n} frames ({x_T_mode} x_T)…"):
-                # inverted x_T: guidance None, the inversion's (1), so the end frames reconstruct their inputs
                 res = S.attempt(explorer.interpolate, pipe, ends[0], ends[1], n_steps=ip_n, x_T_mode=x_T_mode,
-                                seed=seed, steps=steps, guidance=guidance if x_T_mode == "fixed" else None,
-                                upsample=upsample)
+                                seed=seed, sampling=sampling, upsample=upsample)
             if res is not None:
                 st.session_state["ip"] = res
     res = st.session_state.get("ip")
@@ -176,8 +172,8 @@ with diff_tab:
     theta_max = c1.slider("theta_max", 0.0, 1.0, 0.5, 0.05, key="td_theta")
     td_n = c2.slider("frames", 2, 10, 5, key="td_n")
     td_mode = c3.radio("x_T mode", ["inverted", "fixed"], horizontal=True, key="td_mode",
-                       help="inverted inverts and decodes with guidance 1, the ODE that frame 0 reconstructs the "
-                            "image under, instead of the sidebar's guidance")
+                       help="inverted inverts and decodes under the inversion guidance (sidebar, 1 by default), "
+                            "the ODE that frame 0 reconstructs the image under")
     if st.button("Apply text diff", type="primary", key="td_go"):
         problem = S.prompt_problem(pipe.clip, old) or S.prompt_problem(pipe.clip, new)
         if td_img is None:
@@ -187,8 +183,7 @@ with diff_tab:
         else:
             with st.spinner(f"Decoding {td_n} frames…"):
                 res = S.attempt(explorer.text_diff, pipe, td_img, old, new, theta_max=theta_max, n_steps=td_n,
-                                x_T_mode=td_mode, seed=seed, steps=steps,
-                                guidance=guidance if td_mode == "fixed" else None, upsample=upsample)
+                                x_T_mode=td_mode, seed=seed, sampling=sampling, upsample=upsample)
             if res is not None:
                 st.session_state["td"] = res
     res = st.session_state.get("td")
@@ -218,7 +213,7 @@ with pca_tab:
             else:
                 with st.spinner(f"Fitting the PCA on {len(store)} rows and decoding…"):
                     res = S.attempt(explorer.pca_reconstructions, pipe, [pca_img], fit_store=store,
-                                    ks=sorted({k, dim}), seed=seed, steps=steps, guidance=guidance, upsample=upsample)
+                                    ks=sorted({k, dim}), seed=seed, sampling=sampling, upsample=upsample)
                 if res is not None:
                     st.session_state["pca"] = res
     else:

@@ -45,7 +45,8 @@ def main() -> None:
     pipe = UnCLIP(ClipEncoder.load(config.clip), decoder, stage_info={"decoder": StageInfo(config.prediction, clip_x0)},
                   autoencoder=autoencoder, name=f"{args.run} at step {state['step']}")
     df = measure_reconstruction(pipe, n=args.n, seed=args.seed,
-                                settings=EvalSettings(steps=args.steps, guidance=args.guidance))
+                                settings=EvalSettings(sampling={"decoder_steps": args.steps,
+                                                                "decoder_guidance": args.guidance}))
     d = df[df["stage"] == "decoder"]
     cols = [c for c in d.columns if c.endswith("_correct")]
     print(f"step {state['step']}, n {args.n} + {args.n} scenes, {args.steps} DDIM steps, guidance {args.guidance}")

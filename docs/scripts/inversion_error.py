@@ -23,7 +23,8 @@ def main() -> None:
     ap.add_argument("--model", default="shapes-unclip")
     ap.add_argument("--seeds", type=int, nargs=2, default=[5000, 5020], metavar=("FIRST", "STOP"))
     ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--guidance", type=float, default=None, help="default: the analyses' (1 with inverted x_T)")
+    ap.add_argument("--guidance", type=float, default=1.0,
+                    help="the inversion's guidance (SamplingConfig.invert_guidance; default 1)")
     args = ap.parse_args()
     if args.seeds[1] <= args.seeds[0] or args.steps < 1:
         ap.error("--seeds FIRST STOP needs STOP > FIRST, --steps >= 1")
@@ -35,8 +36,8 @@ def main() -> None:
         image = render(sample_scene(np.random.default_rng(seed), n_objects=1 + seed % 2, world=world), 64)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # an explicit guidance other than 1 warns; the table measures it too
-            td = analysis_api.text_diff(pipe, image, "a red circle", "a blue square", n_steps=2, steps=args.steps,
-                                        guidance=args.guidance, upsample=False)
+            td = analysis_api.text_diff(pipe, image, "a red circle", "a blue square", n_steps=2, upsample=False,
+                                        sampling={"decoder_steps": args.steps, "invert_guidance": args.guidance})
         errors.append(float(td.frame["l1_input"].iloc[0]) / 2)  # l1 in [-1, 1] units -> pixels in [0, 1]
         print(f"seed {seed}: {errors[-1]:.4f}", flush=True)
     e = np.array(errors)

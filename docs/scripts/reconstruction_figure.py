@@ -40,7 +40,8 @@ def main() -> None:
     for n_obj in (1, 2):
         scenes = [sample_scene(rng, n_obj, world=world) for _ in range(args.n)]
         renders = [render(s, 64) for s in scenes]
-        out = pipe.decode(pipe.encode_images(renders), steps=args.steps, upsample=False, seed=args.seed + n_obj)
+        out = pipe.decode(pipe.encode_images(renders), sampling=pipe.sampling.replace(decoder_steps=args.steps),
+                          upsample=False, seed=args.seed + n_obj)
         df = score_attributes(out.images, scenes)
         ok = df.groupby("image")["all_correct"].all()
         rows.append([ImageOps.expand(r.resize((60, 60)), border=2, fill=(90, 90, 90)) for r in renders])

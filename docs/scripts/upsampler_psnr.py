@@ -43,7 +43,8 @@ def main() -> None:
             sc = sample_scene(rng, world=world)
             low = render_at(sc, lo)
             t0 = time.perf_counter()
-            up = pipe.upsample(pil_to_tensor([low]), k, steps=steps, seed=g)
+            up = pipe.upsample(pil_to_tensor([low]), k, sampling=pipe.sampling.replace(upsampler_steps=args.steps),
+                               seed=g)
             u = ((up[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
             true = np.asarray(render_at(sc, hi))
             rows.append((psnr(u, true), psnr(np.asarray(low.resize((hi, hi), Image.BICUBIC)), true),

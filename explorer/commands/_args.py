@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 import math
+from typing import TYPE_CHECKING, Any
 
 from unclip_core.checks import MAX_GUIDANCE
 from unclip_core.seeds import MAX_SEED
+
+if TYPE_CHECKING:
+    from unclip_core.sampling import SamplingConfig
 
 
 def _int(text: str, minimum: int, maximum: int | None = None, what: str | None = None) -> int:
@@ -66,3 +70,63 @@ def fraction(text: str) -> float:
 
 def positive_float(text: str) -> float:
     return _float(text, 0.0, None, "a finite number > 0", open_low=True)
+
+
+# ---- sampling settings: one argument group, one SamplingConfig -------------------------------------------------
+# option -> SamplingConfig field; every default is None, so an option left out keeps the pipeline folder's value
+SAMPLING_OPTIONS: dict[str, str] = {
+    "prior_sampler": "prior_sampler", "prior_steps": "prior_steps", "prior_guidance": "prior_guidance",
+    "best_of": "best_of", "sampler": "decoder_sampler", "steps": "decoder_steps", "guidance": "decoder_guidance",
+    "eta": "eta", "invert_guidance": "invert_guidance", "refine": "invert_refine",
+    "upsampler_sampler": "upsampler_sampler", "upsampler_steps": "upsampler_steps",
+}
+
+
+def add_sampling_args(p: argparse.ArgumentParser, *, prior: bool = True, decoder: bool = True,
+                      decoder_sampler: bool = True, invert: bool = False,
+                      upsampler: bool = True) -> argparse._ArgumentGroup:
+    """The sampling options of a command (the stages it runs), each defaulting to the pipeline's setting
+    (pipeline.json "sampling"); `sampling_from_args(args, pipe)` turns them into the SamplingConfig.
+    decoder_sampler=False leaves out --sampler and --eta (commands whose frames are DDIM at eta 0)."""
+    from unclip_core.samplers import sampler_names
+    names = sampler_names()
+    g = p.add_argument_group("sampling", "defaults: the pipeline folder's settings (pipeline.json \"sampling\")")
+    if prior:
+        g.add_argument("--prior-sampler", choices=names, default=None, help="the prior's sampler")
+        g.add_argument("--prior-steps", type=positive_int, default=None, help="the prior's steps")
+        g.add_argument("--prior-guidance", type=guidance, default=None, help="the prior's guidance scale")
+        g.add_argument("--best-of", type=positive_int, default=None,
+                       help="prior candidates per image, ranked by z_i . z_t")
+    if decoder:
+        if decoder_sampler:
+            g.add_argument("--sampler", choices=names, default=None, help="the decoder's sampler")
+            g.add_argument("--eta", type=fraction, default=None,
+                           help="DDIM's eta for the decoder (0 deterministic; only samplers that take eta)")
+        g.add_argument("--steps", type=positive_int, default=None, help="the decoder's steps")
+        g.add_argument("--guidance", type=guidance, default=None, help="the decoder's classifier-free guidance")
+    if invert:
+        g.add_argument("--invert-guidance", type=guidance, default=None,
+                       help="guidance of the DDIM inversion and of frames decoded from an inverted x_T (1: they "
+                            "reconstruct the input)")
+        g.add_argument("--refine", type=nonnegative_int, default=None,
+                       help="fixed-point iterations per inversion step")
+    if upsampler:
+        g.add_argument("--upsampler-sampler", choices=names, default=None, help="the upsamplers' sampler")
+        g.add_argument("--upsampler-steps", type=positive_int, nargs="+", default=None, metavar="N",
+                       help="steps per upsampler (the last for stages beyond)")
+    return g
+
+
+def sampling_overrides(args: argparse.Namespace) -> dict:
+    """The SamplingConfig fields the command line set (options left out are absent)."""
+    out = {}
+    for option, field in SAMPLING_OPTIONS.items():
+        value = getattr(args, option, None)
+        if value is not None:
+            out[field] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
+def sampling_from_args(args: argparse.Namespace, pipe: Any) -> SamplingConfig:
+    """pipe.sampling with the options the command line set."""
+    return pipe.sampling.replace(**sampling_overrides(args))

@@ -14,21 +14,18 @@ from explorer.commands import Command, _args
 DEFAULT_MODEL = "shapes-unclip"
 
 
-def _model_args(p: argparse.ArgumentParser, x_T_default: str) -> None:
+def _model_args(p: argparse.ArgumentParser, x_T_default: str, *, prior: bool = False) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, metavar="SPEC",
                    help=f"pipeline folder or bundled name (default {DEFAULT_MODEL})")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created; files replaced atomically)")
-    p.add_argument("--steps", type=_args.positive_int, default=50, help="decoder DDIM steps (default 50)")
-    p.add_argument("--guidance", type=_args.guidance, default=None,
-                   help="decoder guidance scale, also that of the DDIM inversion (default: 1 with --x-T inverted, "
-                        "so the inverted frames reconstruct their images; 3 with --x-T fixed). Another value with "
-                        "--x-T inverted warns: the guided ODE does not invert reliably")
     p.add_argument("--x-T", dest="x_T", choices=("fixed", "inverted"), default=x_T_default,
-                   help="x_T shared by all frames: one noise, or DDIM-inverted from the images "
-                        f"(default {x_T_default})")
-    p.add_argument("--refine", type=_args.nonnegative_int, default=3, help="fixed-point iterations per DDIM inversion step (default 3)")
+                   help="x_T shared by all frames: one noise (decoded under --guidance), or DDIM-inverted from the "
+                        f"images (inverted and decoded under --invert-guidance, 1: they reconstruct) (default "
+                        f"{x_T_default})")
     p.add_argument("--seed", type=_args.seed, default=0)
     p.add_argument("--no-upsample", action="store_true", help="stop at the decoder's resolution")
+    # frames are DDIM at eta 0 (a frame depends only on z_i and x_T): no --sampler / --eta
+    _args.add_sampling_args(p, prior=prior, decoder_sampler=False, invert=True)
 
 
 # ----------------------------------------------------------------------------------------- interpolate
@@ -42,17 +39,15 @@ def _interpolate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
     p.add_argument("--n-steps", type=_args.positive_int, default=8, help="number of frames (default 8)")
     p.add_argument("--text-as", choices=("prior", "z_t"), default="prior",
                    help="a caption end's z_i: the prior's sample, or its CLIP text embedding (default prior)")
-    p.add_argument("--prior-steps", type=_args.positive_int, default=64)
-    _model_args(p, "fixed")
+    _model_args(p, "fixed", prior=True)
     return p
 
 
 def _interpolate_run(args: argparse.Namespace) -> int:
     from explorer import analysis_api
     r = analysis_api.interpolate(args.model, args.a, args.b, n_steps=args.n_steps, x_T_mode=args.x_T,
-                                 text_as=args.text_as, seed=args.seed, steps=args.steps, guidance=args.guidance,
-                                 refine=args.refine, prior_steps=args.prior_steps, upsample=False if args.no_upsample else None,
-                                 out=args.out)
+                                 text_as=args.text_as, seed=args.seed, sampling=_args.sampling_overrides(args),
+                                 upsample=False if args.no_upsample else None, out=args.out)
     print(r.frame.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"wrote {len(r.images)} frames, grid.png, frames.csv, index.html and settings.json to {args.out}")
     return 0
@@ -79,8 +74,8 @@ def _text_diff_run(args: argparse.Namespace) -> int:
     from explorer import analysis_api
     r = analysis_api.text_diff(args.model, args.image, args.old, args.new, theta_max=args.theta_max,
                                n_steps=args.n_steps, baseline=args.baseline, neutral_caption=args.neutral,
-                               x_T_mode=args.x_T, seed=args.seed, steps=args.steps, guidance=args.guidance,
-                               refine=args.refine, upsample=False if args.no_upsample else None, out=args.out)
+                               x_T_mode=args.x_T, seed=args.seed, sampling=_args.sampling_overrides(args),
+                               upsample=False if args.no_upsample else None, out=args.out)
     print(r.frame.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"wrote {len(r.images)} frames, grid.png, frames.csv, index.html and settings.json to {args.out}")
     return 0
@@ -122,17 +117,16 @@ def _pca_recon_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--fit-store", required=True, metavar="STORE", help="store of image embeddings to fit the PCA on")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--ks", type=_ks, default=None, help="comma-separated k list (default: 20,30,...,320 below dim)")
-    p.add_argument("--steps", type=_args.positive_int, default=50)
-    p.add_argument("--guidance", type=_args.guidance, default=3.0)
     p.add_argument("--seed", type=_args.seed, default=0)
     p.add_argument("--no-upsample", action="store_true")
+    _args.add_sampling_args(p, prior=False, decoder_sampler=False)  # DDIM at eta 0 from one x_T per image
     return p
 
 
 def _pca_recon_run(args: argparse.Namespace) -> int:
     from explorer import analysis_api
     r = analysis_api.pca_reconstructions(args.model, args.images, fit_store=args.fit_store, ks=args.ks,
-                                         seed=args.seed, steps=args.steps, guidance=args.guidance,
+                                         seed=args.seed, sampling=_args.sampling_overrides(args),
                                          upsample=False if args.no_upsample else None, out=args.out)
     print(r.frame.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"wrote grid.png, recon.csv, index.html and settings.json to {args.out}")

@@ -44,11 +44,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     r.add_argument("--image-size", type=_args.positive_int, default=64, help="render size of ShapesWorld scenes (default 64)")
     r.add_argument("--probe-n", type=_args.nonnegative_int, default=600, help="scenes for the linear probes (0: skip)")
     r.add_argument("--batch-size", type=_args.positive_int, default=32, help="cases per resumable CLIP-level batch")
-    r.add_argument("--steps", type=_args.positive_int, default=None, help="decoder steps for --generate (default: pipeline's)")
-    r.add_argument("--prior-steps", type=_args.positive_int, default=None, help="prior steps for --generate")
     r.add_argument("--upsample", action="store_true", help="--generate: also run the upsamplers (slow on a CPU; "
                                                           "the judge reads the decoder's images by default)")
     r.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _args.add_sampling_args(r)  # --generate's sampling
 
     k = bsub.add_parser("compare", help="per-category differences of two runs with McNemar / paired bootstrap")
     k.add_argument("run_a", metavar="RUN_A")
@@ -93,15 +92,10 @@ def _convert(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from explorer.binding import run_suite
     # the ShapesWorld judge reads the decoder's output; the upsamplers cost minutes per image on a CPU
-    t2i, dec = {"upsample": args.upsample}, {"upsample": args.upsample}
-    if args.steps is not None:
-        t2i["steps"] = dec["steps"] = args.steps
-    if args.prior_steps is not None:
-        t2i["prior_steps"] = args.prior_steps
     folder = run_suite(args.suite, args.model, args.out, generate=args.generate, n_images=args.n_images,
                        seed=args.seed, probes=args.probe_n > 0, probe_n=max(args.probe_n, 0),
-                       image_size=args.image_size, batch_size=args.batch_size, text_to_image_kwargs=t2i,
-                       decode_kwargs=dec, progress=not args.no_progress)
+                       image_size=args.image_size, batch_size=args.batch_size,
+                       sampling=_args.sampling_overrides(args), upsample=args.upsample, progress=not args.no_progress)
     summary = folder / "summary.csv"
     if summary.is_file():
         import pandas as pd

@@ -22,22 +22,16 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument("--captions", nargs="+", metavar="CAPTION", default=None,
                    help="text-to-image captions (rows of the grid)")
     g.add_argument("--n-seeds", type=_args.positive_int, default=2, help="text-to-image seeds (columns of the grid)")
-    g.add_argument("--steps", type=_args.positive_int, default=25, help="decoder DDIM steps")
-    g.add_argument("--guidance", type=_args.guidance, default=3.0, help="decoder classifier-free guidance scale")
-    g.add_argument("--prior-steps", type=_args.positive_int, default=25)
-    g.add_argument("--prior-guidance", type=_args.guidance, default=4.0)
     g.add_argument("--n-variations", type=_args.positive_int, default=3)
     g.add_argument("--n-frames", type=_args.at_least_two, default=5, help="interpolation frames")
     g.add_argument("--n-theta", type=_args.at_least_two, default=4, help="text-diff frames")
     g.add_argument("--theta-max", type=_args.fraction, default=0.5)
-    g.add_argument("--refine", type=_args.nonnegative_int, default=3,
-                   help="fixed-point iterations per DDIM inversion step (default 3; 2 can diverge at 25 steps)")
-    g.add_argument("--upsampler-steps", type=_args.positive_int, nargs="+", default=[27, 15], metavar="N")
     c = g.add_mutually_exclusive_group()
     c.add_argument("--full-cascade", action="store_true",
                    help="run both upsamplers on one text-to-image cell (default: the first only)")
     c.add_argument("--no-upsample", action="store_true", help="stay at the decoder's resolution")
     p.add_argument("--no-progress", action="store_true")
+    _args.add_sampling_args(p, invert=True)
     return p
 
 
@@ -45,10 +39,8 @@ def run(args: argparse.Namespace) -> int:
     from explorer.demo import DEMO_CAPTIONS, GeneratorSettings, run_demo
     generator = GeneratorSettings(
         captions=tuple(args.captions) if args.captions else DEMO_CAPTIONS, n_seeds=args.n_seeds,
-        steps=args.steps, guidance=args.guidance, prior_steps=args.prior_steps,
-        prior_guidance=args.prior_guidance, n_variations=args.n_variations, n_frames=args.n_frames,
-        n_theta=args.n_theta, theta_max=args.theta_max, refine=args.refine,
-        upsampler_steps=tuple(args.upsampler_steps),
+        n_variations=args.n_variations, n_frames=args.n_frames, n_theta=args.n_theta, theta_max=args.theta_max,
+        sampling=_args.sampling_overrides(args) or None,
         cascade_stages=2 if args.full_cascade else 0 if args.no_upsample else None)
     index = run_demo(args.out, n=args.n, seed=args.seed, model=args.model, progress=not args.no_progress,
                      pipeline=args.pipeline, generator=generator)

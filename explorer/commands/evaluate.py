@@ -15,12 +15,6 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--n", type=_args.positive_int, default=100, help="scenes per measure (binding: per category; default 100)")
     p.add_argument("--seed", type=_args.seed, default=0, help="evaluation seed; pick one unused in training")
-    p.add_argument("--steps", type=_args.positive_int, default=25, help="decoder DDIM steps")
-    p.add_argument("--guidance", type=_args.guidance, default=3.0, help="decoder classifier-free guidance scale")
-    p.add_argument("--prior-steps", type=_args.positive_int, default=25)
-    p.add_argument("--prior-guidance", type=_args.guidance, default=4.0)
-    p.add_argument("--best-of", type=_args.positive_int, default=2)
-    p.add_argument("--upsampler-steps", type=_args.positive_int, nargs="+", default=[27, 15], metavar="N")
     p.add_argument("--n-upsample", type=_args.positive_int, default=16, help="scenes per upsampler (at most --n)")
     p.add_argument("--n-variation-images", type=_args.positive_int, default=8,
                    help="source images of variations (at most --n; the bar wants 100)")
@@ -31,6 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--measures", nargs="+", default=None, metavar="NAME",
                    help="subset of: reconstruction text_to_image binding distribution upsamplers variations")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _args.add_sampling_args(p)
     return p
 
 
@@ -38,9 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from explorer.evaluate import MEASURES, EvalSettings, evaluate_family
     from explorer.api import load_pipeline
 
-    settings = EvalSettings(steps=args.steps, guidance=args.guidance, prior_steps=args.prior_steps,
-                            prior_guidance=args.prior_guidance, best_of=args.best_of,
-                            upsampler_steps=tuple(args.upsampler_steps), n_upsample=args.n_upsample,
+    settings = EvalSettings(sampling=_args.sampling_overrides(args) or None, n_upsample=args.n_upsample,
                             n_variation_images=args.n_variation_images, n_variations=args.n_variations,
                             batch_size=args.batch_size, n_two_object_t2i=args.n_two_object_t2i)
     pipe = load_pipeline(args.model)

@@ -18,12 +18,6 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--model", default=DEFAULT_MODEL, metavar="SPEC", help="pipeline folder or bundled name")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--n", type=_args.positive_int, default=4, help="images per prompt")
-    p.add_argument("--steps", type=_args.positive_int, default=50, help="decoder DDIM steps")
-    p.add_argument("--guidance", type=_args.guidance, default=3.0, help="decoder classifier-free guidance scale")
-    p.add_argument("--prior-steps", type=_args.positive_int, default=64)
-    p.add_argument("--prior-guidance", type=_args.guidance, default=4.0)
-    p.add_argument("--best-of", type=_args.positive_int, default=2, help="prior candidates per image, ranked by z_i . z_t")
-    p.add_argument("--sampler", choices=("ddim", "ddpm", "dpmpp_2m"), default="ddim")
     p.add_argument("--size", type=_args.positive_int, default=None, metavar="PX",
                    help="output side in pixels, one of the pipeline's resolutions (default: 256 where the pipeline "
                         "reaches it). An upsampler its card leaves out of the default cascade (it does not beat "
@@ -33,6 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--no-upsample", action="store_true", help="stop at the decoder's resolution (= --size of it)")
     p.add_argument("--seed", type=_args.seed, default=0)
     p.add_argument("--signature", action="store_true", help="add a visible signature in a corner")
+    _args.add_sampling_args(p)
     return p
 
 
@@ -46,14 +41,13 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--out {folder} is a file, not a folder; pass a folder (created if missing) for the "
                          "PNGs and settings.json")
     pipe = load_pipeline(args.model)
+    sampling = _args.sampling_from_args(args, pipe)
     if args.no_upsample and args.size not in (None, pipe.resolutions[0]):
         raise ValueError(f"--no-upsample stops at {pipe.resolutions[0]} px but --size is {args.size}; drop one of them")
     size = pipe.resolutions[0] if args.no_upsample else args.size
     size, n_model, note = pipe.plan_size(size, all_upsamplers=args.all_upsamplers)
-    out = pipe.text_to_image(args.prompts, n=args.n, steps=args.steps, guidance=args.guidance,
-                             prior_steps=args.prior_steps, prior_guidance=args.prior_guidance,
-                             best_of=args.best_of, sampler=args.sampler, upsample=n_model,
-                             seed=args.seed, progress=True)
+    out = pipe.text_to_image(args.prompts, n=args.n, sampling=sampling, upsample=n_model, seed=args.seed,
+                             progress=True)
     if note is not None:
         out.images = [im.resize((size, size), Image.BICUBIC) for im in out.images]
         out.settings["resize"] = note

@@ -126,7 +126,8 @@ def _assemble(args: argparse.Namespace) -> int:
     import torch
 
     from unclip_core.checkpoint import list_bundled
-    from unclip_core.train.diffusion import assemble_pipeline
+    from unclip_core.sampling import SamplingConfig
+    from unclip_core.train.diffusion import RECIPE_SAMPLING, assemble_pipeline
     if not args.out:
         raise ValueError("train assemble needs --out PIPELINE_FOLDER (where the pipeline is written)")
     if args.world is not None:
@@ -143,7 +144,8 @@ def _assemble(args: argparse.Namespace) -> int:
     if args.autoencoder is not None:  # else the one the decoder recorded (assemble_pipeline)
         stage_dirs["autoencoder"] = args.autoencoder
     folder = assemble_pipeline(args.out, stage_dirs, clip, name, copy_clip=clip not in list_bundled(),
-                               overwrite=True, dtype=torch.float16 if args.fp16 else None)
+                               overwrite=True, dtype=torch.float16 if args.fp16 else None,
+                               sampling=SamplingConfig.from_dict(RECIPE_SAMPLING.get(args.recipe, {})))
     written = [k for k in json.loads((folder / "pipeline.json").read_text())["stages"] if k != "clip"]
     print(f"assembled {name} ({', '.join(written)}; CLIP {clip}): {folder}")
     return 0

@@ -36,6 +36,7 @@ from unclip_core.data.shapes import CURRENT_WORLD, ShapesConfig, get_world, rend
 from unclip_core.decoder import Decoder, DecoderConfig
 from unclip_core.diffusion import cosine_schedule, diffusion_loss
 from unclip_core.prior import DiffusionPrior, PriorConfig
+from unclip_core.sampling import SamplingConfig
 from unclip_core.train.common import (PRECISIONS, EMA, CsvLog, cosine_lr, load_state, network_config, resolve_precision,
                                       save_state, set_lr, write_text_atomic)
 from unclip_core.upsampler import Upsampler, UpsamplerConfig, upsample_low_res
@@ -207,6 +208,12 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
                            n_steps=4, batch_size=2, crop=32, warmup_steps=1),
     },
 }
+
+
+# the sampling settings a recipe's family is evaluated with (its card's numbers), written into the pipeline.json of
+# `train assemble`: 25 prior and 25 decoder DDIM steps (the shapes-unclip evaluation's)
+RECIPE_SAMPLING: dict[str, dict[str, Any]] = {"shapes-v2": {"prior_steps": 25, "decoder_steps": 25},
+                                              "shapes-v2-slots": {"prior_steps": 25, "decoder_steps": 25}}
 
 
 def recipe(name: str, stage: str, **overrides: Any) -> DiffusionTrainConfig:
@@ -533,9 +540,10 @@ def stage_card(config: DiffusionTrainConfig, seconds: float, steps: int, n_param
 
 def assemble_pipeline(out: str | os.PathLike, stage_dirs: dict[str, str | os.PathLike], clip: str | os.PathLike,
                       name: str, card: str | None = None, overwrite: bool = False, copy_clip: bool = True,
-                      dtype: torch.dtype | None = None) -> Path:
+                      dtype: torch.dtype | None = None, sampling: SamplingConfig | None = None) -> Path:
     """Write a pipeline folder (pipeline.json + stage folders + a copy of the CLIP) loadable by UnCLIP.load.
 
+    sampling: the pipeline's default sampling settings (pipeline.json "sampling"; None: UnCLIP's defaults).
     Each stage's prediction target is read from the metadata its trainer wrote into its config.json.
     A latent decoder's autoencoder (the "autoencoder" its metadata records) becomes the stage "autoencoder"
     unless stage_dirs names one; its decoder clamps no x0 (clip_x0 None: latents have no [-1, 1] range).
@@ -562,6 +570,8 @@ def assemble_pipeline(out: str | os.PathLike, stage_dirs: dict[str, str | os.Pat
         info[k] = {"prediction": metas[k].get("prediction", _PREDICTION[k]),
                    "clip_x0": None if k == "prior" or (k == "decoder" and latent) else 1.0}
     metadata = {"clip": "clip" if copy_clip else str(clip), "name": name, "stage_info": info}
+    if sampling is not None:
+        metadata["sampling"] = sampling.to_dict()
     with tempfile.TemporaryDirectory() as tmp:
         if dtype is not None:  # re-save each stage (card and metadata kept) with its weights in dtype
             for k, folder in list(stages.items()):

@@ -1,0 +1,34 @@
+"""Embedding store: CLIP vectors on disk (one memory-mapped .npy) with parquet metadata and a JSON manifest.
+
+A store is a folder. `store.json` is the commit point: it names the live vectors file and metadata file,
+so replacing it (temp file, then rename) publishes an append atomically; a reader never sees a half write.
+`embed_items` fills a store in chunks that survive a kill and are resumed by rerunning the same call.
+
+Parts: format.py (the folder, store.json, EmbeddingStore), search.py (exact cosine search), inputs.py (what can be
+embedded), jobs.py (resumable embedding).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from unclip_core.atomic import atomic_write
+from explorer.store.format import (DTYPES, FORMAT_NAME, FORMAT_VERSION, IMAGE_SUFFIXES, INPUT_KINDS, KINDS,
+                                   MANIFEST, PARTIAL_DIR, REQUIRED_COLUMNS, EmbeddingStore, check_rows)
+from explorer.store.inputs import Encoder, Record, flatten, resolve_items
+from explorer.store.jobs import embed_items
+from explorer.store.search import NEIGHBOR_BLOCK_ROWS
+
+
+def open_store(store: "EmbeddingStore | str | Path", what: str = "store") -> EmbeddingStore:
+    """The one store loader: an EmbeddingStore as it is, or the store folder at a path (EmbeddingStore.open);
+    `what` names the argument in the TypeError for anything else."""
+    if isinstance(store, EmbeddingStore):
+        return store
+    if not isinstance(store, (str, Path)):
+        raise TypeError(f"{what} must be an EmbeddingStore or a store folder, got {type(store).__name__}")
+    return EmbeddingStore.open(store)
+
+
+__all__ = ["DTYPES", "FORMAT_NAME", "FORMAT_VERSION", "IMAGE_SUFFIXES", "INPUT_KINDS", "KINDS", "MANIFEST",
+           "NEIGHBOR_BLOCK_ROWS", "PARTIAL_DIR", "REQUIRED_COLUMNS", "EmbeddingStore", "Encoder", "Record",
+           "atomic_write", "check_rows", "embed_items", "flatten", "open_store", "resolve_items"]
