@@ -6,7 +6,7 @@
 Builds diffusers' Karlo components (Karlo's architecture: PriorTransformer, UnCLIPTextProjModel,
 UNet2DConditionModel decoder, two UNet2DModel super-resolution nets, CLIPTextModelWithProjection, a
 CLIPTokenizer over a small vocabulary written here) with random weights, saves them in Karlo's folder layout,
-imports them with unclip_core.karlo.import_karlo, then times one text-to-image (prior 25, decoder 25,
+imports them with unclip_core.families.karlo.import_karlo, then times one text-to-image (prior 25, decoder 25,
 super-resolution 7 steps) of each, interleaved, from identical noise. Prints seconds per image and the
 ratio ours / diffusers, and the largest pixel difference between the two images.
 """
@@ -183,10 +183,10 @@ def run_diffusers(pipe: Any, prompts: list[str], noise: dict[str, torch.Tensor],
 
 def run_ours(ours: Any, prompts: list[str], noise: dict[str, torch.Tensor], seed: int,
              device: str = "cpu") -> torch.Tensor:
-    """Our KarloUnCLIP text-to-image with the same steps and noise -> (B, 3, H, W) in [-1, 1]."""
+    """Our UnCLIP text-to-image on the imported Karlo with the same steps and noise -> (B, 3, H, W) in [-1, 1]."""
     out = ours.text_to_image(prompts, seed=torch.Generator(device).manual_seed(seed),
-                             prior_x_T=noise["prior_latents"], decoder_x_T=noise["decoder_latents"],
-                             super_res_x_T=noise["super_res_latents"])
+                             noise={"prior": noise["prior_latents"], "decoder": noise["decoder_latents"],
+                                    "upsampler1": noise["super_res_latents"]})
     return out.stages["upsampler1"]
 
 
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", metavar="PATH", help="also write the results here")
     args = p.parse_args(argv)
     from benchmarks._common import machine_info, median, time_interleaved, write_json_atomic
-    from unclip_core.karlo import import_karlo
+    from unclip_core.families.karlo import import_karlo
     from unclip_core.pipeline import UnCLIP
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)

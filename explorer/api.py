@@ -68,9 +68,8 @@ _PIPES: dict[str, Any] = {}
 
 
 def load_pipeline(model: Any) -> Any:
-    """The one pipeline loader of the toolkit: an UnCLIP (or a family's subclass, e.g. KarloUnCLIP) for a pipeline
-    folder or bundled name, loaded once and cached; a loaded pipeline is returned as it is."""
-    import unclip_core.karlo  # noqa: F401 (registers the Karlo family with UnCLIP.load)
+    """The one pipeline loader of the toolkit: an UnCLIP (every family: its folder records its conventions) for a
+    pipeline folder or bundled name, loaded once and cached; a loaded pipeline is returned as it is."""
     from unclip_core.pipeline import UnCLIP
     if isinstance(model, UnCLIP):
         return model

@@ -186,29 +186,36 @@ def test_pipeline_layout(tmp_path):
 
 
 def test_no_hidden_import_loops():
-    """checkpoint does not import the read-out and pipeline does not import Karlo (the higher layers register
-    themselves with the lower ones); nothing in unclip_core or explorer imports modules by string."""
+    """checkpoint does not import the read-out and pipeline imports no family importer (nor the HF CLIP adapter);
+    nothing in unclip_core or explorer imports modules by string."""
     import subprocess
     import sys
     code = ("import sys, unclip_core.pipeline, unclip_core.checkpoint; "
-            "print('unclip_core.karlo' in sys.modules, 'unclip_core.data.readout' in sys.modules)")
+            "print('unclip_core.families.karlo' in sys.modules, 'unclip_core.data.readout' in sys.modules, "
+            "'unclip_core.hf_clip' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.stdout.split() == ["False", "False"], out.stderr
+    assert out.stdout.split() == ["False", "False", "False"], out.stderr
     root = Path(__file__).resolve().parents[1]
     for folder in ("unclip_core", "explorer", "analyses", "dashboards"):
         for f in (root / folder).rglob("*.py"):
             assert "importlib.import_module" not in f.read_text(encoding="utf-8"), f
 
 
-def test_a_family_folder_needs_its_family_loaded(monkeypatch, tmp_path):
-    from unclip_core import pipeline
+def test_a_family_name_alone_gives_its_conventions_and_a_bad_entry_is_named(tmp_path):
+    """A folder written before pipeline.json carried "conventions" reads them from its family; an unknown family
+    gets the defaults; a bad "conventions" entry names the file."""
+    from unclip_core.conventions import KARLO_CONVENTIONS, Conventions
     from unclip_core.pipeline import UnCLIP
     from tiny_models import write_tiny_pipeline
     folder = write_tiny_pipeline(tmp_path)
     manifest = json.loads((folder / "pipeline.json").read_text())
     manifest["metadata"]["family"] = "karlo"
     (folder / "pipeline.json").write_text(json.dumps(manifest))
-    monkeypatch.setattr(pipeline, "FAMILIES", {})
-    with pytest.raises(ValueError, match=r"holds a 'karlo' pipeline, whose class is not loaded: import "
-                                         r"unclip_core.karlo first, or load it with explorer.load_pipeline"):
+    assert UnCLIP.load(folder).conventions == KARLO_CONVENTIONS
+    manifest["metadata"]["family"] = "someone-else"
+    (folder / "pipeline.json").write_text(json.dumps(manifest))
+    assert UnCLIP.load(folder).conventions == Conventions()
+    manifest["metadata"]["conventions"] = {"text": "learned_null", "normalise": True}
+    (folder / "pipeline.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=r"pipeline.json: 'conventions': unknown conventions \['normalise'\]"):
         UnCLIP.load(folder)

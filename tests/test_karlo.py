@@ -22,7 +22,9 @@ from safetensors.torch import load_file, save_file
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks import karlo as kb  # noqa: E402
-from unclip_core.karlo import KARLO_SAMPLING, KarloUnCLIP, import_karlo, load_karlo_clip  # noqa: E402
+from unclip_core.conventions import KARLO_CONVENTIONS, KARLO_SAMPLING  # noqa: E402
+from unclip_core.families.karlo import import_karlo  # noqa: E402
+from unclip_core.hf_clip import load_hf_clip  # noqa: E402
 from unclip_core.pipeline import UnCLIP  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -71,10 +73,13 @@ def test_import_writes_a_karlo_pipeline_with_karlo_settings(karlo, ours):
     assert manifest["stages"] == {s: s for s in ("prior", "decoder", "upsampler1", "upsampler1_last")}
     meta = manifest["metadata"]
     assert meta["family"] == "karlo" and meta["clip"] == "clip"
-    assert meta["variance"] == {"prior": "fixed_small_log", "decoder": "learned_range", "upsampler1": "fixed_small_log"}
-    assert meta["stage_info"]["prior"] == {"prediction": "x0", "clip_x0": 5.0}
-    assert meta["stage_info"]["decoder"] == {"prediction": "eps", "clip_x0": 1.0}
-    assert isinstance(ours, KarloUnCLIP)
+    assert meta["stage_info"]["prior"] == {"prediction": "x0", "clip_x0": 5.0, "variance": "fixed_small_log"}
+    assert meta["stage_info"]["decoder"] == {"prediction": "eps", "clip_x0": 1.0, "variance": "learned_range"}
+    assert meta["stage_info"]["upsampler1"]["variance"] == "fixed_small_log"
+    assert meta["conventions"] == {"text": "empty_prompt", "normalize_embeddings": False}
+    # one class for every family: Karlo's ways are the data its folder records
+    assert type(ours) is UnCLIP and ours.conventions == KARLO_CONVENTIONS and ours.sampling == KARLO_SAMPLING
+    assert ours.upsamplers_last[0] is not None and "upsampler1_last" in ours.describe()["parameters"]
     pc, dc, uc = ours.prior.config, ours.decoder.config, ours.upsamplers[0].config
     assert (pc.clip_dim, pc.width, pc.n_layers, pc.n_heads, pc.n_text_tokens) == (32, 32, 2, 2, 77)
     assert pc.clip_scale == 1.0 and pc.use_clip_stats and not pc.norm_in
@@ -178,7 +183,7 @@ def test_text_to_image_matches_diffusers_step_for_step(karlo, ours):
     z_i = ours.sample_prior(PROMPTS, seed=g, x_T=noise["prior_latents"])
     torch.testing.assert_close(z_i, z_want, rtol=1e-5, atol=1e-5 * float(z_want.abs().max()))
     out = ours.decode(z_i, x_T=noise["decoder_latents"], prompts=PROMPTS, seed=g,
-                      super_res_x_T=noise["super_res_latents"])
+                      noise={"upsampler1": noise["super_res_latents"]})
     got = out.stages["upsampler1"]
     assert got.shape == want.shape == (2, 3, 32, 32) and want.std() > 0.3
     diff = (got - want).abs()
@@ -326,7 +331,7 @@ def test_bad_folders_and_settings(copy, karlo, tmp_path):
 
 
 def test_karlo_pipeline_user_errors(ours, karlo, tmp_path):
-    with pytest.raises(ValueError, match="holds only CLIP's text tower"):
+    with pytest.raises(ValueError, match="holds no CLIP image tower.*image_encoder/"):
         ours.clip.encode_image(torch.zeros(1, 3, 224, 224))
     with pytest.raises(ValueError, match=r"x_T must be a float tensor of shape \(1, 32\), got \(2, 32\)"):
         ours.sample_prior("a cube", sampling={"prior_steps": 2}, x_T=torch.zeros(2, 32))
@@ -335,18 +340,38 @@ def test_karlo_pipeline_user_errors(ours, karlo, tmp_path):
         ours.text_to_image("a cube", sampling={"decoder_sampler": "euler"})
     other = shutil.copytree(karlo[1], tmp_path / "other")
     manifest = json.loads((other / "pipeline.json").read_text())
-    manifest["metadata"].pop("family")
+    manifest["metadata"]["conventions"] = {"text": "telepathy"}
     (other / "pipeline.json").write_text(json.dumps(manifest))
-    with pytest.raises(ValueError, match="not an imported Karlo pipeline"):
-        KarloUnCLIP.load(other)
-    with pytest.raises(FileNotFoundError, match="a Karlo CLIP folder holds text_encoder/ and tokenizer/"):
-        load_karlo_clip(ROOT)
+    with pytest.raises(ValueError, match=r"pipeline.json: 'conventions': conventions text='telepathy' is not known"):
+        UnCLIP.load(other)
+    with pytest.raises(ValueError, match=r"noise names unknown stages \['super_res'\]"):
+        ours.text_to_image("a cube", noise={"super_res": torch.zeros(1)})
+    with pytest.raises(FileNotFoundError, match="holds no Hugging Face CLIP tower"):
+        load_hf_clip(ROOT)
+
+
+def test_a_folder_imported_before_conventions_loads_as_karlo(karlo, ours, tmp_path):
+    """pipeline.json written before "conventions", "sampling" and StageInfo.variance existed (family "karlo",
+    "variance" beside stage_info) loads with Karlo's conventions and sampling, and samples identically."""
+    old = shutil.copytree(karlo[1], tmp_path / "old")
+    manifest = json.loads((old / "pipeline.json").read_text())
+    meta = manifest["metadata"]
+    meta.pop("conventions"), meta.pop("sampling")
+    meta["variance"] = {k: v.pop("variance") for k, v in meta["stage_info"].items()}
+    (old / "pipeline.json").write_text(json.dumps(manifest))
+    pipe = UnCLIP.load(old)
+    assert pipe.conventions == KARLO_CONVENTIONS and pipe.sampling == KARLO_SAMPLING
+    assert pipe.stage_info["decoder"].variance == "learned_range"
+    fast = {"prior_steps": 3, "decoder_steps": 3, "upsampler_steps": (2,)}
+    a = pipe.text_to_image(PROMPTS[:1], sampling=fast, seed=3).stages["upsampler1"]
+    b = ours.text_to_image(PROMPTS[:1], sampling=fast, seed=3).stages["upsampler1"]
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_cli_import_karlo(karlo, tmp_path, capsys):
     from explorer.cli import main
     assert main(["import", "karlo", str(karlo[0]), "--out", str(tmp_path / "o"), "--dtype", "float16"]) == 0
     assert "stages prior, decoder, upsampler1, upsampler1_last + clip/" in capsys.readouterr().out
-    assert isinstance(UnCLIP.load(tmp_path / "o"), KarloUnCLIP)
+    assert UnCLIP.load(tmp_path / "o").conventions == KARLO_CONVENTIONS
     assert main(["import", "karlo", str(tmp_path / "missing"), "--out", str(tmp_path / "p")]) == 2
     assert "does not exist" in capsys.readouterr().err

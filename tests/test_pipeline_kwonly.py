@@ -13,7 +13,6 @@ import torch
 from PIL import Image
 
 from unclip_core.checkpoint import list_bundled
-from unclip_core.karlo import KarloUnCLIP
 from unclip_core.pipeline import UnCLIP
 
 from tiny_models import write_tiny_pipeline
@@ -98,7 +97,7 @@ POSITIONAL = {"sample_prior": 1, "decoder_denoiser": 1, "decode": 1, "upsample":
               "invert": 1, "variations": 1, "inpaint": 2}
 
 
-@pytest.mark.parametrize("cls", [UnCLIP, KarloUnCLIP])
+@pytest.mark.parametrize("cls", [UnCLIP])
 @pytest.mark.parametrize("name", sorted(POSITIONAL))
 def test_signatures_are_keyword_only_past_the_first_arguments(cls, name):
     params = list(inspect.signature(getattr(cls, name)).parameters.values())[1:]  # without self

@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from .clip import ClipEncoder
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -153,7 +156,7 @@ def is_hf_clip_folder(folder: str | Path) -> bool:
     return (folder / "text_encoder" / "config.json").is_file() or (folder / "image_encoder" / "config.json").is_file()
 
 
-def load_hf_clip(folder: str | Path, device: str = "cpu") -> "ClipEncoder":  # noqa: F821
+def load_hf_clip(folder: str | Path, device: str = "cpu") -> ClipEncoder:
     """A folder with text_encoder/ + tokenizer/ and/or image_encoder/ -> our ClipEncoder (float32)."""
     from transformers import CLIPTextModelWithProjection, CLIPTokenizer, CLIPVisionModelWithProjection
 

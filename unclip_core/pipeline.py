@@ -10,7 +10,7 @@ decoded to pixels before anything else sees it, so upsamplers, outputs and calle
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -32,19 +32,9 @@ from .provenance import BlockedContentError, ConceptPolicy, tensor_hash
 from .seeds import generator
 from .sampling import SamplingConfig, check_sampling
 from .samplers import classifier_free_guidance, get_sampler, invert_ddim, model_to_denoiser, run_sampler, timesteps
-from .upsampler import Upsampler
+from .conventions import FAMILY_SAMPLING, Conventions, read_conventions
+from .upsampler import Upsampler, upsample_low_res
 
-# pipeline folders whose pipeline.json names a family load with that family's class: a subclass of UnCLIP that
-# registers itself here when its module is imported (register_family); this module imports none of them
-FAMILIES: dict[str, type] = {}
-
-
-def register_family(name: str, cls: type) -> type:
-    """Make UnCLIP.load return `cls` for pipeline folders whose pipeline.json says family `name`."""
-    if not (isinstance(cls, type) and issubclass(cls, UnCLIP)):
-        raise TypeError(f"a family class must subclass UnCLIP, got {cls!r}")
-    FAMILIES[name] = cls
-    return cls
 # DDIM's trailing spacing starts at t = T - 1, from pure noise (Lin et al. 2024); inversion uses the same steps.
 SPACING = get_sampler("ddim").spacing
 
@@ -55,9 +45,14 @@ class StageInfo:
 
     prediction: str = "eps"
     clip_x0: float | None = 1.0
+    # the variance of samplers that take one (SamplerSpec.variances; "learned_range" needs a network with
+    # learned variance channels); None: the sampler's default
+    variance: str | None = None
 
     def __post_init__(self) -> None:
         check_choice("prediction", self.prediction, ("eps", "x0", "v"))
+        if self.variance is not None and not isinstance(self.variance, str):
+            raise TypeError(f"variance must be a sampler variance name or None, got {self.variance!r}")
 
 
 @dataclass
@@ -89,6 +84,19 @@ def _check_clip_denoised(clip_denoised: bool | None, allow_none: bool = True) ->
     raise TypeError(f"clip_denoised must be {accepted}, got {type(clip_denoised).__name__} {clip_denoised!r}")
 
 
+def _check_noise(noise: Mapping[str, Tensor] | None, stages: tuple[str, ...]) -> dict[str, Tensor]:
+    """A dict of initial noises by stage name (shapes are checked where each stage draws its noise)."""
+    if noise is None:
+        return {}
+    if not isinstance(noise, Mapping):
+        raise TypeError(f"noise must be a dict of stage name -> tensor (stages {list(stages)}), got "
+                        f"{type(noise).__name__}")
+    unknown = sorted(set(noise) - set(stages))
+    if unknown:
+        raise ValueError(f"noise names unknown stages {unknown}; this call takes {list(stages)}")
+    return dict(noise)
+
+
 def _check_prompts(prompts: str | Sequence[str]) -> list[str]:
     if isinstance(prompts, str):
         prompts = [prompts]
@@ -111,9 +119,13 @@ def read_sampling(meta: Mapping[str, Any], folder: Path, default: SamplingConfig
 
 
 class UnCLIP:
-    """Text-to-image, variations, interpolation inputs and inpainting with the unCLIP cascade.
+    """Text-to-image, variations, interpolation inputs and inpainting with the unCLIP cascade, for every family.
 
-    Every sampling call takes `sampling=` (a SamplingConfig; None: `self.sampling`, the pipeline folder's).
+    Every sampling call takes `sampling=` (a SamplingConfig; None: `self.sampling`, the pipeline folder's). A
+    family's conventions are data (unclip_core.conventions): `conventions` (how text conditions the stages and
+    what their unconditional branch is; whether embeddings are L2-normalised), `stage_info` (what each network
+    predicts, its x0 range and sampler variance), `upsamplers_last` (a stage's separate last-step network, as
+    Karlo's super_res_last) and the pipeline's default `sampling`.
     """
 
     DEFAULT_SAMPLING = SamplingConfig()  # a pipeline folder without a "sampling" entry samples with these
@@ -122,7 +134,9 @@ class UnCLIP:
                  upsamplers: Sequence[Upsampler] = (), stage_info: Mapping[str, StageInfo] | None = None,
                  schedule: Schedule | None = None, name: str = "custom",
                  policy: ConceptPolicy | None = None, *, autoencoder: Autoencoder | None = None,
-                 default_upsample: int | None = None, sampling: SamplingConfig | None = None) -> None:
+                 default_upsample: int | None = None, sampling: SamplingConfig | None = None,
+                 conventions: Conventions | None = None,
+                 upsamplers_last: Sequence[Upsampler | None] = ()) -> None:
         if not isinstance(decoder, Decoder):
             raise TypeError(f"decoder must be a Decoder, got {type(decoder).__name__}")
         if prior is not None and not isinstance(prior, DiffusionPrior):
@@ -164,6 +178,19 @@ class UnCLIP:
             self.default_upsample = self.upsample_stages(default_upsample)
         # the defaults of every sampling call (pipeline.json "sampling" over the family's defaults)
         self.sampling = check_sampling(sampling, self.DEFAULT_SAMPLING)
+        self.conventions = conventions or Conventions()
+        if not isinstance(self.conventions, Conventions):
+            raise TypeError(f"conventions must be a Conventions, got {type(conventions).__name__}")
+        last = list(upsamplers_last) + [None] * (len(self.upsamplers) - len(upsamplers_last))
+        if len(last) != len(self.upsamplers):
+            raise ValueError(f"upsamplers_last has {len(upsamplers_last)} entries for {len(self.upsamplers)} "
+                             "upsamplers; pass one (or None) per upsampler")
+        for k, (u, v) in enumerate(zip(self.upsamplers, last)):
+            if v is not None and (v.config.low_res, v.config.out_res) != (u.config.low_res, u.config.out_res):
+                raise ValueError(f"upsampler{k + 1}_last maps {v.config.low_res}->{v.config.out_res}px but "
+                                 f"upsampler{k + 1} maps {u.config.low_res}->{u.config.out_res}px")
+        self.upsamplers_last = [v.eval() if v is not None else None for v in last]
+        self._empty_prompt: tuple[Tensor, Tensor, Tensor] | None = None
 
     @staticmethod
     def _check_decoder_space(decoder: Decoder, autoencoder: Autoencoder | None) -> None:
@@ -193,13 +220,6 @@ class UnCLIP:
         """Load a pipeline folder (pipeline.json + stage folders) or a bundled name such as "shapes-unclip"."""
         folder = resolve(spec)
         dirs, meta = read_pipeline(folder)
-        family = meta.get("family")
-        if family is not None and cls is UnCLIP:  # e.g. imported Karlo: its own text encoder and sampling
-            if family not in FAMILIES:
-                raise ValueError(f"{folder} holds a {family!r} pipeline, whose class is not loaded: import "
-                                 f"unclip_core.{family} first, or load it with explorer.load_pipeline(spec), which "
-                                 f"knows every family (loaded: {sorted(FAMILIES) or 'none'})")
-            return FAMILIES[family].load(folder, device=device)
         clip_spec = meta.get("clip")
         if clip_spec is None:
             raise ValueError(f"{folder}/pipeline.json has no 'clip' entry naming its CLIP model")
@@ -209,10 +229,15 @@ class UnCLIP:
             raise ValueError(f"{folder} has no decoder stage; its stages: {list(dirs)}")
         models = {n: load_checkpoint(d, device=device) for n, d in dirs.items() if d.resolve() != local.resolve()}
         ups = [models[n] for n in ("upsampler1", "upsampler2") if n in models]
+        last = [models.get(f"{n}_last") for n in ("upsampler1", "upsampler2") if n in models]
         info = {n: StageInfo(**v) for n, v in meta.get("stage_info", {}).items()}
+        for n, v in (meta.get("variance") or {}).items():  # folders imported before StageInfo.variance
+            info[n] = StageInfo(**{**asdict(info.get(n, StageInfo())), "variance": v})
+        default = FAMILY_SAMPLING.get(str(meta.get("family")), cls.DEFAULT_SAMPLING)
         return cls(clip, models["decoder"], models.get("prior"), ups, info, name=str(meta.get("name", spec)),
                    autoencoder=models.get("autoencoder"), default_upsample=meta.get("default_upsample"),
-                   sampling=read_sampling(meta, folder, cls.DEFAULT_SAMPLING))
+                   sampling=read_sampling(meta, folder, default), conventions=read_conventions(meta, folder),
+                   upsamplers_last=last)
 
     @property
     def device(self) -> torch.device:
@@ -277,10 +302,13 @@ class UnCLIP:
             stages["prior"] = n_params(self.prior)
         if self.autoencoder is not None:
             stages["autoencoder"] = n_params(self.autoencoder)
-        for k, u in enumerate(self.upsamplers):
+        for k, (u, v) in enumerate(zip(self.upsamplers, self.upsamplers_last)):
             stages[f"upsampler{k + 1}"] = n_params(u)
+            if v is not None:
+                stages[f"upsampler{k + 1}_last"] = n_params(v)
         d = {"model": self.name, "clip": self.clip.spec, "clip_id": self.clip.model_id,
-             "resolutions": self.resolutions, "parameters": stages, "latent_decoder": self.is_latent}
+             "resolutions": self.resolutions, "parameters": stages, "latent_decoder": self.is_latent,
+             "conventions": self.conventions.to_dict()}
         if self.autoencoder is not None:
             ac = self.autoencoder.config
             d["autoencoder"] = {"parameters": stages["autoencoder"], "image_size": ac.image_size,
@@ -289,11 +317,24 @@ class UnCLIP:
         return d
 
     # ------------------------------------------------------------------ text
-    def _text_features(self, prompts: list[str], n_tokens: int) -> tuple[Tensor, Tensor]:
+    def text_features(self, prompts: list[str], n_tokens: int) -> tuple[Tensor, Tensor]:
+        """CLIP's per-token text features and mask, cut to n_tokens, on the pipeline's device."""
         feats, mask = self.clip.text_tokens(prompts)
         if feats.shape[1] > n_tokens:
             feats, mask = feats[:, :n_tokens], mask[:, :n_tokens]
         return feats.to(self.device), mask.to(self.device)
+
+    def text_condition(self, prompts: list[str]) -> tuple[Tensor, Tensor, Tensor]:
+        """(z_t (B, d) as the text tower gives it, token features (B, L, w), mask (B, L) bool), on the device."""
+        z_t = self.clip.encode_text(list(prompts), normalize=False)
+        feats, mask = self.clip.text_tokens(list(prompts))
+        return z_t.float().to(self.device), feats.float().to(self.device), mask.to(self.device)
+
+    def empty_prompt_condition(self, batch: int) -> tuple[Tensor, Tensor, Tensor]:
+        """text_condition([""]) repeated `batch` times (cached): the unconditional text of "empty_prompt" families."""
+        if self._empty_prompt is None:
+            self._empty_prompt = self.text_condition([""])
+        return tuple(x.expand(batch, *x.shape[1:]) for x in self._empty_prompt)  # type: ignore[return-value]
 
     def _check_policy(self, prompts: list[str]) -> None:
         if self.policy is None:
@@ -305,9 +346,12 @@ class UnCLIP:
 
     # ------------------------------------------------------------------ prior
     def sample_prior(self, prompts: str | Sequence[str], *, n: int = 1, sampling: SamplingConfig | None = None,
-                     seed: int | torch.Generator | None = None, progress: bool = False) -> Tensor:
-        """z_i ~ p(z_i | y) with the diffusion prior (sec. 2.2), best of sampling.best_of by z_i·z_t;
-        -> (len*n, d) unit rows. Uses sampling.prior_sampler, prior_steps, prior_guidance."""
+                     seed: int | torch.Generator | None = None, progress: bool = False,
+                     x_T: Tensor | None = None) -> Tensor:
+        """z_i ~ p(z_i | y) with the diffusion prior (sec. 2.2), best of sampling.best_of by cosine(z_i, z_t);
+        -> (len*n, d), unit rows unless the family reads raw embeddings (conventions.normalize_embeddings).
+        Uses sampling.prior_sampler, prior_steps, prior_guidance. x_T (len*n*best_of, d) fixes the initial noise
+        (diffusers' prior_latents)."""
         if self.prior is None:
             raise ValueError("this pipeline has no prior; decode image embeddings with .decode(z_i) instead")
         prompts = _check_prompts(prompts)
@@ -316,62 +360,79 @@ class UnCLIP:
         best_of, steps, guidance, sampler = sc.best_of, sc.prior_steps, sc.prior_guidance, sc.prior_sampler
         self._check_policy(prompts)
         g, seed = generator(seed)
-        prior, c = self.prior, self.prior.config
+        prior = self.prior
         expanded = [p for p in prompts for _ in range(n * best_of)]
-        z_t = self.clip.encode_text(expanded).to(self.device)
-        cond: dict[str, Tensor | None] = {"z_t": prior.scale_cond(z_t), "text_tokens": None, "text_mask": None}
-        if c.n_text_tokens:
-            cond["text_tokens"], cond["text_mask"] = self._text_features(expanded, c.n_text_tokens)
-        null_z, null_tok, null_mask = prior.null_condition(len(expanded))
-        uncond = {"z_t": null_z, "text_tokens": null_tok, "text_mask": null_mask}
+        x_T = self._noise(x_T, (len(expanded), prior.config.clip_dim), g, "x_T")
         with torch.inference_mode():
+            cond, uncond, z_t = self.conventions.text_conditioning.prior(self, expanded)
             net = classifier_free_guidance(prior, cond, uncond, guidance)
             info = self.stage_info["prior"]
             denoise = model_to_denoiser(net, self.schedule, info.prediction, info.clip_x0)
-            x_T = torch.randn(len(expanded), c.clip_dim, generator=g).to(self.device)
-            x0 = self._run_sampler(denoise, x_T, steps=steps, sampler=sampler, eta=0.0, generator=g,
+            x0 = self._run_sampler(denoise, x_T.to(self.device), steps=steps, sampler=sampler, eta=0.0, generator=g,
                                    progress=progress, stage="prior")
-            z_i = torch.nn.functional.normalize(prior.scale_out(x0).float(), dim=-1)
-        # best of n (sec. 2.2): keep the candidate with the largest z_i . z_t
+            z_i = prior.scale_out(x0).float()
+            if self.conventions.normalize_embeddings:
+                z_i = F.normalize(z_i, dim=-1)
+        # best of n (sec. 2.2): keep the candidate with the largest cosine(z_i, z_t)
         z_i = z_i.view(len(prompts) * n, best_of, -1)
-        scores = (z_i * z_t.view(len(prompts) * n, best_of, -1)).sum(-1)
+        scores = F.cosine_similarity(z_i, z_t.float().view(len(prompts) * n, best_of, -1), dim=-1)
         return z_i[torch.arange(z_i.shape[0]), scores.argmax(dim=1)].cpu()
+
+    @staticmethod
+    def _noise(x_T: Tensor | None, shape: tuple[int, ...], g: torch.Generator, name: str) -> Tensor:
+        """A stage's initial noise: drawn from g when None, else checked against `shape`."""
+        if x_T is None:
+            return torch.randn(shape, generator=g)
+        if not isinstance(x_T, Tensor) or tuple(x_T.shape) != tuple(shape) or not x_T.dtype.is_floating_point:
+            got = tuple(x_T.shape) if isinstance(x_T, Tensor) else type(x_T).__name__
+            raise ValueError(f"{name} must be a float tensor of shape {tuple(shape)}, got {got}; pass None to draw it "
+                             "from the seed")
+        return x_T
 
     # ------------------------------------------------------------------ decoder + upsamplers
     def _run_sampler(self, denoise: Callable, x_T: Tensor, *, steps: int, sampler: str, eta: float,
                      generator: torch.Generator, progress: bool, stage: str) -> Tensor:
         """One stage's registered sampler; its progress bar is labelled with the stage ("decoder: DDIM")."""
-        return run_sampler(sampler, denoise, x_T, self.schedule, steps, eta=eta, generator=generator,
-                           progress=progress, label=stage)
+        return run_sampler(sampler, denoise, x_T, self.schedule, steps, eta=eta,
+                           variance=self.stage_variance(stage, sampler), generator=generator, progress=progress,
+                           label=stage)
+
+    def stage_variance(self, stage: str, sampler: str) -> str | None:
+        """The variance `sampler` uses for `stage`: the stage's (StageInfo.variance) where the sampler takes it,
+        else None (the sampler's default)."""
+        spec = get_sampler(sampler)
+        info = self.stage_info.get(stage)
+        variance = None if info is None else info.variance
+        return variance if variance in spec.variances else None
+
+    def _with_variance(self, stage: str, sampler: str) -> bool:
+        """Whether the stage's denoiser must return (x0, var_interp): the sampler reads a learned variance."""
+        return get_sampler(sampler).needs_variance(self.stage_variance(stage, sampler))
 
     def clip_denoised_rule(self, clip_denoised: bool | None, *, x_T_given: bool, sampler: str) -> bool:
         """Whether the decoder clamps each predicted x0 to [-1, 1]: the one rule of every decoding call.
 
         A decoder stage without an x0 range (stage_info["decoder"].clip_x0 None, as every latent decoder: its x0
         is a latent, and [-1, 1] bounds pixels) never clamps, whatever is asked: False. Otherwise an explicit
-        True/False wins, and None clamps when sampling from fresh noise (text_to_image, variations, inpaint,
-        decode without x_T) and not when decoding from a given x_T: a DDIM-inverted x_T reconstructs its image
-        only through the same unclamped ODE that `invert` ran.
+        True/False wins; None clamps with a sampler that always clamps (SamplerSpec.clamps_x0: Karlo's "unclip",
+        as diffusers' UnCLIPScheduler), and otherwise when sampling from fresh noise (text_to_image, variations,
+        inpaint, decode without x_T) and not when decoding from a given x_T: a DDIM-inverted x_T reconstructs its
+        image only through the same unclamped ODE that `invert` ran.
         """
         clip_denoised = _check_clip_denoised(clip_denoised)
         if self.stage_info["decoder"].clip_x0 is None:
             return False
+        if clip_denoised is None and get_sampler(sampler).clamps_x0:
+            return True
         return (not x_T_given) if clip_denoised is None else clip_denoised
 
     def _decoder_denoiser(self, z_i: Tensor, prompts: list[str] | None, guidance: float, *,
-                          clip_denoised: bool) -> Callable:
-        dec, c = self.decoder, self.decoder.config
-        B = z_i.shape[0]
-        cond: dict[str, Tensor | None] = {"z_i": z_i.to(self.device), "text_tokens": None, "text_mask": None}
-        uncond: dict[str, Tensor | None] = {"z_i": dec.null_z_i[None].expand(B, -1), "text_tokens": None,
-                                            "text_mask": None}
-        if c.text_width and prompts is not None:
-            feats, mask = self._text_features(prompts, 10**6)
-            cond["text_tokens"], cond["text_mask"] = feats, mask
-            uncond["text_tokens"], uncond["text_mask"] = torch.zeros_like(feats), torch.zeros_like(mask)
-        net = classifier_free_guidance(dec, cond, uncond, guidance)
+                          clip_denoised: bool, with_variance: bool = False) -> Callable:
+        cond, uncond = self.conventions.text_conditioning.decoder(self, z_i.to(self.device), prompts)
+        net = classifier_free_guidance(self.decoder, cond, uncond, guidance)
         info = self.stage_info["decoder"]
-        return model_to_denoiser(net, self.schedule, info.prediction, info.clip_x0 if clip_denoised else None)
+        return model_to_denoiser(net, self.schedule, info.prediction, info.clip_x0 if clip_denoised else None,
+                                 with_variance=with_variance)
 
     def decoder_denoiser(self, z_i: Tensor, *, guidance: float = 3.0, prompts: Sequence[str] | None = None,
                          clip_denoised: bool = True) -> Callable:
@@ -398,7 +459,9 @@ class UnCLIP:
         z_i = torch.as_tensor(check_embeddings("z_i", z_i, self.decoder.config.clip_dim, allow_1d=True))
         z_i = z_i[None] if z_i.ndim == 1 else z_i
         check_nonzero_rows("z_i", z_i)
-        return torch.nn.functional.normalize(z_i.float(), dim=-1)
+        if not self.conventions.normalize_embeddings:  # the family's decoder reads raw embeddings (Karlo)
+            return z_i.float()
+        return F.normalize(z_i.float(), dim=-1)
 
     def _check_x_T(self, x_T: Tensor | None, n: int, g: torch.Generator) -> Tensor:
         """The decoder's x_T of shape x_T_shape(n): drawn from g when None, else checked."""
@@ -428,7 +491,8 @@ class UnCLIP:
 
     def decode(self, z_i: Tensor, *, sampling: SamplingConfig | None = None, x_T: Tensor | None = None,
                prompts: Sequence[str] | None = None, upsample: bool | int | None = None,
-               seed: int | torch.Generator | None = None, progress: bool = False) -> UnCLIPOutput:
+               seed: int | torch.Generator | None = None, progress: bool = False,
+               noise: Mapping[str, Tensor] | None = None) -> UnCLIPOutput:
         """Images from CLIP image embeddings z_i (B, d) (sec. 2.1), optionally from a given x_T of x_T_shape(B).
 
         sampling: decoder_sampler / decoder_steps / decoder_guidance / eta / clip_denoised and the upsampler
@@ -439,9 +503,11 @@ class UnCLIP:
         clip_denoised (sampling.clip_denoised) clamps each predicted x0 to [-1, 1]; None (the default) follows
         clip_denoised_rule: on from fresh noise, off when x_T is given, since a DDIM-inverted x_T reconstructs its
         image only through the same unclamped ODE; always off for a latent decoder. The value used is in
-        settings["clip_denoised"], the whole config in settings["sampling"].
+        settings["clip_denoised"], the whole config in settings["sampling"]. noise: initial noises of the
+        upsampler stages ({"upsampler1": (B, 3, H, W)}, diffusers' super_res_latents), else drawn from the seed.
         """
         sc = check_sampling(sampling, self.sampling)
+        noise = _check_noise(noise, ("upsampler1", "upsampler2"))
         z_i, prompt_list = self._check_decode_args(z_i, prompts)
         n_up = self.upsample_stages(upsample)
         given = x_T is not None
@@ -449,11 +515,12 @@ class UnCLIP:
         g, seed = generator(seed)
         x_T = self._check_x_T(x_T, z_i.shape[0], g)
         with torch.inference_mode():
-            denoise = self._decoder_denoiser(z_i, prompt_list, sc.decoder_guidance, clip_denoised=clip_denoised)
+            denoise = self._decoder_denoiser(z_i, prompt_list, sc.decoder_guidance, clip_denoised=clip_denoised,
+                                             with_variance=self._with_variance("decoder", sc.decoder_sampler))
             x = self._run_sampler(denoise, x_T.to(self.device), steps=sc.decoder_steps, sampler=sc.decoder_sampler,
                                   eta=sc.eta, generator=g, progress=progress, stage="decoder")
             x, stages = self._to_pixels(x)
-            x = self._cascade(x, stages, n_up=n_up, sampling=sc, g=g, progress=progress)
+            x = self._cascade(x, stages, n_up=n_up, sampling=sc, g=g, progress=progress, noise=noise)
         settings = {"sampling": sc.to_dict(), "clip_denoised": clip_denoised, "x_T_given": given,
                     "upsampler_steps": sc.upsampler_steps_for(n_up), "z_i_hash": tensor_hash(z_i),
                     "seed": seed, **self.describe()}
@@ -462,32 +529,47 @@ class UnCLIP:
         return out
 
     def upsample(self, low: Tensor, index: int, *, sampling: SamplingConfig | None = None,
-                 seed: int | torch.Generator | None = None, progress: bool = False) -> Tensor:
+                 seed: int | torch.Generator | None = None, progress: bool = False,
+                 x_T: Tensor | None = None) -> Tensor:
         """Run upsampler `index` (0 or 1) on images (B, 3, h, h) in [-1, 1] -> (B, 3, f*h, f*h), with
-        sampling.upsampler_sampler and sampling.upsampler_steps[index] (None: self.sampling)."""
+        sampling.upsampler_sampler and sampling.upsampler_steps[index] (None: self.sampling).
+
+        The low-resolution image is resized once (bicubic; antialiased where the stage's config says, as Karlo);
+        a stage with a separate last-step network (upsamplers_last) runs it at the last timestep. x_T fixes the
+        initial noise (B, 3, f*h, f*w)."""
         if not 0 <= index < len(self.upsamplers):
             raise ValueError(f"upsampler index {index} out of range; this pipeline has {len(self.upsamplers)}")
         sc = check_sampling(sampling, self.sampling)
+        sampler = sc.upsampler_sampler
         up = self.upsamplers[index]
-        steps = sc.upsampler_steps_for(index + 1)[index]
+        last = self.upsamplers_last[index] or up
         g, seed = generator(seed)
         B, _, h, w = low.shape
         if h != up.config.low_res:
             raise ValueError(f"upsampler{index + 1} takes {up.config.low_res}px images, got {h}px")
         f = up.config.factor
-        low = low.to(self.device)
-        info = self.stage_info[f"upsampler{index + 1}"]
-        denoise = model_to_denoiser(lambda x, t: up(x, t, low), self.schedule, info.prediction, info.clip_x0)
-        x_T = torch.randn((B, 3, h * f, w * f), generator=g).to(self.device)
+        low_up = upsample_low_res(low.to(self.device).float(), (h * f, w * f), up.config.antialias)
+        ts = timesteps(self.schedule, sc.upsampler_steps_for(index + 1)[index], get_sampler(sampler).spacing)
+        t_last = ts[-1]
+
+        def net(x: Tensor, t: Tensor) -> Tensor:
+            return (last if int(t.reshape(-1)[0]) == t_last else up)(x, t, low_up)
+
+        stage = f"upsampler{index + 1}"
+        info = self.stage_info[stage]
+        denoise = model_to_denoiser(net, self.schedule, info.prediction, info.clip_x0,
+                                    with_variance=self._with_variance(stage, sampler))
+        x_T = self._noise(x_T, (B, 3, h * f, w * f), g, f"noise[{stage!r}]")
         with torch.inference_mode():
-            return self._run_sampler(denoise, x_T, steps=steps, sampler=sc.upsampler_sampler, eta=0.0,
-                                     generator=g, progress=progress, stage=f"upsampler{index + 1}").clamp(-1, 1)
+            return self._run_sampler(denoise, x_T.to(self.device), steps=torch.tensor(ts), sampler=sampler, eta=0.0,
+                                     generator=g, progress=progress, stage=stage).clamp(-1, 1)
 
     def _cascade(self, x: Tensor, stages: dict[str, Tensor], *, n_up: int, sampling: SamplingConfig,
-                 g: torch.Generator, progress: bool) -> Tensor:
+                 g: torch.Generator, progress: bool, noise: Mapping[str, Tensor] | None = None) -> Tensor:
         """Run the first n_up upsamplers on pixels x with `sampling`'s upsampler settings."""
         for k in range(n_up):
-            x = self.upsample(x, k, sampling=sampling, seed=g, progress=progress)
+            x = self.upsample(x, k, sampling=sampling, seed=g, progress=progress,
+                              x_T=(noise or {}).get(f"upsampler{k + 1}"))
             stages[f"upsampler{k + 1}"] = x.cpu()
         return x
 
@@ -503,27 +585,31 @@ class UnCLIP:
     # ------------------------------------------------------------------ public capabilities
     def text_to_image(self, prompts: str | Sequence[str], *, n: int = 1, sampling: SamplingConfig | None = None,
                       upsample: bool | int | None = None, seed: int | torch.Generator | None = None,
-                      progress: bool = False) -> UnCLIPOutput:
+                      progress: bool = False, noise: Mapping[str, Tensor] | None = None) -> UnCLIPOutput:
         """Text -> prior -> z_i -> decoder -> upsamplers (Ramesh et al. 2022, fig. 2): n images per prompt.
 
         sampling: every stage's settings (None: self.sampling). upsample: None the default cascade, True every
         upsampler, False none, an int k the first k. The decoder starts from fresh noise, so predicted x0 is
-        clamped (clip_denoised_rule); progress shows one bar per stage.
+        clamped (clip_denoised_rule); progress shows one bar per stage. noise fixes initial noises by stage
+        ({"prior": (len*n*best_of, d), "decoder": x_T_shape(len*n), "upsampler1": ...}, as diffusers' *_latents);
+        one generator draws the others in stage order.
         """
         prompts = _check_prompts(prompts)
         sc = check_sampling(sampling, self.sampling)
+        noise = _check_noise(noise, ("prior", "decoder", "upsampler1", "upsampler2"))
         self.upsample_stages(upsample)  # checked before time is spent in the prior
         g, seed = generator(seed)
-        z_i = self.sample_prior(prompts, n=n, sampling=sc, seed=g, progress=progress)
+        z_i = self.sample_prior(prompts, n=n, sampling=sc, seed=g, progress=progress, x_T=noise.get("prior"))
         expanded = [p for p in prompts for _ in range(n)]
-        out = self.decode(z_i, sampling=sc, prompts=expanded if self.decoder.config.text_width else None,
-                          upsample=upsample, seed=g, progress=progress)
+        out = self.decode(z_i, sampling=sc, x_T=noise.get("decoder"),
+                          prompts=expanded if self.decoder.config.text_width else None, upsample=upsample, seed=g,
+                          progress=progress, noise={k: v for k, v in noise.items() if k.startswith("upsampler")})
         out.settings.update({"prompts": prompts, "n": n, "seed": seed})
         return out
 
     def encode_images(self, images: ImageLike | Sequence[ImageLike]) -> Tensor:
-        """CLIP image embeddings z_i (B, d), unit norm."""
-        return self.clip.encode_image(images)
+        """CLIP image embeddings z_i (B, d): unit norm, or raw for a family whose decoder reads raw ones."""
+        return self.clip.encode_image(images, normalize=self.conventions.normalize_embeddings)
 
     def _decoder_input(self, images: ImageLike | Sequence[ImageLike]) -> Tensor:
         """Images as (B, 3, s, s) pixels in [-1, 1] at the decoder stage's output size (resolutions[0])."""

@@ -410,6 +410,7 @@ class SamplerSpec:
     description: str
     variances: tuple[str, ...] = ()
     learned: str | None = None
+    clamps_x0: bool = False  # clamps predicted x0 whatever is asked (diffusers' UnCLIPScheduler)
 
     def needs_variance(self, variance: str | None) -> bool:
         return self.learned is not None and (variance or self.variances[0]) == self.learned
@@ -483,5 +484,5 @@ register_sampler(SamplerSpec(
     "unclip", lambda d, x, sch, ts, *, eta, variance, generator, progress, label, callback: sample_unclip(
         d, x, sch, ts, variance or "fixed_small_log", generator, progress, label=label, callback=callback),
     spacing="linspace", honours_eta=False, stochastic=True, variances=("fixed_small_log", "learned_range"),
-    learned="learned_range",
+    learned="learned_range", clamps_x0=True,
     description="Karlo's UnCLIPScheduler: ancestral on linspace steps, learned-range or fixed-small variance"))

@@ -19,7 +19,7 @@ def _karlo_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def _run_karlo(args: argparse.Namespace) -> int:
-    from unclip_core.karlo import import_karlo
+    from unclip_core.families.karlo import import_karlo
     from unclip_core.checkpoint import read_pipeline
     out = import_karlo(args.path, args.out, overwrite=args.overwrite, dtype=args.dtype)
     dirs, _ = read_pipeline(out)
