@@ -74,3 +74,19 @@ def test_a_missing_tower_is_named(folders):
     folders["text_model"].save_pretrained(bad / "text_encoder")
     with pytest.raises(FileNotFoundError, match=r"tokenizer.*needs its tokenizer folder"):
         ClipEncoder.load(str(bad))
+
+
+def test_text_condition_is_one_pass_and_equals_the_two_calls(folders):
+    enc = ClipEncoder.load(str(folders["both"]))
+    z_t, feats, mask = enc.text_condition(PROMPTS)
+    torch.testing.assert_close(z_t, enc.encode_text(PROMPTS, normalize=False), rtol=0, atol=0)
+    f2, m2 = enc.text_tokens(PROMPTS)
+    torch.testing.assert_close(feats, f2, rtol=0, atol=0)
+    assert torch.equal(mask, m2)
+    calls = []
+    hook = enc.model.text.transformer.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        enc.text_condition(PROMPTS)
+    finally:
+        hook.remove()
+    assert len(calls) == 1

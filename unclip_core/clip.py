@@ -458,6 +458,25 @@ class ClipEncoder:
                 masks.append(self.token_mask(ids).cpu())
         return torch.cat(feats), torch.cat(masks)
 
+    def text_condition(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(z_t (B, d) unnormalised, per-token features (B, L, width), mask (B, L) bool) of B prompts: what unCLIP
+        priors and decoders are conditioned on. A Hugging Face tower gives both from one pass."""
+        texts = _check_texts(texts)
+        ids = self.tokenize(texts).to(self.device)
+        tower = self._text
+        with torch.inference_mode():
+            if hasattr(tower, "output_tokens") and hasattr(tower, "transformer") and \
+                    hasattr(getattr(tower.transformer, "config", None), "projection_dim"):  # HF: one pass
+                previous = tower.output_tokens
+                tower.output_tokens = True
+                try:
+                    z_t, feats = tower(ids)
+                finally:
+                    tower.output_tokens = previous
+            else:
+                z_t, feats = self.model.encode_text(ids, normalize=False), self._token_features(ids)
+        return z_t.float().cpu(), feats.float().cpu(), self.token_mask(ids).cpu()
+
     def _token_features(self, ids: torch.Tensor) -> torch.Tensor:
         m = self.model
         if hasattr(m, "token_embedding"):  # open_clip CLIP: text tower inlined

@@ -326,9 +326,8 @@ class UnCLIP:
 
     def text_condition(self, prompts: list[str]) -> tuple[Tensor, Tensor, Tensor]:
         """(z_t (B, d) as the text tower gives it, token features (B, L, w), mask (B, L) bool), on the device."""
-        z_t = self.clip.encode_text(list(prompts), normalize=False)
-        feats, mask = self.clip.text_tokens(list(prompts))
-        return z_t.float().to(self.device), feats.float().to(self.device), mask.to(self.device)
+        z_t, feats, mask = self.clip.text_condition(list(prompts))
+        return z_t.to(self.device), feats.to(self.device), mask.to(self.device)
 
     def empty_prompt_condition(self, batch: int) -> tuple[Tensor, Tensor, Tensor]:
         """text_condition([""]) repeated `batch` times (cached): the unconditional text of "empty_prompt" families."""
