@@ -375,3 +375,20 @@ def test_cli_import_karlo(karlo, tmp_path, capsys):
     assert UnCLIP.load(tmp_path / "o").conventions == KARLO_CONVENTIONS
     assert main(["import", "karlo", str(tmp_path / "missing"), "--out", str(tmp_path / "p")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_generate_on_a_karlo_folder_samples_with_karlos_settings(karlo, tmp_path, capsys):
+    """`generate --model <karlo>` samples with the folder's own defaults (25 / 25 / 7 steps of "unclip", guidance
+    4 / 8, no best-of), not the shapes family's; an option on the command line changes only its own field."""
+    from explorer.cli import main
+    assert main(["generate", "a red cube", "--model", str(karlo[1]), "--out", str(tmp_path / "g"), "--n", "1",
+                 "--no-upsample", "--seed", "1"]) == 0
+    rec = json.loads((tmp_path / "g" / "settings.json").read_text())
+    assert rec["settings"]["sampling"] == KARLO_SAMPLING.to_dict()
+    assert main(["generate", "a red cube", "--model", str(karlo[1]), "--out", str(tmp_path / "h"), "--n", "1",
+                 "--no-upsample", "--steps", "4", "--prior-steps", "3"]) == 0
+    rec = json.loads((tmp_path / "h" / "settings.json").read_text())
+    assert rec["settings"]["sampling"] == {**KARLO_SAMPLING.to_dict(), "decoder_steps": 4, "prior_steps": 3}
+    assert main(["generate", "a red cube", "--model", str(karlo[1]), "--out", str(tmp_path / "i"),
+                 "--eta", "0.5"]) == 2
+    assert "sampler 'unclip' does not take eta" in capsys.readouterr().err
