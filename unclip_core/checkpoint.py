@@ -132,15 +132,22 @@ def save_checkpoint(path: str | Path, model: nn.Module, card: str | None = None,
 
 
 # --- loading --------------------------------------------------------------------------------------
-def _read_json(path: Path, what: str) -> dict[str, Any]:
+def read_json_object(path: Path, missing: str) -> dict[str, Any]:
+    """The JSON object in `path`; FileNotFoundError says `missing` when there is no file, ValueError names a damaged
+    file or one that holds no object."""
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: {path.parent} is not a {what} folder")
+        raise FileNotFoundError(missing)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path} is not valid JSON ({exc}); the file is damaged") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    data = read_json_object(path, f"{path} not found: {path.parent} is not a {what} folder")
     fmt = data.get("format")
     if fmt != FORMAT:
         raise ValueError(f"{path} has format {fmt!r}; this library reads format {FORMAT}")

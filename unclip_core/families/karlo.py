@@ -21,7 +21,6 @@ image tower: image variations and inversion need one (see docs/real_models.md).
 """
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -31,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from ..atomic import atomic_dir
-from ..checkpoint import FORMAT, PIPELINE_FILE, _write_checkpoint, _write_json, check_state_dict
+from ..checkpoint import FORMAT, PIPELINE_FILE, _write_checkpoint, _write_json, check_state_dict, read_json_object
 from ..checks import check_choice
 from ..conventions import KARLO_CONVENTIONS, KARLO_SAMPLING
 from ..decoder import Decoder, DecoderConfig
@@ -47,16 +46,8 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 # --- reading a diffusers folder -------------------------------------------------------------------
 def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: is {path.parent.parent} a Karlo folder in diffusers layout "
-                                f"(subfolders {', '.join(KARLO_FOLDERS)})?")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not valid JSON ({exc}); the file is damaged") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}")
-    return data
+    return read_json_object(path, f"{path} not found: is {path.parent.parent} a Karlo folder in diffusers layout "
+                                  f"(subfolders {', '.join(KARLO_FOLDERS)})?")
 
 
 def _read_config(folder: Path, expected_class: str, name: str = "config.json") -> dict[str, Any]:
