@@ -25,6 +25,7 @@ from torch import nn
 from .atomic import atomic_dir
 from .autoencoder import Autoencoder
 from .decoder import Decoder
+from .movq import MoVQ
 from .prior import DiffusionPrior
 from .upsampler import Upsampler
 
@@ -47,7 +48,7 @@ def register_model_class(cls: type[nn.Module]) -> type[nn.Module]:
     return cls
 
 
-for _cls in (DiffusionPrior, Decoder, Upsampler, Autoencoder):
+for _cls in (DiffusionPrior, Decoder, Upsampler, Autoencoder, MoVQ):
     register_model_class(_cls)
 
 

@@ -20,6 +20,7 @@ from PIL import Image
 from torch import Tensor
 
 from .autoencoder import Autoencoder
+from .movq import MoVQ
 from .checkpoint import load_checkpoint, read_pipeline, resolve
 from .checks import check_choice, check_embeddings, check_guidance, check_nonzero_rows, check_positive_int
 from .clip import ClipEncoder
@@ -35,6 +36,7 @@ from .samplers import classifier_free_guidance, get_sampler, invert_ddim, model_
 from .conventions import FAMILY_SAMPLING, Conventions, read_conventions
 from .upsampler import Upsampler, upsample_low_res
 
+LATENT_CODECS = (Autoencoder, MoVQ)  # what a latent decoder's pixels go through (encode / decode / config)
 # DDIM's trailing spacing starts at t = T - 1, from pure noise (Lin et al. 2024); inversion uses the same steps.
 SPACING = get_sampler("ddim").spacing
 
@@ -133,7 +135,7 @@ class UnCLIP:
     def __init__(self, clip: ClipEncoder, decoder: Decoder, prior: DiffusionPrior | None = None,
                  upsamplers: Sequence[Upsampler] = (), stage_info: Mapping[str, StageInfo] | None = None,
                  schedule: Schedule | None = None, name: str = "custom",
-                 policy: ConceptPolicy | None = None, *, autoencoder: Autoencoder | None = None,
+                 policy: ConceptPolicy | None = None, *, autoencoder: Autoencoder | MoVQ | None = None,
                  default_upsample: int | None = None, sampling: SamplingConfig | None = None,
                  conventions: Conventions | None = None,
                  upsamplers_last: Sequence[Upsampler | None] = ()) -> None:
@@ -141,8 +143,8 @@ class UnCLIP:
             raise TypeError(f"decoder must be a Decoder, got {type(decoder).__name__}")
         if prior is not None and not isinstance(prior, DiffusionPrior):
             raise TypeError(f"prior must be a DiffusionPrior or None, got {type(prior).__name__}")
-        if autoencoder is not None and not isinstance(autoencoder, Autoencoder):
-            raise TypeError(f"autoencoder must be an Autoencoder or None, got {type(autoencoder).__name__}")
+        if autoencoder is not None and not isinstance(autoencoder, LATENT_CODECS):
+            raise TypeError(f"autoencoder must be an Autoencoder or a MoVQ (or None), got {type(autoencoder).__name__}")
         if len(upsamplers) > 2:
             raise ValueError(f"at most two upsamplers are supported (the paper's cascade), got {len(upsamplers)}")
         self._check_decoder_space(decoder, autoencoder)
@@ -193,7 +195,7 @@ class UnCLIP:
         self._empty_prompt: tuple[Tensor, Tensor, Tensor] | None = None
 
     @staticmethod
-    def _check_decoder_space(decoder: Decoder, autoencoder: Autoencoder | None) -> None:
+    def _check_decoder_space(decoder: Decoder, autoencoder: Autoencoder | MoVQ | None) -> None:
         """A pixel decoder makes RGB images; a latent decoder samples exactly its autoencoder's latent shape."""
         dc = decoder.config
         if autoencoder is None:
