@@ -172,3 +172,33 @@ def test_policy_checks_images_by_clip_zero_shot():
         ConceptPolicy(["weapon"]).check_images([red])
     with pytest.raises(ValueError, match="at least one blocked concept"):
         ConceptPolicy([])
+
+
+def test_a_stage_may_have_its_own_schedule_and_timestep_offset(pipe):
+    """StageInfo(schedule="linear", beta_start, beta_end, steps_offset) gives a stage diffusers' DDPM/DDIM
+    timesteps ("leading" + steps_offset, as Kandinsky 2.2's decoder scheduler) and its own betas; other stages
+    keep the cosine schedule."""
+    from diffusers import DDIMScheduler
+    from unclip_core.pipeline import StageInfo, UnCLIP
+    info = dict(pipe.stage_info)
+    info["decoder"] = StageInfo("eps", 1.0, schedule="linear", beta_start=0.00085, beta_end=0.012, steps_offset=1)
+    p2 = UnCLIP(pipe.clip, pipe.decoder, pipe.prior, pipe.upsamplers, info)
+    ref = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=0.00085, beta_end=0.012,
+                        steps_offset=1, timestep_spacing="leading")
+    ref.set_timesteps(4)
+    from unclip_core.samplers import SamplerSpec, register_sampler, SAMPLERS
+    ddim = SAMPLERS["ddim"]
+    leading = register_sampler(SamplerSpec("ddim-leading-test", ddim.run, "leading", True, False, "test"))
+    try:
+        assert p2.stage_timesteps("decoder", leading.name, 4).tolist() == ref.timesteps.tolist() == [751, 501, 251, 1]
+    finally:
+        SAMPLERS.pop(leading.name)
+    torch.testing.assert_close(p2.schedules["decoder"].alphas_cumprod.float(), ref.alphas_cumprod, rtol=1e-5, atol=0)
+    assert p2.schedules["prior"] is p2.schedule and p2.stage_timesteps("prior", "ddim", 4).tolist() == \
+        pipe.stage_timesteps("prior", "ddim", 4).tolist()
+    z = torch.nn.functional.normalize(torch.randn(1, 16, generator=torch.Generator().manual_seed(0)), dim=-1)
+    a = p2.decode(z, sampling={"decoder_steps": 3}, upsample=False, seed=0).stages["decoder"]
+    b = pipe.decode(z, sampling={"decoder_steps": 3}, upsample=False, seed=0).stages["decoder"]
+    assert not torch.equal(a, b)  # another schedule, other images
+    with pytest.raises(ValueError, match=r"beta_start / beta_end set a linear schedule"):
+        StageInfo("eps", beta_start=0.001)

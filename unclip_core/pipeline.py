@@ -25,7 +25,7 @@ from .checkpoint import load_checkpoint, read_pipeline, resolve
 from .checks import check_choice, check_embeddings, check_guidance, check_nonzero_rows, check_positive_int
 from .clip import ClipEncoder
 from .decoder import Decoder
-from .diffusion import Schedule, cosine_schedule
+from .diffusion import Schedule, cosine_schedule, linear_schedule
 from .imageio import ImageLike, load_image, pil_to_tensor, tensor_to_pil
 from .inpaint import sample_repaint
 from .prior import DiffusionPrior
@@ -50,9 +50,25 @@ class StageInfo:
     # the variance of samplers that take one (SamplerSpec.variances; "learned_range" needs a network with
     # learned variance channels); None: the sampler's default
     variance: str | None = None
+    # the stage's noise schedule over T = 1000 steps: "cosine" (Nichol & Dhariwal; Karlo's squaredcos_cap_v2) or
+    # "linear" betas from beta_start to beta_end (Kandinsky 2.2's decoder: 0.00085 -> 0.012); steps_offset is
+    # added to every sampled timestep (diffusers' steps_offset)
+    schedule: str = "cosine"
+    beta_start: float | None = None
+    beta_end: float | None = None
+    steps_offset: int = 0
 
     def __post_init__(self) -> None:
         check_choice("prediction", self.prediction, ("eps", "x0", "v"))
+        check_choice("schedule", self.schedule, ("cosine", "linear"))
+        check_positive_int("steps_offset", self.steps_offset, minimum=0)
+        if self.schedule == "cosine" and (self.beta_start is not None or self.beta_end is not None):
+            raise ValueError("beta_start / beta_end set a linear schedule; pass schedule='linear' or drop them")
+
+    def build_schedule(self) -> Schedule:
+        if self.schedule == "linear":
+            return linear_schedule(1000, self.beta_start, self.beta_end)
+        return cosine_schedule(1000)
         if self.variance is not None and not isinstance(self.variance, str):
             raise TypeError(f"variance must be a sampler variance name or None, got {self.variance!r}")
 
@@ -172,6 +188,9 @@ class UnCLIP:
                              "range, but this decoder samples the autoencoder's latents; set the decoder's clip_x0 "
                              "to None (pipeline.json stage_info) for a latent decoder")
         self.schedule = schedule or cosine_schedule(1000)
+        # each stage's own schedule where its StageInfo names another than the cosine one (Kandinsky's decoder)
+        self.schedules = {k: (self.schedule if v.schedule == "cosine" and v.beta_start is None else v.build_schedule())
+                          for k, v in self.stage_info.items()}
         self.name = name
         self.policy = policy
         # the default cascade: the first k upsamplers (a stage that does not beat bicubic is left out of it)
@@ -368,7 +387,7 @@ class UnCLIP:
             cond, uncond, z_t = self.conventions.text_conditioning.prior(self, expanded)
             net = classifier_free_guidance(prior, cond, uncond, guidance)
             info = self.stage_info["prior"]
-            denoise = model_to_denoiser(net, self.schedule, info.prediction, info.clip_x0)
+            denoise = model_to_denoiser(net, self.schedules["prior"], info.prediction, info.clip_x0)
             x0 = self._run_sampler(denoise, x_T.to(self.device), steps=steps, sampler=sampler, eta=0.0, generator=g,
                                    progress=progress, stage="prior")
             z_i = prior.scale_out(x0).float()
@@ -394,9 +413,17 @@ class UnCLIP:
     def _run_sampler(self, denoise: Callable, x_T: Tensor, *, steps: int, sampler: str, eta: float,
                      generator: torch.Generator, progress: bool, stage: str) -> Tensor:
         """One stage's registered sampler; its progress bar is labelled with the stage ("decoder: DDIM")."""
-        return run_sampler(sampler, denoise, x_T, self.schedule, steps, eta=eta,
+        return run_sampler(sampler, denoise, x_T, self.schedules[stage], self.stage_timesteps(stage, sampler, steps),
+                           eta=eta,
                            variance=self.stage_variance(stage, sampler), generator=generator, progress=progress,
                            label=stage)
+
+    def stage_timesteps(self, stage: str, sampler: str, steps: int | Tensor) -> Tensor:
+        """The timesteps `sampler` walks for `stage`: `steps` of its spacing (or given ones), plus the stage's
+        steps_offset (diffusers' DDPM / DDIM schedulers shift "leading" timesteps by it)."""
+        ts = torch.tensor(timesteps(self.schedules[stage], steps, get_sampler(sampler).spacing))
+        offset = self.stage_info[stage].steps_offset
+        return (ts + offset).clamp(max=self.schedules[stage].T - 1) if offset else ts
 
     def stage_variance(self, stage: str, sampler: str) -> str | None:
         """The variance `sampler` uses for `stage`: the stage's (StageInfo.variance) where the sampler takes it,
@@ -432,7 +459,7 @@ class UnCLIP:
         cond, uncond = self.conventions.text_conditioning.decoder(self, z_i.to(self.device), prompts)
         net = classifier_free_guidance(self.decoder, cond, uncond, guidance)
         info = self.stage_info["decoder"]
-        return model_to_denoiser(net, self.schedule, info.prediction, info.clip_x0 if clip_denoised else None,
+        return model_to_denoiser(net, self.schedules["decoder"], info.prediction, info.clip_x0 if clip_denoised else None,
                                  with_variance=with_variance)
 
     def decoder_denoiser(self, z_i: Tensor, *, guidance: float = 3.0, prompts: Sequence[str] | None = None,
@@ -550,19 +577,19 @@ class UnCLIP:
             raise ValueError(f"upsampler{index + 1} takes {up.config.low_res}px images, got {h}px")
         f = up.config.factor
         low_up = upsample_low_res(low.to(self.device).float(), (h * f, w * f), up.config.antialias)
-        ts = timesteps(self.schedule, sc.upsampler_steps_for(index + 1)[index], get_sampler(sampler).spacing)
-        t_last = ts[-1]
+        stage = f"upsampler{index + 1}"
+        ts = self.stage_timesteps(stage, sampler, sc.upsampler_steps_for(index + 1)[index])
+        t_last = int(ts[-1])
 
         def net(x: Tensor, t: Tensor) -> Tensor:
             return (last if int(t.reshape(-1)[0]) == t_last else up)(x, t, low_up)
 
-        stage = f"upsampler{index + 1}"
         info = self.stage_info[stage]
-        denoise = model_to_denoiser(net, self.schedule, info.prediction, info.clip_x0,
+        denoise = model_to_denoiser(net, self.schedules[stage], info.prediction, info.clip_x0,
                                     with_variance=self._with_variance(stage, sampler))
         x_T = self._noise(x_T, (B, 3, h * f, w * f), g, f"noise[{stage!r}]")
         with torch.inference_mode():
-            return self._run_sampler(denoise, x_T.to(self.device), steps=torch.tensor(ts), sampler=sampler, eta=0.0,
+            return self._run_sampler(denoise, x_T.to(self.device), steps=ts, sampler=sampler, eta=0.0,
                                      generator=g, progress=progress, stage=stage).clamp(-1, 1)
 
     def _cascade(self, x: Tensor, stages: dict[str, Tensor], *, n_up: int, sampling: SamplingConfig,
@@ -634,7 +661,7 @@ class UnCLIP:
             x0 = self._to_latents(self._decoder_input(images).to(self.device))
             # the unclamped ODE that decode(z_i, x_T=x_T) runs back (clip_denoised_rule with x_T given)
             denoise = self._decoder_denoiser(z_i, None, guidance, clip_denoised=False)
-            x_T = invert_ddim(denoise, x0, self.schedule, timesteps(self.schedule, steps, SPACING),
+            x_T = invert_ddim(denoise, x0, self.schedules["decoder"], self.stage_timesteps("decoder", "ddim", steps),
                               n_fixed_point=refine, progress=progress, label="decoder")
         return z_i, x_T.cpu()
 
@@ -687,7 +714,7 @@ class UnCLIP:
                 m = F.max_pool2d(m, self.autoencoder.config.factor)  # (1, 1, h, h): any regenerated pixel
             denoise = self._decoder_denoiser(z_i, None, guidance, clip_denoised=clip_denoised)
             x_T = torch.randn(self.x_T_shape(n), generator=g).to(self.device)
-            x = sample_repaint(denoise, x_T, self.schedule, timesteps(self.schedule, steps, SPACING), x0,
+            x = sample_repaint(denoise, x_T, self.schedules["decoder"], self.stage_timesteps("decoder", "ddim", steps), x0,
                                m.to(self.device), n_resample=n_resample, generator=g, progress=progress,
                                label="decoder")
             x, stages = self._to_pixels(x)
