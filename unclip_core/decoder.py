@@ -47,6 +47,10 @@ class DecoderConfig:
     norm_groups: int = 32
     clip_map_channels: int = 0
     clip_map_size: int = 16
+    # LayerNorms after the z_i projections (Kandinsky 2.2's ImageTimeEmbedding / ImageProjection: the time-
+    # embedding term and the clip tokens are layer-normed); off in the paper and Karlo
+    clip_time_norm: bool = False
+    clip_tokens_norm: bool = False
 
     # fields a warm start may change: the network grows new, zero-initialised inputs (see Decoder.load_grown)
     GROWABLE = ("clip_map_channels", "clip_map_size")
@@ -117,6 +121,8 @@ class Decoder(nn.Module):
         self.clip_to_time = nn.Linear(c.clip_dim, E)
         self.z_t_to_time = nn.Linear(c.clip_dim, E) if c.use_z_t else None
         self.clip_to_context_tokens = nn.Linear(c.clip_dim, c.n_clip_tokens * D) if c.n_clip_tokens else None
+        self.clip_time_norm = nn.LayerNorm(E) if c.clip_time_norm else None
+        self.clip_tokens_norm = nn.LayerNorm(D) if c.clip_tokens_norm and c.n_clip_tokens else None
         if c.text_width:
             self.text_proj = nn.Linear(c.text_width, D)
             self.text_norm = nn.LayerNorm(D)
@@ -198,7 +204,8 @@ class Decoder(nn.Module):
         c, B = self.config, z_i.shape[0]
         parts, masks = [], []
         if self.clip_to_context_tokens is not None:
-            parts.append(self.clip_to_context_tokens(z_i).reshape(B, c.n_clip_tokens, c.context_width))
+            tokens = self.clip_to_context_tokens(z_i).reshape(B, c.n_clip_tokens, c.context_width)
+            parts.append(tokens if self.clip_tokens_norm is None else self.clip_tokens_norm(tokens))
             masks.append(torch.ones(B, c.n_clip_tokens, dtype=torch.bool, device=z_i.device))
         if text_tokens is not None:
             if self.text_proj is None:
@@ -233,7 +240,8 @@ class Decoder(nn.Module):
         if z_i is None:
             z_i = self.null_z_i[None].expand(B, -1)
         check_tensor("z_i", z_i, (B, c.clip_dim), hint="pass one CLIP image embedding per image, or None")
-        emb = self.time_embedding(t) + self.clip_to_time(z_i)
+        clip_time = self.clip_to_time(z_i)
+        emb = self.time_embedding(t) + (clip_time if self.clip_time_norm is None else self.clip_time_norm(clip_time))
         if self.z_t_to_time is not None:
             if z_t is None:
                 raise ValueError("this decoder has use_z_t=True and needs z_t (B, clip_dim), the text embedding")

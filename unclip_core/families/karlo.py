@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from ..atomic import atomic_dir
-from ..checkpoint import FORMAT, PIPELINE_FILE, _write_checkpoint, _write_json, check_state_dict, read_json_object
+from ..checkpoint import FORMAT, PIPELINE_FILE, _write_checkpoint, _write_json, read_json_object
 from ..checks import check_choice
 from ..conventions import KARLO_CONVENTIONS, KARLO_SAMPLING
 from ..decoder import Decoder, DecoderConfig
@@ -38,6 +38,9 @@ from ..hf_clip import load_hf_clip
 from ..pipeline import StageInfo
 from ..prior import DiffusionPrior, PriorConfig
 from ..upsampler import Upsampler, UpsamplerConfig
+from .diffusers_unet import (UNET_FIXED as _DECODER_FIXED, check_values as _check_values, load_mapped as _load_mapped,
+                             read_diffusers_weights, rename_unet as _rename_unet, unet_levels as _levels,
+                             unet_widths as _unet_widths)
 
 KARLO_FOLDERS = ("prior", "decoder", "text_proj", "super_res_first", "super_res_last", "text_encoder", "tokenizer",
                  "prior_scheduler", "decoder_scheduler", "super_res_scheduler")
@@ -59,41 +62,6 @@ def _read_config(folder: Path, expected_class: str, name: str = "config.json") -
     return cfg
 
 
-def read_diffusers_weights(folder: str | Path) -> dict[str, Tensor]:
-    """All tensors of a diffusers/transformers model folder: *.safetensors (sharded or not) or *.bin (weights only)."""
-    folder = Path(folder)
-    names = ("diffusion_pytorch_model", "model")
-    for stem in names:
-        single = folder / f"{stem}.safetensors"
-        index = folder / f"{stem}.safetensors.index.json"
-        if single.is_file():
-            from safetensors.torch import load_file
-            return load_file(str(single))
-        if index.is_file():
-            from safetensors.torch import load_file
-            shards = sorted(set(_read_json(index).get("weight_map", {}).values()))
-            state: dict[str, Tensor] = {}
-            for shard in shards:
-                state.update(load_file(str(folder / shard)))
-            return state
-    for stem in ("diffusion_pytorch_model", "pytorch_model"):
-        binary = folder / f"{stem}.bin"
-        if binary.is_file():
-            return torch.load(binary, map_location="cpu", weights_only=True)
-    raise FileNotFoundError(f"no weights in {folder}: expected diffusion_pytorch_model.safetensors (or its "
-                            ".index.json shards), model.safetensors or a pytorch_model.bin / "
-                            "diffusion_pytorch_model.bin")
-
-
-def _check_values(cfg: Mapping[str, Any], expected: Mapping[str, Any], where: str) -> None:
-    """Raise listing every config value our modules cannot express (absent keys take diffusers' defaults)."""
-    bad = [f"{k}={cfg[k]!r} (supported: {v!r})" for k, v in expected.items() if k in cfg and cfg[k] != v]
-    if bad:
-        raise ValueError(f"{where} uses settings that this importer does not support: {'; '.join(bad)}. "
-                         "It reads Karlo's architecture (diffusers' UnCLIPPipeline components)")
-
-
-# --- configs --------------------------------------------------------------------------------------
 def prior_config_from_karlo(cfg: Mapping[str, Any]) -> PriorConfig:
     """diffusers PriorTransformer config -> PriorConfig (clip_scale 1, CLIP statistics, no text scaling)."""
     _check_values(cfg, {"additional_embeddings": 4, "time_embed_act_fn": "silu", "embedding_proj_norm_type": None,
@@ -110,44 +78,6 @@ def prior_config_from_karlo(cfg: Mapping[str, Any]) -> PriorConfig:
     return PriorConfig(clip_dim=d, text_width=d, width=width, n_layers=int(cfg.get("num_layers", 20)), n_heads=heads,
                        n_text_tokens=int(cfg.get("num_embeddings", 77)), clip_scale=1.0,
                        dropout=float(cfg.get("dropout", 0.0)), use_clip_stats=True, norm_in=norm_in == "layer")
-
-
-_DECODER_FIXED = {"act_fn": "silu", "center_input_sample": False, "class_embed_type": "identity",
-                  "flip_sin_to_cos": True, "freq_shift": 0, "mid_block_type": "UNetMidBlock2DSimpleCrossAttn",
-                  "resnet_time_scale_shift": "scale_shift", "norm_eps": 1e-5, "conv_in_kernel": 3,
-                  "conv_out_kernel": 3, "time_embedding_type": "positional", "time_embedding_dim": None,
-                  "time_embedding_act_fn": None, "timestep_post_act": None, "time_cond_proj_dim": None,
-                  "addition_embed_type": None, "encoder_hid_dim": None, "encoder_hid_dim_type": None,
-                  "only_cross_attention": False, "dual_cross_attention": False, "upcast_attention": False,
-                  "use_linear_projection": False, "resnet_out_scale_factor": 1.0, "resnet_skip_time_act": False,
-                  "mid_block_only_cross_attention": None, "cross_attention_norm": None, "dropout": 0.0,
-                  "mid_block_scale_factor": 1, "num_class_embeds": None, "attention_type": "default",
-                  "transformer_layers_per_block": 1, "reverse_transformer_layers_per_block": None,
-                  "class_embeddings_concat": False, "projection_class_embeddings_input_dim": None,
-                  "num_attention_heads": None}
-
-
-def _levels(cfg: Mapping[str, Any], where: str, attn_down: str | None, attn_up: str | None) -> list[bool]:
-    """Which UNet levels attend, from the block types; the down and up lists must mirror each other."""
-    down, up = list(cfg["down_block_types"]), list(cfg["up_block_types"])
-    plain_down, plain_up = "ResnetDownsampleBlock2D", "ResnetUpsampleBlock2D"
-    ok_down, ok_up = {plain_down, attn_down} - {None}, {plain_up, attn_up} - {None}
-    bad = [b for b in down if b not in ok_down] + [b for b in up if b not in ok_up]
-    if bad or len(down) != len(up):
-        raise ValueError(f"{where}: block types {bad or (down, up)} are not Karlo's; supported down blocks "
-                         f"{sorted(ok_down)}, up blocks {sorted(ok_up)}, as many up as down")
-    attends = [b == attn_down for b in down]
-    if attends != [b == attn_up for b in reversed(up)]:
-        raise ValueError(f"{where}: down_block_types {down} and up_block_types {up} must mirror each other")
-    return attends
-
-
-def _unet_widths(cfg: Mapping[str, Any], where: str) -> tuple[int, tuple[int, ...]]:
-    widths = [int(w) for w in cfg["block_out_channels"]]
-    base = widths[0]
-    if any(w % base for w in widths):
-        raise ValueError(f"{where}: block_out_channels {widths} must be multiples of the first")
-    return base, tuple(w // base for w in widths)
 
 
 def decoder_config_from_karlo(unet: Mapping[str, Any], proj: Mapping[str, Any]) -> DecoderConfig:
@@ -215,19 +145,6 @@ def scheduler_settings(cfg: Mapping[str, Any], where: str) -> StageInfo:
 
 
 # --- tensors --------------------------------------------------------------------------------------
-_UNET_RENAMES = ((".downsamplers.0.", ".resample."), (".upsamplers.0.", ".resample."), (".to_out.0.", ".to_out."))
-
-
-def _rename_unet(key: str) -> str:
-    if key.startswith("time_embedding."):
-        return key
-    if key.startswith("conv_norm_out."):
-        key = "norm_out." + key[len("conv_norm_out."):]
-    for a, b in _UNET_RENAMES:
-        key = key.replace(a, b)
-    return "unet." + key
-
-
 def map_prior_state(src: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """diffusers PriorTransformer state dict -> DiffusionPrior names (null_z_t is not in Karlo; see import_karlo)."""
     out = {}
@@ -271,14 +188,6 @@ def map_upsampler_state(src: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return {_rename_unet(k): v for k, v in src.items()}
 
 
-def _load_mapped(model: nn.Module, state: Mapping[str, Tensor], source: str) -> nn.Module:
-    check_state_dict(model, state, source=f"{source} (after mapping Karlo's names to ours)")
-    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
-    return model.eval()
-
-
-# --- Karlo's text encoder as our ClipEncoder -----------------------------------------------------
-# --- importer -------------------------------------------------------------------------------------
 def _stage_card(stage: str, src: Path) -> str:
     return f"# {stage}\n\nImported from the Karlo folder {src} by unclip_core.families.karlo.import_karlo.\n"
 
