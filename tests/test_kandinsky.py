@@ -69,3 +69,29 @@ def test_one_unet_step_equals_diffusers(unets):
 def test_what_our_decoder_cannot_express_is_named():
     with pytest.raises(ValueError, match=r"addition_embed_type"):
         decoder_config_from_kandinsky({**TINY_UNET, "addition_embed_type": "text"})
+
+
+def test_the_prior_is_karlos_architecture_and_equals_diffusers():
+    """Kandinsky 2.2's prior is diffusers' PriorTransformer, as Karlo's: the tiny config of diffusers' prior test
+    maps through the same converter, one step equal; clip_mean / clip_std de-standardise as post_process_latents."""
+    from diffusers import PriorTransformer
+    from unclip_core.families.karlo import map_prior_state, prior_config_from_karlo
+    from unclip_core.prior import DiffusionPrior
+    torch.manual_seed(0)
+    ref = _randomize(PriorTransformer(num_attention_heads=2, attention_head_dim=12, embedding_dim=32, num_layers=1),
+                     5).eval()
+    state = map_prior_state(ref.state_dict())
+    state["null_z_t"] = torch.zeros(32)
+    ours = load_mapped(DiffusionPrior(prior_config_from_karlo(dict(ref.config))), state, "tiny prior").eval()
+    g = torch.Generator().manual_seed(6)
+    x, z_t, hidden = torch.randn(2, 32, generator=g) * 3, torch.randn(2, 32, generator=g), torch.randn(2, 77, 32,
+                                                                                                       generator=g)
+    mask = torch.arange(77)[None] < torch.tensor([[5], [30]])
+    t = torch.tensor([999, 17])
+    with torch.no_grad():
+        want = ref(x, timestep=t, proj_embedding=z_t, encoder_hidden_states=hidden,
+                   attention_mask=mask).predicted_image_embedding
+        got = ours(x, t, z_t, hidden, mask)
+    assert want.abs().max() > 0.5
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+    torch.testing.assert_close(ours.scale_out(got), ref.post_process_latents(want), rtol=1e-5, atol=1e-5)
