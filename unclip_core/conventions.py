@@ -88,11 +88,17 @@ class EmptyPromptText(TextConditioning):
 
     def decoder(self, pipe: "UnCLIP", z_i: Tensor, prompts: list[str] | None) -> tuple[Condition, Condition]:
         dec, B = pipe.decoder, z_i.shape[0]
+        cond: Condition = {"z_i": z_i, "text_tokens": None, "text_mask": None}
+        uncond: Condition = {"z_i": dec.null_z_i[None].expand(B, -1), "text_tokens": None, "text_mask": None}
+        use_z_t = getattr(dec.config, "use_z_t", False)
+        if not (dec.config.text_width or use_z_t):  # an image-only decoder (Kandinsky 2.2): z_i and its null
+            return cond, uncond
         z_t, feats, mask = pipe.text_condition(prompts if prompts is not None else [""] * B)
         null_z, null_f, null_m = pipe.empty_prompt_condition(B)
-        cond: Condition = {"z_i": z_i, "text_tokens": feats, "text_mask": mask}
-        uncond: Condition = {"z_i": dec.null_z_i[None].expand(B, -1), "text_tokens": null_f, "text_mask": null_m}
-        if getattr(dec.config, "use_z_t", False):
+        if dec.config.text_width:
+            cond.update(text_tokens=feats, text_mask=mask)
+            uncond.update(text_tokens=null_f, text_mask=null_m)
+        if use_z_t:
             cond["z_t"], uncond["z_t"] = z_t, null_z
         return cond, uncond
 

@@ -32,7 +32,8 @@ from .prior import DiffusionPrior
 from .provenance import BlockedContentError, ConceptPolicy, tensor_hash
 from .seeds import generator
 from .sampling import SamplingConfig, check_sampling
-from .samplers import classifier_free_guidance, get_sampler, invert_ddim, model_to_denoiser, run_sampler, timesteps
+from .samplers import (SPACINGS, classifier_free_guidance, get_sampler, invert_ddim, model_to_denoiser, run_sampler,
+                       timesteps)
 from .conventions import FAMILY_SAMPLING, Conventions, read_conventions
 from .upsampler import Upsampler, upsample_low_res
 
@@ -57,11 +58,15 @@ class StageInfo:
     beta_start: float | None = None
     beta_end: float | None = None
     steps_offset: int = 0
+    # the timestep spacing of this stage's samplers (None: each sampler's own; diffusers' DDPM / DDIM: "leading")
+    spacing: str | None = None
 
     def __post_init__(self) -> None:
         check_choice("prediction", self.prediction, ("eps", "x0", "v"))
         check_choice("schedule", self.schedule, ("cosine", "linear"))
         check_positive_int("steps_offset", self.steps_offset, minimum=0)
+        if self.spacing is not None:
+            check_choice("spacing", self.spacing, SPACINGS)
         if self.schedule == "cosine" and (self.beta_start is not None or self.beta_end is not None):
             raise ValueError("beta_start / beta_end set a linear schedule; pass schedule='linear' or drop them")
 
@@ -421,7 +426,8 @@ class UnCLIP:
     def stage_timesteps(self, stage: str, sampler: str, steps: int | Tensor) -> Tensor:
         """The timesteps `sampler` walks for `stage`: `steps` of its spacing (or given ones), plus the stage's
         steps_offset (diffusers' DDPM / DDIM schedulers shift "leading" timesteps by it)."""
-        ts = torch.tensor(timesteps(self.schedules[stage], steps, get_sampler(sampler).spacing))
+        spacing = self.stage_info[stage].spacing or get_sampler(sampler).spacing
+        ts = torch.tensor(timesteps(self.schedules[stage], steps, spacing))
         offset = self.stage_info[stage].steps_offset
         return (ts + offset).clamp(max=self.schedules[stage].T - 1) if offset else ts
 
