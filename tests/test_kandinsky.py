@@ -95,3 +95,112 @@ def test_the_prior_is_karlos_architecture_and_equals_diffusers():
     assert want.abs().max() > 0.5
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
     torch.testing.assert_close(ours.scale_out(got), ref.post_process_latents(want), rtol=1e-5, atol=1e-5)
+
+
+# ---- the whole family: import and sample as diffusers' KandinskyV22PriorPipeline + KandinskyV22Pipeline --------
+TINY_MOVQ = dict(block_out_channels=[32, 64], down_block_types=["DownEncoderBlock2D", "AttnDownEncoderBlock2D"],
+                 in_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=8, norm_type="spatial",
+                 num_vq_embeddings=12, out_channels=3, up_block_types=["AttnUpDecoderBlock2D", "UpDecoderBlock2D"],
+                 vq_embed_dim=4)
+PROMPTS = ["a red cube", "a photo of the cat on the left of a small dog"]
+
+
+@pytest.fixture(scope="module")
+def family(tmp_path_factory):
+    """(diffusers prior pipeline, diffusers decoder pipeline, our imported pipeline) of one tiny random Kandinsky."""
+    import sys
+    from pathlib import Path
+    from diffusers import (DDPMScheduler, KandinskyV22Pipeline, KandinskyV22PriorPipeline, PriorTransformer,
+                           UNet2DConditionModel, UnCLIPScheduler, VQModel)
+    from transformers import (CLIPImageProcessor, CLIPTextConfig, CLIPTextModelWithProjection, CLIPVisionConfig,
+                              CLIPVisionModelWithProjection)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks import karlo as kb
+    from unclip_core.families.kandinsky import import_kandinsky
+    from unclip_core.pipeline import UnCLIP
+    root = tmp_path_factory.mktemp("kandinsky")
+    prior_dir, dec_dir = root / "prior", root / "decoder"
+    tok = kb.write_tokenizer(prior_dir / "tokenizer")
+    torch.manual_seed(0)
+    text = _randomize(CLIPTextModelWithProjection(CLIPTextConfig(
+        vocab_size=len(tok), hidden_size=32, projection_dim=32, intermediate_size=37, num_attention_heads=4,
+        num_hidden_layers=2, max_position_embeddings=77, eos_token_id=tok.eos_token_id)), 11).eval()
+    vision = _randomize(CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=32, image_size=32, projection_dim=32, intermediate_size=37, num_attention_heads=4,
+        num_hidden_layers=2, patch_size=8)), 12).eval()
+    proc = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    prior = _randomize(PriorTransformer(num_attention_heads=2, attention_head_dim=12, embedding_dim=32,
+                                        num_layers=1), 13).eval()
+    prior_sched = UnCLIPScheduler(variance_type="fixed_small_log", prediction_type="sample", num_train_timesteps=1000,
+                                  clip_sample=True, clip_sample_range=10.0)
+    unet = _randomize(UNet2DConditionModel(**TINY_UNET), 14).eval()
+    movq = _randomize(VQModel(**TINY_MOVQ), 15).eval()
+    dec_sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=0.00085, beta_end=0.012,
+                              clip_sample=False, steps_offset=1, prediction_type="epsilon", thresholding=False)
+    for obj, folder in ((text, prior_dir / "text_encoder"), (vision, prior_dir / "image_encoder"),
+                        (proc, prior_dir / "image_processor"), (prior, prior_dir / "prior"),
+                        (prior_sched, prior_dir / "scheduler"), (unet, dec_dir / "unet"), (movq, dec_dir / "movq"),
+                        (dec_sched, dec_dir / "scheduler")):
+        obj.save_pretrained(folder)
+    ref_prior = KandinskyV22PriorPipeline(prior=prior, image_encoder=vision, text_encoder=text, tokenizer=tok,
+                                          scheduler=prior_sched, image_processor=proc)
+    ref_dec = KandinskyV22Pipeline(unet=unet, scheduler=dec_sched, movq=movq)
+    ours = UnCLIP.load(import_kandinsky(prior_dir, dec_dir, root / "ours"))
+    return ref_prior, ref_dec, ours
+
+
+def test_import_writes_kandinskys_conventions(family):
+    from unclip_core.families.kandinsky import KANDINSKY_CONVENTIONS, KANDINSKY_SAMPLING
+    _, _, ours = family
+    assert ours.conventions == KANDINSKY_CONVENTIONS and ours.sampling == KANDINSKY_SAMPLING
+    assert ours.is_latent and ours.resolutions == [64] and ours.x_T_shape(1) == (1, 4, 32, 32)
+    info = ours.stage_info["decoder"]
+    assert (info.schedule, info.beta_start, info.beta_end, info.steps_offset, info.spacing, info.clip_x0) == \
+        ("linear", 0.00085, 0.012, 1, "leading", None)
+    assert ours.stage_info["prior"].clip_x0 == 10.0
+
+
+def _float64_tables(scheduler, schedule):
+    """diffusers' scheduler with our float64 tables: compares the algorithm, not float32 table rounding (diffusers'
+    own tables move the prior's output by ~1e-3 relative, as for Karlo: tests/test_karlo.py)."""
+    scheduler.betas, scheduler.alphas = schedule.betas, schedule.alphas
+    scheduler.alphas_cumprod = schedule.alphas_cumprod
+    scheduler.one = torch.tensor(1.0, dtype=torch.float64)
+
+
+def test_prior_samples_as_diffusers(family):
+    ref_prior, _, ours = family
+    _float64_tables(ref_prior.scheduler, ours.schedules["prior"])
+    g = torch.Generator().manual_seed(0)
+    lat = torch.randn(2, 32, generator=g)
+    out = ref_prior(PROMPTS, num_inference_steps=3, guidance_scale=4.0, latents=lat,
+                    generator=torch.Generator().manual_seed(1), output_type="pt")
+    got = ours.sample_prior(PROMPTS, sampling={"prior_steps": 3}, seed=torch.Generator().manual_seed(1), x_T=lat)
+    want = out.image_embeds
+    assert want.abs().max() > 0.1
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+    # the decoder's null is diffusers' zero-image embedding
+    torch.testing.assert_close(ours.decoder.null_z_i.detach(), out.negative_image_embeds[0], rtol=1e-5, atol=1e-6)
+
+
+def test_decoder_samples_as_diffusers(family):
+    """DDPM on diffusers' leading + 1 timesteps with classifier-free guidance against the zero-image embedding: the
+    latents equal diffusers' (same float64 tables), and MoVQ decodes them as diffusers does."""
+    _, ref_dec, ours = family
+    _float64_tables(ref_dec.scheduler, ours.schedules["decoder"])
+    g = torch.Generator().manual_seed(2)
+    emb, lat = torch.randn(2, 32, generator=g), torch.randn(2, 4, 32, 32, generator=g)
+    neg = ours.decoder.null_z_i.detach()[None].expand(2, -1)
+    want = ref_dec(image_embeds=emb, negative_image_embeds=neg, height=64, width=64, num_inference_steps=4,
+                   guidance_scale=4.0, latents=lat, generator=torch.Generator().manual_seed(3),
+                   output_type="latent").images
+    out = ours.decode(emb, x_T=lat, sampling={"decoder_steps": 4}, seed=torch.Generator().manual_seed(3))
+    got = out.stages["decoder_latents"]
+    assert got.shape == want.shape == (2, 4, 32, 32) and float(want.std()) > 0.1
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+    with torch.no_grad():  # random weights: raw outputs of scale ~30, compared before the [-1, 1] clamp
+        pixels = ref_dec.movq.decode(want, force_not_quantize=True).sample
+        torch.testing.assert_close(ours.autoencoder.decode(want), pixels, rtol=1e-4,
+                                   atol=1e-4 * float(pixels.abs().max()))
+    with torch.inference_mode():
+        torch.testing.assert_close(out.stages["decoder"], ours.autoencoder.decode(got).clamp(-1, 1))
