@@ -11,7 +11,7 @@ import sys
 import warnings
 from typing import Sequence
 
-from explorer.commands import (Command, analysis, binding, dashboard, demo, evaluate, generate, import_karlo,
+from explorer.commands import (Command, analysis, binding, dashboard, demo, evaluate, generate, importers,
                                inspect, shapes, store, train)
 from explorer.store.format import _tool_version
 from explorer.threads import apply_default_threads
@@ -22,7 +22,7 @@ USER_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError, Per
 # every command, in the order `unclip-explorer --help` lists them
 TABLE: tuple[Command, ...] = (*store.COMMANDS, *shapes.COMMANDS, *analysis.COMMANDS, *generate.COMMANDS,
                               *inspect.COMMANDS, *demo.COMMANDS, *evaluate.COMMANDS, *binding.COMMANDS,
-                              *train.COMMANDS, *import_karlo.COMMANDS, *dashboard.COMMANDS)
+                              *train.COMMANDS, *importers.COMMANDS, *dashboard.COMMANDS)
 
 
 # ----------------------------------------------------------------------------------------- main

@@ -146,12 +146,12 @@ def family(tmp_path_factory):
                                           scheduler=prior_sched, image_processor=proc)
     ref_dec = KandinskyV22Pipeline(unet=unet, scheduler=dec_sched, movq=movq)
     ours = UnCLIP.load(import_kandinsky(prior_dir, dec_dir, root / "ours"))
-    return ref_prior, ref_dec, ours
+    return ref_prior, ref_dec, ours, prior_dir, dec_dir
 
 
 def test_import_writes_kandinskys_conventions(family):
     from unclip_core.families.kandinsky import KANDINSKY_CONVENTIONS, KANDINSKY_SAMPLING
-    _, _, ours = family
+    _, _, ours, _, _ = family
     assert ours.conventions == KANDINSKY_CONVENTIONS and ours.sampling == KANDINSKY_SAMPLING
     assert ours.is_latent and ours.resolutions == [64] and ours.x_T_shape(1) == (1, 4, 32, 32)
     info = ours.stage_info["decoder"]
@@ -169,7 +169,7 @@ def _float64_tables(scheduler, schedule):
 
 
 def test_prior_samples_as_diffusers(family):
-    ref_prior, _, ours = family
+    ref_prior, _, ours, _, _ = family
     _float64_tables(ref_prior.scheduler, ours.schedules["prior"])
     g = torch.Generator().manual_seed(0)
     lat = torch.randn(2, 32, generator=g)
@@ -186,7 +186,7 @@ def test_prior_samples_as_diffusers(family):
 def test_decoder_samples_as_diffusers(family):
     """DDPM on diffusers' leading + 1 timesteps with classifier-free guidance against the zero-image embedding: the
     latents equal diffusers' (same float64 tables), and MoVQ decodes them as diffusers does."""
-    _, ref_dec, ours = family
+    _, ref_dec, ours, _, _ = family
     _float64_tables(ref_dec.scheduler, ours.schedules["decoder"])
     g = torch.Generator().manual_seed(2)
     emb, lat = torch.randn(2, 32, generator=g), torch.randn(2, 4, 32, 32, generator=g)
@@ -204,3 +204,35 @@ def test_decoder_samples_as_diffusers(family):
                                    atol=1e-4 * float(pixels.abs().max()))
     with torch.inference_mode():
         torch.testing.assert_close(out.stages["decoder"], ours.autoencoder.decode(got).clamp(-1, 1))
+
+
+def test_cli_import_kandinsky_and_every_analysis_runs_on_it(family, tmp_path, capsys):
+    """`unclip-explorer import kandinsky PRIOR DECODER --out DIR`, then text -> image, variations through the ViT
+    image tower, interpolation with inverted (MoVQ-latent) x_T, a text diff and PCA reconstructions on the tiny model
+    by the same calls as on the bundled family."""
+    import numpy as np
+    from PIL import Image
+    from analyses.interpolation import interpolate
+    from analyses.recon import pca_reconstructions
+    from analyses.text_diff import text_diff
+    from explorer.cli import main
+    _, _, ours, prior_dir, dec_dir = family
+    assert main(["import", "kandinsky", str(prior_dir), str(dec_dir), "--out", str(tmp_path / "k"),
+                 "--dtype", "float16"]) == 0
+    assert "stages prior, decoder, autoencoder + clip/" in capsys.readouterr().out
+    fast = {"prior_steps": 2, "decoder_steps": 3}
+    out = ours.text_to_image(["a red cube"], n=2, sampling=fast, seed=0)
+    assert len(out.images) == 2 and out.images[0].size == (64, 64) and out.settings["sampling"]["decoder_sampler"] == "ddpm"
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    var = ours.variations(img, n=2, sampling=fast, seed=1)
+    assert len(var.images) == 2 and var.z_i.shape == (2, 32)
+    assert float(var.z_i.norm(dim=-1)[0]) != pytest.approx(1.0, abs=1e-3)  # raw image embeddings, as Kandinsky's
+    r = interpolate(ours, img, img.transpose(Image.FLIP_LEFT_RIGHT), n_steps=3, x_T_mode="inverted",
+                    sampling={"decoder_steps": 3, "invert_refine": 1})
+    assert len(r.images) == 3 and r.x_T.shape == (3, 4, 32, 32)
+    td = text_diff(ours, img, "a red cube", "a blue cube", n_steps=2, sampling={"decoder_steps": 3, "invert_refine": 1})
+    assert len(td.images) == 2
+    Z = ours.encode_images([Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)) for _ in range(6)])
+    pr = pca_reconstructions(ours, [img], Z.numpy(), ks=[2, 32], sampling={"decoder_steps": 2})
+    assert len(pr.frame) == 2
