@@ -1,5 +1,7 @@
 """Kandinsky 2.2 on our stages, against diffusers on the tiny random models of diffusers' own Kandinsky 2.2 tests:
 the decoder UNet (image-embedding conditioning, 32 image tokens, learned-variance channels) step for step."""
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -236,3 +238,54 @@ def test_cli_import_kandinsky_and_every_analysis_runs_on_it(family, tmp_path, ca
     Z = ours.encode_images([Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)) for _ in range(6)])
     pr = pca_reconstructions(ours, [img], Z.numpy(), ks=[2, 32], sampling={"decoder_steps": 2})
     assert len(pr.frame) == 2
+
+
+# ---- ECLIPSE: a one-pass prior in place of Kandinsky's -------------------------------------------------------------
+def _eclipse_oracle(ref, pos, x, z_t, hidden, mask):
+    """ECLIPSE's forward from diffusers' PriorTransformer parts: no time token, 77 + 3 positions, -1e4 masks."""
+    import torch.nn.functional as F
+    h = torch.cat([ref.encoder_hidden_states_proj(hidden), ref.embedding_proj(z_t)[:, None], ref.proj_in(x)[:, None],
+                   ref.prd_embedding.expand(x.shape[0], -1, -1)], dim=1) + pos
+    n = h.shape[1]
+    m = F.pad((1 - mask.float()) * -10000.0, (0, 3), value=0.0)
+    m = (m[:, None, :] + torch.full((n, n), -10000.0).triu_(1)[None]).repeat_interleave(ref.config.num_attention_heads, 0)
+    for block in ref.transformer_blocks:
+        h = block(h, attention_mask=m)
+    return ref.proj_to_clip_embeddings(ref.norm_out(h)[:, -1])
+
+
+def test_an_eclipse_prior_replaces_kandinskys_and_equals_its_one_pass(family, tmp_path):
+    import json
+    from diffusers import PriorTransformer
+    from safetensors.torch import save_file
+    from unclip_core.families.eclipse import import_eclipse
+    from unclip_core.pipeline import UnCLIP
+    _, _, ours, _, _ = family
+    torch.manual_seed(0)
+    ref = _randomize(PriorTransformer(num_attention_heads=2, attention_head_dim=12, embedding_dim=32, num_layers=2),
+                     21).eval()
+    pos = torch.randn(1, 77 + 3, 24, generator=torch.Generator().manual_seed(22)) * 0.5
+    state = {k: v for k, v in ref.state_dict().items() if not k.startswith("time_embedding.")}
+    state["positional_embedding"] = pos
+    src = tmp_path / "eclipse"
+    src.mkdir()
+    save_file({k: v.contiguous() for k, v in state.items()}, src / "diffusion_pytorch_model.safetensors")
+    cfg = {**dict(ref.config), "additional_embeddings": 3, "_class_name": "PriorTransformer"}
+    (src / "config.json").write_text(json.dumps(cfg))
+    base = Path(ours.describe()["clip"]).parent
+    pipe = UnCLIP.load(import_eclipse(src, base, tmp_path / "ours-eclipse"))
+    assert pipe.prior.config.time_token is False and pipe.prior.time_embedding is None
+    assert pipe.sampling.prior_sampler == "single_pass" and pipe.sampling.prior_steps == 1
+    assert pipe.conventions == ours.conventions and pipe.autoencoder is not None
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 32, generator=g)
+    z_i = pipe.sample_prior(PROMPTS, x_T=x, seed=0)
+    z_t, hidden, mask = pipe.text_condition(PROMPTS)
+    with torch.no_grad():
+        want = _eclipse_oracle(ref, pos, x, z_t, hidden, mask)
+    assert want.abs().max() > 0.1
+    torch.testing.assert_close(z_i, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
+    with pytest.raises(ValueError, match=r"evaluates its network once: pass 1 step, got 3"):
+        pipe.sample_prior(PROMPTS, sampling={"prior_steps": 3})
+    out = pipe.text_to_image(PROMPTS[:1], sampling={"decoder_steps": 2}, seed=0)
+    assert out.images[0].size == (64, 64)

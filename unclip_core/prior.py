@@ -30,6 +30,9 @@ class PriorConfig:
     dropout: float = 0.0
     use_clip_stats: bool = False
     norm_in: bool = False
+    # the timestep token; False for a prior that is not a diffusion model (ECLIPSE, Patel et al. 2024: one pass
+    # from noise to z_i, trained without timesteps), whose sequence is [text tokens, z_t, z_noisy, final query]
+    time_token: bool = True
 
     def __post_init__(self) -> None:
         for name in ("clip_dim", "width", "n_layers", "n_heads"):
@@ -49,8 +52,8 @@ class PriorConfig:
 
     @property
     def n_tokens(self) -> int:
-        """Sequence length: text tokens + z_t + timestep + z_noisy + final query."""
-        return self.n_text_tokens + 4
+        """Sequence length: text tokens + z_t + timestep (if any) + z_noisy + final query."""
+        return self.n_text_tokens + (4 if self.time_token else 3)
 
 
 class DiffusionPrior(nn.Module):
@@ -66,7 +69,7 @@ class DiffusionPrior(nn.Module):
         if not isinstance(config, PriorConfig):
             raise TypeError(f"config must be a PriorConfig, got {type(config).__name__}")
         self.config = c = config
-        self.time_embedding = TimestepEmbedding(c.width, c.width, c.width)
+        self.time_embedding = TimestepEmbedding(c.width, c.width, c.width) if c.time_token else None
         self.proj_in = nn.Linear(c.clip_dim, c.width)
         self.embedding_proj = nn.Linear(c.clip_dim, c.width)
         self.encoder_hidden_states_proj = nn.Linear(c.text_width, c.width) if c.n_text_tokens else None
@@ -176,8 +179,10 @@ class DiffusionPrior(nn.Module):
         elif text_tokens is not None:
             raise ValueError("text_tokens were given but this prior has n_text_tokens=0 (no caption pathway); "
                              "pass text_tokens=None")
-        tokens += [self.embedding_proj(z_t)[:, None], self.time_embedding(t)[:, None],
-                   self.proj_in(z_noisy)[:, None], self.prd_embedding.expand(B, -1, -1)]
+        tokens.append(self.embedding_proj(z_t)[:, None])
+        if self.time_embedding is not None:
+            tokens.append(self.time_embedding(t)[:, None])
+        tokens += [self.proj_in(z_noisy)[:, None], self.prd_embedding.expand(B, -1, -1)]
         h = torch.cat(tokens, dim=1) + self.positional_embedding  # (B, n_tokens, width)
         # causal and padding masks; every token may see itself so a fully masked row never yields NaN
         eye = torch.eye(c.n_tokens, dtype=torch.bool, device=dev)

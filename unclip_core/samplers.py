@@ -411,6 +411,7 @@ class SamplerSpec:
     variances: tuple[str, ...] = ()
     learned: str | None = None
     clamps_x0: bool = False  # clamps predicted x0 whatever is asked (diffusers' UnCLIPScheduler)
+    single_step: bool = False  # takes exactly one step (a non-diffusion network evaluated once)
 
     def needs_variance(self, variance: str | None) -> bool:
         return self.learned is not None and (variance or self.variances[0]) == self.learned
@@ -461,6 +462,8 @@ def run_sampler(name: str, denoise: Denoiser, x_T: Tensor, schedule: Schedule, s
     sampler's own) or the timesteps themselves; eta and variance only where the sampler takes them."""
     spec = check_sampler_settings(name, eta=eta, variance=variance)
     ts = timesteps(schedule, steps, spacing or spec.spacing)
+    if spec.single_step and len(ts) != 1:
+        raise ValueError(f"sampler {name!r} evaluates its network once: pass 1 step, got {len(ts)}")
     return spec.run(denoise, x_T, schedule, ts, eta=eta, variance=variance, generator=generator, progress=progress,
                     label=label, callback=callback)
 
@@ -486,3 +489,25 @@ register_sampler(SamplerSpec(
     spacing="linspace", honours_eta=False, stochastic=True, variances=("fixed_small_log", "learned_range"),
     learned="learned_range", clamps_x0=True,
     description="Karlo's UnCLIPScheduler: ancestral on linspace steps, learned-range or fixed-small variance"))
+
+
+def sample_single_pass(denoise: Denoiser, x_T: Tensor, schedule: Schedule, steps: int | Tensor = 1, *,
+                       progress: bool = False, label: str | None = None, callback: Callback | None = None) -> Tensor:
+    """One evaluation of a network that maps noise to a sample in one pass (ECLIPSE priors, Patel et al. 2024):
+    x0 = denoise(x_T, t) at the single timestep (which such a network does not read)."""
+    schedule = check_schedule(schedule)
+    x = check_x("x_T", x_T)
+    ts = timesteps(schedule, steps, "trailing")
+    if len(ts) != 1:
+        raise ValueError(f"a single-pass sample takes 1 step, got {len(ts)}")
+    for j in progress_steps(range(1), progress, "single pass", label):
+        x = call_denoiser(denoise, x, ts[0])
+        _report(callback, j, ts[0], x)
+    return x
+
+
+register_sampler(SamplerSpec(
+    "single_pass", lambda d, x, sch, ts, *, eta, variance, generator, progress, label, callback: sample_single_pass(
+        d, x, sch, ts, progress=progress, label=label, callback=callback),
+    spacing="trailing", honours_eta=False, stochastic=False, single_step=True,
+    description="one network evaluation from noise: non-diffusion priors (ECLIPSE)"))

@@ -1,5 +1,6 @@
-"""`unclip-explorer import karlo PATH --out DIR` and `unclip-explorer import kandinsky PRIOR DECODER --out DIR`:
-convert a family's local folders (diffusers layout) into our pipeline format (unclip_core.families)."""
+"""`unclip-explorer import karlo PATH --out DIR`, `import kandinsky PRIOR DECODER --out DIR` and `import eclipse PRIOR
+--onto PIPELINE --out DIR`: convert a family's local folders (diffusers layout) into our pipeline format
+(unclip_core.families)."""
 from __future__ import annotations
 
 import argparse
@@ -31,6 +32,10 @@ def _run(args: argparse.Namespace) -> int:
         from unclip_core.families.karlo import import_karlo
         return _report(f"Karlo {args.path}", import_karlo(args.path, args.out, overwrite=args.overwrite,
                                                           dtype=args.dtype))
+    if args.import_kind == "eclipse":
+        from unclip_core.families.eclipse import import_eclipse
+        out = import_eclipse(args.prior, args.onto, args.out, overwrite=args.overwrite, dtype=args.dtype)
+        return _report(f"the ECLIPSE prior {args.prior} onto {args.onto}", out)
     from unclip_core.families.kandinsky import import_kandinsky
     out = import_kandinsky(args.prior, args.decoder, args.out, overwrite=args.overwrite, dtype=args.dtype)
     return _report(f"Kandinsky 2.2 {args.prior} + {args.decoder}", out)
@@ -38,7 +43,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _import_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("import", help="convert third-party checkpoints into our format")
-    isub = p.add_subparsers(dest="import_kind", metavar="{karlo,kandinsky}", required=True)
+    isub = p.add_subparsers(dest="import_kind", metavar="{karlo,kandinsky,eclipse}", required=True)
     k = isub.add_parser("karlo", help="Karlo (kakaobrain/karlo-v1-alpha) in diffusers layout",
                         description="Map every tensor of a local Karlo folder onto our prior, decoder and upsamplers; "
                                     "copy its CLIP text encoder; write DIR atomically.")
@@ -53,6 +58,13 @@ def _import_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                                                       "image_encoder/, image_processor/, scheduler/)")
     d.add_argument("decoder", metavar="DECODER_DIR", help="kandinsky-2-2-decoder (unet/, movq/, scheduler/)")
     _common(d)
+    e = isub.add_parser("eclipse", help="an ECLIPSE prior onto an imported Kandinsky 2.2 or Karlo pipeline",
+                        description="Put a one-pass ECLIPSE prior (ECLIPSE_KandinskyV22_Prior, ECLIPSE_Karlo_Prior) in "
+                                    "place of the prior of an imported pipeline folder, copied to DIR.")
+    e.add_argument("prior", metavar="PRIOR_DIR", help="the ECLIPSE prior folder (config.json + weights)")
+    e.add_argument("--onto", required=True, metavar="PIPELINE_DIR",
+                   help="an imported Kandinsky 2.2 (import kandinsky) or Karlo (import karlo) pipeline folder")
+    _common(e)
     return p
 
 
