@@ -100,53 +100,20 @@ def test_the_prior_is_karlos_architecture_and_equals_diffusers():
 
 
 # ---- the whole family: import and sample as diffusers' KandinskyV22PriorPipeline + KandinskyV22Pipeline --------
-TINY_MOVQ = dict(block_out_channels=[32, 64], down_block_types=["DownEncoderBlock2D", "AttnDownEncoderBlock2D"],
-                 in_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=8, norm_type="spatial",
-                 num_vq_embeddings=12, out_channels=3, up_block_types=["AttnUpDecoderBlock2D", "UpDecoderBlock2D"],
-                 vq_embed_dim=4)
 PROMPTS = ["a red cube", "a photo of the cat on the left of a small dog"]
 
 
 @pytest.fixture(scope="module")
 def family(tmp_path_factory):
-    """(diffusers prior pipeline, diffusers decoder pipeline, our imported pipeline) of one tiny random Kandinsky."""
+    """(diffusers prior pipeline, diffusers decoder pipeline, our imported pipeline, prior folder, decoder folder) of
+    one tiny random Kandinsky 2.2 (diffusers' fast-test widths; benchmarks/kandinsky.py builds it)."""
     import sys
-    from pathlib import Path
-    from diffusers import (DDPMScheduler, KandinskyV22Pipeline, KandinskyV22PriorPipeline, PriorTransformer,
-                           UNet2DConditionModel, UnCLIPScheduler, VQModel)
-    from transformers import (CLIPImageProcessor, CLIPTextConfig, CLIPTextModelWithProjection, CLIPVisionConfig,
-                              CLIPVisionModelWithProjection)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from benchmarks import karlo as kb
+    from benchmarks.kandinsky import build_random_kandinsky
     from unclip_core.families.kandinsky import import_kandinsky
     from unclip_core.pipeline import UnCLIP
     root = tmp_path_factory.mktemp("kandinsky")
-    prior_dir, dec_dir = root / "prior", root / "decoder"
-    tok = kb.write_tokenizer(prior_dir / "tokenizer")
-    torch.manual_seed(0)
-    text = _randomize(CLIPTextModelWithProjection(CLIPTextConfig(
-        vocab_size=len(tok), hidden_size=32, projection_dim=32, intermediate_size=37, num_attention_heads=4,
-        num_hidden_layers=2, max_position_embeddings=77, eos_token_id=tok.eos_token_id)), 11).eval()
-    vision = _randomize(CLIPVisionModelWithProjection(CLIPVisionConfig(
-        hidden_size=32, image_size=32, projection_dim=32, intermediate_size=37, num_attention_heads=4,
-        num_hidden_layers=2, patch_size=8)), 12).eval()
-    proc = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    prior = _randomize(PriorTransformer(num_attention_heads=2, attention_head_dim=12, embedding_dim=32,
-                                        num_layers=1), 13).eval()
-    prior_sched = UnCLIPScheduler(variance_type="fixed_small_log", prediction_type="sample", num_train_timesteps=1000,
-                                  clip_sample=True, clip_sample_range=10.0)
-    unet = _randomize(UNet2DConditionModel(**TINY_UNET), 14).eval()
-    movq = _randomize(VQModel(**TINY_MOVQ), 15).eval()
-    dec_sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=0.00085, beta_end=0.012,
-                              clip_sample=False, steps_offset=1, prediction_type="epsilon", thresholding=False)
-    for obj, folder in ((text, prior_dir / "text_encoder"), (vision, prior_dir / "image_encoder"),
-                        (proc, prior_dir / "image_processor"), (prior, prior_dir / "prior"),
-                        (prior_sched, prior_dir / "scheduler"), (unet, dec_dir / "unet"), (movq, dec_dir / "movq"),
-                        (dec_sched, dec_dir / "scheduler")):
-        obj.save_pretrained(folder)
-    ref_prior = KandinskyV22PriorPipeline(prior=prior, image_encoder=vision, text_encoder=text, tokenizer=tok,
-                                          scheduler=prior_sched, image_processor=proc)
-    ref_dec = KandinskyV22Pipeline(unet=unet, scheduler=dec_sched, movq=movq)
+    prior_dir, dec_dir, ref_prior, ref_dec = build_random_kandinsky(root / "src", "tiny")
     ours = UnCLIP.load(import_kandinsky(prior_dir, dec_dir, root / "ours"))
     return ref_prior, ref_dec, ours, prior_dir, dec_dir
 
