@@ -394,3 +394,39 @@ def test_generate_on_a_karlo_folder_samples_with_karlos_settings(karlo, tmp_path
     assert main(["generate", "a red cube", "--model", str(karlo[1]), "--out", str(tmp_path / "i"),
                  "--eta", "0.5"]) == 2
     assert "sampler 'unclip' does not take eta" in capsys.readouterr().err
+
+
+def test_every_analysis_runs_on_karlo_with_an_image_tower(karlo, tmp_path):
+    """Karlo's download has no image tower; with one beside its text tower (clip/image_encoder, as OpenAI ViT-L/14
+    would be) variations, inverted interpolation, text diffs and PCA reconstructions run by the same calls."""
+    import numpy as np
+    from PIL import Image
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+    from analyses.interpolation import interpolate
+    from analyses.recon import pca_reconstructions
+    from analyses.text_diff import text_diff
+    folder = shutil.copytree(karlo[1], tmp_path / "karlo-with-eyes")
+    torch.manual_seed(0)
+    vision = kb.randomize(CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=32, image_size=32, projection_dim=32, intermediate_size=37, num_attention_heads=4,
+        num_hidden_layers=2, patch_size=8)), 7).eval()
+    vision.save_pretrained(folder / "clip" / "image_encoder")
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
+        folder / "clip" / "image_processor")
+    pipe = UnCLIP.load(folder)
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    fast = {"prior_steps": 2, "decoder_steps": 3, "upsampler_steps": (2,)}
+    var = pipe.variations(img, n=2, sampling=fast, upsample=False, seed=0)
+    assert len(var.images) == 2 and var.settings["sampling"]["decoder_sampler"] == "unclip"
+    r = interpolate(pipe, img, img.transpose(Image.FLIP_LEFT_RIGHT), n_steps=3, x_T_mode="inverted", upsample=False,
+                    sampling={"decoder_steps": 3, "invert_refine": 1})
+    assert len(r.images) == 3 and r.x_T.shape == (3, 3, 16, 16)
+    c = interpolate(pipe, "a red cube", "a blue ball", n_steps=2, upsample=False, sampling=fast)
+    assert len(c.images) == 2
+    td = text_diff(pipe, img, "a red cube", "a blue cube", n_steps=2, upsample=False,
+                   sampling={"decoder_steps": 3, "invert_refine": 1})
+    assert len(td.images) == 2
+    Z = pipe.encode_images([Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)) for _ in range(5)])
+    pr = pca_reconstructions(pipe, [img], Z.numpy(), ks=[2, 32], sampling={"decoder_steps": 2}, upsample=False)
+    assert len(pr.frame) == 2
