@@ -428,3 +428,28 @@ def test_dashboard_process_is_the_server(monkeypatch, pipe_dir, capsys):
     (path, argv, env), = calls
     assert path == sys.executable and argv[1:4] == ["-m", "streamlit", "run"]
     assert f"server PID {os.getpid()}" in capsys.readouterr().out
+
+
+def test_latent_lab_runs_on_an_imported_kandinsky(monkeypatch, tmp_path):
+    """The latent lab on another family: the sidebar's sampling widget starts at the folder's own settings
+    (Kandinsky 2.2: DDPM decoder, "unclip" prior, guidance 4) and text -> image runs through prior, decoder, MoVQ."""
+    pytest.importorskip("diffusers")
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.kandinsky import build_random_kandinsky
+    from unclip_core.families.kandinsky import import_kandinsky
+    prior_dir, dec_dir, _, _ = build_random_kandinsky(tmp_path / "src", "tiny")
+    folder = import_kandinsky(prior_dir, dec_dir, tmp_path / "k22")
+    monkeypatch.setenv(S.ENV_MODEL, str(folder))
+    monkeypatch.delenv(S.ENV_STORE, raising=False)
+    at = page("latent_lab")
+    at.run()
+    no_errors(at)
+    assert at.selectbox(key="sampling_decoder_sampler").value == "ddpm"
+    assert at.number_input(key="sampling_decoder_guidance").value == 4.0
+    at.slider(key="sampling_decoder_steps").set_value(2)
+    at.slider(key="sampling_prior_steps").set_value(2)
+    at.button(key="t2i_go").click().run()
+    no_errors(at)
+    shown = at.session_state["t2i"]
+    assert shown.settings["sampling"]["decoder_sampler"] == "ddpm" and shown.images[0].size == (64, 64)
