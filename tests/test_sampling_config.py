@@ -341,3 +341,16 @@ def test_cli_option_groups_follow_the_stages_a_command_runs():
             _parser().parse_args(argv)
     for p in (_parser(), _parser(invert=True)):
         assert all(a.default is None for a in p._actions if a.dest in full and a.dest != "help")
+
+
+def test_precision_autocasts_the_networks_and_is_recorded(pipe):
+    """precision="bf16" runs the networks under bfloat16 autocast: images close to float32's, recorded; a
+    precision the config does not know is refused."""
+    z = torch.nn.functional.normalize(torch.randn(2, 16, generator=torch.Generator().manual_seed(0)), dim=-1)
+    a = pipe.decode(z, sampling={"decoder_steps": 3}, upsample=False, seed=0)
+    b = pipe.decode(z, sampling={"decoder_steps": 3, "precision": "bf16"}, upsample=False, seed=0)
+    assert b.settings["sampling"]["precision"] == "bf16" and a.settings["sampling"]["precision"] == "fp32"
+    diff = (a.stages["decoder"] - b.stages["decoder"]).abs()
+    assert 0 < float(diff.mean()) < 0.05, float(diff.mean())
+    with pytest.raises(ValueError, match=r"precision='int8' is not known; accepted: 'fp32', 'bf16', 'fp16'"):
+        SamplingConfig(precision="int8")

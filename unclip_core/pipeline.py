@@ -10,6 +10,7 @@ decoded to pixels before anything else sees it, so upsamplers, outputs and calle
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -388,7 +389,7 @@ class UnCLIP:
         prior = self.prior
         expanded = [p for p in prompts for _ in range(n * best_of)]
         x_T = self._noise(x_T, (len(expanded), prior.config.clip_dim), g, "x_T")
-        with torch.inference_mode():
+        with torch.inference_mode(), self._autocast(sc):
             cond, uncond, z_t = self.conventions.text_conditioning.prior(self, expanded)
             net = classifier_free_guidance(prior, cond, uncond, guidance)
             info = self.stage_info["prior"]
@@ -422,6 +423,13 @@ class UnCLIP:
                            eta=eta,
                            variance=self.stage_variance(stage, sampler), generator=generator, progress=progress,
                            label=stage)
+
+    def _autocast(self, sampling: SamplingConfig):
+        """The networks' precision (SamplingConfig.precision): autocast on the pipeline's device, or nothing."""
+        if sampling.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if sampling.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
 
     def stage_timesteps(self, stage: str, sampler: str, steps: int | Tensor) -> Tensor:
         """The timesteps `sampler` walks for `stage`: `steps` of its spacing (or given ones), plus the stage's
@@ -548,7 +556,7 @@ class UnCLIP:
         clip_denoised = self.clip_denoised_rule(sc.clip_denoised, x_T_given=given, sampler=sc.decoder_sampler)
         g, seed = generator(seed)
         x_T = self._check_x_T(x_T, z_i.shape[0], g)
-        with torch.inference_mode():
+        with torch.inference_mode(), self._autocast(sc):
             denoise = self._decoder_denoiser(z_i, prompt_list, sc.decoder_guidance, clip_denoised=clip_denoised,
                                              with_variance=self._with_variance("decoder", sc.decoder_sampler))
             x = self._run_sampler(denoise, x_T.to(self.device), steps=sc.decoder_steps, sampler=sc.decoder_sampler,
@@ -594,7 +602,7 @@ class UnCLIP:
         denoise = model_to_denoiser(net, self.schedules[stage], info.prediction, info.clip_x0,
                                     with_variance=self._with_variance(stage, sampler))
         x_T = self._noise(x_T, (B, 3, h * f, w * f), g, f"noise[{stage!r}]")
-        with torch.inference_mode():
+        with torch.inference_mode(), self._autocast(sc):
             return self._run_sampler(denoise, x_T.to(self.device), steps=ts, sampler=sampler, eta=0.0,
                                      generator=g, progress=progress, stage=stage).clamp(-1, 1)
 
@@ -663,7 +671,7 @@ class UnCLIP:
         sc = check_sampling(sampling, self.sampling)
         steps, guidance, refine = sc.decoder_steps, sc.invert_guidance, sc.invert_refine
         z_i = self.encode_images(images)
-        with torch.inference_mode():
+        with torch.inference_mode(), self._autocast(sc):
             x0 = self._to_latents(self._decoder_input(images).to(self.device))
             # the unclamped ODE that decode(z_i, x_T=x_T) runs back (clip_denoised_rule with x_T given)
             denoise = self._decoder_denoiser(z_i, None, guidance, clip_denoised=False)
@@ -714,7 +722,7 @@ class UnCLIP:
             z_i = (self.sample_prior([prompt], n=1, sampling=sc, seed=g, progress=progress) if prompt is not None
                    else self.encode_images([image]))
         z_i = self._check_z_i(z_i)[:1].expand(n, -1)
-        with torch.inference_mode():
+        with torch.inference_mode(), self._autocast(sc):
             x0 = self._to_latents(self._decoder_input([image]).to(self.device)).expand(n, -1, -1, -1)
             if self.autoencoder is not None:
                 m = F.max_pool2d(m, self.autoencoder.config.factor)  # (1, 1, h, h): any regenerated pixel

@@ -78,7 +78,7 @@ SAMPLING_OPTIONS: dict[str, str] = {
     "prior_sampler": "prior_sampler", "prior_steps": "prior_steps", "prior_guidance": "prior_guidance",
     "best_of": "best_of", "sampler": "decoder_sampler", "steps": "decoder_steps", "guidance": "decoder_guidance",
     "eta": "eta", "invert_guidance": "invert_guidance", "refine": "invert_refine",
-    "upsampler_sampler": "upsampler_sampler", "upsampler_steps": "upsampler_steps",
+    "upsampler_sampler": "upsampler_sampler", "upsampler_steps": "upsampler_steps", "precision": "precision",
 }
 
 
@@ -110,6 +110,8 @@ def add_sampling_args(p: argparse.ArgumentParser, *, prior: bool = True, decoder
                             "reconstruct the input)")
         g.add_argument("--refine", type=nonnegative_int, default=None,
                        help="fixed-point iterations per inversion step")
+    g.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None,
+                   help="the networks' arithmetic (bf16 / fp16 autocast; samplers stay float32)")
     if upsampler:
         g.add_argument("--upsampler-sampler", choices=names, default=None, help="the upsamplers' sampler")
         g.add_argument("--upsampler-steps", type=positive_int, nargs="+", default=None, metavar="N",
