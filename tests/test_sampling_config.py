@@ -27,7 +27,7 @@ FIELDS = [f.name for f in dataclasses.fields(SamplingConfig)]
 def test_fields_are_the_documented_ones():
     assert FIELDS == ["prior_sampler", "prior_steps", "prior_guidance", "best_of", "decoder_sampler", "decoder_steps",
                       "decoder_guidance", "eta", "clip_denoised", "invert_guidance", "invert_refine",
-                      "upsampler_sampler", "upsampler_steps"]
+                      "upsampler_sampler", "upsampler_steps", "precision"]
 
 
 def test_unknown_field_names_are_refused_with_the_list_of_fields():
@@ -208,11 +208,11 @@ def _x_T(seed=0):
 
 
 def test_registry_lists_every_sampler():
-    assert sampler_names() == ("ddim", "ddpm", "dpmpp_2m", "unclip") == tuple(SAMPLERS)
+    assert sampler_names() == ("ddim", "ddpm", "dpmpp_2m", "unclip", "single_pass") == tuple(SAMPLERS)
     assert [n for n in sampler_names() if get_sampler(n).honours_eta] == ["ddim"]
     assert get_sampler("ddim").spacing == "trailing" and get_sampler("unclip").spacing == "linspace"
     with pytest.raises(ValueError, match="sampler='euler' is not known; accepted: 'ddim', 'ddpm', 'dpmpp_2m', "
-                                         "'unclip'"):
+                                         "'unclip', 'single_pass'"):
         get_sampler("euler")
 
 
