@@ -278,3 +278,38 @@ def test_binding_generate_runs_on_kandinsky(family, tmp_path):
     gen = pd.read_csv(out / "generation.csv")
     assert len(gen) == 4 and set(gen["path"]) == {"prior", "true_z_i"}
     assert json.loads((out / "settings.json").read_text())["pipeline"]["conventions"]["text"] == "empty_prompt"
+
+
+def test_text_to_image_end_to_end_as_diffusers_prior_then_decoder(family):
+    """text_to_image with fixed noises equals diffusers' prior pipeline followed by its decoder pipeline (the
+    combined pipeline's order, one generator), with our float64 tables in both schedulers."""
+    ref_prior, ref_dec, ours, _, _ = family
+    _float64_tables(ref_prior.scheduler, ours.schedules["prior"])
+    _float64_tables(ref_dec.scheduler, ours.schedules["decoder"])
+    g = torch.Generator().manual_seed(8)
+    prior_lat, lat = torch.randn(2, 32, generator=g), torch.randn(2, 4, 32, 32, generator=g)
+    gen = torch.Generator().manual_seed(9)
+    pr = ref_prior(PROMPTS, num_inference_steps=3, guidance_scale=4.0, latents=prior_lat, generator=gen,
+                   output_type="pt")
+    want = ref_dec(image_embeds=pr.image_embeds, negative_image_embeds=pr.negative_image_embeds, height=64, width=64,
+                   num_inference_steps=4, guidance_scale=4.0, latents=lat, generator=gen, output_type="latent").images
+    out = ours.text_to_image(PROMPTS, sampling={"prior_steps": 3, "decoder_steps": 4},
+                             seed=torch.Generator().manual_seed(9), noise={"prior": prior_lat, "decoder": lat})
+    got = out.stages["decoder_latents"]
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+
+
+def test_variations_encode_through_the_image_tower_as_diffusers(family):
+    """An image's embedding: our preprocessing (PIL bicubic resize, centre crop, OpenAI normalisation) against
+    CLIPImageProcessor + the image tower; the two resize kernels differ slightly (cosine > 0.999)."""
+    import numpy as np
+    from PIL import Image
+    ref_prior, _, ours, _, _ = family
+    rng = np.random.default_rng(1)
+    images = [Image.fromarray(rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)) for _ in range(2)]
+    with torch.no_grad():
+        pixels = ref_prior.image_processor(images=images, return_tensors="pt").pixel_values
+        want = ref_prior.image_encoder(pixels).image_embeds
+    got = ours.encode_images(images)
+    assert torch.nn.functional.cosine_similarity(got, want).min() > 0.999
+    assert float(got.norm(dim=-1).mean()) == pytest.approx(float(want.norm(dim=-1).mean()), rel=1e-2)
