@@ -108,6 +108,9 @@ def query_vectors(store: EmbeddingStore, text: str | Sequence[str] | None = None
     if name == "id":
         ids = [value] if isinstance(value, str) else list(value)
         return np.asarray(store.vectors[[store.row_of(i) for i in ids]], dtype=np.float32)
+    if model is None and store.model_spec is None:
+        raise ValueError(f"the store at {store.path} records no CLIP model (a clip-retrieval folder names none): pass "
+                         "the model its embeddings come from, model=SPEC (--model SPEC)")
     encoder = load_encoder(model if model is not None else store.model_spec)
     store.check_model(encoder.model_id, encoder.spec)
     from explorer.store.format import _as_numpy
