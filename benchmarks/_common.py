@@ -67,3 +67,16 @@ def machine_info(device: str | torch.device = "cpu") -> dict[str, Any]:
 def write_json_atomic(path: str | Path, obj: Any) -> Path:
     """Write `obj` as JSON to a temporary file beside `path`, then rename it into place."""
     return write_json(path, obj, fsync=False)
+
+
+def report_ours_vs_diffusers(times: dict[str, list[float]], *, what: str, difference: str,
+                             json_path: str | None, payload: dict[str, Any], device: str) -> float:
+    """Print the medians and the ratio ours / diffusers of an interleaved timing; write `payload` + them to JSON."""
+    sec = {k: median(v) for k, v in times.items()}
+    ratio = sec["ours"] / sec["diffusers"]
+    print(f"seconds per image ({what}, median of {len(times['ours'])}): ours {sec['ours']:.3f}, diffusers "
+          f"{sec['diffusers']:.3f}; ratio ours/diffusers {ratio:.3f} (ours {1 / ratio:.2f}x as fast); {difference}")
+    if json_path:
+        write_json_atomic(Path(json_path), {**payload, "seconds": times, "ratio": ratio,
+                                            "machine": machine_info(device)})
+    return ratio

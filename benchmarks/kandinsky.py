@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: steadier on a shared CPU)")
     p.add_argument("--json", metavar="PATH", help="also write the results here")
     args = p.parse_args(argv)
-    from benchmarks._common import machine_info, median, time_interleaved, write_json_atomic
+    from benchmarks._common import report_ours_vs_diffusers, time_interleaved
     from unclip_core.families.kandinsky import import_kandinsky
     from unclip_core.pipeline import UnCLIP
     torch.set_num_threads(args.threads)
@@ -165,16 +165,12 @@ def main(argv: list[str] | None = None) -> int:
 
         times = time_interleaved({"ours": run_ours, "diffusers": run_diffusers}, args.repeats, warmup=1,
                                  device=args.device)
-    sec = {k: median(v) for k, v in times.items()}
     diff = float((out["ours"] - out["diffusers"]).abs().mean() / out["diffusers"].abs().mean())
-    ratio = sec["ours"] / sec["diffusers"]
-    print(f"seconds per image (median of {args.repeats}, prior 25 + decoder {args.decoder_steps} steps, {px}px): "
-          f"ours {sec['ours']:.3f}, diffusers {sec['diffusers']:.3f}; ratio ours/diffusers {ratio:.3f} "
-          f"(ours {1 / ratio:.2f}x as fast); mean relative latent difference {diff:.1e} (diffusers' float32 tables)")
-    if args.json:
-        write_json_atomic(Path(args.json), {"size": args.size, "dtype": args.dtype, "parameters": n_params,
-                                            "seconds": times, "ratio": ratio, "mean_rel_latent_diff": diff,
-                                            "machine": machine_info(args.device)})
+    report_ours_vs_diffusers(times, what=f"prior 25 + decoder {args.decoder_steps} steps, {px}px",
+                             difference=f"mean relative latent difference {diff:.1e} (diffusers' float32 tables)",
+                             json_path=args.json, device=args.device,
+                             payload={"size": args.size, "dtype": args.dtype, "parameters": n_params,
+                                      "mean_rel_latent_diff": diff})
     return 0
 
 

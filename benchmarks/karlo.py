@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: steadier on a shared CPU)")
     p.add_argument("--json", metavar="PATH", help="also write the results here")
     args = p.parse_args(argv)
-    from benchmarks._common import machine_info, median, time_interleaved, write_json_atomic
+    from benchmarks._common import report_ours_vs_diffusers, time_interleaved
     from unclip_core.families.karlo import import_karlo
     from unclip_core.pipeline import UnCLIP
     torch.set_num_threads(args.threads)
@@ -230,16 +230,12 @@ def main(argv: list[str] | None = None) -> int:
 
         times = time_interleaved({"ours": timed("ours"), "diffusers": timed("diffusers")}, args.repeats,
                                  warmup=1, device=args.device)
-    sec = {k: median(v) for k, v in times.items()}
     diff = float((images["ours"] - images["diffusers"]).abs().mean())
-    ratio = sec["ours"] / sec["diffusers"]
-    print(f"seconds per image (median of {args.repeats}, prior 25 + decoder 25 + super-res 7 steps): "
-          f"ours {sec['ours']:.3f}, diffusers {sec['diffusers']:.3f}; ratio ours/diffusers {ratio:.3f}; "
-          f"mean |image difference| {diff:.1e} (diffusers' float32 scheduler tables)")
-    if args.json:
-        write_json_atomic(Path(args.json), {"size": args.size, "dtype": args.dtype, "parameters": n_params,
-                                            "seconds": times, "ratio": ratio, "mean_abs_diff": diff,
-                                            "machine": machine_info(args.device)})
+    report_ours_vs_diffusers(times, what="prior 25 + decoder 25 + super-res 7 steps",
+                             difference=f"mean |image difference| {diff:.1e} (diffusers' float32 scheduler tables)",
+                             json_path=args.json, device=args.device,
+                             payload={"size": args.size, "dtype": args.dtype, "parameters": n_params,
+                                      "mean_abs_diff": diff})
     return 0
 
 

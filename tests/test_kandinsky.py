@@ -21,17 +21,10 @@ TINY_UNET = dict(in_channels=4, out_channels=8, addition_embed_type="image",
 
 
 def _randomize(model, seed):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g)
-            if p.ndim == 1 and "norm" in name and name.endswith("weight"):
-                p.copy_(1.0 + 0.1 * noise)
-            elif p.ndim == 1:
-                p.copy_(0.1 * noise)
-            else:
-                p.copy_(noise / max(p[0].numel(), 1) ** 0.5)
-    return model
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.kandinsky import randomize
+    return randomize(model, seed)
 
 
 @pytest.fixture(scope="module")
