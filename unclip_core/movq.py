@@ -12,7 +12,6 @@ autoencoder: `encode`, `decode`, and `config.{in_channels, latent_channels, late
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -120,9 +119,8 @@ class _Attention(nn.Module):
         B, C, H, W = x.shape
         h = self.spatial_norm(x, zq) if hasattr(self, "spatial_norm") else self.group_norm(x)
         h = h.reshape(B, C, H * W).transpose(1, 2)  # (B, HW, C)
-        q, k, v = self.to_q(h), self.to_k(h), self.to_v(h)
-        attn = torch.softmax((q.float() @ k.float().transpose(1, 2)) / math.sqrt(C), dim=-1).to(q.dtype)
-        h = self.to_out[0](attn @ v)
+        q, k, v = (f(h)[:, None] for f in (self.to_q, self.to_k, self.to_v))  # (B, 1 head, HW, C)
+        h = self.to_out[0](F.scaled_dot_product_attention(q, k, v)[:, 0])  # softmax(q k^T / sqrt(C)) v, fused
         return h.transpose(1, 2).reshape(B, C, H, W) + x
 
 
