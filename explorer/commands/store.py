@@ -100,6 +100,32 @@ def _models_run(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = [Command("embed", _embed_parser, _embed_run),
+# ----------------------------------------------------------------------------------------- index
+def _index_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("index", help="approximate-neighbour (faiss) indexes of a store",
+                       description="Build a faiss index of a store's vectors and save it beside them (STORE/index/); "
+                                   "`neighbors` uses it while it is fresh, and searches exactly when the store has "
+                                   "been appended to since (a warning says so).")
+    isub = p.add_subparsers(dest="index_command", metavar="{build}", required=True)
+    b = isub.add_parser("build", help="train and fill a faiss index of STORE")
+    b.add_argument("store", metavar="STORE")
+    b.add_argument("--key", default=None, help="faiss factory key, e.g. IVF1024,Flat, IVF4096,PQ64, HNSW32,Flat "
+                                               "(default: Flat below 10,000 rows, IVF{4 sqrt(n)},Flat above)")
+    b.add_argument("--train-rows", type=_args.positive_int, default=200_000, help="rows drawn to train the index")
+    b.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def _index_run(args: argparse.Namespace) -> int:
+    from explorer.store import open_store
+    from explorer.store.index import build_index
+    store = open_store(args.store)
+    folder = build_index(store, args.key, train_rows=args.train_rows, progress=not args.no_progress)
+    meta = json.loads((folder / "index.json").read_text())
+    print(f"{folder}: {meta['key']} over {meta['n']} rows (search {meta['params'] or 'exhaustive'})")
+    return 0
+
+
+COMMANDS = [Command("embed", _embed_parser, _embed_run), Command("index", _index_parser, _index_run),
             Command("neighbors", _neighbors_parser, _neighbors_run),
             Command("models", _models_parser, _models_run)]

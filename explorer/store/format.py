@@ -412,6 +412,7 @@ class EmbeddingStore(SearchMixin):
         _write_json(self.path / MANIFEST, manifest)  # the commit point
         self._manifest = manifest
         self._vectors = self._metadata = self._row_of_id = self._inv_norm = None
+        self.__dict__.pop("_ann", None)  # a saved faiss index is stale now (load_index says so)
         live = {vectors_file, metadata_file}
         for p in self.path.iterdir():  # old generation, and files of a write that was killed mid-way
             stale_data = p.name.startswith(("vectors-", "metadata-")) and p.name not in live

@@ -25,6 +25,13 @@ class SearchMixin:
     _inv_norm: np.ndarray | None
 
     # -- nearest neighbours -------------------------------------------------------------------------
+    def ann_index(self):  # noqa: ANN201 (explorer.store.index.LoadedIndex | None)
+        """The store's saved faiss index when fresh (loaded once per store object), else None."""
+        if not hasattr(self, "_ann"):
+            from explorer.store.index import load_index
+            self._ann = load_index(self)
+        return self._ann
+
     def _inverse_norms(self, block_rows: int = NEIGHBOR_BLOCK_ROWS) -> np.ndarray:
         """1 / |z| per row (float32, cached on this object: 4 bytes a row)."""
         if self._inv_norm is None:
@@ -38,10 +45,12 @@ class SearchMixin:
         return self._inv_norm
 
     def search(self, query_vectors: np.ndarray, k: int = 10,
-               block_rows: int = NEIGHBOR_BLOCK_ROWS) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top-k cosine similarity by a blocked matmul over the memmap: (scores (q, k), rows (q, k)).
+               block_rows: int = NEIGHBOR_BLOCK_ROWS, *, exact: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k cosine similarity: (scores (q, k), rows (q, k)).
 
-        Ties are broken by the lower row. k larger than the store returns every row.
+        exact=None uses the store's faiss index when one is saved and fresh (explorer.store.index; a stale one
+        warns), else the exact search; True always the exact one: a blocked matmul over the memmap, ties broken by
+        the lower row. k larger than the store returns every row.
         """
         k = check_positive_int("k", k)
         block_rows = check_positive_int("block_rows", block_rows)
@@ -52,6 +61,10 @@ class SearchMixin:
             raise ValueError(f"the store at {self.path} is empty; embed items into it first")
         q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
         k = min(k, self.count)
+        if not exact:
+            ann = self.ann_index()
+            if ann is not None:
+                return ann.search(q, k)
         n_q = len(q)
         best_s = np.full((n_q, 0), -np.inf, dtype=np.float32)
         best_r = np.zeros((n_q, 0), dtype=np.int64)
@@ -81,9 +94,10 @@ class SearchMixin:
             best_s, best_r = np.stack(cand_s), np.stack(cand_r)
         return best_s, best_r
 
-    def neighbors(self, query_vectors: np.ndarray, k: int = 10) -> pd.DataFrame:
-        """Exact cosine nearest neighbours as a tidy DataFrame: query, rank, score, row, id, kind, source."""
-        scores, rows = self.search(query_vectors, k=k)
+    def neighbors(self, query_vectors: np.ndarray, k: int = 10, *, exact: bool | None = None) -> pd.DataFrame:
+        """Cosine nearest neighbours as a tidy DataFrame: query, rank, score, row, id, kind, source (exact: as
+        `search`; the faiss index when one is saved and fresh)."""
+        scores, rows = self.search(query_vectors, k=k, exact=exact)
         meta = self.metadata
         n_q, k_eff = rows.shape
         flat = rows.ravel()
