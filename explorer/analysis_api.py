@@ -28,7 +28,7 @@ from explorer.grids import make_grid, save_grid, write_report
 from unclip_core.atomic import write_text
 from explorer.api import load_pipeline
 from explorer.records import run_record, save_png, write_record
-from explorer.store import EmbeddingStore, open_store
+from explorer.store import ClipRetrievalStore, EmbeddingStore, open_store
 from unclip_core.checks import check_choice, check_embeddings, check_same_dim
 from unclip_core.sampling import SamplingConfig
 
@@ -200,7 +200,7 @@ def project(store: EmbeddingStore | str | Path, method: str = "umap", n_componen
 
 def _embeddings(name: str, x: Any, kind: str | None) -> tuple[np.ndarray, dict[str, Any]]:
     """(n, dim) float array and a description, from a store, a store folder or an array."""
-    if isinstance(x, (EmbeddingStore, str, Path)):
+    if isinstance(x, (EmbeddingStore, ClipRetrievalStore, str, Path)):
         store = open_store(x, name)
         Z, _ = _fit_vectors(store, kind, name)
         check_embeddings(name, Z)

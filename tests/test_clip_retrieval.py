@@ -74,3 +74,13 @@ def test_export_round_trip(tmp_path):
     assert back.metadata["source"].tolist() == [f"{i}.png" for i in range(15)]
     with pytest.raises(ValueError, match=r"cannot mix models"):
         back.check_model("other-id", "other")
+
+
+def test_projections_and_metrics_take_a_clip_retrieval_folder(tmp_path):
+    from explorer import analysis_api as aa
+    _folder(tmp_path / "a", shard_rows=(20, 20), seed=0)
+    _folder(tmp_path / "b", shard_rows=(25,), seed=1)
+    r = aa.project(tmp_path / "a", method="pca", kind="image")
+    assert len(r.frame) == 40 and r.frame["source"][21] == "img/00021.jpg"
+    df = aa.metrics(tmp_path / "a", tmp_path / "b", k=3)
+    assert len(df) >= 1 and df.select_dtypes("number").notna().all().all()
