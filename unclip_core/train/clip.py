@@ -636,6 +636,7 @@ def model_card(config: ClipTrainConfig, rows: list[dict[str, Any]], seconds: flo
              "colour and size (or none) of the object at each of the five positions (heads not exported).\n"
              if c.slot_weight else "")
     warm = f"- Warm start: the weights of `{c.init_from}`.\n" if c.init_from else ""
+    again = f" --init-from {c.init_from}" if c.init_from else ""
     gate_text = "" if gates is None else f"\n## Shape gates (fresh seeds)\n{_format_gates(gates)}\n"
     return f"""# {name}
 
@@ -662,7 +663,7 @@ the unCLIP pipeline and the CLIP-latent analyses run offline in seconds. Load it
   {c.warmup_steps} warm-up steps then cosine decay to {c.min_lr_ratio} x lr; batch {c.batch_size}, {c.n_steps} steps
   ({c.n_steps * c.batch_size:,} image-caption pairs); {resolve_precision(c.precision)} on CPU; EMA: {c.ema_decay}.
 - Training time: {seconds / 60:.1f} min of wall-clock on a shared 2-core CPU (1 torch thread).
-- Reproduce: `python -m unclip_core.train.clip --recipe {recipe} --out RUN --export DIR` (resumable).
+- Reproduce: `python -m unclip_core.train.clip --recipe {recipe}{again} --out RUN --export DIR` (resumable).
 
 ## Measured retrieval (evaluate_retrieval, seed {eval_seed}; one plain caption per image, distinct captions)
 {_format_rows(rows)}
@@ -685,6 +686,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--precision", default=None, choices=PRECISIONS)
+    p.add_argument("--init-from", default=None, metavar="CLIP",
+                   help="warm start: a CLIP folder or bundled name of the same architecture (recipe shapes-v2-slots "
+                        "continues the contrastive shapes-v2 CLIP: pass its export)")
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
     p.add_argument("--eval-n", type=int, default=300)
     p.add_argument("--gates-n", type=int, default=300, help="poses per minimal pair (probes use 8x as many)")
@@ -693,7 +697,7 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     torch.set_num_threads(check_positive_int("threads", a.threads))
     overrides = {k: v for k, v in {"n_steps": a.steps, "batch_size": a.batch_size,
-                                   "precision": a.precision}.items() if v is not None}
+                                   "precision": a.precision, "init_from": a.init_from}.items() if v is not None}
     config = ClipTrainConfig.recipe(a.recipe, **overrides)
     folder = train_clip(config, a.out, resume=not a.fresh)
     seconds = float(load_state(Path(a.out) / STATE_FILE)["seconds"])
