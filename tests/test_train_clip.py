@@ -258,3 +258,12 @@ def test_slot_read_out_labels_loss_and_resume(tmp_path, one_thread):
     assert header.endswith("slot_loss,slot_acc")
     from safetensors.torch import load_file
     assert not any("linear" in k and "slot" in k for k in load_file(resumed / "model.safetensors"))
+
+
+@pytest.mark.slow
+def test_bundled_clip_carries_every_object_of_two_object_scenes(one_thread):
+    """The bundled shapes-clip (slot read-out) lets linear probes read the first object of a two-object z_i: the
+    card measures 0.997 / 0.995 / 1.000 at n 3000; fresh seed, n 900 here (the contrastive CLIP read 0.938 / 0.871)."""
+    from unclip_core.train.clip import two_object_probes
+    probes = two_object_probes(ClipEncoder.load("shapes-clip"), n=900, seed=777)
+    assert probes["shape"] >= 0.97 and probes["size"] >= 0.97 and probes["colour"] >= 0.97, probes
