@@ -5,7 +5,7 @@ pipeline's world, runs a text diff with x_T DDIM-inverted (explorer.analysis_api
 mean |pixel error| (pixels in [0, 1], decoder stage) of the theta = 0 frame against its input. About 10-20 s a
 render on 1 CPU thread at 50 steps:
 
-    python docs/scripts/inversion_error.py --model shapes-unclip --seeds 5000 5020 --steps 50
+    python docs/scripts/inversion_error.py --model shapes-unclip --seeds 5000 5020 --steps 25
 """
 import argparse
 import warnings
