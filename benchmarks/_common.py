@@ -80,3 +80,14 @@ def report_ours_vs_diffusers(times: dict[str, list[float]], *, what: str, differ
         write_json_atomic(Path(json_path), {**payload, "seconds": times, "ratio": ratio,
                                             "machine": machine_info(device)})
     return ratio
+
+
+def add_family_args(p: Any, sizes: Mapping[str, Any]) -> Any:
+    """The options every ours-vs-diffusers family benchmark takes (size, device, dtype, repeats, threads, json)."""
+    p.add_argument("--size", choices=tuple(sizes), default="reduced")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
+    p.add_argument("--repeats", type=int, default=3, help="timed rounds, interleaved (default 3)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: steadier on a shared CPU)")
+    p.add_argument("--json", metavar="PATH", help="also write the results here")
+    return p

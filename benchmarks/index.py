@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         q = next(clustered(args.queries, args.dim, 1))
         rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         t0 = time.perf_counter()
-        folder = build_index(store)
+        build_index(store)
         build_s = time.perf_counter() - t0
         rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         store = EmbeddingStore.open(store.path)

@@ -111,15 +111,10 @@ def build_random_kandinsky(root: str | Path, size: str = "tiny", seed: int = 0) 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--size", choices=tuple(SIZES), default="reduced")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
-    p.add_argument("--repeats", type=int, default=3, help="timed rounds, interleaved (default 3)")
+    from benchmarks._common import add_family_args, report_ours_vs_diffusers, time_interleaved
+    add_family_args(p, SIZES)
     p.add_argument("--decoder-steps", type=int, default=50)
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: steadier on a shared CPU)")
-    p.add_argument("--json", metavar="PATH", help="also write the results here")
     args = p.parse_args(argv)
-    from benchmarks._common import report_ours_vs_diffusers, time_interleaved
     from unclip_core.families.kandinsky import import_kandinsky
     from unclip_core.pipeline import UnCLIP
     torch.set_num_threads(args.threads)

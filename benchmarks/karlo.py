@@ -192,14 +192,9 @@ def run_ours(ours: Any, prompts: list[str], noise: dict[str, torch.Tensor], seed
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--size", choices=tuple(SIZES), default="reduced")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
-    p.add_argument("--repeats", type=int, default=3, help="timed rounds, interleaved (default 3)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: steadier on a shared CPU)")
-    p.add_argument("--json", metavar="PATH", help="also write the results here")
+    from benchmarks._common import add_family_args, report_ours_vs_diffusers, time_interleaved
+    add_family_args(p, SIZES)
     args = p.parse_args(argv)
-    from benchmarks._common import report_ours_vs_diffusers, time_interleaved
     from unclip_core.families.karlo import import_karlo
     from unclip_core.pipeline import UnCLIP
     torch.set_num_threads(args.threads)
