@@ -35,7 +35,7 @@ from .seeds import generator
 from .sampling import SamplingConfig, check_sampling
 from .samplers import (SPACINGS, classifier_free_guidance, get_sampler, invert_ddim, model_to_denoiser, run_sampler,
                        timesteps)
-from .conventions import FAMILY_SAMPLING, Conventions, read_conventions
+from .conventions import FAMILY_SAMPLING, Conventions, expand, read_conventions
 from .upsampler import Upsampler, upsample_low_res
 
 LATENT_CODECS = (Autoencoder, MoVQ)  # what a latent decoder's pixels go through (encode / decode / config)
@@ -387,7 +387,7 @@ class UnCLIP:
         self._check_policy(prompts)
         g, seed = generator(seed)
         prior = self.prior
-        expanded = [p for p in prompts for _ in range(n * best_of)]
+        expanded = expand(prompts, n * best_of)
         x_T = self._noise(x_T, (len(expanded), prior.config.clip_dim), g, "x_T")
         with torch.inference_mode(), self._autocast(sc):
             cond, uncond, z_t = self.conventions.text_conditioning.prior(self, expanded)
@@ -642,7 +642,7 @@ class UnCLIP:
         self.upsample_stages(upsample)  # checked before time is spent in the prior
         g, seed = generator(seed)
         z_i = self.sample_prior(prompts, n=n, sampling=sc, seed=g, progress=progress, x_T=noise.get("prior"))
-        expanded = [p for p in prompts for _ in range(n)]
+        expanded = expand(prompts, n)
         out = self.decode(z_i, sampling=sc, x_T=noise.get("decoder"),
                           prompts=expanded if self.decoder.config.text_width else None, upsample=upsample, seed=g,
                           progress=progress, noise={k: v for k, v in noise.items() if k.startswith("upsampler")})
