@@ -107,3 +107,21 @@ def load_mapped(model: nn.Module, state: Mapping[str, Tensor], source: str) -> n
 
 # --- Karlo's text encoder as our ClipEncoder -----------------------------------------------------
 # --- importer -------------------------------------------------------------------------------------
+
+
+def unet_decoder_geometry(unet: Mapping[str, Any], where: str, attends: list[bool], default_out_channels: int,
+                          default_size: int | None = None) -> dict[str, Any]:
+    """The DecoderConfig fields every diffusers decoder UNet gives the same way: size, widths, blocks, attention
+    levels and head width, channels and learned variance (out_channels twice in_channels)."""
+    mc, mult = unet_widths(unet, where)
+    size = int(unet["sample_size"] if default_size is None else (unet.get("sample_size") or default_size))
+    head = unet.get("attention_head_dim", 8)
+    if not isinstance(head, int):
+        raise ValueError(f"{where}: attention_head_dim must be one int, got {head!r}")
+    in_ch, out_ch = int(unet.get("in_channels", 4)), int(unet.get("out_channels", default_out_channels))
+    if out_ch not in (in_ch, 2 * in_ch):
+        raise ValueError(f"{where}: out_channels={out_ch} must be in_channels={in_ch} or twice it (learned variance)")
+    return dict(image_size=size, in_channels=in_ch, model_channels=mc, channel_mult=mult,
+                n_res_blocks=int(unet.get("layers_per_block", 2)),
+                attention_resolutions=tuple(size // 2 ** i for i, a in enumerate(attends) if a), head_channels=head,
+                learn_sigma=out_ch == 2 * in_ch, norm_groups=int(unet.get("norm_num_groups", 32)))

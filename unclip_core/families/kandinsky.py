@@ -30,7 +30,8 @@ from ..movq import MoVQ, config_from_diffusers
 from ..pipeline import StageInfo
 from ..prior import DiffusionPrior
 from ..sampling import SamplingConfig
-from .diffusers_unet import UNET_FIXED, check_values, load_mapped, read_diffusers_weights, rename_unet, unet_levels, unet_widths
+from .diffusers_unet import (UNET_FIXED, check_values, load_mapped, read_diffusers_weights, rename_unet,
+                             unet_decoder_geometry, unet_levels)
 from .karlo import DTYPES, map_prior_state, prior_config_from_karlo, scheduler_settings
 
 PRIOR_FOLDERS = ("prior", "text_encoder", "tokenizer", "image_encoder", "scheduler")
@@ -55,22 +56,10 @@ def decoder_config_from_kandinsky(unet: Mapping[str, Any], where: str = "unet/co
     is named)."""
     check_values({k: v for k, v in unet.items() if k != "encoder_hid_dim"}, DECODER_FIXED, where)
     attends = unet_levels(unet, where, "SimpleCrossAttnDownBlock2D", "SimpleCrossAttnUpBlock2D")
-    mc, mult = unet_widths(unet, where)
-    size = int(unet.get("sample_size") or 64)
-    head = unet.get("attention_head_dim", 8)
-    if not isinstance(head, int):
-        raise ValueError(f"{where}: attention_head_dim must be one int, got {head!r}")
-    in_ch, out_ch = int(unet.get("in_channels", 4)), int(unet.get("out_channels", 8))
-    if out_ch not in (in_ch, 2 * in_ch):
-        raise ValueError(f"{where}: out_channels={out_ch} must be in_channels={in_ch} or twice it (learned variance)")
-    return DecoderConfig(image_size=size, in_channels=in_ch, model_channels=mc, channel_mult=mult,
-                         n_res_blocks=int(unet.get("layers_per_block", 2)),
-                         attention_resolutions=tuple(size // 2 ** i for i, a in enumerate(attends) if a),
-                         head_channels=head, clip_dim=int(unet["encoder_hid_dim"]), n_clip_tokens=N_IMAGE_TOKENS,
-                         text_width=0, context_dim=int(unet["cross_attention_dim"]), use_z_t=False,
-                         learn_sigma=out_ch == 2 * in_ch, dropout=0.0, use_scale_shift_norm=True,
-                         resblock_updown=True, norm_groups=int(unet.get("norm_num_groups", 32)),
-                         clip_time_norm=True, clip_tokens_norm=True)
+    geometry = unet_decoder_geometry(unet, where, attends, default_out_channels=8, default_size=64)
+    return DecoderConfig(**geometry, clip_dim=int(unet["encoder_hid_dim"]), n_clip_tokens=N_IMAGE_TOKENS, text_width=0,
+                         context_dim=int(unet["cross_attention_dim"]), use_z_t=False, dropout=0.0,
+                         use_scale_shift_norm=True, resblock_updown=True, clip_time_norm=True, clip_tokens_norm=True)
 
 
 def map_decoder_state(unet: Mapping[str, Tensor], null_z_i: Tensor) -> dict[str, Tensor]:

@@ -40,7 +40,7 @@ from ..prior import DiffusionPrior, PriorConfig
 from ..upsampler import Upsampler, UpsamplerConfig
 from .diffusers_unet import (UNET_FIXED as _DECODER_FIXED, check_values as _check_values, load_mapped as _load_mapped,
                              read_diffusers_weights, rename_unet as _rename_unet, unet_levels as _levels,
-                             unet_widths as _unet_widths)
+                             unet_decoder_geometry, unet_widths as _unet_widths)
 
 KARLO_FOLDERS = ("prior", "decoder", "text_proj", "super_res_first", "super_res_last", "text_encoder", "tokenizer",
                  "prior_scheduler", "decoder_scheduler", "super_res_scheduler")
@@ -84,28 +84,17 @@ def decoder_config_from_karlo(unet: Mapping[str, Any], proj: Mapping[str, Any]) 
     """diffusers UNet2DConditionModel + UnCLIPTextProjModel configs -> DecoderConfig (use_z_t=True)."""
     _check_values(unet, _DECODER_FIXED, "decoder/config.json")
     attends = _levels(unet, "decoder/config.json", "SimpleCrossAttnDownBlock2D", "SimpleCrossAttnUpBlock2D")
-    mc, mult = _unet_widths(unet, "decoder/config.json")
-    size = int(unet["sample_size"])
-    head = unet.get("attention_head_dim", 8)
-    if not isinstance(head, int):
-        raise ValueError(f"decoder/config.json: attention_head_dim must be one int, got {head!r}")
-    E = 4 * mc
+    geometry = unet_decoder_geometry(unet, "decoder/config.json", attends, default_out_channels=4)
+    E = 4 * geometry["model_channels"]
     if int(proj["time_embed_dim"]) != E:
         raise ValueError(f"text_proj time_embed_dim={proj['time_embed_dim']} != 4 x block_out_channels[0] = {E}")
     if int(proj["cross_attention_dim"]) != int(unet["cross_attention_dim"]):
         raise ValueError(f"text_proj cross_attention_dim={proj['cross_attention_dim']} differs from the "
                          f"decoder's {unet['cross_attention_dim']}")
     d = int(proj.get("clip_embeddings_dim", 768))
-    in_ch, out_ch = int(unet.get("in_channels", 4)), int(unet.get("out_channels", 4))
-    if out_ch not in (in_ch, 2 * in_ch):
-        raise ValueError(f"decoder out_channels={out_ch} must be in_channels={in_ch} or twice it (learned variance)")
-    return DecoderConfig(image_size=size, in_channels=in_ch, model_channels=mc, channel_mult=mult,
-                         n_res_blocks=int(unet.get("layers_per_block", 2)),
-                         attention_resolutions=tuple(size // 2 ** i for i, a in enumerate(attends) if a),
-                         head_channels=head, clip_dim=d, n_clip_tokens=int(proj.get("clip_extra_context_tokens", 4)),
-                         text_width=d, context_dim=int(unet["cross_attention_dim"]), use_z_t=True,
-                         learn_sigma=out_ch == 2 * in_ch, dropout=0.0, use_scale_shift_norm=True,
-                         resblock_updown=True, norm_groups=int(unet.get("norm_num_groups", 32)))
+    return DecoderConfig(**geometry, clip_dim=d, n_clip_tokens=int(proj.get("clip_extra_context_tokens", 4)),
+                         text_width=d, context_dim=int(unet["cross_attention_dim"]), use_z_t=True, dropout=0.0,
+                         use_scale_shift_norm=True, resblock_updown=True)
 
 
 def upsampler_config_from_karlo(cfg: Mapping[str, Any], low_res: int) -> UpsamplerConfig:
