@@ -29,10 +29,27 @@ def _embed_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--skip-bad", action="store_true",
                    help="leave out unreadable image files and record them in store.json (default: refuse them)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--distributed", action="store_true",
+                   help="under torchrun: each rank embeds a disjoint shard into STORE/.shards, rank 0 merges them "
+                        "(same store as one process); `torchrun --nproc_per_node=N -m explorer.embed ...` sets this")
     return p
 
 
+def _embed_distributed(args: argparse.Namespace) -> int:
+    from explorer.store.distributed import run_torchrun
+    options = {"kind": args.kind, "batch_size": args.batch_size, "chunk_size": args.chunk_size,
+               "dtype": args.dtype, "progress": not args.no_progress, "skip_bad": args.skip_bad}
+    store = run_torchrun(args.model, args.input, args.out, options=options)
+    import os
+    if store is not None and os.environ.get("RANK") == "0":
+        print(f"{store.path}: {len(store)} vectors, dim {store.dim}, {store.dtype}, model {store.model_spec} "
+              f"(merged from {os.environ.get('WORLD_SIZE')} ranks)")
+    return 0
+
+
 def _embed_run(args: argparse.Namespace) -> int:
+    if args.distributed:
+        return _embed_distributed(args)
     from explorer import api
     before = 0
     try:

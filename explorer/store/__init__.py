@@ -5,7 +5,8 @@ so replacing it (temp file, then rename) publishes an append atomically; a reade
 `embed_items` fills a store in chunks that survive a kill and are resumed by rerunning the same call.
 
 Parts: format.py (the folder, store.json, EmbeddingStore), search.py (exact cosine search), inputs.py (what can be
-embedded), jobs.py (resumable embedding).
+embedded), jobs.py (resumable embedding),
+distributed.py (ranks embed shards that merge into one store), index.py (faiss), clip_retrieval.py (interop).
 """
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from pathlib import Path
 
 from unclip_core.atomic import atomic_write
 from explorer.store.format import (DTYPES, FORMAT_NAME, FORMAT_VERSION, IMAGE_SUFFIXES, INPUT_KINDS, KINDS,
-                                   MANIFEST, PARTIAL_DIR, REQUIRED_COLUMNS, EmbeddingStore, check_rows)
+                                   MANIFEST, PARTIAL_DIR, REQUIRED_COLUMNS, SHARDS_DIR, EmbeddingStore,
+                                   check_rows)
 from explorer.store.clip_retrieval import ClipRetrievalStore, export_clip_retrieval, is_clip_retrieval_folder
 from explorer.store.inputs import Encoder, Record, flatten, resolve_items
 from explorer.store.jobs import embed_items
@@ -35,6 +37,6 @@ def open_store(store: "EmbeddingStore | ClipRetrievalStore | str | Path", what: 
 
 
 __all__ = ["DTYPES", "FORMAT_NAME", "FORMAT_VERSION", "IMAGE_SUFFIXES", "INPUT_KINDS", "KINDS", "MANIFEST",
-           "NEIGHBOR_BLOCK_ROWS", "PARTIAL_DIR", "REQUIRED_COLUMNS", "ClipRetrievalStore", "EmbeddingStore", "Encoder",
+           "NEIGHBOR_BLOCK_ROWS", "PARTIAL_DIR", "REQUIRED_COLUMNS", "SHARDS_DIR", "ClipRetrievalStore", "EmbeddingStore", "Encoder",
            "Record", "export_clip_retrieval", "is_clip_retrieval_folder",
            "atomic_write", "check_rows", "embed_items", "flatten", "open_store", "resolve_items"]

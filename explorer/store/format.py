@@ -19,6 +19,8 @@ FORMAT_NAME = "unclip-explorer-store"
 FORMAT_VERSION = 1
 MANIFEST = "store.json"
 PARTIAL_DIR = ".partial"
+# distributed embedding: one store per rank, merged into the store and removed (explorer/store/distributed.py)
+SHARDS_DIR = ".shards"
 DTYPES = ("float16", "float32")
 KINDS = ("image", "text")
 INPUT_KINDS = ("image", "text", "both")
@@ -186,7 +188,7 @@ class EmbeddingStore(SearchMixin):
                              "EmbeddingStore.open(path) or choose another folder")
         if path.exists() and not path.is_dir():
             raise ValueError(f"out={str(path)!r} is a file; pass a folder for the store")
-        if path.exists() and any(p.name != PARTIAL_DIR for p in path.iterdir()):
+        if path.exists() and any(p.name not in (PARTIAL_DIR, SHARDS_DIR) for p in path.iterdir()):
             raise ValueError(f"folder {path} is not empty and holds no store.json; pass a new or empty folder")
         path.mkdir(parents=True, exist_ok=True)
         vectors_file, metadata_file = cls._file_names(0)
