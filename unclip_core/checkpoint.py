@@ -28,6 +28,7 @@ from .decoder import Decoder
 from .movq import MoVQ
 from .prior import DiffusionPrior
 from .upsampler import Upsampler
+from .kl_vae import KLAutoencoder
 
 FORMAT = 1
 CONFIG_FILE = "config.json"
@@ -48,7 +49,7 @@ def register_model_class(cls: type[nn.Module]) -> type[nn.Module]:
     return cls
 
 
-for _cls in (DiffusionPrior, Decoder, Upsampler, Autoencoder, MoVQ):
+for _cls in (DiffusionPrior, Decoder, Upsampler, Autoencoder, MoVQ, KLAutoencoder):
     register_model_class(_cls)
 
 

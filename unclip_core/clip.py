@@ -475,6 +475,9 @@ class ClipEncoder:
                     tower.output_tokens = previous
             else:
                 z_t, feats = self.model.encode_text(ids, normalize=False), self._token_features(ids)
+        if z_t is None:
+            raise ValueError(f"{self.spec}: the text tower has no projection (a CLIPTextModel): it gives token features "
+                             "(text_tokens) but no text embeddings z_t")
         return z_t.float().cpu(), feats.float().cpu(), self.token_mask(ids).cpu()
 
     def _token_features(self, ids: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,8 @@ What differs between the unCLIP families we run, and where it lives:
         unconditional branch is the prior's learned null z_t with zero tokens, the decoder's learned null z_i;
       - "empty_prompt" (Karlo, Kandinsky 2.2's prior): raw z_t (text_embeds) and the text tower's hidden states;
         the unconditional branch is the encoding of the empty prompt "", and the decoder also reads z_t;
+      - "noise_augmented" (Stable unCLIP): the prior as "empty_prompt"; the decoder reads z_i noised to the
+        sampling's noise_level and its own text tower's hidden states, with zeros and "" as the unconditional;
   * whether z_t and z_i are L2-normalised (`Conventions.normalize_embeddings`; Karlo's and Kandinsky's decoders
     read raw embeddings);
   * each stage's sampler variance (`StageInfo.variance`) and default sampling settings (pipeline.json "sampling");
@@ -41,8 +43,10 @@ class TextConditioning:
         """-> (cond, uncond, z_t used to rank best-of candidates) for the prior's network."""
         raise NotImplementedError
 
-    def decoder(self, pipe: "UnCLIP", z_i: Tensor, prompts: list[str] | None) -> tuple[Condition, Condition]:
-        """-> (cond, uncond) for the decoder's network, given z_i (B, d) on the pipeline's device."""
+    def decoder(self, pipe: "UnCLIP", z_i: Tensor, prompts: list[str] | None, *, noise_level: int = 0,
+                z_i_noise: Tensor | None = None) -> tuple[Condition, Condition]:
+        """-> (cond, uncond) for the decoder's network, given z_i (B, d) on the pipeline's device; a noise-augmented
+        decoder also takes the noise level and the forward process' noise z_i_noise (B, d)."""
         raise NotImplementedError
 
 
@@ -60,7 +64,8 @@ class LearnedNullText(TextConditioning):
         null_z, null_tok, null_mask = prior.null_condition(len(prompts))
         return cond, {"z_t": null_z, "text_tokens": null_tok, "text_mask": null_mask}, z_t
 
-    def decoder(self, pipe: "UnCLIP", z_i: Tensor, prompts: list[str] | None) -> tuple[Condition, Condition]:
+    def decoder(self, pipe: "UnCLIP", z_i: Tensor, prompts: list[str] | None, *, noise_level: int = 0,
+                z_i_noise: Tensor | None = None) -> tuple[Condition, Condition]:
         dec, B = pipe.decoder, z_i.shape[0]
         cond: Condition = {"z_i": z_i, "text_tokens": None, "text_mask": None}
         uncond: Condition = {"z_i": dec.null_z_i[None].expand(B, -1), "text_tokens": None, "text_mask": None}
@@ -86,7 +91,8 @@ class EmptyPromptText(TextConditioning):
                              "text_mask": null_m[:, :n_tok]}
         return cond, uncond, z_t
 
-    def decoder(self, pipe: "UnCLIP", z_i: Tensor, prompts: list[str] | None) -> tuple[Condition, Condition]:
+    def decoder(self, pipe: "UnCLIP", z_i: Tensor, prompts: list[str] | None, *, noise_level: int = 0,
+                z_i_noise: Tensor | None = None) -> tuple[Condition, Condition]:
         dec, B = pipe.decoder, z_i.shape[0]
         cond: Condition = {"z_i": z_i, "text_tokens": None, "text_mask": None}
         uncond: Condition = {"z_i": dec.null_z_i[None].expand(B, -1), "text_tokens": None, "text_mask": None}
@@ -103,7 +109,32 @@ class EmptyPromptText(TextConditioning):
         return cond, uncond
 
 
-TEXT_CONDITIONINGS: dict[str, TextConditioning] = {s.name: s for s in (LearnedNullText(), EmptyPromptText())}
+class NoiseAugmentedText(EmptyPromptText):
+    """Stable unCLIP: the prior as Karlo's; the decoder reads z_i noised to `noise_level` (unclip_core.noise_aug)
+    joined with the level's embedding, and the hidden states of its own text tower (pipe.decoder_text, every token).
+    The unconditional branch zeroes the whole z_i_aug vector and reads the empty prompt (diffusers'
+    StableUnCLIP pipelines); without prompts the conditional branch reads the empty prompt too."""
+
+    name = "noise_augmented"
+
+    def decoder(self, pipe: "UnCLIP", z_i: Tensor, prompts: list[str] | None, *, noise_level: int = 0,
+                z_i_noise: Tensor | None = None) -> tuple[Condition, Condition]:
+        from .noise_aug import augment_z_i
+        dec, B = pipe.decoder, z_i.shape[0]
+        if z_i_noise is None:
+            raise ValueError("a noise-augmented decoder needs the noise of its z_i (z_i_noise (B, d))")
+        z_i_aug = augment_z_i(z_i.float(), noise_level, mean=dec.z_i_mean.detach().float(),
+                              std=dec.z_i_std.detach().float(), schedule=pipe.schedules["z_i_noising"],
+                              noise=z_i_noise.to(z_i.device).float())
+        feats = pipe.decoder_text_features(prompts if prompts is not None else [""] * B)
+        null = pipe.decoder_text_features([""]).expand(B, -1, -1)
+        cond: Condition = {"z_i_aug": z_i_aug, "text_tokens": feats, "text_mask": None}
+        uncond: Condition = {"z_i_aug": torch.zeros_like(z_i_aug), "text_tokens": null, "text_mask": None}
+        return cond, uncond
+
+
+TEXT_CONDITIONINGS: dict[str, TextConditioning] = {s.name: s for s in (LearnedNullText(), EmptyPromptText(),
+                                                                       NoiseAugmentedText())}
 
 
 @dataclass(frozen=True)
@@ -161,6 +192,6 @@ def expand(prompts: Sequence[str], n: int) -> list[str]:
     return [p for p in prompts for _ in range(n)]
 
 
-__all__ = ["Conventions", "EmptyPromptText", "FAMILY_CONVENTIONS", "FAMILY_SAMPLING", "KARLO_CONVENTIONS", "expand",
+__all__ = ["Conventions", "EmptyPromptText", "NoiseAugmentedText", "FAMILY_CONVENTIONS", "FAMILY_SAMPLING", "KARLO_CONVENTIONS", "expand",
            "KARLO_SAMPLING", "LearnedNullText",
            "TEXT_CONDITIONINGS", "TextConditioning", "read_conventions"]

@@ -12,6 +12,13 @@ input channels. The paper's pathways are global (a bias on every ResBlock and to
 low resolution), so a small decoder learns where an object is from them slowly; the map gives z_i a direct,
 position-dependent route into the first convolution. Its input is z_i scaled to unit-variance components
 (x sqrt(clip_dim)), since a unit-norm 128-d z_i has components of ~0.09.
+
+Stable unCLIP (Stable Diffusion 2.1 unCLIP) is the same class with `attention_kind="cross"` and
+`noise_augmented=True`: latent diffusion's spatial transformers cross-attend to the text tower's hidden states
+(unprojected, text_width wide), and z_i enters only through the time embedding, as `z_i_aug` (B, 2 clip_dim): z_i
+noised to a level by the forward process (the pipeline does that, unclip_core.noise_aug) concatenated with the
+sinusoidal embedding of the level, through a two-layer MLP (diffusers' class_embed_type "projection"). The stored
+mean / std of CLIP image embeddings that the noising standardises with are `z_i_mean` / `z_i_std`.
 """
 from __future__ import annotations
 
@@ -21,7 +28,8 @@ import torch
 from torch import Tensor, nn
 
 from .checks import check_positive_int
-from .nn import TimestepEmbedding, UNet, as_timesteps, as_tuple_field, check_tensor, check_unet_shape
+from .checks import check_choice
+from .nn import ATTENTION_KINDS, TimestepEmbedding, UNet, as_timesteps, as_tuple_field, check_tensor, check_unet_shape
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,11 @@ class DecoderConfig:
     # embedding term and the clip tokens are layer-normed); off in the paper and Karlo
     clip_time_norm: bool = False
     clip_tokens_norm: bool = False
+    # "added_kv": GLIDE attention over image tokens + context tokens (the paper, Karlo, Kandinsky); "cross": latent
+    # diffusion's spatial transformers, cross-attending to raw caption tokens (text_width wide; Stable unCLIP)
+    attention_kind: str = "added_kv"
+    # z_i enters as z_i_aug (noised z_i + the embedding of its noise level) through an MLP (Stable unCLIP)
+    noise_augmented: bool = False
 
     # fields a warm start may change: the network grows new, zero-initialised inputs (see Decoder.load_grown)
     GROWABLE = ("clip_map_channels", "clip_map_size")
@@ -84,6 +97,15 @@ class DecoderConfig:
                              f"level, but not {bad}; choose head_channels dividing them")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        check_choice("attention_kind", self.attention_kind, ATTENTION_KINDS)
+        if self.attention_kind == "cross":
+            if self.n_clip_tokens or not self.text_width or self.context_dim not in (0, self.text_width):
+                raise ValueError(f"attention_kind='cross' attends to caption tokens only: it needs text_width > 0, "
+                                 f"n_clip_tokens=0 and context_dim 0 or text_width, got text_width={self.text_width}, "
+                                 f"n_clip_tokens={self.n_clip_tokens}, context_dim={self.context_dim}")
+        if self.noise_augmented and (self.n_clip_tokens or self.use_z_t or self.clip_map_channels):
+            raise ValueError("noise_augmented=True: z_i enters through the time embedding only; set n_clip_tokens=0, "
+                             "use_z_t=False and clip_map_channels=0")
 
     @property
     def level_resolutions(self) -> tuple[int, ...]:
@@ -97,7 +119,9 @@ class DecoderConfig:
 
     @property
     def context_width(self) -> int:
-        """Width of the context tokens (clip tokens and projected caption tokens)."""
+        """Width of the context tokens (clip tokens and projected caption tokens; raw caption tokens for "cross")."""
+        if self.attention_kind == "cross":
+            return self.text_width
         return self.context_dim or self.time_embed_dim
 
     @property
@@ -118,12 +142,22 @@ class Decoder(nn.Module):
         self.config = c = config
         E, D = c.time_embed_dim, c.context_width
         self.time_embedding = TimestepEmbedding(c.model_channels, E, E)
-        self.clip_to_time = nn.Linear(c.clip_dim, E)
+        if c.noise_augmented:
+            self.clip_to_time = None
+            self.z_i_aug_to_time = nn.Module()
+            self.z_i_aug_to_time.linear_1 = nn.Linear(2 * c.clip_dim, E)
+            self.z_i_aug_to_time.linear_2 = nn.Linear(E, E)
+            # CLIP image-embedding statistics the noising standardises with (Stable unCLIP's image_normalizer)
+            self.z_i_mean = nn.Parameter(torch.zeros(c.clip_dim))
+            self.z_i_std = nn.Parameter(torch.ones(c.clip_dim))
+        else:
+            self.clip_to_time = nn.Linear(c.clip_dim, E)
+            self.z_i_aug_to_time = None
         self.z_t_to_time = nn.Linear(c.clip_dim, E) if c.use_z_t else None
         self.clip_to_context_tokens = nn.Linear(c.clip_dim, c.n_clip_tokens * D) if c.n_clip_tokens else None
         self.clip_time_norm = nn.LayerNorm(E) if c.clip_time_norm else None
         self.clip_tokens_norm = nn.LayerNorm(D) if c.clip_tokens_norm and c.n_clip_tokens else None
-        if c.text_width:
+        if c.text_width and c.attention_kind == "added_kv":
             self.text_proj = nn.Linear(c.text_width, D)
             self.text_norm = nn.LayerNorm(D)
         else:
@@ -138,7 +172,7 @@ class Decoder(nn.Module):
                          attention_levels=attention_levels, mid_attention=True, head_channels=c.head_channels,
                          context_dim=D if has_context else 0, dropout=c.dropout,
                          use_scale_shift_norm=c.use_scale_shift_norm, resblock_updown=c.resblock_updown,
-                         norm_groups=c.norm_groups)
+                         norm_groups=c.norm_groups, attention_kind=c.attention_kind)
 
     def load_grown(self, state: dict[str, Tensor], config: "DecoderConfig") -> None:
         """Load the weights of a decoder with `config`, which may lack this one's clip map (a warm start that
@@ -207,6 +241,9 @@ class Decoder(nn.Module):
             tokens = self.clip_to_context_tokens(z_i).reshape(B, c.n_clip_tokens, c.context_width)
             parts.append(tokens if self.clip_tokens_norm is None else self.clip_tokens_norm(tokens))
             masks.append(torch.ones(B, c.n_clip_tokens, dtype=torch.bool, device=z_i.device))
+        if text_tokens is not None and self.config.attention_kind == "cross":
+            check_tensor("text_tokens", text_tokens, (B, None, c.text_width))
+            return text_tokens, text_mask  # raw caption tokens; mask None: every token, as Stable Diffusion
         if text_tokens is not None:
             if self.text_proj is None:
                 raise ValueError("text_tokens were given but this decoder has text_width=0 (no caption pathway); "
@@ -226,17 +263,29 @@ class Decoder(nn.Module):
         return torch.cat(parts, dim=1), torch.cat(masks, dim=1)  # (B, n_ctx, D), (B, n_ctx)
 
     def forward(self, x_t: Tensor, t: Tensor | float, z_i: Tensor | None = None, text_tokens: Tensor | None = None,
-                text_mask: Tensor | None = None, z_t: Tensor | None = None) -> Tensor:
+                text_mask: Tensor | None = None, z_t: Tensor | None = None, z_i_aug: Tensor | None = None) -> Tensor:
         """Predict eps (and v) (B, out_channels, H, W) from x_t (B, C, H, W), t (B,), z_i (B, clip_dim) unit-norm,
         caption features text_tokens (B, L, text_width) with text_mask (B, L) bool.
 
-        z_i=None is the unconditional pass (learned null); z_t is used only when the config has use_z_t.
+        z_i=None is the unconditional pass (learned null); z_t is used only when the config has use_z_t. A
+        noise-augmented decoder reads z_i_aug (B, 2 clip_dim) instead of z_i (zeros: the unconditional pass).
         """
         c = self.config
         s = c.image_size
         check_tensor("x_t", x_t, (None, c.in_channels, s, s), hint=f"this decoder was built for {s}x{s} images")
         B = x_t.shape[0]
         t = as_timesteps(t, B, x_t.device)
+        if self.z_i_aug_to_time is not None:
+            if z_i_aug is None:
+                raise ValueError("this decoder is noise-augmented (Stable unCLIP): pass z_i_aug (B, 2 clip_dim), the "
+                                 "noised z_i and its level's embedding (unclip_core.noise_aug.augment_z_i)")
+            check_tensor("z_i_aug", z_i_aug, (B, 2 * c.clip_dim))
+            m = self.z_i_aug_to_time
+            emb = self.time_embedding(t) + m.linear_2(torch.nn.functional.silu(m.linear_1(z_i_aug.to(m.linear_1.weight.dtype))))
+            context, context_mask = self._context(z_i_aug, text_tokens, text_mask)
+            return self.unet(x_t, emb, context, context_mask)
+        if z_i_aug is not None:
+            raise ValueError("z_i_aug is for noise-augmented decoders (Stable unCLIP); this one reads z_i")
         if z_i is None:
             z_i = self.null_z_i[None].expand(B, -1)
         check_tensor("z_i", z_i, (B, c.clip_dim), hint="pass one CLIP image embedding per image, or None")

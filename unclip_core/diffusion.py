@@ -27,6 +27,9 @@ class Schedule:
     """A discrete noise schedule beta_1..beta_T and the coefficients derived from it (Ho et al. 2020, sec. 2)."""
 
     betas: Tensor
+    # abar at the clean end (t = -1) where a DDIM step lands last: 1, or alphas_cumprod[0] (diffusers' DDIMScheduler
+    # with set_alpha_to_one=False, as Stable Diffusion 2.x's)
+    final_abar: float = 1.0
     alphas: Tensor = field(init=False)
     alphas_cumprod: Tensor = field(init=False)
     alphas_cumprod_prev: Tensor = field(init=False)
@@ -46,6 +49,9 @@ class Schedule:
         if not bool(torch.isfinite(betas).all()) or bool((betas <= 0).any()) or bool((betas > 1).any()):
             raise ValueError(f"betas must lie in (0, 1], got min {betas.min().item():.3g} and max "
                              f"{betas.max().item():.3g}; clip them (e.g. to 0.999 as Nichol & Dhariwal 2021)")
+        if not 0.0 < float(self.final_abar) <= 1.0:
+            raise ValueError(f"final_abar must lie in (0, 1], got {self.final_abar}")
+        object.__setattr__(self, "final_abar", float(self.final_abar))
         alphas = 1.0 - betas
         ac = torch.cumprod(alphas, 0)
         ac_prev = torch.cat([ac.new_ones(1), ac[:-1]])
@@ -246,6 +252,15 @@ def linear_schedule(T: int = 1000, beta_start: float | None = None, beta_end: fl
         raise ValueError(f"beta_start and beta_end must lie in (0, 1], got {beta_start} and {beta_end}; "
                          f"for T={T} pass them explicitly")
     return Schedule(torch.linspace(beta_start, beta_end, T, dtype=torch.float64))
+
+
+def scaled_linear_schedule(T: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> Schedule:
+    """Betas linear in their square root from beta_start to beta_end (latent diffusion's "scaled_linear";
+    Rombach et al. 2022, as diffusers' beta_schedule="scaled_linear")."""
+    T = check_positive_int("T", T)
+    if not (0.0 < beta_start <= 1.0 and 0.0 < beta_end <= 1.0):
+        raise ValueError(f"beta_start and beta_end must lie in (0, 1], got {beta_start} and {beta_end}")
+    return Schedule(torch.linspace(beta_start ** 0.5, beta_end ** 0.5, T, dtype=torch.float64) ** 2)
 
 
 @lru_cache(maxsize=1)

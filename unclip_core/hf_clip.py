@@ -40,18 +40,27 @@ class HFTextTower(nn.Module):
         super().__init__()
         self.transformer = model
         self.output_tokens = False
+        # a CLIPTextModel (Stable Diffusion's text encoder) has no projection: token features only, no z_t
+        self.has_projection = hasattr(model, "text_projection")
 
     @property
-    def text_projection(self) -> nn.Linear:
-        return self.transformer.text_projection
+    def text_projection(self) -> nn.Linear | None:
+        return getattr(self.transformer, "text_projection", None)
 
     @property
     def width(self) -> int:
         return int(self.transformer.config.hidden_size)
 
-    def forward(self, ids: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+    def forward(self, ids: Tensor) -> Tensor | tuple[Tensor | None, Tensor]:
         out = self.transformer(input_ids=ids)
-        return (out.text_embeds, out.last_hidden_state) if self.output_tokens else out.text_embeds
+        z_t = out.text_embeds if self.has_projection else None
+        if self.output_tokens:
+            return z_t, out.last_hidden_state
+        if z_t is None:
+            raise ValueError("this text tower is a CLIPTextModel without a projection (as Stable Diffusion's text "
+                             "encoder): it gives token features (text_tokens), not text embeddings z_t; load a "
+                             "CLIPTextModelWithProjection for z_t")
+        return z_t
 
 
 class HFVisionTower(nn.Module):
@@ -99,7 +108,7 @@ class HFClipModel(nn.Module):
         self.visual = (HFVisionTower(vision_model, preprocess_cfg) if vision_model is not None
                        else _MissingTower("image", folder))
         self.context_length = context_length
-        proj = text_model.config.projection_dim if text_model is not None else \
+        proj = text_model.config.projection_dim if self.text is not None and self.text.has_projection else \
             vision_model.config.projection_dim if vision_model is not None else None
         self.embed_dim = int(proj) if proj is not None else None
 
@@ -158,7 +167,7 @@ def is_hf_clip_folder(folder: str | Path) -> bool:
 
 def load_hf_clip(folder: str | Path, device: str = "cpu") -> ClipEncoder:
     """A folder with text_encoder/ + tokenizer/ and/or image_encoder/ -> our ClipEncoder (float32)."""
-    from transformers import CLIPTextModelWithProjection, CLIPTokenizer, CLIPVisionModelWithProjection
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer, CLIPVisionModelWithProjection
 
     from .clip import ClipEncoder
     folder = Path(folder)
@@ -171,8 +180,9 @@ def load_hf_clip(folder: str | Path, device: str = "cpu") -> ClipEncoder:
         if not (folder / "tokenizer").is_dir():
             raise FileNotFoundError(f"{folder / 'tokenizer'} not found: the text tower in {folder / 'text_encoder'} "
                                     "needs its tokenizer folder")
-        text = CLIPTextModelWithProjection.from_pretrained(str(folder / "text_encoder"), local_files_only=True,
-                                                           torch_dtype=torch.float32)
+        arch = json.loads((folder / "text_encoder" / "config.json").read_text(encoding="utf-8")).get("architectures")
+        text_cls = CLIPTextModel if arch == ["CLIPTextModel"] else CLIPTextModelWithProjection
+        text = text_cls.from_pretrained(str(folder / "text_encoder"), local_files_only=True, torch_dtype=torch.float32)
         tok = CLIPTokenizer.from_pretrained(str(folder / "tokenizer"), local_files_only=True)
         L = int(min(tok.model_max_length, text.config.max_position_embeddings))
     vision = None

@@ -202,6 +202,85 @@ class AttentionBlock(nn.Module):
         return x + out
 
 
+class CrossAttention(nn.Module):
+    """Multi-head attention of x over itself or over a context (diffusers `Attention`: bias-free q/k/v, biased out)."""
+
+    def __init__(self, width: int, n_heads: int, context_dim: int | None = None) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.to_q = nn.Linear(width, width, bias=False)
+        self.to_k = nn.Linear(context_dim or width, width, bias=False)
+        self.to_v = nn.Linear(context_dim or width, width, bias=False)
+        self.to_out = nn.Linear(width, width)
+
+    def forward(self, x: Tensor, context: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+        B, L, D = x.shape
+        ctx = x if context is None else context.to(x.dtype)
+
+        def heads(a: Tensor) -> Tensor:
+            return a.reshape(B, a.shape[1], self.n_heads, D // self.n_heads).transpose(1, 2)  # (B, nh, L, hd)
+
+        out = F.scaled_dot_product_attention(heads(self.to_q(x)), heads(self.to_k(ctx)), heads(self.to_v(ctx)),
+                                             attn_mask=mask)
+        return self.to_out(out.transpose(1, 2).reshape(B, L, D))
+
+
+class GEGLU(nn.Module):
+    """Gated GELU (Shazeer 2020): proj -> (h, gate), h * gelu(gate) (diffusers `GEGLU`)."""
+
+    def __init__(self, width: int, hidden: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(width, 2 * hidden)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h, gate = self.proj(x).chunk(2, dim=-1)
+        return h * F.gelu(gate)
+
+
+class CrossTransformerBlock(nn.Module):
+    """Pre-norm block: self-attention, cross-attention over the context, GEGLU MLP (diffusers `BasicTransformerBlock`
+    with layer norms, as Stable Diffusion's)."""
+
+    def __init__(self, width: int, n_heads: int, context_dim: int) -> None:
+        super().__init__()
+        self.norm1, self.attn1 = nn.LayerNorm(width), CrossAttention(width, n_heads)
+        self.norm2, self.attn2 = nn.LayerNorm(width), CrossAttention(width, n_heads, context_dim)
+        self.norm3 = nn.LayerNorm(width)
+        self.ff = nn.Module()
+        self.ff.net = nn.ModuleList([GEGLU(width, 4 * width), nn.Identity(), nn.Linear(4 * width, width)])
+
+    def forward(self, x: Tensor, context: Tensor, mask: Tensor | None = None) -> Tensor:
+        x = x + self.attn1(self.norm1(x))
+        x = x + self.attn2(self.norm2(x), context, mask)
+        return x + self.ff.net[2](self.ff.net[0](self.norm3(x)))
+
+
+class SpatialTransformer(nn.Module):
+    """Latent diffusion's cross-attention block over a feature map (Rombach et al. 2022, sec. 3.3; diffusers
+    `Transformer2DModel` with use_linear_projection): GroupNorm, linear proj_in, one CrossTransformerBlock over the
+    H*W tokens with the context as keys/values, linear proj_out, residual."""
+
+    def __init__(self, channels: int, n_heads: int, context_dim: int, norm_groups: int = 32) -> None:
+        super().__init__()
+        self.norm = nn.GroupNorm(norm_groups, channels, eps=1e-6)
+        self.proj_in = nn.Linear(channels, channels)
+        self.transformer_blocks = nn.ModuleList([CrossTransformerBlock(channels, n_heads, context_dim)])
+        self.proj_out = nn.Linear(channels, channels)
+
+    def forward(self, x: Tensor, context: Tensor | None = None, context_mask: Tensor | None = None) -> Tensor:
+        if context is None:
+            raise ValueError("this UNet's attention blocks cross-attend to text: pass its token features as context")
+        B, C, H, W = x.shape
+        h = self.proj_in(self.norm(x).reshape(B, C, H * W).transpose(1, 2))  # (B, HW, C)
+        mask = None if context_mask is None else context_mask.bool()[:, None, None, :]  # (B, 1, 1, L)
+        for block in self.transformer_blocks:
+            h = block(h, context, mask)
+        return x + self.proj_out(h).transpose(1, 2).reshape(B, C, H, W)
+
+
+ATTENTION_KINDS = ("added_kv", "cross")
+
+
 class _Level(nn.Module):
     """One UNet resolution level: ResBlocks, optional attention after each, optional resampler."""
 
@@ -215,14 +294,16 @@ class _Level(nn.Module):
 class UNet(nn.Module):
     """ADM/GLIDE UNet body (Dhariwal & Nichol 2021): x (B, C_in, H, W) + emb (B, E) [+ context] -> (B, C_out, H, W).
 
-    `attention_levels` are level indices (0 = full resolution) that get an AttentionBlock after each ResBlock;
-    with `mid_attention` the middle block has one too. H and W must be divisible by 2**(len(channel_mult)-1).
+    `attention_levels` are level indices (0 = full resolution) that get an attention block after each ResBlock;
+    with `mid_attention` the middle block has one too. attention_kind "added_kv": GLIDE's AttentionBlock (context
+    tokens as extra keys / values); "cross": latent diffusion's SpatialTransformer (cross-attention to the context). H and W must be divisible by 2**(len(channel_mult)-1).
     """
 
     def __init__(self, in_channels: int, out_channels: int, model_channels: int, channel_mult: Sequence[int],
                  n_res_blocks: int, emb_dim: int, attention_levels: Sequence[int] = (), mid_attention: bool = False,
                  head_channels: int = 64, context_dim: int = 0, dropout: float = 0.0,
-                 use_scale_shift_norm: bool = True, resblock_updown: bool = True, norm_groups: int = 32) -> None:
+                 use_scale_shift_norm: bool = True, resblock_updown: bool = True, norm_groups: int = 32,
+                 attention_kind: str = "added_kv") -> None:
         super().__init__()
         self.n_levels = len(channel_mult)
 
@@ -230,7 +311,9 @@ class UNet(nn.Module):
             return ResBlock(cin, cout, emb_dim, dropout, use_scale_shift_norm, up=up, down=down,
                             norm_groups=norm_groups)
 
-        def attn(ch: int) -> AttentionBlock:
+        def attn(ch: int) -> nn.Module:
+            if attention_kind == "cross":
+                return SpatialTransformer(ch, max(1, ch // head_channels), context_dim, norm_groups)
             return AttentionBlock(ch, max(1, ch // head_channels), context_dim, norm_groups)
 
         self.conv_in = nn.Conv2d(in_channels, model_channels, 3, padding=1)

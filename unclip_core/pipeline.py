@@ -21,12 +21,13 @@ from PIL import Image
 from torch import Tensor
 
 from .autoencoder import Autoencoder
+from .kl_vae import KLAutoencoder
 from .movq import MoVQ
 from .checkpoint import load_checkpoint, read_pipeline, resolve
 from .checks import check_choice, check_embeddings, check_guidance, check_nonzero_rows, check_positive_int
 from .clip import ClipEncoder
 from .decoder import Decoder
-from .diffusion import Schedule, cosine_schedule, linear_schedule
+from .diffusion import Schedule, cosine_schedule, linear_schedule, scaled_linear_schedule
 from .imageio import ImageLike, load_image, pil_to_tensor, tensor_to_pil
 from .inpaint import sample_repaint
 from .prior import DiffusionPrior
@@ -38,7 +39,11 @@ from .samplers import (SPACINGS, classifier_free_guidance, get_sampler, invert_d
 from .conventions import FAMILY_SAMPLING, Conventions, expand, read_conventions
 from .upsampler import Upsampler, upsample_low_res
 
-LATENT_CODECS = (Autoencoder, MoVQ)  # what a latent decoder's pixels go through (encode / decode / config)
+LATENT_CODECS = (Autoencoder, MoVQ, KLAutoencoder)  # what a latent decoder's pixels go through (encode / decode /
+# config)
+# the seed of the z_i noise of a noise-augmented decoder when x_T is given (decode_from x_T, invert): one draw shared by
+# every row, so that an inverted x_T reconstructs its image at any noise_level and a frame depends on z_i and x_T only
+FIXED_Z_I_NOISE_SEED = 0
 # DDIM's trailing spacing starts at t = T - 1, from pure noise (Lin et al. 2024); inversion uses the same steps.
 SPACING = get_sampler("ddim").spacing
 
@@ -61,10 +66,16 @@ class StageInfo:
     steps_offset: int = 0
     # the timestep spacing of this stage's samplers (None: each sampler's own; diffusers' DDPM / DDIM: "leading")
     spacing: str | None = None
+    # False: DDIM's last step lands on abar_0, not 1 (diffusers' set_alpha_to_one=False, Stable Diffusion 2.x)
+    set_alpha_to_one: bool = True
 
     def __post_init__(self) -> None:
         check_choice("prediction", self.prediction, ("eps", "x0", "v"))
-        check_choice("schedule", self.schedule, ("cosine", "linear"))
+        check_choice("schedule", self.schedule, ("cosine", "linear", "scaled_linear"))
+        if not isinstance(self.set_alpha_to_one, bool):
+            raise TypeError(f"set_alpha_to_one must be True or False, got {self.set_alpha_to_one!r}")
+        if self.variance is not None and not isinstance(self.variance, str):
+            raise TypeError(f"variance must be a sampler variance name or None, got {self.variance!r}")
         check_positive_int("steps_offset", self.steps_offset, minimum=0)
         if self.spacing is not None:
             check_choice("spacing", self.spacing, SPACINGS)
@@ -73,10 +84,19 @@ class StageInfo:
 
     def build_schedule(self) -> Schedule:
         if self.schedule == "linear":
-            return linear_schedule(1000, self.beta_start, self.beta_end)
-        return cosine_schedule(1000)
-        if self.variance is not None and not isinstance(self.variance, str):
-            raise TypeError(f"variance must be a sampler variance name or None, got {self.variance!r}")
+            sched = linear_schedule(1000, self.beta_start, self.beta_end)
+        elif self.schedule == "scaled_linear":
+            sched = scaled_linear_schedule(1000, self.beta_start or 0.00085, self.beta_end or 0.012)
+        else:
+            sched = cosine_schedule(1000)
+        if self.set_alpha_to_one:
+            return sched
+        return Schedule(sched.betas, final_abar=float(sched.alphas_cumprod[0]))
+
+    @property
+    def default_schedule(self) -> bool:
+        """Whether the stage runs the pipeline's shared cosine schedule (nothing in it says otherwise)."""
+        return self.schedule == "cosine" and self.beta_start is None and self.set_alpha_to_one
 
 
 @dataclass
@@ -160,13 +180,17 @@ class UnCLIP:
                  policy: ConceptPolicy | None = None, *, autoencoder: Autoencoder | MoVQ | None = None,
                  default_upsample: int | None = None, sampling: SamplingConfig | None = None,
                  conventions: Conventions | None = None,
-                 upsamplers_last: Sequence[Upsampler | None] = ()) -> None:
+                 upsamplers_last: Sequence[Upsampler | None] = (), decoder_text: ClipEncoder | None = None) -> None:
         if not isinstance(decoder, Decoder):
             raise TypeError(f"decoder must be a Decoder, got {type(decoder).__name__}")
         if prior is not None and not isinstance(prior, DiffusionPrior):
             raise TypeError(f"prior must be a DiffusionPrior or None, got {type(prior).__name__}")
         if autoencoder is not None and not isinstance(autoencoder, LATENT_CODECS):
-            raise TypeError(f"autoencoder must be an Autoencoder or a MoVQ (or None), got {type(autoencoder).__name__}")
+            raise TypeError(f"autoencoder must be an Autoencoder, a MoVQ or a KLAutoencoder (or None), got "
+                            f"{type(autoencoder).__name__}")
+        if decoder_text is not None and not isinstance(decoder_text, ClipEncoder):
+            raise TypeError(f"decoder_text must be a ClipEncoder (the decoder's own text tower) or None, got "
+                            f"{type(decoder_text).__name__}")
         if len(upsamplers) > 2:
             raise ValueError(f"at most two upsamplers are supported (the paper's cascade), got {len(upsamplers)}")
         self._check_decoder_space(decoder, autoencoder)
@@ -195,7 +219,7 @@ class UnCLIP:
                              "to None (pipeline.json stage_info) for a latent decoder")
         self.schedule = schedule or cosine_schedule(1000)
         # each stage's own schedule where its StageInfo names another than the cosine one (Kandinsky's decoder)
-        self.schedules = {k: (self.schedule if v.schedule == "cosine" and v.beta_start is None else v.build_schedule())
+        self.schedules = {k: (self.schedule if v.default_schedule else v.build_schedule())
                           for k, v in self.stage_info.items()}
         self.name = name
         self.policy = policy
@@ -218,6 +242,19 @@ class UnCLIP:
                                  f"upsampler{k + 1} maps {u.config.low_res}->{u.config.out_res}px")
         self.upsamplers_last = [v.eval() if v is not None else None for v in last]
         self._empty_prompt: tuple[Tensor, Tensor, Tensor] | None = None
+        # the text tower whose token features a decoder with its own text encoder reads (Stable unCLIP's OpenCLIP
+        # ViT-H/14 text encoder); None: the CLIP's
+        self.decoder_text = decoder_text
+        self._empty_decoder_text: Tensor | None = None
+        dc = decoder.config
+        if dc.noise_augmented:
+            if "z_i_noising" not in self.stage_info:
+                self.stage_info["z_i_noising"] = StageInfo("eps", None)
+                self.schedules["z_i_noising"] = self.schedule
+            width = (decoder_text or clip).text_width
+            if dc.text_width and width != dc.text_width:
+                raise ValueError(f"the decoder cross-attends to {dc.text_width}-wide text tokens but its text tower "
+                                 f"gives {width}-wide ones; pass the decoder's own text tower (decoder_text)")
 
     @staticmethod
     def _check_decoder_space(decoder: Decoder, autoencoder: Autoencoder | MoVQ | None) -> None:
@@ -261,10 +298,17 @@ class UnCLIP:
         for n, v in (meta.get("variance") or {}).items():  # folders imported before StageInfo.variance
             info[n] = StageInfo(**{**asdict(info.get(n, StageInfo())), "variance": v})
         default = FAMILY_SAMPLING.get(str(meta.get("family")), cls.DEFAULT_SAMPLING)
+        decoder_text = None
+        if meta.get("decoder_text") is not None:
+            text_dir = folder / str(meta["decoder_text"])
+            if not text_dir.is_dir():
+                raise FileNotFoundError(f"{folder}/pipeline.json names the decoder's text tower "
+                                        f"{meta['decoder_text']!r}, but {text_dir} does not exist")
+            decoder_text = ClipEncoder.load(str(text_dir), device=device)
         return cls(clip, models["decoder"], models.get("prior"), ups, info, name=str(meta.get("name", spec)),
                    autoencoder=models.get("autoencoder"), default_upsample=meta.get("default_upsample"),
                    sampling=read_sampling(meta, folder, default), conventions=read_conventions(meta, folder),
-                   upsamplers_last=last)
+                   upsamplers_last=last, decoder_text=decoder_text)
 
     @property
     def device(self) -> torch.device:
@@ -336,6 +380,8 @@ class UnCLIP:
         d = {"model": self.name, "clip": self.clip.spec, "clip_id": self.clip.model_id,
              "resolutions": self.resolutions, "parameters": stages, "latent_decoder": self.is_latent,
              "conventions": self.conventions.to_dict()}
+        if self.decoder_text is not None:
+            d["decoder_text"] = self.decoder_text.spec
         if self.autoencoder is not None:
             ac = self.autoencoder.config
             d["autoencoder"] = {"parameters": stages["autoencoder"], "image_size": ac.image_size,
@@ -361,6 +407,35 @@ class UnCLIP:
         if self._empty_prompt is None:
             self._empty_prompt = self.text_condition([""])
         return tuple(x.expand(batch, *x.shape[1:]) for x in self._empty_prompt)  # type: ignore[return-value]
+
+    def decoder_text_features(self, prompts: list[str]) -> Tensor:
+        """Token features (B, L, w) of the decoder's own text tower (decoder_text, else the CLIP's), on the device;
+        the empty prompt's are cached."""
+        tower = self.decoder_text or self.clip
+        if list(prompts) == [""]:
+            if self._empty_decoder_text is None:
+                self._empty_decoder_text = tower.text_tokens([""])[0].to(self.device)
+            return self._empty_decoder_text
+        return tower.text_tokens(list(prompts))[0].to(self.device)
+
+    def z_i_noise(self, n: int, *, x_T_given: bool, g: torch.Generator,
+                  given: Tensor | None = None) -> Tensor | None:
+        """The forward-process noise (n, d) of a noise-augmented decoder's z_i (None for other decoders): `given`,
+        else one draw from seed FIXED_Z_I_NOISE_SEED shared by every row when x_T is given (as `invert` uses, so
+        inverted x_T reconstruct their images at any noise_level), else n draws from g (before x_T, as diffusers'
+        StableUnCLIP pipelines draw it)."""
+        if not self.decoder.config.noise_augmented:
+            if given is not None:
+                raise ValueError("noise['z_i'] is the noise of a noise-augmented decoder's z_i (Stable unCLIP); this "
+                                 "decoder reads z_i as it is")
+            return None
+        d = self.decoder.config.clip_dim
+        if given is not None:
+            return self._noise(given, (n, d), g, "noise['z_i']")
+        if x_T_given:
+            fixed = torch.randn(d, generator=torch.Generator().manual_seed(FIXED_Z_I_NOISE_SEED))
+            return fixed[None].expand(n, -1)
+        return torch.randn((n, d), generator=g)
 
     def _check_policy(self, prompts: list[str]) -> None:
         if self.policy is None:
@@ -469,24 +544,32 @@ class UnCLIP:
         return (not x_T_given) if clip_denoised is None else clip_denoised
 
     def _decoder_denoiser(self, z_i: Tensor, prompts: list[str] | None, guidance: float, *,
-                          clip_denoised: bool, with_variance: bool = False) -> Callable:
-        cond, uncond = self.conventions.text_conditioning.decoder(self, z_i.to(self.device), prompts)
+                          clip_denoised: bool, with_variance: bool = False, noise_level: int = 0,
+                          z_i_noise: Tensor | None = None) -> Callable:
+        if noise_level and not self.decoder.config.noise_augmented:
+            raise ValueError(f"noise_level={noise_level} noises the image embedding of a noise-augmented decoder "
+                             "(Stable unCLIP); this decoder reads z_i as it is: pass noise_level=0")
+        cond, uncond = self.conventions.text_conditioning.decoder(self, z_i.to(self.device), prompts,
+                                                                  noise_level=noise_level, z_i_noise=z_i_noise)
         net = classifier_free_guidance(self.decoder, cond, uncond, guidance)
         info = self.stage_info["decoder"]
         return model_to_denoiser(net, self.schedules["decoder"], info.prediction, info.clip_x0 if clip_denoised else None,
                                  with_variance=with_variance)
 
     def decoder_denoiser(self, z_i: Tensor, *, guidance: float = 3.0, prompts: Sequence[str] | None = None,
-                         clip_denoised: bool = True) -> Callable:
+                         clip_denoised: bool = True, noise_level: int = 0) -> Callable:
         """The guided decoder as a Denoiser (x_t, t) -> x0, for samplers and DDIM inversion.
 
         clip_denoised=True (for sampling from fresh noise) clamps each predicted x0 to [-1, 1]; pass False for
-        DDIM inversion and for decoding a given x_T (see clip_denoised_rule).
+        DDIM inversion and for decoding a given x_T (see clip_denoised_rule). A noise-augmented decoder noises z_i to
+        noise_level with the fixed noise of z_i_noise (x_T given).
         """
         z_i = self._check_z_i(z_i)
         return self._decoder_denoiser(z_i, None if prompts is None else _check_prompts(prompts),
                                       _check_guidance("guidance", guidance),
-                                      clip_denoised=_check_clip_denoised(clip_denoised, allow_none=False))
+                                      clip_denoised=_check_clip_denoised(clip_denoised, allow_none=False),
+                                      noise_level=noise_level,
+                                      z_i_noise=self.z_i_noise(z_i.shape[0], x_T_given=True, g=torch.Generator()))
 
     def _check_decode_args(self, z_i: Tensor, prompts: Sequence[str] | None) -> tuple[Tensor, list[str] | None]:
         """Validated (z_i, prompt list) of a decode call; prompts must match z_i's rows."""
@@ -546,26 +629,34 @@ class UnCLIP:
         clip_denoised_rule: on from fresh noise, off when x_T is given, since a DDIM-inverted x_T reconstructs its
         image only through the same unclamped ODE; always off for a latent decoder. The value used is in
         settings["clip_denoised"], the whole config in settings["sampling"]. noise: initial noises of the
-        upsampler stages ({"upsampler1": (B, 3, H, W)}, diffusers' super_res_latents), else drawn from the seed.
+        upsampler stages ({"upsampler1": (B, 3, H, W)}, diffusers' super_res_latents), else drawn from the seed, and
+        of a noise-augmented decoder's z_i ({"z_i": (B, d)}; else the rule of z_i_noise). prompts: the text the
+        decoder reads where it reads text (recorded in settings["prompts"]); sampling.noise_level: the level a
+        noise-augmented decoder's z_i is noised to (Stable unCLIP).
         """
         sc = check_sampling(sampling, self.sampling)
-        noise = _check_noise(noise, ("upsampler1", "upsampler2"))
+        noise = _check_noise(noise, ("z_i", "upsampler1", "upsampler2"))
         z_i, prompt_list = self._check_decode_args(z_i, prompts)
         n_up = self.upsample_stages(upsample)
         given = x_T is not None
         clip_denoised = self.clip_denoised_rule(sc.clip_denoised, x_T_given=given, sampler=sc.decoder_sampler)
         g, seed = generator(seed)
+        z_i_noise = self.z_i_noise(z_i.shape[0], x_T_given=given, g=g, given=noise.get("z_i"))
         x_T = self._check_x_T(x_T, z_i.shape[0], g)
         with torch.inference_mode(), self._autocast(sc):
             denoise = self._decoder_denoiser(z_i, prompt_list, sc.decoder_guidance, clip_denoised=clip_denoised,
-                                             with_variance=self._with_variance("decoder", sc.decoder_sampler))
+                                             with_variance=self._with_variance("decoder", sc.decoder_sampler),
+                                             noise_level=sc.noise_level, z_i_noise=z_i_noise)
             x = self._run_sampler(denoise, x_T.to(self.device), steps=sc.decoder_steps, sampler=sc.decoder_sampler,
                                   eta=sc.eta, generator=g, progress=progress, stage="decoder")
             x, stages = self._to_pixels(x)
             x = self._cascade(x, stages, n_up=n_up, sampling=sc, g=g, progress=progress, noise=noise)
         settings = {"sampling": sc.to_dict(), "clip_denoised": clip_denoised, "x_T_given": given,
                     "upsampler_steps": sc.upsampler_steps_for(n_up), "z_i_hash": tensor_hash(z_i),
-                    "seed": seed, **self.describe()}
+                    "prompts": prompt_list, "seed": seed, **self.describe()}
+        if z_i_noise is not None:
+            settings["z_i_noise"] = ("given" if "z_i" in noise else f"fixed (seed {FIXED_Z_I_NOISE_SEED})" if given
+                                     else "drawn from the seed")
         out = UnCLIPOutput(tensor_to_pil(x.cpu()), z_i.cpu(), stages, settings)
         self._check_images(out)
         return out
@@ -638,14 +729,14 @@ class UnCLIP:
         """
         prompts = _check_prompts(prompts)
         sc = check_sampling(sampling, self.sampling)
-        noise = _check_noise(noise, ("prior", "decoder", "upsampler1", "upsampler2"))
+        noise = _check_noise(noise, ("prior", "decoder", "z_i", "upsampler1", "upsampler2"))
         self.upsample_stages(upsample)  # checked before time is spent in the prior
         g, seed = generator(seed)
         z_i = self.sample_prior(prompts, n=n, sampling=sc, seed=g, progress=progress, x_T=noise.get("prior"))
         expanded = expand(prompts, n)
         out = self.decode(z_i, sampling=sc, x_T=noise.get("decoder"),
                           prompts=expanded if self.decoder.config.text_width else None, upsample=upsample, seed=g,
-                          progress=progress, noise={k: v for k, v in noise.items() if k.startswith("upsampler")})
+                          progress=progress, noise={k: v for k, v in noise.items() if k not in ("prior", "decoder")})
         out.settings.update({"prompts": prompts, "n": n, "seed": seed})
         return out
 
@@ -673,8 +764,11 @@ class UnCLIP:
         z_i = self.encode_images(images)
         with torch.inference_mode(), self._autocast(sc):
             x0 = self._to_latents(self._decoder_input(images).to(self.device))
-            # the unclamped ODE that decode(z_i, x_T=x_T) runs back (clip_denoised_rule with x_T given)
-            denoise = self._decoder_denoiser(z_i, None, guidance, clip_denoised=False)
+            # the unclamped ODE that decode(z_i, x_T=x_T) runs back (clip_denoised_rule with x_T given, and the fixed
+            # z_i noise of z_i_noise with x_T given)
+            z_i_noise = self.z_i_noise(z_i.shape[0], x_T_given=True, g=torch.Generator())
+            denoise = self._decoder_denoiser(z_i, None, guidance, clip_denoised=False, noise_level=sc.noise_level,
+                                             z_i_noise=z_i_noise)
             x_T = invert_ddim(denoise, x0, self.schedules["decoder"], self.stage_timesteps("decoder", "ddim", steps),
                               n_fixed_point=refine, progress=progress, label="decoder")
         return z_i, x_T.cpu()
@@ -688,13 +782,18 @@ class UnCLIP:
 
     def variations(self, image: ImageLike, *, n: int = 4, sampling: SamplingConfig | None = None,
                    seed: int | torch.Generator | None = None, upsample: bool | int | None = None,
-                   progress: bool = False) -> UnCLIPOutput:
+                   progress: bool = False, prompt: str | None = None) -> UnCLIPOutput:
         """Image variations (sec. 3.1): decode the image's z_i n times from fresh noise (sampling None:
-        variation_sampling(), DDIM with eta 1)."""
+        variation_sampling(), DDIM with eta 1). prompt: a second condition for a decoder that reads text (Stable
+        unCLIP's), recorded in settings["prompts"]; sampling.noise_level: how much of the image a noise-augmented
+        decoder sees."""
         n = check_positive_int("n", n)
+        if prompt is not None and not self.decoder.config.text_width:
+            raise ValueError("prompt conditions decoders that read text; this decoder reads z_i only: pass prompt=None")
         sc = check_sampling(sampling, self.variation_sampling())
         z_i = self.encode_images([image]).expand(n, -1)
-        out = self.decode(z_i, sampling=sc, upsample=upsample, seed=seed, progress=progress)
+        out = self.decode(z_i, sampling=sc, upsample=upsample, seed=seed, progress=progress,
+                          prompts=None if prompt is None else [prompt] * n)
         out.settings.update({"task": "variations", "n": n})
         return out
 
@@ -726,7 +825,9 @@ class UnCLIP:
             x0 = self._to_latents(self._decoder_input([image]).to(self.device)).expand(n, -1, -1, -1)
             if self.autoencoder is not None:
                 m = F.max_pool2d(m, self.autoencoder.config.factor)  # (1, 1, h, h): any regenerated pixel
-            denoise = self._decoder_denoiser(z_i, None, guidance, clip_denoised=clip_denoised)
+            z_i_noise = self.z_i_noise(n, x_T_given=False, g=g)
+            denoise = self._decoder_denoiser(z_i, None, guidance, clip_denoised=clip_denoised,
+                                             noise_level=sc.noise_level, z_i_noise=z_i_noise)
             x_T = torch.randn(self.x_T_shape(n), generator=g).to(self.device)
             x = sample_repaint(denoise, x_T, self.schedules["decoder"], self.stage_timesteps("decoder", "ddim", steps), x0,
                                m.to(self.device), n_resample=n_resample, generator=g, progress=progress,

@@ -88,8 +88,8 @@ def call_denoiser(denoise: Denoiser, x: Tensor, t: int, want_variance: bool = Fa
 
 
 def abar(schedule: Schedule, t: int) -> float:
-    """abar_t on the training grid; t = -1 is the clean end (abar = 1)."""
-    return 1.0 if t < 0 else float(schedule.alphas_cumprod[t])
+    """abar_t on the training grid; t = -1 is the clean end (schedule.final_abar, 1 unless the stage says)."""
+    return float(schedule.final_abar) if t < 0 else float(schedule.alphas_cumprod[t])
 
 
 # ---- timesteps and denoisers --------------------------------------------------------------------

@@ -54,11 +54,18 @@ class SamplingConfig:
     # bf16 runs the bundled decoder 1.77x faster on this CPU (native bf16), mean |pixel difference| 0.0008
     # (benchmarks/precision.py)
     precision: str = "fp32"
+    # the forward-process step the image embedding is noised to before a noise-augmented decoder reads it (Stable
+    # unCLIP's noise_level, 0..999: 0 keeps the image, higher levels hide more of it); other decoders take only 0
+    noise_level: int = 0
 
     def __post_init__(self) -> None:
         for name in ("prior_steps", "best_of", "decoder_steps"):
             object.__setattr__(self, name, check_positive_int(name, getattr(self, name)))
         object.__setattr__(self, "invert_refine", check_positive_int("invert_refine", self.invert_refine, minimum=0))
+        if isinstance(self.noise_level, bool) or not isinstance(self.noise_level, int) or \
+                not 0 <= self.noise_level <= 999:
+            raise ValueError(f"noise_level must be an int in [0, 999] (the image embedding's noising step; 0 keeps "
+                             f"the embedding), got {self.noise_level!r}")
         for name in ("prior_guidance", "decoder_guidance", "invert_guidance"):
             object.__setattr__(self, name, check_guidance(name, getattr(self, name)))
         for name in ("prior_sampler", "upsampler_sampler"):

@@ -42,7 +42,7 @@ def check_values(cfg: Mapping[str, Any], expected: Mapping[str, Any], where: str
     bad = [f"{k}={cfg[k]!r} (supported: {v!r})" for k, v in expected.items() if k in cfg and cfg[k] != v]
     if bad:
         raise ValueError(f"{where} uses settings that this importer does not support: {'; '.join(bad)}. "
-                         "It reads Karlo's architecture (diffusers' UnCLIPPipeline components)")
+                         "It reads the family's published architecture (its diffusers pipeline components)")
 
 
 # --- configs --------------------------------------------------------------------------------------
@@ -63,14 +63,14 @@ UNET_FIXED = {"act_fn": "silu", "center_input_sample": False, "class_embed_type"
               "num_attention_heads": None}
 
 
-def unet_levels(cfg: Mapping[str, Any], where: str, attn_down: str | None, attn_up: str | None) -> list[bool]:
+def unet_levels(cfg: Mapping[str, Any], where: str, attn_down: str | None, attn_up: str | None, *,
+                plain_down: str = "ResnetDownsampleBlock2D", plain_up: str = "ResnetUpsampleBlock2D") -> list[bool]:
     """Which UNet levels attend, from the block types; the down and up lists must mirror each other."""
     down, up = list(cfg["down_block_types"]), list(cfg["up_block_types"])
-    plain_down, plain_up = "ResnetDownsampleBlock2D", "ResnetUpsampleBlock2D"
     ok_down, ok_up = {plain_down, attn_down} - {None}, {plain_up, attn_up} - {None}
     bad = [b for b in down if b not in ok_down] + [b for b in up if b not in ok_up]
     if bad or len(down) != len(up):
-        raise ValueError(f"{where}: block types {bad or (down, up)} are not Karlo's; supported down blocks "
+        raise ValueError(f"{where}: block types {bad or (down, up)} are not this family's; supported down blocks "
                          f"{sorted(ok_down)}, up blocks {sorted(ok_up)}, as many up as down")
     attends = [b == attn_down for b in down]
     if attends != [b == attn_up for b in reversed(up)]:
