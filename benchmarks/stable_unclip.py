@@ -24,8 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-# "tiny" is diffusers' own fast-test configuration (with a 2-level VAE); "full" is stabilityai/stable-diffusion-2-1-unclip
-# (ViT-H/14: d 1024; the -small model has d 768)
+# "tiny" is diffusers' own fast-test configuration (with a 2-level VAE); "full" is
+# stabilityai/stable-diffusion-2-1-unclip (ViT-H/14: d 1024; the -small model has d 768)
 SIZES: dict[str, dict[str, Any]] = {
     "tiny": dict(d=32, text_width=32, text_layers=2, text_heads=4, image_size=32, vision_width=32, vision_layers=2,
                  vision_heads=4, patch=8, unet=(32, 64), attends=(True, False), heads=(2, 4), unet_layers=1,

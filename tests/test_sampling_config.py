@@ -27,7 +27,17 @@ FIELDS = [f.name for f in dataclasses.fields(SamplingConfig)]
 def test_fields_are_the_documented_ones():
     assert FIELDS == ["prior_sampler", "prior_steps", "prior_guidance", "best_of", "decoder_sampler", "decoder_steps",
                       "decoder_guidance", "eta", "clip_denoised", "invert_guidance", "invert_refine",
-                      "upsampler_sampler", "upsampler_steps", "precision"]
+                      "upsampler_sampler", "upsampler_steps", "precision", "noise_level"]
+
+
+def test_noise_level_is_checked_and_refused_by_decoders_without_noise_augmentation(pipe):  # noqa: F811
+    """noise_level (Stable unCLIP's) is an int in [0, 999]; a decoder that reads z_i as it is takes only 0."""
+    assert SamplingConfig().noise_level == 0 and SamplingConfig(noise_level=999).to_dict()["noise_level"] == 999
+    for bad in (-1, 1000, 2.5, True):
+        with pytest.raises(ValueError, match=r"noise_level must be an int in \[0, 999\]"):
+            SamplingConfig(noise_level=bad)
+    with pytest.raises(ValueError, match=r"noise_level=5 noises the image embedding of a noise-augmented decoder"):
+        pipe.decode(torch.randn(1, pipe.decoder.config.clip_dim), sampling={"decoder_steps": 1, "noise_level": 5})
 
 
 def test_unknown_field_names_are_refused_with_the_list_of_fields():

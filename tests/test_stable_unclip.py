@@ -19,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.stable_unclip import build_random_stable_unclip, float64_tables  # noqa: E402
 from unclip_core.decoder import Decoder  # noqa: E402
 from unclip_core.families.diffusers_unet import load_mapped  # noqa: E402
-from unclip_core.families.stable_unclip import (STABLE_UNCLIP_CONVENTIONS, decoder_config_from_stable_unclip,  # noqa: E402
-                                                import_stable_unclip, map_decoder_state)
+from unclip_core.families.stable_unclip import (  # noqa: E402
+    STABLE_UNCLIP_CONVENTIONS, decoder_config_from_stable_unclip, import_stable_unclip)
 from unclip_core.pipeline import UnCLIP  # noqa: E402
 
 D = 32  # the tiny image-embedding dimension
@@ -87,7 +87,8 @@ def test_noise_augmentation_equals_noise_image_embeddings(img2img):
 def test_one_unet_step_equals_diffusers(img2img):
     ref, ours, _ = img2img
     c = ours.decoder.config
-    assert (c.attention_kind, c.noise_augmented, c.clip_dim, c.text_width, c.head_channels) == ("cross", True, D, 32, 16)
+    assert (c.attention_kind, c.noise_augmented, c.clip_dim, c.text_width, c.head_channels) == \
+        ("cross", True, D, 32, 16)
     assert c.attention_resolutions == (16,) and not c.learn_sigma and not c.use_scale_shift_norm
     n_ref = sum(p.numel() for p in ref.unet.parameters()) + 2 * D  # + the normalizer's mean and std
     assert sum(p.numel() for n, p in ours.decoder.named_parameters() if n != "null_z_i") == n_ref
@@ -114,4 +115,85 @@ def test_decoder_config_names_what_it_cannot_express():
     with pytest.raises(ValueError, match=r"give head widths \[8, 16\]; our Decoder takes one head width"):
         decoder_config_from_stable_unclip({**cfg, "attention_head_dim": [4, 4]})
     with pytest.raises(ValueError, match=r"projection_class_embeddings_input_dim=None"):
-        decoder_config_from_stable_unclip({k: v for k, v in cfg.items() if k != "projection_class_embeddings_input_dim"})
+        decoder_config_from_stable_unclip({k: v for k, v in cfg.items()
+                                           if k != "projection_class_embeddings_input_dim"})
+
+
+# ---- whole pipelines -----------------------------------------------------------------------------------------------
+def test_import_writes_stable_unclips_conventions(img2img):
+    ref, ours, _ = img2img
+    assert ours.conventions == STABLE_UNCLIP_CONVENTIONS and ours.prior is None and ours.is_latent
+    assert ours.resolutions == [32] and ours.x_T_shape(1) == (1, 4, 16, 16)
+    s = ours.sampling
+    assert (s.decoder_sampler, s.decoder_steps, s.decoder_guidance, s.eta, s.noise_level) == ("ddim", 20, 10.0, 0.0, 0)
+    info = ours.stage_info["decoder"]
+    assert (info.prediction, info.schedule, info.beta_start, info.beta_end, info.steps_offset, info.spacing,
+            info.set_alpha_to_one, info.clip_x0) == ("v", "scaled_linear", 0.00085, 0.012, 1, "leading", False, None)
+    assert ours.schedules["decoder"].final_abar == pytest.approx(float(ours.schedules["decoder"].alphas_cumprod[0]))
+    torch.testing.assert_close(ours.schedules["decoder"].alphas_cumprod.float(), ref.scheduler.alphas_cumprod)
+    assert ours.decoder_text is not None and ours.describe()["decoder_text"].endswith("decoder_text")
+
+
+def test_variation_decodes_as_the_img2img_pipeline(img2img):
+    """decode(z_i, x_T, noise={"z_i": eps}) at noise_level 100 equals StableUnCLIPImg2ImgPipeline given the same image
+    embedding, latents and first generator draw (our float64 tables in its schedulers); VAE pixels too."""
+    ref, ours, _ = img2img
+    float64_tables(ref.scheduler, ours.schedules["decoder"])
+    float64_tables(ref.image_noising_scheduler, ours.schedules["z_i_noising"])
+    g = torch.Generator().manual_seed(3)
+    z_i, lat = torch.randn(2, D, generator=g), torch.randn(2, 4, 16, 16, generator=g)
+    eps = torch.randn(2, D, generator=torch.Generator().manual_seed(4))  # what the pipeline draws first from seed 4
+    kw = dict(num_inference_steps=3, guidance_scale=10.0, noise_level=100)
+    want = ref(image_embeds=z_i, latents=lat, prompt=[""] * 2, generator=torch.Generator().manual_seed(4),
+               output_type="latent", **kw).images
+    sampling = {"decoder_steps": 3, "noise_level": 100}
+    out = ours.decode(z_i, x_T=lat, sampling=sampling, noise={"z_i": eps}, seed=0)
+    assert out.stages["decoder_latents"].shape == want.shape == (2, 4, 16, 16) and float(want.std()) > 0.1
+    err = _close(out.stages["decoder_latents"], want)
+    pixels = ref(image_embeds=z_i, latents=lat, prompt=[""] * 2, generator=torch.Generator().manual_seed(4),
+                 output_type="pt", **kw).images
+    err_px = float(((out.stages["decoder"] + 1) / 2 - pixels).abs().max())
+    assert err < 1e-4 and err_px < 1e-4
+    assert out.settings["sampling"]["noise_level"] == 100 and out.settings["z_i_noise"] == "given"
+    with_prompt = ours.decode(z_i, x_T=lat, sampling=sampling, noise={"z_i": eps}, prompts=["a red cube"] * 2)
+    want_p = ref(image_embeds=z_i, latents=lat, prompt=["a red cube"] * 2, generator=torch.Generator().manual_seed(4),
+                 output_type="latent", **kw).images
+    _close(with_prompt.stages["decoder_latents"], want_p)
+    assert with_prompt.settings["prompts"] == ["a red cube"] * 2
+
+
+def test_variations_end_to_end_equal_diffusers_from_one_seed(img2img):
+    """variations(image, n=2, seed) (image tower, z_i noise and x_T drawn in diffusers' order, DDIM eta 1) equals the
+    img2img pipeline given [image, image] and the same seed; each image at the tower's size, so both preprocessings
+    are the identity up to float rounding."""
+    ref, ours, _ = img2img
+    float64_tables(ref.scheduler, ours.schedules["decoder"])
+    float64_tables(ref.image_noising_scheduler, ours.schedules["z_i_noising"])
+    img = _image(5)
+    want = ref(image=[img, img], num_inference_steps=3, guidance_scale=10.0, noise_level=300, eta=1.0,
+               generator=torch.Generator().manual_seed(6), output_type="latent").images
+    out = ours.variations(img, n=2, sampling={"decoder_steps": 3, "noise_level": 300, "eta": 1.0},
+                          seed=torch.Generator().manual_seed(6))
+    err = _close(out.stages["decoder_latents"], want, 1e-3)
+    assert err < 1e-4 and out.settings["task"] == "variations" and out.settings["z_i_noise"] == "drawn from the seed"
+    assert not torch.allclose(out.stages["decoder_latents"][0], out.stages["decoder_latents"][1], atol=1e-2)
+
+
+def test_text_to_image_end_to_end_equals_stable_unclip_pipeline(text2img):
+    """StableUnCLIPPipeline: prior (DDPM, leading steps, x0 clipped to 5) over the prior's text tower, noising, the
+    decoder over SD's text tower, all from one seed and the same prior latents."""
+    ref, ours, _ = text2img
+    assert ours.prior is not None and ours.sampling.prior_sampler == "ddpm"
+    assert ours.stage_info["prior"].spacing == "leading" and ours.stage_info["prior"].clip_x0 == 5.0
+    float64_tables(ref.scheduler, ours.schedules["decoder"])
+    float64_tables(ref.prior_scheduler, ours.schedules["prior"])
+    float64_tables(ref.image_noising_scheduler, ours.schedules["z_i_noising"])
+    prompts = ["a red cube", "a small blue ball on the left"]
+    prior_lat = torch.randn(2, D, generator=torch.Generator().manual_seed(7))
+    want = ref(prompts, prior_num_inference_steps=3, num_inference_steps=3, noise_level=50, prior_latents=prior_lat,
+               generator=torch.Generator().manual_seed(8), output_type="latent").images
+    out = ours.text_to_image(prompts, sampling={"prior_steps": 3, "decoder_steps": 3, "noise_level": 50},
+                             seed=torch.Generator().manual_seed(8), noise={"prior": prior_lat})
+    assert float(want.std()) > 0.1
+    err = _close(out.stages["decoder_latents"], want)
+    assert err < 1e-4 and out.settings["prompts"] == prompts and out.settings["sampling"]["noise_level"] == 50

@@ -192,6 +192,7 @@ def expand(prompts: Sequence[str], n: int) -> list[str]:
     return [p for p in prompts for _ in range(n)]
 
 
-__all__ = ["Conventions", "EmptyPromptText", "NoiseAugmentedText", "FAMILY_CONVENTIONS", "FAMILY_SAMPLING", "KARLO_CONVENTIONS", "expand",
+__all__ = ["Conventions", "EmptyPromptText", "NoiseAugmentedText", "FAMILY_CONVENTIONS", "FAMILY_SAMPLING",
+           "KARLO_CONVENTIONS", "expand",
            "KARLO_SAMPLING", "LearnedNullText",
            "TEXT_CONDITIONINGS", "TextConditioning", "read_conventions"]

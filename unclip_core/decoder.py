@@ -281,7 +281,8 @@ class Decoder(nn.Module):
                                  "noised z_i and its level's embedding (unclip_core.noise_aug.augment_z_i)")
             check_tensor("z_i_aug", z_i_aug, (B, 2 * c.clip_dim))
             m = self.z_i_aug_to_time
-            emb = self.time_embedding(t) + m.linear_2(torch.nn.functional.silu(m.linear_1(z_i_aug.to(m.linear_1.weight.dtype))))
+            h = torch.nn.functional.silu(m.linear_1(z_i_aug.to(m.linear_1.weight.dtype)))
+            emb = self.time_embedding(t) + m.linear_2(h)
             context, context_mask = self._context(z_i_aug, text_tokens, text_mask)
             return self.unet(x_t, emb, context, context_mask)
         if z_i_aug is not None:

@@ -296,7 +296,8 @@ class UNet(nn.Module):
 
     `attention_levels` are level indices (0 = full resolution) that get an attention block after each ResBlock;
     with `mid_attention` the middle block has one too. attention_kind "added_kv": GLIDE's AttentionBlock (context
-    tokens as extra keys / values); "cross": latent diffusion's SpatialTransformer (cross-attention to the context). H and W must be divisible by 2**(len(channel_mult)-1).
+    tokens as extra keys / values); "cross": latent diffusion's SpatialTransformer (cross-attention to the context).
+    H and W must be divisible by 2**(len(channel_mult)-1).
     """
 
     def __init__(self, in_channels: int, out_channels: int, model_channels: int, channel_mult: Sequence[int],

@@ -205,8 +205,8 @@ def import_stable_unclip(src: str | Path, out: str | Path, *, prior: str | Path 
     check_choice("dtype", dtype, tuple(DTYPES))
     _check_folder(src, COMMON_FOLDERS, "Stable unCLIP")
     variant = stable_unclip_variant(src)
-    _check_folder(src, IMG2IMG_FOLDERS if variant == "img2img" else TEXT_FOLDERS,
-                  f"Stable unCLIP ({'StableUnCLIPImg2ImgPipeline' if variant == 'img2img' else 'StableUnCLIPPipeline'})")
+    layout = "StableUnCLIPImg2ImgPipeline" if variant == "img2img" else "StableUnCLIPPipeline"
+    _check_folder(src, IMG2IMG_FOLDERS if variant == "img2img" else TEXT_FOLDERS, f"Stable unCLIP ({layout})")
     if prior is not None:
         prior = Path(prior).expanduser()
         if variant == "text":
@@ -259,7 +259,8 @@ def import_stable_unclip(src: str | Path, out: str | Path, *, prior: str | Path 
             del state
             stages = {"prior": "prior", **stages}
             infos["prior"] = asdict(p_info)
-        state = map_decoder_state(read_diffusers_weights(src / "unet"), read_diffusers_weights(src / "image_normalizer"))
+        state = map_decoder_state(read_diffusers_weights(src / "unet"),
+                                  read_diffusers_weights(src / "image_normalizer"))
         _write_stage(tmp, "decoder", load_mapped(Decoder(dcfg), state, str(src / "unet")), dtype, src)
         del state
         vcfg = kl_config_from_diffusers(_config(src / "vae", ("AutoencoderKL",)))
@@ -280,6 +281,7 @@ def import_stable_unclip(src: str | Path, out: str | Path, *, prior: str | Path 
     return out
 
 
-__all__ = ["DECODER_FIXED", "STABLE_UNCLIP_CONVENTIONS", "STABLE_UNCLIP_SAMPLING", "decoder_config_from_stable_unclip",
+__all__ = ["DECODER_FIXED", "STABLE_UNCLIP_CONVENTIONS", "STABLE_UNCLIP_SAMPLING",
+           "decoder_config_from_stable_unclip",
            "decoder_stage_info", "import_stable_unclip", "map_decoder_state", "noising_stage_info", "prior_stage_info",
            "stable_unclip_variant"]
