@@ -74,7 +74,7 @@ def test_import_writes_a_karlo_pipeline_with_karlo_settings(karlo, ours):
     meta = manifest["metadata"]
     assert meta["family"] == "karlo" and meta["clip"] == "clip"
     cosine = {"schedule": "cosine", "beta_start": None, "beta_end": None, "steps_offset": 0,  # squaredcos_cap_v2
-              "spacing": None}
+              "spacing": None, "set_alpha_to_one": True}
     assert meta["stage_info"]["prior"] == {"prediction": "x0", "clip_x0": 5.0, "variance": "fixed_small_log", **cosine}
     assert meta["stage_info"]["decoder"] == {"prediction": "eps", "clip_x0": 1.0, "variance": "learned_range", **cosine}
     assert meta["stage_info"]["upsampler1"]["variance"] == "fixed_small_log"

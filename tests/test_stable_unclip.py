@@ -197,3 +197,88 @@ def test_text_to_image_end_to_end_equals_stable_unclip_pipeline(text2img):
     assert float(want.std()) > 0.1
     err = _close(out.stages["decoder_latents"], want)
     assert err < 1e-4 and out.settings["prompts"] == prompts and out.settings["sampling"]["noise_level"] == 50
+
+
+# ---- the official text-to-image pairing: the small model with Karlo's prior ------------------------------------------
+@pytest.fixture(scope="module")
+def karlo_paired(img2img, tmp_path_factory):
+    """(diffusers StableUnCLIPPipeline assembled as diffusers' docs do: Karlo's prior, its text tower and its
+    UnCLIPScheduler config run as a DDPMScheduler; our pipeline imported with --prior; the Karlo folder)."""
+    from benchmarks.karlo import build_random_karlo
+    from diffusers import DDPMScheduler, PriorTransformer, StableUnCLIPPipeline, UnCLIPScheduler
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+    from explorer.cli import main
+    ref, _, src = img2img
+    root = tmp_path_factory.mktemp("paired")
+    karlo = build_random_karlo(root / "karlo", "tiny")
+    assert main(["import", "stable-unclip", str(src), "--prior", str(karlo), "--out", str(root / "ours")]) == 0
+    prior_sched = DDPMScheduler.from_config(UnCLIPScheduler.from_pretrained(karlo / "prior_scheduler").config)
+    paired = StableUnCLIPPipeline(
+        prior_tokenizer=CLIPTokenizer.from_pretrained(karlo / "tokenizer"),
+        prior_text_encoder=CLIPTextModelWithProjection.from_pretrained(karlo / "text_encoder").eval(),
+        prior=PriorTransformer.from_pretrained(karlo / "prior").eval(), prior_scheduler=prior_sched,
+        image_normalizer=ref.image_normalizer, image_noising_scheduler=ref.image_noising_scheduler,
+        tokenizer=ref.tokenizer, text_encoder=ref.text_encoder, unet=ref.unet, scheduler=ref.scheduler, vae=ref.vae)
+    paired.set_progress_bar_config(disable=True)
+    return paired, UnCLIP.load(root / "ours"), karlo
+
+
+def test_karlo_prior_pairing_is_text_to_image_end_to_end(karlo_paired):
+    paired, ours, _ = karlo_paired
+    assert ours.prior is not None and ours.prior.config.clip_dim == D and ours.name.endswith("+karlo")
+    assert ours.clip.model.visual.image_size == 32  # the image tower stays: variations run on the same folder
+    for stage, sched in (("decoder", paired.scheduler), ("prior", paired.prior_scheduler),
+                         ("z_i_noising", paired.image_noising_scheduler)):
+        float64_tables(sched, ours.schedules[stage])
+    prompts = ["a red cube on the left of a blue ball"]
+    prior_lat = torch.randn(1, D, generator=torch.Generator().manual_seed(9))
+    want = paired(prompts, prior_num_inference_steps=4, num_inference_steps=3, noise_level=0, prior_latents=prior_lat,
+                  generator=torch.Generator().manual_seed(10), output_type="pt").images
+    out = ours.text_to_image(prompts, sampling={"prior_steps": 4, "decoder_steps": 3},
+                             seed=torch.Generator().manual_seed(10), noise={"prior": prior_lat})
+    assert out.images[0].size == (32, 32) and float(want.std()) > 0.05
+    assert float(((out.stages["decoder"] + 1) / 2 - want).abs().max()) < 1e-4
+
+
+def _edit_weights(folder, fn):
+    from safetensors.torch import load_file, save_file
+    f = folder / "diffusion_pytorch_model.safetensors"
+    state = load_file(f)
+    fn(state)
+    save_file(state, str(f))
+
+
+def test_import_errors_name_the_problem(img2img, karlo_paired, tmp_path):
+    _, _, src = img2img
+    copy = shutil.copytree(src, tmp_path / "su")
+    _edit_weights(copy / "unet", lambda s: s.update({"extra_head.weight": torch.zeros(2)}))
+    with pytest.raises(ValueError, match=r"unexpected \(1\): \['unet.extra_head.weight'\]"):
+        import_stable_unclip(copy, tmp_path / "o")
+    _edit_weights(copy / "unet", lambda s: (s.pop("extra_head.weight"), s.pop("conv_out.bias")))
+    with pytest.raises(ValueError, match=r"missing \(1\): \['unet.conv_out.bias'\]"):
+        import_stable_unclip(copy, tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+    shutil.rmtree(copy / "image_normalizer")
+    with pytest.raises(FileNotFoundError, match=r"missing subfolders \['image_normalizer'\]"):
+        import_stable_unclip(copy, tmp_path / "o")
+    with pytest.raises(ValueError, match=r"dtype='float8' is not known"):
+        import_stable_unclip(src, tmp_path / "o", dtype="float8")
+    sched = shutil.copytree(src, tmp_path / "su2") / "scheduler" / "scheduler_config.json"
+    sched.write_text(json.dumps(dict(json.loads(sched.read_text()), beta_schedule="squaredcos_cap_v2")))
+    with pytest.raises(ValueError, match=r"beta_schedule='squaredcos_cap_v2' is not known; accepted: 'linear'"):
+        import_stable_unclip(sched.parents[1], tmp_path / "o")
+    _, _, karlo = karlo_paired
+    with pytest.raises(FileNotFoundError, match=r"Karlo \(prior\) folder .* does not exist"):
+        import_stable_unclip(src, tmp_path / "o", prior=tmp_path / "nope")
+
+
+def test_float16_storage_loads_close(img2img, tmp_path):
+    from explorer.cli import main
+    _, ours, src = img2img
+    assert main(["import", "stable-unclip", str(src), "--out", str(tmp_path / "h"), "--dtype", "float16"]) == 0
+    half = UnCLIP.load(tmp_path / "h")
+    g = torch.Generator().manual_seed(11)
+    z_i, lat = torch.randn(1, D, generator=g), torch.randn(1, 4, 16, 16, generator=g)
+    a = ours.decode(z_i, x_T=lat, sampling={"decoder_steps": 2}).stages["decoder_latents"]
+    b = half.decode(z_i, x_T=lat, sampling={"decoder_steps": 2}).stages["decoder_latents"]
+    assert float((a - b).abs().max() / a.abs().max()) < 2e-2
