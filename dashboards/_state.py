@@ -280,6 +280,11 @@ def sampling_widget(pipe: Any, key: str = "sampling") -> Any:
         prior_guidance = st.number_input("prior guidance", 0.0, 20.0, float(base.prior_guidance), 0.5,
                                          key=f"{key}_prior_guidance")
         best_of = int(st.number_input("best of", 1, 8, base.best_of, key=f"{key}_best_of"))
+    noise_level = base.noise_level
+    if getattr(pipe.decoder.config, "noise_augmented", False):  # Stable unCLIP: how much of z_i the decoder sees
+        noise_level = st.slider("noise level (z_i)", 0, 999, int(base.noise_level), 25, key=f"{key}_noise_level",
+                                help="The forward-process step the image embedding is noised to before the decoder "
+                                     "reads it: 0 keeps the image, higher levels give more varied images.")
     precision = st.selectbox("precision", ["fp32", "bf16", "fp16"], index=["fp32", "bf16", "fp16"].index(base.precision),
                              key=f"{key}_precision", help="bf16 autocast runs ~1.5x faster on CPUs with native bf16")
     with st.expander("inversion"):
@@ -291,4 +296,5 @@ def sampling_widget(pipe: Any, key: str = "sampling") -> Any:
                                      key=f"{key}_refine"))
     return attempt(base.replace, decoder_sampler=dec_sampler, decoder_steps=steps, decoder_guidance=guidance,
                    eta=eta, prior_sampler=prior_sampler, prior_steps=prior_steps, prior_guidance=prior_guidance,
-                   best_of=best_of, invert_guidance=invert_guidance, invert_refine=refine, precision=precision)
+                   best_of=best_of, invert_guidance=invert_guidance, invert_refine=refine, precision=precision,
+                   noise_level=noise_level)

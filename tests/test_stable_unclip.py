@@ -282,3 +282,91 @@ def test_float16_storage_loads_close(img2img, tmp_path):
     a = ours.decode(z_i, x_T=lat, sampling={"decoder_steps": 2}).stages["decoder_latents"]
     b = half.decode(z_i, x_T=lat, sampling={"decoder_steps": 2}).stages["decoder_latents"]
     assert float((a - b).abs().max() / a.abs().max()) < 2e-2
+
+
+# ---- every analysis by the same calls ------------------------------------------------------------------------------
+def test_variations_over_a_noise_level_sweep(karlo_paired):
+    """Rows = noise levels from the same seed: level 0 keeps the image embedding (up to the schedule's first-step
+    noise), so its row's images move away from it as the level grows; the frame's numbers are CLIP cosines."""
+    from analyses import noise_level_sweep
+    _, ours, _ = karlo_paired
+    img = _image(12)
+    r = noise_level_sweep(ours, img, [0, 500, 999], n=2, sampling={"decoder_steps": 2}, seed=3,
+                          prompt="a red cube")
+    assert len(r.rows) == 3 and all(len(row) == 3 for row in r.rows) and r.image.size[0] >= 3 * 64
+    assert list(r.frame["noise_level"]) == [0, 0, 500, 500, 999, 999]
+    assert r.frame["sim_original"].between(-1, 1).all() and r.settings["prompt"] == "a red cube"
+    a = np.asarray(r.rows[0][1], dtype=float)
+    assert np.abs(a - np.asarray(r.rows[2][1], dtype=float)).mean() > 1.0  # the level changes the picture
+    with pytest.raises(ValueError, match=r"levels \[1000\] are not noise levels"):
+        noise_level_sweep(ours, img, [0, 1000])
+
+
+def test_every_analysis_runs_on_stable_unclip(karlo_paired, tmp_path):
+    """Interpolation with inverted latents (which reconstruct their images at a non-zero noise_level: the z_i noise
+    is the fixed draw when x_T is given), caption interpolation through the prior, a text diff and PCA
+    reconstructions, by the same calls as on every family."""
+    from analyses.interpolation import interpolate
+    from analyses.recon import pca_reconstructions
+    from analyses.text_diff import text_diff
+    _, ours, _ = karlo_paired
+    img = _image(13)
+    inv = {"decoder_steps": 3, "invert_refine": 1, "noise_level": 200}
+    r = interpolate(ours, img, img.transpose(Image.FLIP_LEFT_RIGHT), n_steps=3, x_T_mode="inverted", sampling=inv)
+    assert len(r.images) == 3 and r.x_T.shape == (3, 4, 16, 16)
+    z_i, x_T = ours.invert([img], sampling=inv)
+    again = ours.decode(z_i, x_T=x_T, sampling={**inv, "decoder_guidance": 1.0})
+    assert again.settings["z_i_noise"] == "fixed (seed 0)"
+    first = ours.decode(z_i, x_T=x_T, sampling={**inv, "decoder_guidance": 1.0}, seed=5)
+    torch.testing.assert_close(first.stages["decoder_latents"], again.stages["decoder_latents"])
+    c = interpolate(ours, "a red cube", "a blue ball", n_steps=2, sampling={"prior_steps": 2, "decoder_steps": 2})
+    assert len(c.images) == 2
+    td = text_diff(ours, img, "a red cube", "a blue cube", n_steps=2, sampling={"decoder_steps": 2, "invert_refine": 1})
+    assert len(td.images) == 2
+    Z = ours.encode_images([_image(20 + k) for k in range(6)])
+    assert float(Z.norm(dim=-1)[0]) != pytest.approx(1.0, abs=1e-3)  # raw image embeddings
+    pr = pca_reconstructions(ours, [img], Z.numpy(), ks=[2, 32], sampling={"decoder_steps": 2})
+    assert len(pr.frame) == 2
+
+
+def test_binding_generate_runs_on_stable_unclip(karlo_paired, tmp_path):
+    import pandas as pd
+    from analyses.binding_suite import make_suite
+    from explorer.binding import run_suite
+    _, ours, _ = karlo_paired
+    folder = Path(ours.describe()["clip"]).parent
+    cases = [c for c in make_suite(7, seed=0, kinds=["generation"]) if c.category in ("colour_swap", "count")][:2]
+
+    def judge(image, case):
+        return {"bright": float(np.asarray(image).mean()) > 100.0}
+
+    out = run_suite(cases, str(folder), tmp_path / "run", generate=True, n_images=1, judge=judge, probes=False,
+                    sampling={"prior_steps": 2, "decoder_steps": 2, "noise_level": 100}, progress=False)
+    gen = pd.read_csv(out / "generation.csv")
+    assert len(gen) == 4 and set(gen["path"]) == {"prior", "true_z_i"}
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["pipeline"]["conventions"]["text"] == "noise_augmented"
+
+
+def test_latent_lab_has_a_noise_level_slider(karlo_paired, monkeypatch):
+    """The latent lab on a Stable unCLIP folder: the sampling sidebar shows noise_level, and variations record it."""
+    import io
+    from streamlit.testing.v1 import AppTest
+    from dashboards import _state as S
+    _, ours, _ = karlo_paired
+    monkeypatch.setenv(S.ENV_MODEL, str(Path(ours.describe()["clip"]).parent))
+    monkeypatch.delenv(S.ENV_STORE, raising=False)
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "dashboards" / "views" / "latent_lab.py"),
+                           default_timeout=120)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    at.slider(key="sampling_decoder_steps").set_value(2)
+    at.slider(key="sampling_noise_level").set_value(300)
+    buf = io.BytesIO()
+    _image(14).save(buf, format="PNG")
+    at.file_uploader(key="var_upload").set_value(("x.png", buf.getvalue(), "image/png"))
+    at.number_input(key="var_n").set_value(2)
+    at.button(key="var_go").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.exception] + [e.value for e in at.error]
+    _, out = at.session_state["var"]
+    assert out.settings["sampling"]["noise_level"] == 300 and len(out.images) == 2
