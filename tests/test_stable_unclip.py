@@ -370,3 +370,19 @@ def test_latent_lab_has_a_noise_level_slider(karlo_paired, monkeypatch):
     assert not at.exception and not at.error, [e.value for e in at.exception] + [e.value for e in at.error]
     _, out = at.session_state["var"]
     assert out.settings["sampling"]["noise_level"] == 300 and len(out.images) == 2
+
+
+def test_generate_cli_and_the_benchmark_at_tiny_size(karlo_paired, tmp_path, capsys):
+    """`generate --model` on the paired folder samples with its own defaults and records noise_level and the
+    prompts; benchmarks/stable_unclip.py runs at tiny size and writes its ratio."""
+    from benchmarks.stable_unclip import main as bench
+    from explorer.cli import main
+    _, ours, _ = karlo_paired
+    folder = Path(ours.describe()["clip"]).parent
+    assert main(["generate", "a red cube", "--model", str(folder), "--out", str(tmp_path / "g"), "--n", "1",
+                 "--steps", "2", "--prior-steps", "2", "--seed", "1"]) == 0
+    rec = json.loads((tmp_path / "g" / "settings.json").read_text())
+    assert rec["settings"]["sampling"]["noise_level"] == 0 and rec["settings"]["sampling"]["decoder_guidance"] == 10.0
+    assert bench(["--size", "tiny", "--repeats", "1", "--decoder-steps", "2", "--json", str(tmp_path / "b.json")]) == 0
+    result = json.loads((tmp_path / "b.json").read_text())
+    assert result["ratio"] > 0 and result["mean_abs_pixel_diff"] < 1e-4
