@@ -21,11 +21,15 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
 from unclip_core.atomic import atomic_write, write_json
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import plotly.graph_objects as go
 from unclip_core.checks import check_choice, check_positive_int
 
 MAP_METHODS = ("pca", "pca-incremental", "umap")
@@ -331,4 +335,124 @@ def map_store(store: Any, *, config: MapConfig | None = None, kind: str | None =
                     components=comps, mean=mean)
 
 
-__all__ = ["MAP_METHODS", "MapConfig", "StoreMap", "default_cache_dir", "iter_blocks", "map_store"]
+# ------------------------------------------------------------------------------------------------ drawing
+def density_grid(coords: np.ndarray, bins: int = 400, block_rows: int = 1 << 20
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(counts (bins_y, bins_x), x edges, y edges) of a map's points, accumulated block by block."""
+    bins = check_positive_int("bins", bins, minimum=2)
+    lo = np.full(2, np.inf)
+    hi = np.full(2, -np.inf)
+    for a in range(0, len(coords), block_rows):
+        c = np.asarray(coords[a:a + block_rows, :2], np.float64)
+        lo, hi = np.minimum(lo, c.min(0)), np.maximum(hi, c.max(0))
+    pad = np.where(hi > lo, (hi - lo) * 1e-6, 1.0)
+    xe = np.linspace(lo[0] - pad[0], hi[0] + pad[0], bins + 1)
+    ye = np.linspace(lo[1] - pad[1], hi[1] + pad[1], bins + 1)
+    counts = np.zeros((bins, bins), np.int64)
+    for a in range(0, len(coords), block_rows):
+        c = np.asarray(coords[a:a + block_rows, :2], np.float64)
+        h, _, _ = np.histogram2d(c[:, 1], c[:, 0], bins=(ye, xe))
+        counts += h.astype(np.int64)
+    return counts, xe, ye
+
+
+def rows_in_region(coords: np.ndarray, *, box: tuple[tuple[float, float], tuple[float, float]] | None = None,
+                   polygon: np.ndarray | None = None, block_rows: int = 1 << 20) -> np.ndarray:
+    """Positions (into the map) of every point inside a box ((x0, x1), (y0, y1)) or a polygon ((m, 2) vertices):
+    a selection at full resolution, whatever was drawn."""
+    if (box is None) == (polygon is None):
+        raise ValueError("pass box=((x0, x1), (y0, y1)) or polygon=(m, 2) vertices, exactly one")
+    path = None
+    if polygon is not None:
+        from matplotlib.path import Path as MplPath
+        poly = np.asarray(polygon, np.float64)
+        if poly.ndim != 2 or poly.shape[1] != 2 or len(poly) < 3:
+            raise ValueError(f"polygon must be (m >= 3, 2) vertices, got shape {poly.shape}")
+        path = MplPath(poly)
+        (x0, y0), (x1, y1) = poly.min(0), poly.max(0)
+    else:
+        (x0, x1), (y0, y1) = (sorted(map(float, box[0])), sorted(map(float, box[1])))
+    out = []
+    for a in range(0, len(coords), block_rows):
+        c = np.asarray(coords[a:a + block_rows, :2])
+        inside = (c[:, 0] >= x0) & (c[:, 0] <= x1) & (c[:, 1] >= y0) & (c[:, 1] <= y1)
+        if path is not None and inside.any():
+            idx = np.flatnonzero(inside)
+            inside[idx] = path.contains_points(c[idx])
+        out.append(np.flatnonzero(inside) + a)
+    return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+
+def overview_figure(store_map: StoreMap, sample: "pd.DataFrame", *, color: str | None = None, bins: int = 400,
+                    title: str | None = None) -> "go.Figure":
+    """Every point as a density image (log counts per cell, so a million points draw as one picture), with a
+    sample of them drawn on top as WebGL markers (hover, colour, and something to drag a selection over).
+
+    sample: rows with x, y (and `color`, hover columns) from `sample_frame`."""
+    import plotly.graph_objects as go
+    counts, xe, ye = density_grid(store_map.coords, bins=bins)
+    fig = go.Figure(go.Heatmap(z=np.where(counts > 0, np.log10(np.maximum(counts, 1)) + 0.3, np.nan),
+                               x=(xe[:-1] + xe[1:]) / 2, y=(ye[:-1] + ye[1:]) / 2, colorscale="Greys",
+                               showscale=True, hoverinfo="skip", zsmooth=False,
+                               colorbar={"title": {"text": "points per cell"}, "tickvals": [0.3, 1.3, 2.3, 3.3, 4.3],
+                                         "ticktext": ["1", "10", "100", "1k", "10k"]}))
+    _add_markers(fig, sample, color, size=3)
+    n = len(store_map.coords)
+    fig.update_layout(title=title or f"{store_map.config.method.upper()} of {n:,} points "
+                                     f"(density; {len(sample):,} drawn as markers)",
+                      plot_bgcolor="white", legend={"itemsizing": "constant", "orientation": "h", "y": -0.15})
+    return fig
+
+
+def _natural(value: str) -> tuple:
+    import re
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", value))
+
+
+def category_colours(values: Any) -> dict[str, str]:
+    """One colour per category, in natural order (c2 before c10), the same in every figure of a map."""
+    import plotly.express as px
+    palette = px.colors.qualitative.Plotly + px.colors.qualitative.D3
+    names = sorted({str(v) for v in values}, key=_natural)
+    return {name: palette[i % len(palette)] for i, name in enumerate(names)}
+
+
+def _add_markers(fig: "go.Figure", frame: "pd.DataFrame", color: str | None, size: int) -> None:
+    import plotly.graph_objects as go
+    hover_cols = [c for c in ("row", "id", "caption") if c in frame.columns]
+    template = "<br>".join(f"{c}=%{{customdata[{j}]}}" for j, c in enumerate(hover_cols)) + "<extra></extra>"
+    if color is None:
+        fig.add_trace(go.Scattergl(x=frame["x"], y=frame["y"], mode="markers", name="points", showlegend=False,
+                                   marker={"size": size, "opacity": 0.6, "color": "#1f77b4"},
+                                   customdata=frame[hover_cols].to_numpy(), hovertemplate=template))
+        return
+    labels = frame[color].astype(str)
+    colours = category_colours(labels)
+    for name, hue in colours.items():
+        part = frame[labels == name]
+        fig.add_trace(go.Scattergl(x=part["x"], y=part["y"], mode="markers", name=name,
+                                   marker={"size": size, "opacity": 0.6, "color": hue},
+                                   customdata=part[hover_cols].to_numpy(), hovertemplate=template))
+
+
+def region_figure(frame: "pd.DataFrame", *, color: str | None = None, title: str | None = None,
+                  axis_titles: tuple[str, str] = ("x", "y")) -> "go.Figure":
+    """A selected region drawn point by point (frame: x, y, and `color` / hover columns), coloured as the
+    overview colours it."""
+    import plotly.graph_objects as go
+    fig = go.Figure()
+    _add_markers(fig, frame, color, size=4)
+    fig.update_layout(title=title, plot_bgcolor="white", xaxis_title=axis_titles[0], yaxis_title=axis_titles[1],
+                      legend={"itemsizing": "constant", "orientation": "h", "y": -0.2})
+    return fig
+
+
+def sample_positions(n: int, size: int, seed: int = 0) -> np.ndarray:
+    """A fixed, sorted sample of map positions (the markers drawn over the density)."""
+    if n <= size:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
+
+
+__all__ = ["MAP_METHODS", "MapConfig", "StoreMap", "default_cache_dir", "density_grid", "iter_blocks", "map_store",
+           "overview_figure", "region_figure", "rows_in_region", "sample_positions", "category_colours"]

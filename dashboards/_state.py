@@ -101,6 +101,53 @@ def project_store(path: str, stamp: float, method: str, kind: str | None, seed: 
     return project(open_store(path), method=method, kind=kind, seed=seed)
 
 
+# stores above this many rows get the large-map view: a streamed map (analyses.store_maps) drawn as a density with
+# a sample of markers, selections resolved against every point
+LARGE_MAP_ROWS = 200_000
+MAP_SAMPLE = 20_000
+
+
+@st.cache_resource(show_spinner="Mapping the store (streamed; cached beside it)…", max_entries=8)
+def map_large_store(path: str, stamp: float, method: str, kind: str | None, seed: int) -> Any:
+    """analyses.store_maps.map_store of a store (cached per store version, method, kind and seed)."""
+    from analyses.store_maps import MapConfig, map_store
+    return map_store(open_store(path), config=MapConfig(method=method, seed=seed), kind=kind, progress=False)
+
+
+@st.cache_resource(max_entries=8)
+def large_map_overview(path: str, stamp: float, method: str, kind: str | None, seed: int,
+                       color: str | None) -> tuple[Any, pd.DataFrame]:
+    """(figure, sample frame) of a large map: density of every point plus MAP_SAMPLE markers."""
+    from analyses.store_maps import overview_figure, sample_positions
+    m = map_large_store(path, stamp, method, kind, seed)
+    store = open_store(path)
+    pos = sample_positions(len(m.coords), MAP_SAMPLE, seed)
+    rows = pos if m.rows is None else m.rows[pos]
+    meta = store.metadata
+    cols = [c for c in ("id", "caption", color) if c is not None and c in meta.columns]
+    sample = meta.iloc[rows][list(dict.fromkeys(cols))].reset_index(drop=True)
+    sample.insert(0, "row", rows)
+    xy = np.asarray(m.coords[pos])
+    sample["x"], sample["y"] = xy[:, 0], xy[:, 1]
+    fig = overview_figure(m, sample, color=color)
+    return fig, sample
+
+
+def region_of(event: Any) -> dict[str, Any] | None:
+    """The box or lasso of a plotly selection event, as rows_in_region's keyword (box= / polygon=), or None."""
+    if event is None:
+        return None
+    selection = event.get("selection", {}) if isinstance(event, Mapping) else getattr(event, "selection", {})
+    get = selection.get if isinstance(selection, Mapping) else (lambda k, d=None: getattr(selection, k, d))
+    for box in get("box", []) or []:
+        if box.get("x") and box.get("y"):
+            return {"box": (tuple(box["x"][:2]), tuple(box["y"][:2]))}
+    for lasso in get("lasso", []) or []:
+        if lasso.get("x") and len(lasso["x"]) >= 3:
+            return {"polygon": np.column_stack([lasso["x"], lasso["y"]])}
+    return None
+
+
 # ------------------------------------------------------------------------------------------- inputs
 def read_upload(uploaded: Any, name: str = "upload") -> Image.Image:
     """An RGB PIL image from a Streamlit UploadedFile (or bytes); ValueError naming the file when it is no image."""
