@@ -71,6 +71,62 @@ def _write_frames(folder: Path, result: InterpolationResult | TextDiffResult, me
 
 
 # ------------------------------------------------------------------------------------------- generation analyses
+@dataclass
+class VariationsResult:
+    """A variations grid (rows: noise levels for Stable unCLIP's sweep, else one row), its images and numbers."""
+
+    image: Any
+    images: list[Any]
+    frame: pd.DataFrame
+    settings: dict[str, Any]
+
+
+def variations(model: Any, image: Any, *, n: int = 4, noise_levels: Sequence[int] | None = None,
+               prompt: str | None = None, seed: int = 0, sampling: SamplingConfig | Mapping[str, Any] | None = None,
+               upsample: bool | int | None = None, out: str | Path | None = None) -> VariationsResult:
+    """Image variations (Ramesh et al. 2022, sec. 3.1): the image's z_i decoded n times from fresh noise. With
+    noise_levels (Stable unCLIP): one row per level from the same noises (analyses.variations.noise_level_sweep).
+    frame: one row per variation with its CLIP cosine to the input. With out=DIR writes variation-KKK.png
+    (provenance), grid.png, variations.csv, index.html and settings.json."""
+    from analyses.variations import noise_level_sweep
+    from unclip_core.imageio import load_image
+    pipe = load_pipeline(model)
+    src = load_image(image)
+    sc = pipe.variation_sampling()
+    if sampling is not None:
+        sc = sampling if isinstance(sampling, SamplingConfig) else sc.replace(**dict(sampling))
+    if noise_levels is not None:
+        sweep = noise_level_sweep(pipe, src, levels=noise_levels, n=n, sampling=sc, prompt=prompt, seed=seed,
+                                  upsample=upsample)
+        images = [im for row in sweep.rows for im in row[1:]]
+        result = VariationsResult(sweep.image, images, sweep.frame, dict(sweep.settings))
+    else:
+        out_ = pipe.variations(src, n=n, sampling=sc, seed=seed, upsample=upsample, prompt=prompt)
+        z0 = pipe.encode_images([src])[0]
+        sims = (pipe.encode_images(out_.images) @ z0).tolist()
+        frame = pd.DataFrame({"index": range(n), "sim_original": [float(v) for v in sims]})
+        grid = make_grid([[src.resize(out_.images[0].size)] + list(out_.images)], None,
+                         ["input"] + [f"#{k}" for k in range(n)])
+        result = VariationsResult(grid, list(out_.images), frame,
+                                  {"analysis": "variations", **out_.settings, **pipe.describe()})
+    result.settings["image"] = str(image) if isinstance(image, (str, Path)) else "image"
+    if out is not None:
+        folder = _out_folder(out)
+        info = pipe.describe()
+        meta = {**result.settings, "model": info["model"]}
+        files = []
+        for k, im in enumerate(result.images):
+            save_png(im, folder / f"variation-{k:03d}.png", {**meta, "index": k})
+            files.append(f"variation-{k:03d}.png")
+        save_grid(result.image, folder / "grid.png", meta)
+        _write_csv(folder / "variations.csv", result.frame)
+        title = "Variations" + (f" over noise levels {list(noise_levels)}" if noise_levels is not None else "")
+        write_report(folder, title, [{"image": "grid.png", "title": title, "settings": result.settings}])
+        write_settings(folder, "variations", info, result.settings,
+                       files + ["grid.png", "variations.csv", "index.html"])
+    return result
+
+
 def interpolate(model: Any, a: Any, b: Any, *, n_steps: int = 8, x_T_mode: str = "fixed", text_as: str = "prior",
                 seed: int = 0, sampling: SamplingConfig | Mapping[str, Any] | None = None,
                 upsample: bool | int | None = None, out: str | Path | None = None) -> InterpolationResult:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from analyses.metrics import metric_table
 from analyses.projection import fit_projection
@@ -232,3 +233,20 @@ def test_project_rows_and_custom_axes_are_library_calls(text_store):
         analysis_api.project_rows(text_store, [10**6], kind="text")
     with pytest.raises(ValueError, match="has no rows of kind 'image'"):
         analysis_api.project_rows(text_store, [0], kind="image")
+
+
+def test_variations_command_writes_a_grid_and_cosines(pipe_dir, image_files, tmp_path, capsys):
+    out = tmp_path / "var"
+    assert main(["variations", str(image_files / "img0.png"), "--model", str(pipe_dir), "--out", str(out), "--n", "3",
+                 "--steps", "2", "--seed", "5", "--no-upsample"]) == 0
+    frame = pd.read_csv(out / "variations.csv")
+    assert list(frame["index"]) == [0, 1, 2] and frame["sim_original"].between(-1, 1).all()
+    s = _settings(out)
+    assert s["analysis"] == "variations" and s["seed"] == 5 and s["settings"]["sampling"]["decoder_steps"] == 2
+    assert s["settings"]["sampling"]["eta"] == 1.0  # variations sample DDIM with eta 1 (fresh noise each step)
+    assert sorted(p.name for p in out.glob("variation-*.png")) == [f"variation-{k:03d}.png" for k in range(3)]
+    a, b = (np.asarray(Image.open(out / f"variation-{k:03d}.png"), float) for k in (0, 1))
+    assert np.abs(a - b).mean() > 0.5  # different noises, different pictures
+    assert main(["variations", str(image_files / "img0.png"), "--model", str(pipe_dir), "--out", str(out),
+                 "--noise-level", "300"]) == 2
+    assert "noise" in capsys.readouterr().err

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -386,3 +387,27 @@ def test_generate_cli_and_the_benchmark_at_tiny_size(karlo_paired, tmp_path, cap
     assert bench(["--size", "tiny", "--repeats", "1", "--decoder-steps", "2", "--json", str(tmp_path / "b.json")]) == 0
     result = json.loads((tmp_path / "b.json").read_text())
     assert result["ratio"] > 0 and result["mean_abs_pixel_diff"] < 1e-4
+
+
+def test_variations_cli_noise_level_sweep_grid(karlo_paired, tmp_path, capsys):
+    """`unclip-explorer variations IMAGE --noise-levels ...`: a grid row per level, the level recorded in each PNG,
+    and a level outside 0-999 refused by the option."""
+    from explorer.cli import main
+    from explorer.records import read_png_meta
+    _, ours, _ = karlo_paired
+    folder = Path(ours.describe()["clip"]).parent
+    _image(21).save(tmp_path / "in.png")
+    out = tmp_path / "v"
+    assert main(["variations", str(tmp_path / "in.png"), "--model", str(folder), "--out", str(out), "--n", "2",
+                 "--noise-levels", "0,400,900", "--steps", "2", "--seed", "4", "--prompt", "a red cube"]) == 0
+    frame = pd.read_csv(out / "variations.csv")
+    assert list(frame["noise_level"]) == [0, 0, 400, 400, 900, 900] and frame["sim_original"].between(-1, 1).all()
+    assert len(list(out.glob("variation-*.png"))) == 6
+    meta = read_png_meta(out / "variation-005.png")
+    assert meta["levels"] == [0, 400, 900] and meta["prompt"] == "a red cube" and meta["index"] == 5
+    from PIL import Image as _Image
+    grid = _Image.open(out / "grid.png")
+    assert grid.size[1] > grid.size[0] / 3 * 2  # three rows of (input + 2) cells
+    assert main(["variations", str(tmp_path / "in.png"), "--model", str(folder), "--out", str(out),
+                 "--noise-levels", "0,1000"]) == 2
+    assert "1000 is outside 0-999" in capsys.readouterr().err

@@ -79,7 +79,23 @@ SAMPLING_OPTIONS: dict[str, str] = {
     "best_of": "best_of", "sampler": "decoder_sampler", "steps": "decoder_steps", "guidance": "decoder_guidance",
     "eta": "eta", "invert_guidance": "invert_guidance", "refine": "invert_refine",
     "upsampler_sampler": "upsampler_sampler", "upsampler_steps": "upsampler_steps", "precision": "precision",
+    "noise_level": "noise_level",
 }
+
+
+def noise_level(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; a noise level is 0-999") from None
+    if not 0 <= value <= 999:
+        raise argparse.ArgumentTypeError(f"{value} is outside 0-999 (the noise-augmentation schedule's timesteps)")
+    return value
+
+
+def noise_levels(text: str) -> list[int]:
+    """'0,250,500' -> [0, 250, 500]."""
+    return [noise_level(t.strip()) for t in text.split(",") if t.strip()]
 
 
 def add_sampling_args(p: argparse.ArgumentParser, *, prior: bool = True, decoder: bool = True,
@@ -104,6 +120,9 @@ def add_sampling_args(p: argparse.ArgumentParser, *, prior: bool = True, decoder
                            help="DDIM's eta for the decoder (0 deterministic; only samplers that take eta)")
         g.add_argument("--steps", type=positive_int, default=None, help="the decoder's steps")
         g.add_argument("--guidance", type=guidance, default=None, help="the decoder's classifier-free guidance")
+        g.add_argument("--noise-level", type=noise_level, default=None, metavar="0-999",
+                       help="Stable unCLIP: how far the image embedding is noised before the decoder reads it (0: as "
+                            "it is; 999: almost pure noise); other families refuse a non-zero level")
     if invert:
         g.add_argument("--invert-guidance", type=guidance, default=None,
                        help="guidance of the DDIM inversion and of frames decoded from an inverted x_T (1: they "

@@ -53,6 +53,37 @@ def _interpolate_run(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------- variations
+def _variations_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("variations", help="decode an image's z_i from fresh noise n times (with --noise-levels: "
+                                          "a Stable unCLIP noise-level sweep grid)",
+                       description="Writes variation-KKK.png, grid.png (input, then the variations; one row per "
+                                   "noise level with --noise-levels), variations.csv (CLIP cosine of each variation "
+                                   "to the input), index.html and settings.json to DIR.")
+    p.add_argument("image", metavar="IMAGE", help="image file")
+    p.add_argument("--n", type=_args.positive_int, default=4, help="variations (per noise level) (default 4)")
+    p.add_argument("--noise-levels", type=_args.noise_levels, default=None, metavar="L1,L2,...",
+                   help="Stable unCLIP: one row per noise level, from the same noises, e.g. 0,250,500,750")
+    p.add_argument("--prompt", default=None, help="a second condition for decoders that read text (Stable unCLIP)")
+    p.add_argument("--model", default=DEFAULT_MODEL, metavar="SPEC",
+                   help=f"pipeline folder or bundled name (default {DEFAULT_MODEL})")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created; files replaced atomically)")
+    p.add_argument("--seed", type=_args.seed, default=0)
+    p.add_argument("--no-upsample", action="store_true", help="stop at the decoder's resolution")
+    _args.add_sampling_args(p, prior=False)
+    return p
+
+
+def _variations_run(args: argparse.Namespace) -> int:
+    from explorer import analysis_api
+    r = analysis_api.variations(args.model, args.image, n=args.n, noise_levels=args.noise_levels, prompt=args.prompt,
+                                seed=args.seed, sampling=_args.sampling_overrides(args),
+                                upsample=False if args.no_upsample else None, out=args.out)
+    print(r.frame.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(f"wrote {len(r.images)} variations, grid.png, variations.csv, index.html and settings.json to {args.out}")
+    return 0
+
+
 # ----------------------------------------------------------------------------------------- text-diff
 def _text_diff_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("text-diff", help="edit an image along normalize(z_t(NEW) - z_t(OLD)) (DALL·E 2 text diffs)",
@@ -155,6 +186,7 @@ def _metrics_run(args: argparse.Namespace) -> int:
 
 COMMANDS = [
     Command("interpolate", _interpolate_parser, _interpolate_run),
+    Command("variations", _variations_parser, _variations_run),
     Command("text-diff", _text_diff_parser, _text_diff_run),
     Command("project", _project_parser, _project_run),
     Command("pca-recon", _pca_recon_parser, _pca_recon_run),
