@@ -20,7 +20,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -37,6 +37,7 @@ from unclip_core.decoder import Decoder, DecoderConfig
 from unclip_core.diffusion import cosine_schedule, diffusion_loss
 from unclip_core.prior import DiffusionPrior, PriorConfig
 from unclip_core.sampling import SamplingConfig
+from unclip_core.train.data import DataBatch, DataConfig, TrainingData, describe_data, epoch_indices, to_tensor
 from unclip_core.train.common import (PRECISIONS, EMA, CsvLog, cosine_lr, load_state, network_config, resolve_precision,
                                       save_state, set_lr, write_text_atomic)
 from unclip_core.upsampler import Upsampler, UpsamplerConfig, upsample_low_res
@@ -86,8 +87,14 @@ class DiffusionTrainConfig:
     high_t_fraction: float = 0.0
     high_t_from: float = 0.8
     init_from: str | None = None  # warm start: a checkpoint folder or bundled "NAME/STAGE" with the same config
+    data: DataConfig = DataConfig()  # what the stage trains on (a [data] table in a run file); ShapesWorld by default
+    grad_accum: int = 1  # micro-batches of batch_size per optimiser step (per rank)
     log_every: int = 10
     checkpoint_every: int = 200
+    tensorboard: bool = True  # RUN/tensorboard event files beside loss.csv
+    sample_every: int = 0  # a sample grid (RUN/samples/step-N.png; the prior: sample cosines) every N steps; 0: off
+    n_samples: int = 8  # items of the fixed sample set (the first n of the data), drawn from fixed seeds
+    sample_steps: int = 25  # DDIM steps of the sample grid
 
     def __post_init__(self) -> None:
         check_choice("stage", self.stage, STAGES)
@@ -95,8 +102,19 @@ class DiffusionTrainConfig:
         if self.prediction is None:
             object.__setattr__(self, "prediction", _PREDICTION[self.stage])
         check_choice("prediction", self.prediction, ("eps", "x0", "v"))
-        for name in ("n_steps", "batch_size", "log_every", "checkpoint_every"):
+        for name in ("n_steps", "batch_size", "log_every", "checkpoint_every", "grad_accum", "n_samples",
+                     "sample_steps"):
             check_positive_int(name, getattr(self, name))
+        check_positive_int("sample_every", self.sample_every, minimum=0)
+        if isinstance(self.data, Mapping):
+            from unclip_core.checkpoint import config_from_dict
+            object.__setattr__(self, "data", config_from_dict(DataConfig, self.data,
+                                                              fix="Remove them from the run's [data] table"))
+        if not isinstance(self.data, DataConfig):
+            raise TypeError(f"data must be a DataConfig or a dict of its fields, got {type(self.data).__name__}")
+        if self.data.kind == "embeddings" and self.stage != "prior":
+            raise ValueError(f"data kind='embeddings' (precomputed CLIP embeddings) trains the prior only; the "
+                             f"{self.stage} needs images: pass an image folder or webdataset shards as data path")
         check_positive_int("warmup_steps", self.warmup_steps, minimum=0)
         for name in ("p_drop_z_i", "p_drop_text"):
             if not 0.0 <= getattr(self, name) <= 1.0:
@@ -143,71 +161,18 @@ class DiffusionTrainConfig:
 # (64 -> 256 -> 1024). At 32px, small stars and hexagons are a few pixels wide and cannot be told apart, so
 # the base is 64px with a thin top level (32 channels at 64x64), which costs ~1.5x a 32px UNet, not 7x.
 # clip_scale 6.1 = 17.2 * sqrt(128 / 1024) keeps the paper's per-component scale for 128-d embeddings.
-RECIPES: dict[str, dict[str, dict[str, Any]]] = {
-    # ShapesWorld v1 (the family bundled until the v2 one replaced it): its prior and decoder need a v1 CLIP, which
-    # is no longer bundled; train one with `train clip --recipe shapes` and pass it with --clip
-    "shapes": {
-        "prior": dict(model=dict(clip_dim=128, text_width=128, width=256, n_layers=6, n_heads=4, n_text_tokens=24,
-                                 clip_scale=6.1, dropout=0.0),
-                      n_steps=1000, batch_size=128, lr=3e-4, p_drop_text=0.1, world=1),
-        # clip_map_channels (a spatial z_i map at the input, see decoder.py) and high_t_fraction (half of each batch
-        # from the top fifth of the schedule, where the scene is drawn from z_i): without them the v0 decoder barely
-        # used z_i (x0-MSE at t=990: 0.0363 with the true z_i, 0.0379 with another image's); docs/training.md
-        # conv up/downsampling instead of ResBlock up/down: 2.1 vs 3.1 CPU s/step at batch 32 (bf16, 1 thread)
-        "decoder": dict(model=dict(image_size=64, model_channels=32, channel_mult=(1, 2, 4, 4), n_res_blocks=1,
-                                   attention_resolutions=(16, 8), head_channels=32, clip_dim=128, n_clip_tokens=4,
-                                   text_width=0, learn_sigma=True, dropout=0.0, norm_groups=16,
-                                   resblock_updown=False, clip_map_channels=4, clip_map_size=16),
-                        prediction="v", n_steps=3000, batch_size=32, lr=2e-4, high_t_fraction=0.5, world=1),
-        "upsampler1": dict(model=dict(low_res=64, out_res=256, model_channels=32, channel_mult=(1, 2, 2),
-                                      n_res_blocks=1, norm_groups=16),
-                           prediction="v", n_steps=1000, batch_size=16, lr=3e-4, crop=64),
-        "upsampler2": dict(model=dict(low_res=256, out_res=1024, model_channels=16, channel_mult=(1, 2, 2),
-                                      n_res_blocks=1, norm_groups=8),
-                           prediction="v", n_steps=500, batch_size=8, lr=3e-4, crop=128, crop_content_fraction=0.5),
-    },
-    # ShapesWorld v2 with the bundled v2 shapes-clip: the prior as v1's on the v2 CLIP, and a LATENT decoder (pass
-    # --autoencoder: a python -m unclip_core.train.autoencoder export, 64 px -> 16x16x4) that samples 16x16 latents,
-    # 8.3 M parameters, ~2 s a step of 32 on a shared CPU core where the 64 px pixel decoder took 4.4 s
-    "shapes-v2": {
-        "prior": dict(model=dict(clip_dim=128, text_width=128, width=256, n_layers=6, n_heads=4, n_text_tokens=24,
-                                 clip_scale=6.1, dropout=0.0),
-                      clip="shapes-clip", world=2, n_steps=2000, batch_size=128, lr=3e-4, p_drop_text=0.1),
-        "decoder": dict(model=dict(image_size=16, in_channels=4, model_channels=64, channel_mult=(1, 2, 2),
-                                   n_res_blocks=2, attention_resolutions=(8, 4), head_channels=32, clip_dim=128,
-                                   n_clip_tokens=4, text_width=0, learn_sigma=False, dropout=0.0, norm_groups=16,
-                                   resblock_updown=False, clip_map_channels=4, clip_map_size=16),
-                        clip="shapes-clip", world=2, prediction="v", n_steps=8000, batch_size=32, lr=3e-4,
-                        high_t_fraction=0.3, object_weights=(0.4, 0.4, 0.2)),
-    },
-    # the v2 family continued on the slot-trained CLIP (train clip --recipe shapes-v2-slots; pass it with --clip):
-    # the v2 prior and decoder warm-started (pass --init-from), at the v2 networks' configs
-    "shapes-v2-slots": {
-        "prior": dict(model=dict(clip_dim=128, text_width=128, width=256, n_layers=6, n_heads=4, n_text_tokens=24,
-                                 clip_scale=6.1, dropout=0.0),
-                      world=2, n_steps=700, warmup_steps=50, batch_size=128, lr=2e-4, p_drop_text=0.1),
-        "decoder": dict(model=dict(image_size=16, in_channels=4, model_channels=64, channel_mult=(1, 2, 2),
-                                   n_res_blocks=2, attention_resolutions=(8, 4), head_channels=32, clip_dim=128,
-                                   n_clip_tokens=4, text_width=0, learn_sigma=False, dropout=0.0, norm_groups=16,
-                                   resblock_updown=False, clip_map_channels=4, clip_map_size=16),
-                        world=2, prediction="v", n_steps=3000, warmup_steps=100, batch_size=32, lr=2e-4,
-                        high_t_fraction=0.3, object_weights=(0.3, 0.5, 0.2)),
-    },
-    # for tests: seconds per step
-    "tiny": {
-        "prior": dict(model=dict(clip_dim=64, text_width=128, width=32, n_layers=1, n_heads=2, n_text_tokens=24,
-                                 clip_scale=8.0), n_steps=4, batch_size=4, warmup_steps=1),
-        "decoder": dict(model=dict(image_size=32, model_channels=16, channel_mult=(1, 2), n_res_blocks=1,
-                                   attention_resolutions=(16,), head_channels=8, clip_dim=64, norm_groups=8,
-                                   dropout=0.0), n_steps=4, batch_size=4, warmup_steps=1),
-        "upsampler1": dict(model=dict(low_res=32, out_res=128, model_channels=8, channel_mult=(1, 2),
-                                      n_res_blocks=1, norm_groups=8),
-                           n_steps=4, batch_size=2, crop=32, warmup_steps=1),
-        "upsampler2": dict(model=dict(low_res=128, out_res=512, model_channels=8, channel_mult=(1, 2),
-                                      n_res_blocks=1, norm_groups=8),
-                           n_steps=4, batch_size=2, crop=32, warmup_steps=1),
-    },
-}
+# The recipes are the shipped run configs unclip_core/train/configs/RECIPE-STAGE.toml (`--recipe NAME` runs them).
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+def _load_recipes() -> dict[str, dict[str, dict[str, Any]]]:
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for f in sorted(CONFIG_DIR.glob("*.toml")):
+        name, stage = f.stem.rsplit("-", 1)
+        fields = read_run_file(f)
+        fields.pop("stage", None)
+        out.setdefault(name, {})[stage] = fields
+    return out
 
 
 # the sampling settings a recipe's family is evaluated with (its card's numbers), written into the pipeline.json of
@@ -217,10 +182,153 @@ RECIPE_SAMPLING: dict[str, dict[str, Any]] = {"shapes-v2": {"prior_steps": 25, "
 
 
 def recipe(name: str, stage: str, **overrides: Any) -> DiffusionTrainConfig:
-    """The training config of `stage` in recipe `name` ("shapes" or "tiny"), with field overrides."""
+    """The training config of `stage` in recipe `name` (a shipped config, e.g. "shapes-v2" or "tiny"), with field
+    overrides."""
     check_choice("recipe", name, sorted(RECIPES))
     check_choice("stage", stage, STAGES)
+    if stage not in RECIPES[name]:
+        raise ValueError(f"recipe {name!r} has no {stage} stage (it has {sorted(RECIPES[name])}); pick one of "
+                         f"those or another recipe: {sorted(n for n, st in RECIPES.items() if stage in st)}")
     return DiffusionTrainConfig(stage=stage, **{**RECIPES[name][stage], **overrides})
+
+
+# ---- run files -----------------------------------------------------------------------------------
+# Network sizes by name, for runs on a user's data. The CLIP-dependent fields (clip_dim; the prior's text_width
+# and clip_scale) are filled from the run's CLIP by `fit_to_clip`. "small" is the ShapesWorld family's size,
+# "paper" the widths of the paper's stages as the open releases have them (Karlo's 20-layer, 2048-wide prior;
+# GLIDE's 64 px decoder; the ADM-style upsamplers).
+MODEL_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "prior": {
+        "tiny": dict(width=64, n_layers=2, n_heads=2, n_text_tokens=16, dropout=0.0),
+        "small": dict(width=256, n_layers=6, n_heads=4, n_text_tokens=24, dropout=0.0),
+        "base": dict(width=768, n_layers=12, n_heads=12, n_text_tokens=77, dropout=0.0),
+        "paper": dict(width=2048, n_layers=20, n_heads=32, n_text_tokens=77, dropout=0.0),
+    },
+    "decoder": {
+        "tiny": dict(image_size=32, model_channels=32, channel_mult=(1, 2), n_res_blocks=1, attention_resolutions=(16,),
+                     head_channels=16, norm_groups=8, dropout=0.0, resblock_updown=False),
+        "small": dict(image_size=64, model_channels=32, channel_mult=(1, 2, 4, 4), n_res_blocks=1,
+                      attention_resolutions=(16, 8), head_channels=32, norm_groups=16, dropout=0.0,
+                      resblock_updown=False, clip_map_channels=4, clip_map_size=16),
+        "base": dict(image_size=64, model_channels=128, channel_mult=(1, 2, 3, 4), n_res_blocks=2,
+                     attention_resolutions=(32, 16, 8), head_channels=64, dropout=0.1),
+        "paper": dict(image_size=64, model_channels=512, channel_mult=(1, 2, 3, 4), n_res_blocks=3,
+                      attention_resolutions=(32, 16, 8), head_channels=64, dropout=0.1),
+    },
+    "upsampler1": {
+        "tiny": dict(low_res=32, out_res=128, model_channels=16, channel_mult=(1, 2), n_res_blocks=1, norm_groups=8),
+        "small": dict(low_res=64, out_res=256, model_channels=32, channel_mult=(1, 2, 2), n_res_blocks=1,
+                      norm_groups=16),
+        "base": dict(low_res=64, out_res=256, model_channels=128, channel_mult=(1, 1, 2, 2, 4), n_res_blocks=2),
+        "paper": dict(low_res=64, out_res=256, model_channels=320, channel_mult=(1, 2, 3, 4), n_res_blocks=3),
+    },
+    "upsampler2": {
+        "tiny": dict(low_res=64, out_res=256, model_channels=8, channel_mult=(1, 2), n_res_blocks=1, norm_groups=8),
+        "small": dict(low_res=256, out_res=1024, model_channels=16, channel_mult=(1, 2, 2), n_res_blocks=1,
+                      norm_groups=8),
+        "base": dict(low_res=256, out_res=1024, model_channels=64, channel_mult=(1, 1, 2, 2, 4), n_res_blocks=2),
+        "paper": dict(low_res=256, out_res=1024, model_channels=192, channel_mult=(1, 1, 2, 2, 4, 4),
+                      n_res_blocks=2),
+    },
+}
+RUN_FILE_KEYS = ("recipe", "preset")  # a run file's keys beside DiffusionTrainConfig's fields
+
+
+def read_run_file(path: str | os.PathLike) -> dict[str, Any]:
+    """The fields of a run file: TOML (.toml) or JSON (.json) -> dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"run config not found: {path}; pass a .toml or .json file (examples: "
+                                f"{CONFIG_DIR}/*.toml, docs/training.md)")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".toml":
+        import tomllib
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"{path} is not valid TOML ({e}); fix the line it names") from None
+    if path.suffix == ".json":
+        try:
+            fields = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON ({e.msg}, line {e.lineno}); fix that line") from None
+        if not isinstance(fields, dict):
+            raise ValueError(f"{path} must hold a JSON object of run fields, got {type(fields).__name__}")
+        return fields
+    raise ValueError(f"run config {path} has suffix {path.suffix!r}; accepted: '.toml', '.json'")
+
+
+RECIPES: dict[str, dict[str, dict[str, Any]]] = _load_recipes()
+
+
+def load_run_config(path: str | os.PathLike, stage: str | None = None, *,
+                    overrides: Mapping[str, Any] | None = None) -> DiffusionTrainConfig:
+    """A run's config from a run file (TOML or JSON), validated by DiffusionTrainConfig.
+
+    The file holds DiffusionTrainConfig's fields, its [model] and [data] tables, and optionally `recipe = NAME` (start
+    from that shipped config) and `preset = tiny|small|base|paper` (the model's sizes, MODEL_PRESETS; [model] keys
+    override them). `stage` (the command line's) must agree with the file's. `overrides` (e.g. command-line flags)
+    replace fields; their "model" and "data" dicts are merged key by key into the file's.
+    """
+    fields = dict(read_run_file(path))
+    accepted = sorted(set(DiffusionTrainConfig.__dataclass_fields__) | set(RUN_FILE_KEYS))
+    unknown = sorted(set(fields) - set(accepted))
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {unknown}; accepted keys: {accepted}")
+    file_stage = fields.pop("stage", None)
+    if stage is not None and file_stage is not None and stage != file_stage:
+        raise ValueError(f"{path} configures the {file_stage} stage, not the {stage}; pass `train {file_stage}` or "
+                         "another run file")
+    stage = stage or file_stage
+    if stage is None:
+        raise ValueError(f"{path} names no stage; add stage = \"decoder\" (or prior, upsampler1, upsampler2)")
+    check_choice("stage", stage, STAGES)
+    base: dict[str, Any] = {}
+    name = fields.pop("recipe", None)
+    if name is not None:
+        base = recipe(name, stage).to_dict()
+        base.pop("stage")
+    preset = fields.pop("preset", None)
+    model = dict(base.get("model", {}))
+    if preset is not None:
+        check_choice("preset", preset, sorted(MODEL_PRESETS[stage]))
+        model = dict(MODEL_PRESETS[stage][preset])
+    for src in (fields, dict(overrides or {})):
+        for key, value in src.items():
+            if key == "model":
+                model.update(value)
+            elif key == "data" and isinstance(value, Mapping):
+                base["data"] = {**(base.get("data") or {}), **value}
+            else:
+                base[key] = value
+    if not model:
+        raise ValueError(f"{path} sets no network: add preset = \"tiny\" (or small, base, paper), a [model] table, "
+                         "or recipe = NAME")
+    unknown = sorted(set(base) - set(DiffusionTrainConfig.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"unknown run fields {unknown}; accepted keys: {accepted}")
+    return DiffusionTrainConfig(stage=stage, **{**base, "model": model})
+
+
+def fit_to_clip(config: DiffusionTrainConfig, *, embed_dim: int, text_width: int, context_length: int
+                ) -> DiffusionTrainConfig:
+    """`config` with the CLIP-dependent network fields its run file left out filled from its CLIP: clip_dim; for
+    the prior also text_width, n_text_tokens (capped at the CLIP's context) and clip_scale (the paper's 17.2 for
+    1024-d, per component: 17.2 sqrt(d / 1024)). Fields the file sets are kept (a mismatch is refused later)."""
+    from dataclasses import replace
+    if config.stage not in ("prior", "decoder"):
+        return config
+    model = dict(config.model)
+    model.setdefault("clip_dim", embed_dim)
+    if config.stage == "prior":
+        model.setdefault("clip_scale", round(17.2 * (model["clip_dim"] / 1024) ** 0.5, 3))
+        if model.get("n_text_tokens", 1):
+            model.setdefault("text_width", text_width)
+            # a prior sees at most the CLIP's context: the pipeline's null tokens have the prior's length
+            model["n_text_tokens"] = min(int(model.get("n_text_tokens", PriorConfig.n_text_tokens)), context_length)
+    if model == dict(config.model):
+        return config
+    return replace(config, model=model)
 
 
 # ---- distributed --------------------------------------------------------------------------------
@@ -262,45 +370,70 @@ def data_world(config: DiffusionTrainConfig, clip: "ClipEncoder | None" = None) 
 
 
 class _Batcher:
-    """Builds a stage's training batch (inputs to the network + x0) deterministically from (seed, step, rank)."""
+    """Builds a stage's training batch (inputs to the network + x0) deterministically from (seed, step, micro-batch,
+    rank): ShapesWorld scenes rendered on the fly, or the items of a `TrainingData` in a seeded per-epoch order."""
 
     def __init__(self, config: DiffusionTrainConfig, model_config: Any, clip: "ClipEncoder | None",
-                 rank: int, world: int, autoencoder: Autoencoder | None = None) -> None:
+                 rank: int, world: int, autoencoder: Autoencoder | None = None,
+                 data: TrainingData | None = None) -> None:
         self.c, self.mc, self.clip, self.autoencoder = config, model_config, clip, autoencoder
         self.rank, self.world = rank, world
-        self.data = ShapesConfig(config.seed, 64, "train", config.n_objects, config.object_weights,
-                                 world=data_world(config, clip))
+        self.dataset = data
+        self._epoch: dict[int, np.ndarray] = {}
+        if data is None:
+            self.data = ShapesConfig(config.seed, 64, "train", config.n_objects, config.object_weights,
+                                     world=data_world(config, clip))
 
-    def indices(self, step: int) -> list[int]:
+    def indices(self, step: int, micro: int = 0) -> list[int]:
         B = self.c.batch_size
-        start = (step * self.world + self.rank) * B
-        return list(range(start, start + B))
+        start = ((step * self.c.grad_accum + micro) * self.world + self.rank) * B
+        if self.dataset is None:
+            return list(range(start, start + B))
+        return epoch_indices(start, B, len(self.dataset), self.c.seed, self._epoch)
 
-    def __call__(self, step: int, g: torch.Generator) -> tuple[Tensor, dict[str, Any]]:
+    def __call__(self, step: int, g: torch.Generator, micro: int = 0) -> tuple[Tensor, dict[str, Any]]:
         """-> (x0, conditioning kwargs for the network)."""
-        c, mc = self.c, self.mc
-        idx = self.indices(step)
-        if c.stage in ("prior", "decoder"):
-            size = self.clip.image_size
-            if c.stage == "prior":  # a PriorConfig has no image size
-                sizes: tuple[int, ...] = (size,)
-            else:
-                sizes = (size, mc.image_size if self.autoencoder is None else self.autoencoder.config.image_size)
+        return self.items(self.indices(step, micro), g)
+
+    def _images(self, idx: list[int], sizes: tuple[int, ...]) -> tuple[list[Tensor], list[str] | None, Tensor | None,
+                                                                        Tensor | None]:
+        """(images per size, captions, z_i, z_t) of items idx; z_i / z_t None where they must be encoded here."""
+        if self.dataset is None:
             images, captions = _render_batch(self.data, idx, sizes)
-            z_i = self.clip.encode_image(images[0])
+            return images, captions, None, None
+        b: DataBatch = self.dataset.batch(idx, sizes=sizes)
+        return b.images or [], b.captions, b.z_i, b.z_t
+
+    def items(self, idx: list[int], g: torch.Generator) -> tuple[Tensor, dict[str, Any]]:
+        c, mc = self.c, self.mc
+        if c.stage in ("prior", "decoder"):
+            if c.stage == "prior":  # a PriorConfig has no image size
+                sizes: tuple[int, ...] = (self.clip.image_size,) if self.dataset is None else ()
+            else:
+                out_size = mc.image_size if self.autoencoder is None else self.autoencoder.config.image_size
+                sizes = (self.clip.image_size, out_size) if self.dataset is None else (out_size,)
+            images, captions, z_i, z_t = self._images(idx, sizes)
+            if z_i is None:
+                z_i = self.clip.encode_image(images[0])
             if c.stage == "prior":
-                z_t = self.clip.encode_text(captions)
-                tokens, mask = self.clip.text_tokens(captions)
-                return z_i, {"z_t": z_t, "text_tokens": tokens[:, :mc.n_text_tokens],
-                             "text_mask": mask[:, :mc.n_text_tokens]}
+                if z_t is None:
+                    z_t = self.clip.encode_text(captions)
+                cond = {"z_t": z_t}
+                if mc.n_text_tokens:
+                    tokens, mask = self.clip.text_tokens(captions)
+                    cond.update(text_tokens=tokens[:, :mc.n_text_tokens], text_mask=mask[:, :mc.n_text_tokens])
+                else:
+                    cond.update(text_tokens=None, text_mask=None)
+                return z_i, cond
             cond: dict[str, Any] = {"z_i": z_i}
             if mc.text_width:
                 cond["text_tokens"], cond["text_mask"] = self.clip.text_tokens(captions)
+            x0 = images[-1]
             if self.autoencoder is not None:
                 with torch.no_grad():
-                    return self.autoencoder.encode(images[1]), cond
-            return images[1], cond
-        (lo, hi), _ = _render_batch(self.data, idx, (mc.low_res, mc.out_res))
+                    return self.autoencoder.encode(x0), cond
+            return x0, cond
+        (lo, hi), _, _, _ = self._images(idx, (mc.low_res, mc.out_res))
         lo = blur_corrupt(lo) if c.stage == "upsampler1" else torch.cat(
             [bsr_degrade(x[None], generator=g) for x in lo])
         lo = upsample_low_res(lo, hi.shape[-2:])  # upsample the whole image, then crop: no border effects
@@ -361,20 +494,36 @@ def _prepare(stage: str, model: torch.nn.Module, x0: Tensor, cond: dict[str, Any
     return x0, cond
 
 
+# fields a resumed run may change: they schedule logging, checkpoints and samples, not the weights
+RESUME_EXEMPT = ("n_steps", "log_every", "checkpoint_every", "tensorboard", "sample_every", "n_samples",
+                 "sample_steps")
+
+
 def train_stage(config: DiffusionTrainConfig, out_dir: str | os.PathLike, resume: bool = True,
                 progress: bool = True, clip: "ClipEncoder | None" = None,
                 callback: Callable[[int, dict[str, float]], None] | None = None,
-                on_end: Callable[[torch.nn.Module], None] | None = None) -> Path:
+                on_end: Callable[[torch.nn.Module], None] | None = None, *,
+                data: TrainingData | None = None) -> Path:
     """Train one stage; checkpoint to out_dir/state.pt every `checkpoint_every` steps; export out_dir/model.
 
     resume=True continues from out_dir/state.pt (the same config is required). callback(step, metrics) runs
     after each step; an exception there stops training with the last checkpoint intact; on_end(model) sees the
-    trained (non-EMA) weights of this rank. Returns the exported
-    checkpoint folder (config.json + model.safetensors with the EMA weights).
+    trained (non-EMA) weights of this rank. data: the items of a run whose config.data is not ShapesWorld (open
+    them with explorer.training.open_training_data, or run `unclip-explorer train STAGE --config RUN.toml`).
+    Returns the exported checkpoint folder (config.json + model.safetensors with the EMA weights).
     """
     if not isinstance(config, DiffusionTrainConfig):
         raise TypeError(f"config must be a DiffusionTrainConfig (e.g. recipe('shapes', 'decoder')), "
                         f"got {type(config).__name__}")
+    if config.data.is_shapesworld and data is not None:
+        raise ValueError("data was passed but config.data is ShapesWorld; set config.data to the data's "
+                         "DataConfig (kind and path) so the run records what it trained on")
+    if not config.data.is_shapesworld and data is None:
+        raise ValueError(f"config.data is {config.data.kind} {config.data.path!r}: pass its items as data= "
+                         "(explorer.training.open_training_data(config, ...)), or run `unclip-explorer train "
+                         f"{config.stage} --config RUN.toml`, which opens them")
+    if data is not None and len(data) == 0:
+        raise ValueError(f"the data set {config.data.path!r} is empty; nothing to train on")
     if config.init_from is not None:
         from unclip_core.checkpoint import resolve
         resolve(config.init_from)  # a missing warm-start checkpoint fails before anything is written
@@ -391,7 +540,12 @@ def train_stage(config: DiffusionTrainConfig, out_dir: str | os.PathLike, resume
     if needs_clip and clip.embed_dim != mc.clip_dim:
         raise ValueError(f"the {config.stage} config has clip_dim={mc.clip_dim} but CLIP {config.clip!r} makes "
                          f"{clip.embed_dim}-d embeddings; set model clip_dim={clip.embed_dim}")
-    if needs_clip and config.world is not None and clip.world is not None and clip.world != config.world:
+    if needs_clip and data is not None and data.clip_model_id is not None and data.clip_model_id != clip.model_id:
+        raise ValueError(f"the embeddings of {config.data.path!r} come from CLIP model_id {data.clip_model_id!r}, "
+                         f"this run's CLIP {config.clip!r} is {clip.model_id!r}; pass the CLIP they were made with, "
+                         "or another data cache folder")
+    if (needs_clip and data is None and config.world is not None and clip.world is not None
+            and clip.world != config.world):
         raise ValueError(f"the {config.stage} trains on ShapesWorld v{config.world} but CLIP {config.clip!r} was "
                          f"trained on v{clip.world}; pass --clip with a v{config.world} CLIP (train one with "
                          f"`unclip-explorer train clip --recipe {'shapes' if config.world == 1 else 'shapes-v2'}`) "
@@ -409,8 +563,9 @@ def train_stage(config: DiffusionTrainConfig, out_dir: str | os.PathLike, resume
     if resume and state_path.is_file():
         state = load_state(state_path)
         # n_steps may change on resume (lengthen or shorten a run): the cosine LR schedule is recomputed for
-        # the new total from the current step on; every other field must match
-        diff = sorted(k for k in state["config"] if k != "n_steps" and state["config"][k] != config.to_dict().get(k))
+        # the new total from the current step on; every other field that shapes the weights must match
+        diff = sorted(k for k in state["config"] if k not in RESUME_EXEMPT
+                      and state["config"][k] != config.to_dict().get(k))
         if diff:
             raise ValueError(f"out_dir={str(out)!r} holds a run with another config (differs in {diff}); pass "
                              "the same config, resume=False to start over, or a new out_dir")
@@ -420,10 +575,11 @@ def train_stage(config: DiffusionTrainConfig, out_dir: str | os.PathLike, resume
         step, elapsed = int(state["step"]), float(state["seconds"])
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     log = CsvLog(out / "loss.csv", LOG_FIELDS, resume_step=step if step else None) if rank == 0 else None
+    board = _tensorboard(out, step) if rank == 0 and config.tensorboard else None
     if rank == 0:
         write_text_atomic(out / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
     schedule = cosine_schedule(1000)
-    batcher = _Batcher(config, mc, clip, rank, world, autoencoder)
+    batcher = _Batcher(config, mc, clip, rank, world, autoencoder, data)
 
     def checkpoint() -> None:
         if rank == 0:
@@ -437,50 +593,119 @@ def train_stage(config: DiffusionTrainConfig, out_dir: str | os.PathLike, resume
                 else contextlib.nullcontext())
     while step < config.n_steps:
         t0 = time.perf_counter()
-        # every random draw of a step depends on (seed, step, rank) only, so a resumed run continues exactly
-        g = torch.Generator().manual_seed(hash((config.seed, step, rank)) % (2**63))
         lr = cosine_lr(step, config.lr, config.n_steps, config.warmup_steps, 0.1)
         set_lr(optimizer, lr)
-        with torch.no_grad():
-            x0, cond = batcher(step, g)
-            x0, cond = _prepare(config.stage, model, x0, cond, config, g)
-            t = sample_timesteps(x0.shape[0], schedule.T, g, config.high_t_fraction, config.high_t_from)
-            eps = torch.randn(x0.shape, generator=g)
-            x_t = schedule.q_sample(x0, t, eps).float()
-        with autocast:
-            model_out = net(x_t, t, **cond)
-        loss = diffusion_loss(model_out.float(), x0, x_t, t, eps, config.prediction,
-                              learn_sigma=getattr(mc, "learn_sigma", False), schedule=schedule,
-                              min_snr_gamma=config.min_snr_gamma)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        total = 0.0
+        for micro in range(config.grad_accum):
+            # every random draw of a step depends on (seed, step, micro-batch, rank) only, so a resumed run
+            # continues exactly (micro-batch 0 draws what runs without accumulation always drew)
+            key = (config.seed, step, rank) if micro == 0 else (config.seed, step, rank, micro)
+            g = torch.Generator().manual_seed(hash(key) % (2**63))
+            with torch.no_grad():
+                x0, cond = batcher(step, g, micro)
+                x0, cond = _prepare(config.stage, model, x0, cond, config, g)
+                t = sample_timesteps(x0.shape[0], schedule.T, g, config.high_t_fraction, config.high_t_from)
+                eps = torch.randn(x0.shape, generator=g)
+                x_t = schedule.q_sample(x0, t, eps).float()
+            sync = (contextlib.nullcontext() if world == 1 or micro == config.grad_accum - 1 else net.no_sync())
+            with sync:
+                with autocast:
+                    model_out = net(x_t, t, **cond)
+                loss = diffusion_loss(model_out.float(), x0, x_t, t, eps, config.prediction,
+                                      learn_sigma=getattr(mc, "learn_sigma", False), schedule=schedule,
+                                      min_snr_gamma=config.min_snr_gamma)
+                (loss / config.grad_accum if config.grad_accum > 1 else loss).backward()
+            total += loss.item()
         if config.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
         ema.update(model)
         step += 1
         elapsed += time.perf_counter() - t0
-        metrics = {"loss": loss.item(), "lr": lr, "seconds": elapsed}
+        metrics = {"loss": total / config.grad_accum, "lr": lr, "seconds": elapsed}
         if log is not None and (step % config.log_every == 0 or step == config.n_steps):
             log.write(step=step, **metrics)
+            if board is not None:
+                board.add_scalar("loss", metrics["loss"], step)
+                board.add_scalar("lr", lr, step)
+                board.flush()
         if step % config.checkpoint_every == 0 or step == config.n_steps:
             checkpoint()
+        if rank == 0 and config.sample_every and (step % config.sample_every == 0 or step == config.n_steps):
+            write_samples(config, mc, ema, batcher, out, step, autoencoder=autoencoder, board=board)
         bar.update(1)
         bar.set_postfix(loss=f"{metrics['loss']:.4f}")
         if callback is not None:
             callback(step, metrics)
     bar.close()
+    if board is not None:
+        board.close()
     if on_end is not None:
         on_end(model)
     if rank != 0:
         return out / "model"
     export = replace_weights(model_cls(mc), ema)
-    card = stage_card(config, elapsed, step, sum(p.numel() for p in model.parameters()))
+    card = stage_card(config, elapsed, step, sum(p.numel() for p in model.parameters()), data=data)
     return save_checkpoint(out / "model", export, card=card,
                            metadata={"stage": config.stage, "prediction": config.prediction,
                                      "autoencoder": config.autoencoder,
                                      "train": config.to_dict(), "steps": step, "seconds": round(elapsed, 1)},
                            overwrite=True)
+
+
+def _tensorboard(out: Path, step: int) -> Any:
+    """A TensorBoard writer on out/tensorboard; a resumed run purges the events logged after its checkpoint."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is a dependency; an environment without it still trains, with loss.csv
+        import warnings
+        warnings.warn("tensorboard is not installed (pip install tensorboard): this run logs to loss.csv only; "
+                      "set tensorboard = false to silence this", stacklevel=3)
+        return None
+    return SummaryWriter(str(out / "tensorboard"), purge_step=step if step else None)
+
+
+@torch.no_grad()
+def write_samples(config: DiffusionTrainConfig, model_config: Any, ema: EMA, batcher: "_Batcher", out: Path,
+                  step: int, *, autoencoder: Autoencoder | None = None, board: Any = None) -> Path:
+    """Sample the EMA weights on the run's fixed sample set (its first n_samples items, noise from seed + 1):
+    image stages write out/samples/step-N.png (top row the data, bottom row the samples); the prior writes
+    out/samples/step-N.json with the cosine between sampled and true z_i of each item's caption."""
+    from unclip_core.samplers import model_to_denoiser, sample_ddim
+    n = config.n_samples
+    g = torch.Generator().manual_seed(config.seed + 1)
+    x0, cond = batcher.items([i % len(batcher.dataset) if batcher.dataset is not None else i for i in range(n)], g)
+    model = replace_weights(_MODEL[config.stage][0](model_config), ema)
+    if config.stage == "prior":
+        cond = {"z_t": model.scale_cond(cond["z_t"]), "text_tokens": cond["text_tokens"],
+                "text_mask": cond["text_mask"]}
+    schedule = cosine_schedule(1000)
+    latent = autoencoder is not None
+    clip_x0 = None if config.stage == "prior" or latent else 1.0
+    denoise = model_to_denoiser(lambda x, t: model(x, t, **cond), schedule, config.prediction, clip_x0=clip_x0)
+    x_T = torch.randn(x0.shape, generator=g)
+    sample = sample_ddim(denoise, x_T, schedule, config.sample_steps)
+    folder = out / "samples"
+    folder.mkdir(exist_ok=True)
+    if config.stage == "prior":
+        z = torch.nn.functional.normalize(model.scale_out(sample), dim=-1)
+        cos = (z * torch.nn.functional.normalize(x0, dim=-1)).sum(-1)
+        if board is not None:
+            board.add_scalar("samples/prior_cosine", float(cos.mean()), step)
+        return write_text_atomic(folder / f"step-{step:07d}.json",
+                                 json.dumps({"step": step, "cosine_mean": round(float(cos.mean()), 6),
+                                             "cosine": [round(float(c), 6) for c in cos], "seed": config.seed + 1,
+                                             "sample_steps": config.sample_steps}, indent=2) + "\n")
+    if latent:
+        x0, sample = autoencoder.decode(x0), autoencoder.decode(sample)
+    grid = torch.cat([torch.cat(list(row), dim=-1) for row in (x0, sample)], dim=-2).clamp(-1, 1)  # (3, 2H, nW)
+    if board is not None:
+        board.add_image("samples", (grid + 1) / 2, step)
+    from unclip_core.atomic import atomic_write
+    from unclip_core.imageio import tensor_to_pil
+    image = tensor_to_pil(grid)
+    return atomic_write(folder / f"step-{step:07d}.png", lambda tmp: image.save(tmp, format="PNG"), fsync=False)
 
 
 def sample_timesteps(n: int, T: int, generator: torch.Generator, high_fraction: float = 0.0,
@@ -523,18 +748,21 @@ def replace_weights(model: torch.nn.Module, ema: EMA) -> torch.nn.Module:
     return model.eval()
 
 
-def stage_card(config: DiffusionTrainConfig, seconds: float, steps: int, n_params: int) -> str:
+def stage_card(config: DiffusionTrainConfig, seconds: float, steps: int, n_params: int, *,
+               data: TrainingData | None = None) -> str:
     """A short model card for one trained stage (quality numbers are added by the evaluation)."""
-    return (f"# ShapesWorld unCLIP {config.stage}\n\n"
+    what = f"ShapesWorld v{data_world(config)}" if config.data.is_shapesworld else describe_data(config.data, data)
+    accum = f" x {config.grad_accum} accumulated" if config.grad_accum > 1 else ""
+    return (f"# {'ShapesWorld ' if config.data.is_shapesworld else ''}unCLIP {config.stage}\n\n"
             f"- parameters: {n_params:,}\n- predicts: {config.prediction}\n"
-            f"- data: ShapesWorld v{data_world(config)}\n"
-            f"- trained: {steps} steps x batch {config.batch_size}, {seconds / 60:.1f} min on CPU "
+            f"- data: {what}\n"
+            f"- trained: {steps} steps x batch {config.batch_size}{accum}, {seconds / 60:.1f} min on CPU "
             f"({resolve_precision(config.precision)}), seed {config.seed}\n"
             + (f"- warm start: the weights of `{config.init_from}` (its own card tells how they were trained)\n"
                if config.init_from else "")
             + (f"- latent decoder: samples the latents of the autoencoder `{config.autoencoder}`\n"
                if config.autoencoder else "")
-            + f"- recipe: `unclip-explorer train {config.stage} --recipe shapes`\n\n"
+            + f"- run: `unclip-explorer train {config.stage} --config RUN.toml` with the config below\n\n"
             f"```json\n{json.dumps(config.to_dict(), indent=2)}\n```\n")
 
 

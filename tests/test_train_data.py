@@ -1,0 +1,345 @@
+"""Training on your own data: run files, image folders (captions.jsonl / .txt), webdataset shards and embedding
+stores; the z_i cache, bad data, kill and resume, TensorBoard, sample grids, DDP and assembly."""
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from unclip_core.checkpoint import load_checkpoint
+from unclip_core.clip import ClipEncoder
+from unclip_core.train.diffusion import DiffusionTrainConfig, load_run_config, recipe
+
+from tiny_models import write_tiny_clip
+
+pytestmark = pytest.mark.filterwarnings("ignore:prompt .* truncated:UserWarning")
+
+COLOURS = [(220, 40, 40), (40, 200, 60), (40, 60, 220), (230, 200, 40), (200, 60, 200), (60, 200, 200)]
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return ClipEncoder.load(str(write_tiny_clip(tmp_path_factory.mktemp("clip") / "clip")))
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory):
+    """A ShapesWorld export folder (images/*.png + captions.jsonl), 10 scenes at 32 px."""
+    from unclip_core.data.shapes import export
+    return Path(export(tmp_path_factory.mktemp("data") / "export", n=10, seed=0, size=32, world=2,
+                       progress=False))
+
+
+def _square(colour, size=40, box=None):
+    im = Image.new("RGB", (size, size + 8), (250, 250, 250))  # not square: the loader centre-crops
+    im.paste(colour, box or (8, 12, 24, 28))
+    return im
+
+
+@pytest.fixture(scope="module")
+def txt_folder(tmp_path_factory):
+    """6 images with same-name .txt captions (one in a subfolder), one image without a caption, one corrupt file."""
+    root = tmp_path_factory.mktemp("data") / "txt"
+    (root / "sub").mkdir(parents=True)
+    for i, c in enumerate(COLOURS):
+        path = (root / "sub" if i == 5 else root) / f"img{i}.png"
+        _square(c).save(path)
+        path.with_suffix(".txt").write_text(f"a square of colour {i}\n")
+    _square((10, 10, 10)).save(root / "nocap.png")
+    (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    return root
+
+
+def _write_shard(path, items):
+    with tarfile.open(path, "w") as tf:
+        for key, image, caption in items:
+            for name, data in ((f"{key}.png", image), (f"{key}.txt", caption)):
+                if data is None:
+                    continue
+                import io
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    """Two webdataset shards of 4 samples each (png + txt); the last sample of shard 1 has no caption."""
+    import io
+    root = tmp_path_factory.mktemp("data") / "wds"
+    root.mkdir()
+    for s in range(2):
+        items = []
+        for k in range(4):
+            buf = io.BytesIO()
+            _square(COLOURS[(s * 4 + k) % 6]).save(buf, format="PNG")
+            caption = None if (s, k) == (1, 3) else f"sample {s} {k}".encode()
+            items.append((f"{s:02d}{k:04d}", buf.getvalue(), caption))
+        _write_shard(root / f"shard-{s:03d}.tar", items)
+    return root
+
+
+def _run_file(tmp_path, stage, data, clip, **fields):
+    """A run file (TOML) of a tiny network on `data`."""
+    fields = {"stage": stage, "preset": "tiny", "clip": clip.spec, "n_steps": 4, "batch_size": 4, "warmup_steps": 1,
+              "checkpoint_every": 2, "tensorboard": False, **fields}
+    lines = [f"{k} = {json.dumps(v)}" for k, v in fields.items()]
+    if stage == "decoder":
+        lines += ["", "[model]", "model_channels = 16", "head_channels = 8"]
+    lines += ["", "[data]"] + [f"{k} = {json.dumps(v)}" for k, v in data.items()]
+    path = tmp_path / f"{stage}.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _same_weights(a, b):
+    for (k, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(x, y, rtol=0, atol=0, msg=k)
+
+
+def _kill_and_resume(config, tmp_path, clip, kill_at=3):
+    """Train `config` uninterrupted and killed after step kill_at then resumed: -> (reference, resumed) models."""
+    from explorer.training import train_run
+    ref = load_checkpoint(train_run(config, tmp_path / "ref", clip=clip, progress=False))
+
+    def kill(step, metrics):
+        if step == kill_at:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        train_run(config, tmp_path / "run", clip=clip, progress=False, callback=kill)
+    seen = []
+    resumed = load_checkpoint(train_run(config, tmp_path / "run", clip=clip, progress=False,
+                                        callback=lambda s, m: seen.append(s)))
+    assert seen == list(range(kill_at, config.n_steps + 1))
+    return ref, resumed
+
+
+# ---- run files -------------------------------------------------------------------------------------------------
+def test_shipped_configs_are_the_recipes_and_run_files_validate(tmp_path):
+    from unclip_core.train.diffusion import CONFIG_DIR, RECIPES
+    assert {"shapes", "shapes-v2", "shapes-v2-slots", "tiny"} <= set(RECIPES)
+    cfg = load_run_config(CONFIG_DIR / "shapes-v2-decoder.toml")
+    assert cfg == recipe("shapes-v2", "decoder")
+    assert cfg.model_config().channel_mult == (1, 2, 2) and cfg.batch_size == 32 and cfg.high_t_fraction == 0.3
+    run = tmp_path / "run.toml"
+    run.write_text('stage = "decoder"\nrecipe = "shapes-v2"\nn_steps = 50\n[model]\nmodel_channels = 32\n'
+                   '[data]\npath = "imgs"\nkind = "folder"\n')
+    cfg = load_run_config(run, overrides={"lr": 1e-4, "data": {"on_bad_image": "fail"}})
+    assert (cfg.n_steps, cfg.lr, cfg.model["model_channels"], cfg.model["in_channels"]) == (50, 1e-4, 32, 4)
+    assert (cfg.data.path, cfg.data.kind, cfg.data.on_bad_image) == ("imgs", "folder", "fail")
+    js = tmp_path / "run.json"
+    js.write_text(json.dumps({"stage": "prior", "preset": "small", "grad_accum": 2,
+                              "data": {"kind": "embeddings", "path": "store"}}))
+    cfg = load_run_config(js)
+    assert (cfg.model["width"], cfg.model["n_layers"], cfg.grad_accum, cfg.data.kind) == (256, 6, 2, "embeddings")
+
+
+def test_run_file_errors_name_the_key_and_the_fix(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('stage = "decoder"\npreset = "tiny"\nlearning_rate = 1e-3\n')
+    with pytest.raises(ValueError, match=r"unknown keys \['learning_rate'\]; accepted keys: .*'lr'"):
+        load_run_config(bad)
+    bad.write_text('stage = "decoder"\npreset = "tiny"\n[data]\npath = "x"\nlayout = "folder"\n')
+    with pytest.raises(ValueError, match=r"unknown DataConfig keys \['layout'\]; accepted keys: \['kind', 'path'"):
+        load_run_config(bad)
+    bad.write_text('stage = "decoder"\npreset = "huge"\n')
+    with pytest.raises(ValueError, match="preset='huge' is not known; accepted: 'base', 'paper', 'small', 'tiny'"):
+        load_run_config(bad)
+    bad.write_text('stage = "decoder"\npreset = "tiny"\n')
+    with pytest.raises(ValueError, match="configures the decoder stage, not the prior"):
+        load_run_config(bad, "prior")
+    bad.write_text('stage = "decoder"\npreset = "tiny"\n[data]\nkind = "embeddings"\npath = "store"\n')
+    with pytest.raises(ValueError, match="trains the prior only; the decoder needs images"):
+        load_run_config(bad)
+    bad.write_text('stage = "decoder"\npreset = "tiny"\n[data]\nkind = "folder"\n')
+    with pytest.raises(ValueError, match="data kind='folder' needs data path"):
+        load_run_config(bad)
+    bad.write_text('stage = "decoder"\nn_steps = \n')
+    with pytest.raises(ValueError, match="is not valid TOML"):
+        load_run_config(bad)
+    with pytest.raises(ValueError, match=r"suffix '.yaml'; accepted: '.toml', '.json'"):
+        (tmp_path / "r.yaml").write_text("x")
+        load_run_config(tmp_path / "r.yaml")
+    with pytest.raises(ValueError, match=r"grad_accum must be >= 1, got 0"):
+        recipe("tiny", "decoder", grad_accum=0)
+
+
+# ---- folders --------------------------------------------------------------------------------------------------
+def test_decoder_on_an_export_folder_caches_z_i_and_resumes_bit_identical(clip, export, tmp_path):
+    from explorer.store import EmbeddingStore
+    from explorer.training import open_training_data, prepare_run
+    config = load_run_config(_run_file(tmp_path, "decoder", {"kind": "folder", "path": str(export)}, clip,
+                                       n_steps=5))
+    ref, resumed = _kill_and_resume(config, tmp_path, clip)
+    _same_weights(ref, resumed)
+    cache = EmbeddingStore.open(tmp_path / "run" / "embeddings")
+    assert cache.model_id == clip.model_id and cache.model_spec == clip.spec and len(cache) == 10
+    report = json.loads((tmp_path / "run" / "data.json").read_text())
+    assert (report["n_items"], report["n_unreadable"], report["n_missing_captions"]) == (10, 0, 0)
+    # the batch's z_i are the cache's (the CLIP's embeddings of the files), not re-encoded
+    config, _ = prepare_run(config, clip=clip)
+    items = open_training_data(config, clip=clip, run_dir=tmp_path / "run", progress=False)
+    b = items.batch([0, 3], sizes=(32,))
+    direct = clip.encode_image([Image.open(items.payloads[i]) for i in (0, 3)])
+    torch.testing.assert_close(b.z_i, direct, rtol=0, atol=2e-3)  # the cache is float16
+    assert b.images[0].shape == (2, 3, 32, 32) and -1 <= float(b.images[0].min()) < float(b.images[0].max()) <= 1
+    assert b.captions[0] == json.loads((export / "captions.jsonl").read_text().splitlines()[0])["caption"]
+
+
+def test_txt_captions_bad_images_and_missing_captions(clip, txt_folder, tmp_path, capsys):
+    from explorer.training import open_training_data, prepare_run
+    data = {"kind": "auto", "path": str(txt_folder)}
+    dec, _ = prepare_run(load_run_config(_run_file(tmp_path, "decoder", data, clip)), clip=clip)
+    items = open_training_data(dec, clip=clip, run_dir=tmp_path / "d", progress=False)
+    report = json.loads((tmp_path / "d" / "data.json").read_text())
+    # 8 files: 6 captioned, nocap.png kept (the decoder needs no caption), broken.png skipped and counted
+    assert (len(items), report["n_unreadable"], report["missing_captions"]) == (7, 1, ["nocap.png"])
+    assert report["unreadable"][0].endswith("broken.png")
+    err = capsys.readouterr().err
+    assert "skipped 1 unreadable images" in err and "1 images have no caption (kept: this stage needs no captions)" in err
+    assert sorted(c for c in items.captions if c) == sorted(f"a square of colour {i}" for i in range(6))
+    prior, _ = prepare_run(load_run_config(_run_file(tmp_path, "prior", data, clip)), clip=clip)
+    items = open_training_data(prior, clip=clip, run_dir=tmp_path / "p", progress=False)
+    assert len(items) == 6 and None not in items.captions  # the prior needs captions: nocap.png left out
+    assert "1 images have no caption (left out)" in capsys.readouterr().err
+    strict = load_run_config(_run_file(tmp_path, "decoder", {**data, "on_bad_image": "fail"}, clip))
+    with pytest.raises(ValueError, match=r"1 of 8 images cannot be read: .*broken.png.*on_bad_image = \"skip\""):
+        open_training_data(prepare_run(strict, clip=clip)[0], clip=clip, run_dir=tmp_path / "s", progress=False)
+    assert not (tmp_path / "s" / "embeddings").exists()  # refused before any work
+
+
+def test_empty_and_unusable_data_are_errors_before_training(clip, tmp_path):
+    from explorer.training import train_run
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cfg = load_run_config(_run_file(tmp_path, "decoder", {"kind": "folder", "path": str(empty)}, clip))
+    with pytest.raises(ValueError, match="holds no images"):
+        train_run(cfg, tmp_path / "r", clip=clip, progress=False)
+    only_bad = tmp_path / "bad"
+    only_bad.mkdir()
+    (only_bad / "a.png").write_bytes(b"nope")
+    cfg = load_run_config(_run_file(tmp_path, "decoder", {"kind": "folder", "path": str(only_bad)}, clip))
+    with pytest.raises(ValueError, match="every input .* is unreadable"):
+        train_run(cfg, tmp_path / "r2", clip=clip, progress=False)
+    uncaptioned = tmp_path / "nocaps"
+    uncaptioned.mkdir()
+    _square((1, 2, 3)).save(uncaptioned / "x.png")
+    cfg = load_run_config(_run_file(tmp_path, "prior", {"kind": "folder", "path": str(uncaptioned)}, clip))
+    with pytest.raises(ValueError, match=r"no usable items \(1 images found; 1 images without a caption"):
+        train_run(cfg, tmp_path / "r3", clip=clip, progress=False)
+    assert not (tmp_path / "r3" / "state.pt").exists()
+    cfg = load_run_config(_run_file(tmp_path, "decoder", {"kind": "folder", "path": str(tmp_path / "nowhere")}, clip))
+    with pytest.raises(FileNotFoundError, match="data path not found"):
+        train_run(cfg, tmp_path / "r4", clip=clip, progress=False)
+
+
+def test_the_cache_refuses_another_clip(clip, txt_folder, tmp_path):
+    from explorer.training import train_run
+    other = ClipEncoder.load(str(write_tiny_clip(tmp_path / "other", seed=1)))
+    cache = str(tmp_path / "cache")
+    data = {"kind": "folder", "path": str(txt_folder), "cache": cache}
+    train_run(load_run_config(_run_file(tmp_path, "decoder", data, clip, n_steps=1)), tmp_path / "a", clip=clip,
+              progress=False)
+    cfg = load_run_config(_run_file(tmp_path, "decoder", data, other, n_steps=1))
+    with pytest.raises(ValueError, match=r"the embedding cache .*cache holds z_i of CLIP .*; this run's CLIP is"):
+        train_run(cfg, tmp_path / "b", clip=other, progress=False)
+
+
+# ---- webdataset shards ----------------------------------------------------------------------------------------
+def test_webdataset_shards_train_the_decoder_and_prior_and_resume(clip, shards, tmp_path):
+    from explorer.training import open_training_data, prepare_run
+    pattern = str(shards / "shard-{000..001}.tar")
+    cfg = load_run_config(_run_file(tmp_path, "prior", {"kind": "webdataset", "path": pattern}, clip,
+                                    grad_accum=2, n_steps=4))
+    ref, resumed = _kill_and_resume(cfg, tmp_path / "prior", clip)
+    _same_weights(ref, resumed)
+    report = json.loads((tmp_path / "prior" / "run" / "data.json").read_text())
+    assert report["n_items"] == 7 and report["missing_captions"] == ["shard-001.tar/010003"]
+    dec, _ = prepare_run(load_run_config(_run_file(tmp_path, "decoder", {"kind": "auto", "path": str(shards)}, clip)),
+                         clip=clip)
+    items = open_training_data(dec, clip=clip, run_dir=tmp_path / "dec", progress=False)
+    assert len(items) == 8  # the decoder keeps the uncaptioned sample
+    b = items.batch([0, 7], sizes=(32, 16))
+    assert [x.shape[-1] for x in b.images] == [32, 16]
+    # centre crop of a 40 x 48 image: the red square (rows 12..28 of 48) sits at rows 8..24 of the 40 px crop
+    red = b.images[0][0]
+    assert float(red[0, 16, 16]) > 0.6 and float(red[1, 16, 16]) < -0.5 and float(red[0, 2, 2]) > 0.9
+
+
+# ---- precomputed embeddings -----------------------------------------------------------------------------------
+def test_prior_on_a_store_and_on_a_clip_retrieval_folder(clip, export, tmp_path):
+    from explorer.store import embed_items, export_clip_retrieval
+    from explorer.training import open_training_data, prepare_run
+    store = embed_items(clip, export, tmp_path / "store", kind="both", progress=False)
+    crf = export_clip_retrieval(store, tmp_path / "crf")
+    _, _, meta = store.select("image")
+    for path in (tmp_path / "store", crf):
+        cfg = load_run_config(_run_file(tmp_path, "prior", {"kind": "auto", "path": str(path)}, clip, n_steps=2))
+        cfg, _ = prepare_run(cfg, clip=clip)
+        items = open_training_data(cfg, clip=clip, run_dir=tmp_path / path.name, progress=False)
+        assert len(items) == 10 and items.has_z_t
+        b = items.batch([0, 9])
+        assert b.captions[0] == meta["caption"].iloc[0]
+        torch.testing.assert_close(b.z_t, clip.encode_text(b.captions), rtol=0, atol=2e-3)
+        img0 = export / meta["file"].iloc[0]
+        torch.testing.assert_close(b.z_i[:1], clip.encode_image([Image.open(img0)]), rtol=0, atol=2e-3)
+    cfg = load_run_config(_run_file(tmp_path, "prior", {"kind": "embeddings", "path": str(crf)}, clip, n_steps=4))
+    ref, resumed = _kill_and_resume(cfg, tmp_path / "resume", clip)
+    _same_weights(ref, resumed)
+    other = ClipEncoder.load(str(write_tiny_clip(tmp_path / "other", seed=1)))
+    with pytest.raises(ValueError, match="come from CLIP model_id .* pass the CLIP they were made with"):
+        from explorer.training import train_run
+        train_run(load_run_config(_run_file(tmp_path, "prior", {"kind": "embeddings", "path": str(crf)}, other)),
+                  tmp_path / "o", clip=other, progress=False)
+
+
+# ---- logging, samples, the command line, assembly --------------------------------------------------------------
+def test_cli_config_run_writes_tensorboard_and_a_sample_grid_then_assembles(clip, export, tmp_path, capsys):
+    from explorer.cli import main
+    from unclip_core.pipeline import UnCLIP
+    run = _run_file(tmp_path, "decoder", {"kind": "folder", "path": str(export)}, clip, tensorboard=True,
+                    sample_every=2, n_samples=3, sample_steps=2, log_every=1)
+    assert main(["train", "decoder", "--config", str(run), "--out", str(tmp_path / "dec"), "--no-progress",
+                 "--steps", "2"]) == 0
+    grid = Image.open(tmp_path / "dec" / "samples" / "step-0000002.png")
+    assert grid.size == (3 * 32, 2 * 32)  # the data on top, samples below
+    events = list((tmp_path / "dec" / "tensorboard").glob("events.out.tfevents.*"))
+    assert events
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(tmp_path / "dec" / "tensorboard"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("loss")] == [1, 2] and "samples" in acc.Tags()["images"]
+    csv = (tmp_path / "dec" / "loss.csv").read_text().splitlines()
+    assert float(csv[1].split(",")[1]) == pytest.approx(acc.Scalars("loss")[0].value, rel=1e-4)
+    prior = _run_file(tmp_path, "prior", {"kind": "folder", "path": str(export)}, clip, sample_every=1, n_samples=2,
+                      sample_steps=2)
+    assert main(["train", "prior", "--config", str(prior), "--out", str(tmp_path / "prior"), "--no-progress",
+                 "--steps", "1"]) == 0
+    sample = json.loads((tmp_path / "prior" / "samples" / "step-0000001.json").read_text())
+    assert len(sample["cosine"]) == 2 and -1 <= sample["cosine_mean"] <= 1
+    assert main(["train", "assemble", "--stage-dir", f"decoder={tmp_path / 'dec' / 'model'}",
+                 "--stage-dir", f"prior={tmp_path / 'prior' / 'model'}", "--out", str(tmp_path / "pipe"),
+                 "--name", "mine"]) == 0
+    assert "assembled mine (decoder, prior; CLIP" in capsys.readouterr().out
+    pipe = UnCLIP.load(tmp_path / "pipe")
+    out = pipe.text_to_image("a red circle", sampling={"decoder_steps": 2, "prior_steps": 2}, seed=0)
+    assert out.images[0].size == (32, 32)
+    assert main(["train", "assemble", "--stage-dir", "decoder", "--out", str(tmp_path / "p2")]) == 2
+    assert "expected STAGE=PATH" in capsys.readouterr().err
+    assert main(["train", "decoder", "--config", str(run), "--recipe", "tiny"]) == 2
+    assert "--config and --recipe both name a run" in capsys.readouterr().err
+
+
+def test_recipe_names_take_data_flags(txt_folder):
+    from explorer.commands.train import add_parser, diffusion_config
+    import argparse
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    args = parser.parse_args(["train", "decoder", "--recipe", "shapes-v2", "--data", str(txt_folder),
+                              "--fail-on-bad-images", "--grad-accum", "2"])
+    cfg = diffusion_config(args)
+    assert (cfg.data.kind, cfg.data.path, cfg.data.on_bad_image, cfg.grad_accum) == ("auto", str(txt_folder), "fail", 2)
+    assert cfg.model == recipe("shapes-v2", "decoder").model
