@@ -343,3 +343,49 @@ def test_recipe_names_take_data_flags(txt_folder):
     cfg = diffusion_config(args)
     assert (cfg.data.kind, cfg.data.path, cfg.data.on_bad_image, cfg.grad_accum) == ("auto", str(txt_folder), "fail", 2)
     assert cfg.model == recipe("shapes-v2", "decoder").model
+
+
+# ---- DDP ----------------------------------------------------------------------------------------------------------
+def test_ranks_draw_disjoint_items_covering_each_epoch():
+    from types import SimpleNamespace
+
+    from unclip_core.train.diffusion import _Batcher
+    data = SimpleNamespace(__len__=None)
+    n = 22
+
+    class Items:
+        def __len__(self):
+            return n
+    cfg = SimpleNamespace(batch_size=3, grad_accum=2, seed=5)
+    ranks = [_Batcher.__new__(_Batcher) for _ in range(2)]
+    for r, b in enumerate(ranks):
+        b.c, b.rank, b.world, b.dataset, b._epoch = cfg, r, 2, Items(), {}
+    drawn = [[i for step in range(4) for micro in range(2) for i in b.indices(step, micro)] for b in ranks]
+    assert not set(drawn[0][:9]) & set(drawn[1][:9])  # the first 3 micro-batches of each rank: disjoint
+    stream = [i for step in range(4) for micro in range(2) for b in ranks for i in b.indices(step, micro)]
+    assert sorted(stream[:n]) == list(range(n)) and sorted(stream[n:2 * n]) == list(range(n))  # each epoch once
+    assert stream[:n] != stream[n:2 * n]  # a new order each epoch
+    assert ranks[0].indices(3, 1) == ranks[0].indices(3, 1)  # a pure function of (step, micro, rank)
+
+
+def test_ddp_two_gloo_ranks_on_a_folder_hold_identical_weights(clip, txt_folder, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+    run = _run_file(tmp_path, "decoder", {"kind": "folder", "path": str(txt_folder)}, clip, n_steps=3,
+                    batch_size=2)
+    torchrun = Path(sys.executable).parent / "torchrun"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run([str(torchrun), "--nproc_per_node=2", "--master_port=29533",
+                           str(Path(__file__).parent / "ddp_folder_worker.py"), str(tmp_path / "out"), str(run)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    w0, w1 = load_file(tmp_path / "out" / "rank0.safetensors"), load_file(tmp_path / "out" / "rank1.safetensors")
+    assert w0.keys() == w1.keys()
+    for k in w0:
+        torch.testing.assert_close(w0[k], w1[k], rtol=0, atol=0, msg=k)
+    exported = load_checkpoint(tmp_path / "out" / "model").state_dict()
+    assert max(float((exported[k] - w0[k]).abs().max()) for k in w0) > 0  # EMA export differs from raw: it trained
+    assert json.loads((tmp_path / "out" / "data.json").read_text())["n_items"] == 7

@@ -573,7 +573,9 @@ def train_stage(config: DiffusionTrainConfig, out_dir: str | os.PathLike, resume
         optimizer.load_state_dict(state["optimizer"])
         ema.load_state_dict(state["ema"])
         step, elapsed = int(state["step"]), float(state["seconds"])
-    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    # the prior's and decoder's learned null embeddings get no gradient in a batch where no condition was dropped
+    net = (torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=needs_clip) if world > 1
+           else model)
     log = CsvLog(out / "loss.csv", LOG_FIELDS, resume_step=step if step else None) if rank == 0 else None
     board = _tensorboard(out, step) if rank == 0 and config.tensorboard else None
     if rank == 0:
