@@ -362,13 +362,11 @@ def rows_in_region(coords: np.ndarray, *, box: tuple[tuple[float, float], tuple[
     a selection at full resolution, whatever was drawn."""
     if (box is None) == (polygon is None):
         raise ValueError("pass box=((x0, x1), (y0, y1)) or polygon=(m, 2) vertices, exactly one")
-    path = None
+    poly = None
     if polygon is not None:
-        from matplotlib.path import Path as MplPath
         poly = np.asarray(polygon, np.float64)
         if poly.ndim != 2 or poly.shape[1] != 2 or len(poly) < 3:
             raise ValueError(f"polygon must be (m >= 3, 2) vertices, got shape {poly.shape}")
-        path = MplPath(poly)
         (x0, y0), (x1, y1) = poly.min(0), poly.max(0)
     else:
         (x0, x1), (y0, y1) = (sorted(map(float, box[0])), sorted(map(float, box[1])))
@@ -376,11 +374,26 @@ def rows_in_region(coords: np.ndarray, *, box: tuple[tuple[float, float], tuple[
     for a in range(0, len(coords), block_rows):
         c = np.asarray(coords[a:a + block_rows, :2])
         inside = (c[:, 0] >= x0) & (c[:, 0] <= x1) & (c[:, 1] >= y0) & (c[:, 1] <= y1)
-        if path is not None and inside.any():
+        if poly is not None and inside.any():
             idx = np.flatnonzero(inside)
-            inside[idx] = path.contains_points(c[idx])
+            inside[idx] = _in_polygon(c[idx], poly)
         out.append(np.flatnonzero(inside) + a)
     return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+
+def _in_polygon(points: np.ndarray, poly: np.ndarray) -> np.ndarray:
+    """Even-odd rule (a horizontal ray from each point crosses the boundary an odd number of times), vectorised
+    over the points, one polygon edge at a time."""
+    x, y = points[:, 0].astype(np.float64), points[:, 1].astype(np.float64)
+    inside = np.zeros(len(points), bool)
+    xj, yj = poly[-1]
+    for xi, yi in poly:
+        crosses = (yi > y) != (yj > y)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            x_at = xi + (y - yi) * (xj - xi) / (yj - yi)
+        inside ^= crosses & (x < x_at)
+        xj, yj = xi, yi
+    return inside
 
 
 def overview_figure(store_map: StoreMap, sample: "pd.DataFrame", *, color: str | None = None, bins: int = 400,

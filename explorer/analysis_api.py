@@ -222,6 +222,39 @@ class ProjectResult:
     settings: dict[str, Any]
 
 
+def store_map(store: EmbeddingStore | str | Path, *, config: Any = None, kind: str | None = None,
+              color: str | None = None, sample: int = 20_000, out: str | Path | None = None) -> Any:
+    """A map of a store of any size (analyses.store_maps.map_store: streamed PCA, or UMAP on a sample), cached in
+    STORE/maps. With out=DIR writes map.html (every point as a density, `sample` of them as markers coloured by
+    `color`; offline), sample.csv and settings.json (which names the cached coordinates file)."""
+    from analyses.store_maps import MapConfig, map_store, overview_figure, sample_positions
+    store = open_store(store, "store")
+    meta_cols = None
+    if color is not None:
+        meta_cols = store.metadata.columns
+        if color not in meta_cols:
+            raise ValueError(f"color={color!r} is not a metadata column of the store; columns: "
+                             f"{', '.join(map(str, meta_cols))}")
+    m = map_store(store, config=config if config is not None else MapConfig(), kind=kind)
+    if out is not None:
+        folder = _out_folder(out)
+        pos = sample_positions(len(m.coords), sample, m.config.seed)
+        rows = pos if m.rows is None else m.rows[pos]
+        meta = store.metadata
+        frame = meta.iloc[rows][[c for c in ("id", "caption", color) if c is not None and c in meta.columns]]
+        frame = frame.loc[:, ~frame.columns.duplicated()].reset_index(drop=True)
+        frame.insert(0, "row", rows)
+        xy = np.asarray(m.coords[pos])
+        frame["x"], frame["y"] = xy[:, 0], xy[:, 1]
+        fig = overview_figure(m, frame, color=color)
+        write_text(folder / "map.html", fig.to_html(include_plotlyjs=True, full_html=True))
+        _write_csv(folder / "sample.csv", frame)
+        write_settings(folder, "map", {"model": store.model_spec, "model_id": store.model_id},
+                       {**m.record, "coords_file": str(m.path), "color": color, "sample": int(len(frame)),
+                        "from_cache": m.from_cache}, ["map.html", "sample.csv"])
+    return m
+
+
 def project(store: EmbeddingStore | str | Path, method: str = "umap", n_components: int = 2, seed: int | None = 0,
             color: str | None = None, hover: Sequence[str] | None = None, kind: str | None = None,
             out: str | Path | None = None, **kw: Any) -> ProjectResult:

@@ -8,6 +8,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from analyses.projection import fit_projection
@@ -126,3 +127,37 @@ def test_streamed_pca_memory_is_bounded(tmp_path):
     grew_mb, coord_max = map(float, out.stdout.split())
     assert grew_mb < 120, f"peak RSS grew {grew_mb:.0f} MB for a 410 MB store"
     assert 0 < coord_max < 20
+
+
+def test_map_command_writes_html_and_reuses_the_cache(tmp_path, capsys):
+    from explorer.cli import main
+    X, labels = _clustered(2000, 8, k=3)
+    store = EmbeddingStore.create(tmp_path / "s", "synthetic", "synthetic", 8, "float32")
+    store.append(X, [{"id": f"r{i}", "kind": "image", "source": "", "cluster": f"c{c}"} for i, c in enumerate(labels)])
+    assert main(["map", str(store.path), "--color", "cluster", "--out", str(tmp_path / "m")]) == 0
+    first = capsys.readouterr().out
+    assert "pca map of 2,000 rows (fitted in" in first and "explained variance:" in first
+    sample = pd.read_csv(tmp_path / "m" / "sample.csv")
+    assert len(sample) == 2000 and set(sample["cluster"]) == {"c0", "c1", "c2"}
+    settings = json.loads((tmp_path / "m" / "settings.json").read_text())
+    coords = np.load(settings["settings"]["coords_file"])
+    np.testing.assert_allclose(coords[sample["row"].to_numpy()], sample[["x", "y"]].to_numpy(), atol=1e-5)
+    html = (tmp_path / "m" / "map.html").read_text()
+    assert "points per cell" in html and len(html) > 1_000_000  # plotly.js inlined: opens offline
+    assert main(["map", str(store.path)]) == 0
+    assert "loaded from the cache" in capsys.readouterr().out
+    assert main(["map", str(store.path), "--color", "nope"]) == 2
+    assert "color='nope' is not a metadata column" in capsys.readouterr().err
+
+
+def test_region_selection_is_every_point_inside(tmp_path):
+    from analyses.store_maps import rows_in_region
+    C = np.random.default_rng(0).uniform(-1, 1, size=(10_000, 2)).astype(np.float32)
+    box = rows_in_region(C, box=((0.5, -0.5), (-1, 0)), block_rows=777)
+    want = np.flatnonzero((C[:, 0] >= -0.5) & (C[:, 0] <= 0.5) & (C[:, 1] <= 0))
+    np.testing.assert_array_equal(box, want)
+    tri = rows_in_region(C, polygon=np.array([[0, 0], [1, 0], [0, 1]]))
+    inside = (C[:, 0] > 0) & (C[:, 1] > 0) & (C[:, 0] + C[:, 1] < 1)
+    assert abs(len(tri) - inside.sum()) <= 2 and inside[tri].mean() > 0.999
+    with pytest.raises(ValueError, match="exactly one"):
+        rows_in_region(C)

@@ -133,6 +133,41 @@ def _project_run(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------- map
+def _map_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("map", help="a 2-D map of a store of any size (streamed exact PCA, or UMAP on a sample), "
+                                   "cached in STORE/maps",
+                       description="Maps every row of STORE in bounded memory (block by block) and caches the "
+                                   "coordinates beside it. With --out writes map.html (a density of every point with "
+                                   "a sample drawn as markers), sample.csv and settings.json.")
+    p.add_argument("store", metavar="STORE")
+    p.add_argument("--method", choices=("pca", "pca-incremental", "umap"), default="pca")
+    p.add_argument("--kind", choices=("image", "text"), default=None, help="map only rows of this kind")
+    p.add_argument("--color", metavar="COLUMN", default=None, help="metadata column for the markers' colours")
+    p.add_argument("--umap-sample", type=_args.positive_int, default=50_000, help="rows UMAP is fitted on")
+    p.add_argument("--block-rows", type=_args.positive_int, default=65_536, help="rows read at a time (memory)")
+    p.add_argument("--seed", type=_args.seed, default=0)
+    p.add_argument("--out", default=None, metavar="DIR")
+    return p
+
+
+def _map_run(args: argparse.Namespace) -> int:
+    from analyses.store_maps import MapConfig
+    from explorer import analysis_api
+    cfg = MapConfig(method=args.method, umap_sample=max(10, args.umap_sample), block_rows=args.block_rows,
+                    seed=args.seed)
+    m = analysis_api.store_map(args.store, config=cfg, kind=args.kind, color=args.color, out=args.out)
+    rec = m.record
+    how = "loaded from the cache" if m.from_cache else f"fitted in {rec['fit_seconds']:.1f} s, placed in " \
+                                                       f"{rec['transform_seconds']:.1f} s"
+    print(f"{args.method} map of {rec['n']:,} rows ({how}): {m.path}")
+    if rec.get("explained_variance_ratio"):
+        print("explained variance: " + ", ".join(f"{v:.1%}" for v in rec["explained_variance_ratio"]))
+    if args.out:
+        print(f"wrote map.html, sample.csv and settings.json to {args.out}")
+    return 0
+
+
 # ----------------------------------------------------------------------------------------- pca-recon
 def _ks(text: str) -> list[int]:
     try:
@@ -189,6 +224,7 @@ COMMANDS = [
     Command("variations", _variations_parser, _variations_run),
     Command("text-diff", _text_diff_parser, _text_diff_run),
     Command("project", _project_parser, _project_run),
+    Command("map", _map_parser, _map_run),
     Command("pca-recon", _pca_recon_parser, _pca_recon_run),
     Command("metrics", _metrics_parser, _metrics_run),
 ]
