@@ -86,6 +86,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
                    help="warm start a diffusion stage from a checkpoint folder or a bundled stage such as "
                         "shapes-unclip/decoder (same network; new optimiser and LR schedule)")
+    p.add_argument("--init-partial", action="store_true",
+                   help="with --init-from: load the weights whose name and shape fit and start the rest fresh (e.g. "
+                        "a decoder fine-tuned for another CLIP's embeddings: its z_i projections start fresh)")
     p.add_argument("--object-weights", type=float, nargs="+", default=None, metavar="W",
                    help="how often scenes of 1, 2, 3 objects are drawn, e.g. 0.4 0.4 0.2 (default: uniform)")
     p.add_argument("--min-snr-gamma", type=_args.positive_float, default=None,
@@ -172,6 +175,8 @@ def diffusion_config(args: argparse.Namespace) -> "DiffusionTrainConfig":
                                    }.items() if v is not None}
     if args.no_tensorboard:
         overrides["tensorboard"] = False
+    if args.init_partial:
+        overrides["init_strict"] = False
     data = {k: v for k, v in {"path": args.data, "kind": args.data_kind, "cache": args.cache}.items() if v is not None}
     if args.skip_bad_images or args.fail_on_bad_images:
         data["on_bad_image"] = "fail" if args.fail_on_bad_images else "skip"

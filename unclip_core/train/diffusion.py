@@ -87,6 +87,9 @@ class DiffusionTrainConfig:
     high_t_fraction: float = 0.0
     high_t_from: float = 0.8
     init_from: str | None = None  # warm start: a checkpoint folder or bundled "NAME/STAGE" with the same config
+    # False: a warm start from another config of the same network class loads every weight whose name and shape
+    # agree and leaves the rest at their initial values (a decoder for another CLIP: its z_i projections start fresh)
+    init_strict: bool = True
     data: DataConfig = DataConfig()  # what the stage trains on (a [data] table in a run file); ShapesWorld by default
     grad_accum: int = 1  # micro-batches of batch_size per optimiser step (per rank)
     log_every: int = 10
@@ -557,7 +560,11 @@ def train_stage(config: DiffusionTrainConfig, out_dir: str | os.PathLike, resume
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     state_path = out / STATE_FILE
     if config.init_from is not None and not (resume and state_path.is_file()):
-        warm_start(model, config.init_from)
+        fresh = warm_start(model, config.init_from, strict=config.init_strict)
+        if fresh and rank == 0:
+            import sys
+            print(f"init_from={config.init_from!r}: {len(fresh)} weights of another shape start fresh, e.g. "
+                  f"{fresh[:4]}", file=sys.stderr)
     ema = EMA(model, config.ema_decay)
     step, elapsed = 0, 0.0
     if resume and state_path.is_file():
@@ -722,26 +729,38 @@ def sample_timesteps(n: int, T: int, generator: torch.Generator, high_fraction: 
     return t
 
 
-def warm_start(model: torch.nn.Module, spec: str) -> None:
+def warm_start(model: torch.nn.Module, spec: str, *, strict: bool = True) -> list[str]:
     """Load the weights of checkpoint `spec` (a folder or bundled "NAME/STAGE") into `model`, which must have
     the same class and config: a run that continues an exported stage with a new optimiser and schedule. A
-    decoder may also grow a spatial z_i map (`DecoderConfig.GROWABLE`), which starts at zero influence."""
+    decoder may also grow a spatial z_i map (`DecoderConfig.GROWABLE`), which starts at zero influence.
+    strict=False: another config of the same class; the weights whose name and shape agree are loaded, the rest
+    keep their initial values. Returns the names of the weights that start fresh."""
     from unclip_core.checkpoint import resolve
     folder = resolve(spec)
     cls, cfg, _ = read_checkpoint_config(folder)
     if cls is type(model) and cfg == model.config:
         model.load_state_dict(load_checkpoint(folder).state_dict())  # copied into this model's float32 weights
-        return
+        return []
+    if cls is type(model) and not strict:
+        own = model.state_dict()
+        theirs = load_checkpoint(folder).state_dict()
+        same = {k: v for k, v in theirs.items() if k in own and own[k].shape == v.shape}
+        if not same:
+            raise ValueError(f"init_from={spec!r}: no weight of its {cls.__name__} has this run's name and shape; "
+                             "it is a different network (compare its config.json with the run's model settings)")
+        model.load_state_dict(same, strict=False)
+        return sorted(set(own) - set(same))
     if cls is type(model) and hasattr(model, "load_grown"):  # e.g. a decoder that gains a clip map
         try:
             model.load_grown(load_checkpoint(folder).state_dict(), cfg)  # checks which config fields differ
         except ValueError as e:
             raise ValueError(f"init_from={spec!r}: {e} (compare {folder}/config.json with the recipe's model "
-                             "settings)") from None
-        return
+                             "settings, or set init_strict = false (--init-partial) to load the weights that fit)") from None
+        return []
     raise ValueError(f"init_from={spec!r} holds a {cls.__name__} with another config than this run's "
                      f"{type(model).__name__}; warm starts need the same network (compare {folder}/config.json "
-                     "with the recipe's model settings)")
+                     "with the recipe's model settings)" + ("; init_strict = false loads the weights that fit (e.g. "
+                                                            "a decoder for another CLIP)" if cls is type(model) else ""))
 
 
 def replace_weights(model: torch.nn.Module, ema: EMA) -> torch.nn.Module:
