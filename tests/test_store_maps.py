@@ -161,3 +161,17 @@ def test_region_selection_is_every_point_inside(tmp_path):
     assert abs(len(tri) - inside.sum()) <= 2 and inside[tri].mean() > 0.999
     with pytest.raises(ValueError, match="exactly one"):
         rows_in_region(C)
+
+
+def test_a_clip_retrieval_folder_maps_in_place_with_its_cache_outside(tmp_path, monkeypatch):
+    from explorer.store import ClipRetrievalStore, export_clip_retrieval
+    X, _ = _clustered(1200, 8)
+    store = _store(tmp_path / "s", X)
+    export_clip_retrieval(store, tmp_path / "cr")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    cr = ClipRetrievalStore(tmp_path / "cr")
+    m = map_store(cr, config=MapConfig(block_rows=500), progress=False)
+    assert str(m.path).startswith(str(tmp_path / "cache")) and not (tmp_path / "cr" / "maps").exists()
+    ours = map_store(store, config=MapConfig(), progress=False)
+    np.testing.assert_allclose(np.asarray(m.coords), np.asarray(ours.coords), atol=1e-4)
+    assert map_store(ClipRetrievalStore(tmp_path / "cr"), config=MapConfig(block_rows=500), progress=False).from_cache
