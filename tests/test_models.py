@@ -61,6 +61,34 @@ def test_prior_is_causal():
     torch.testing.assert_close(h1[:, :PRIOR["n_text_tokens"]], h3[:, :PRIOR["n_text_tokens"]], rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("cfg", [PRIOR, dict(PRIOR, time_token=False, norm_in=True),
+                                 dict(PRIOR, text_width=0, n_text_tokens=0)])
+def test_prior_prefix_cache_equals_the_full_sequence(cfg):
+    """encode_prefix once + forward(prefix=) per step: the numbers of the full causal sequence, padding included;
+    prepare_condition is what classifier-free guidance calls; mixing the two kinds of input is refused."""
+    torch.manual_seed(0)
+    m = randomize(DiffusionPrior(PriorConfig(**cfg)))
+    z, t, zt, tok = prior_inputs(L=5)
+    tok = tok if cfg["n_text_tokens"] else None
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [0, 0, 0, 0, 0]], dtype=torch.bool) if tok is not None \
+        else None
+    with torch.no_grad():
+        want = m(z, t, zt, tok, mask)
+        prefix = m.encode_prefix(zt, tok, mask)
+        got = m(z, t, prefix=prefix)
+        again = m(z * 2, t.flip(0), **m.prepare_condition(zt, tok, mask))
+        null = m(z, t, prefix=m.encode_prefix(None, batch=3))
+    assert len(prefix.keys_values) == cfg["n_layers"] and prefix.mask.shape == (3, m.n_prefix)
+    assert float(want.abs().max()) > 0.1
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(again, m(z * 2, t.flip(0), zt, tok, mask), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(null, m(z, t, None, None), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="either prefix"):
+        m(z, t, zt, prefix=prefix)
+    with pytest.raises(ValueError, match="PriorPrefix of batch 2"):
+        m(z[:2], t[:2], prefix=prefix)
+
+
 def test_prior_padding_mask():
     torch.manual_seed(0)
     m = randomize(DiffusionPrior(PriorConfig(**PRIOR)))

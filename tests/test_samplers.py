@@ -362,6 +362,28 @@ def test_cfg_scale_one_skips_uncond():
     torch.testing.assert_close(out, net(x, t, zc))
 
 
+def test_cfg_prepare_encodes_the_condition_once():
+    """prepare(**condition) runs once, on the joint cond + uncond batch (or on cond alone at scale 1), and its
+    keyword arguments reach every network call."""
+    net, seen = CountingNet(), []
+
+    def prepare(z, mask):
+        seen.append(z.shape[0])
+        return {"z": z * 1.0, "mask": mask}
+
+    x = torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([100, 500, 900])
+    zc, zu = torch.full_like(x, 2.0), torch.zeros_like(x)
+    guided = classifier_free_guidance(net, {"z": zc, "mask": None}, {"z": zu, "mask": None}, 4.0, prepare=prepare)
+    out = [guided(x, t) for _ in range(3)]
+    assert seen == [6] and net.calls == 3
+    torch.testing.assert_close(out[0][:, :2], x + 8.0 * (t / 1000).reshape(-1, 1, 1, 1))
+    classifier_free_guidance(net, {"z": zc, "mask": None}, {"z": zu, "mask": None}, 1.0, prepare=prepare)(x, t)
+    assert seen == [6, 3]
+    with pytest.raises(TypeError, match="prepare must be None or callable"):
+        classifier_free_guidance(net, {"z": zc}, {"z": zu}, 2.0, prepare=3)
+
+
 def test_cfg_composes_with_sampler(sch):
     # a guided eps-network through model_to_denoiser into DDIM: scale 0 equals the uncond network alone
     net = CountingNet()

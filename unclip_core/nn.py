@@ -389,14 +389,23 @@ class SelfAttention(nn.Module):
         self.to_out = nn.Linear(width, width)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+    def _heads(self, a: Tensor) -> Tensor:
+        B, L, D = a.shape
+        return a.reshape(B, L, self.n_heads, D // self.n_heads).transpose(1, 2)  # (B, nh, L, hd)
+
+    def keys_values(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys and values (B, nh, L, hd) of tokens x (B, L, D): what later tokens attend to (a prefix cache)."""
+        return self._heads(self.to_k(x)), self._heads(self.to_v(x))
+
+    def forward(self, x: Tensor, mask: Tensor | None = None,
+                past: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """x (B, L, D) attends to itself, after `past` keys and values (B, nh, P, hd) of earlier tokens when given
+        (then mask is (B, 1, L, P + L))."""
         B, L, D = x.shape
-
-        def heads(a: Tensor) -> Tensor:
-            return a.reshape(B, L, self.n_heads, D // self.n_heads).transpose(1, 2)  # (B, nh, L, hd)
-
-        out = F.scaled_dot_product_attention(heads(self.to_q(x)), heads(self.to_k(x)), heads(self.to_v(x)),
-                                             attn_mask=mask)
+        k, v = self.keys_values(x)
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        out = F.scaled_dot_product_attention(self._heads(self.to_q(x)), k, v, attn_mask=mask)
         return self.dropout(self.to_out(out.transpose(1, 2).reshape(B, L, D)))
 
 
@@ -423,6 +432,6 @@ class TransformerBlock(nn.Module):
         self.norm3 = nn.LayerNorm(width)
         self.ff = FeedForward(width, dropout=dropout)
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        x = x + self.attn1(self.norm1(x), mask)
+    def forward(self, x: Tensor, mask: Tensor | None = None, past: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        x = x + self.attn1(self.norm1(x), mask, past)
         return x + self.ff(self.norm3(x))

@@ -466,7 +466,7 @@ class UnCLIP:
         x_T = self._noise(x_T, (len(expanded), prior.config.clip_dim), g, "x_T")
         with torch.inference_mode(), self._autocast(sc):
             cond, uncond, z_t = self.conventions.text_conditioning.prior(self, expanded)
-            net = classifier_free_guidance(prior, cond, uncond, guidance)
+            net = classifier_free_guidance(prior, cond, uncond, guidance, prepare=prior.prepare_condition)
             info = self.stage_info["prior"]
             denoise = model_to_denoiser(net, self.schedules["prior"], info.prediction, info.clip_x0)
             x0 = self._run_sampler(denoise, x_T.to(self.device), steps=steps, sampler=sampler, eta=0.0, generator=g,

@@ -160,6 +160,40 @@ class DiffusionPrior(nn.Module):
             text_mask = torch.cat([text_mask.bool(), text_mask.new_zeros(B, pad, dtype=torch.bool)], dim=1)
         return text_tokens.to(device), text_mask.bool().to(device)
 
+    def _prefix_tokens(self, B: int, z_t: Tensor | None, text_tokens: Tensor | None, text_mask: Tensor | None,
+                       device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """The tokens that do not change between steps, [text tokens, z_t] (B, P, width), and their mask (B, P)."""
+        c = self.config
+        if z_t is None:
+            z_t = self.null_z_t[None].expand(B, -1)
+        check_tensor("z_t", z_t, (B, c.clip_dim), hint="pass the text embedding (scaled with scale_cond)")
+        tokens = []
+        mask = torch.ones(B, self.n_prefix, dtype=torch.bool, device=device)
+        if c.n_text_tokens:
+            feats, text_mask = self._text_inputs(B, text_tokens, text_mask, device, dtype)
+            tokens.append(self.encoder_hidden_states_proj(feats))
+            mask[:, :c.n_text_tokens] = text_mask
+        elif text_tokens is not None:
+            raise ValueError("text_tokens were given but this prior has n_text_tokens=0 (no caption pathway); "
+                             "pass text_tokens=None")
+        tokens.append(self.embedding_proj(z_t)[:, None])
+        return torch.cat(tokens, dim=1), mask
+
+    def _step_tokens(self, z_noisy: Tensor, t: Tensor) -> Tensor:
+        """The tokens of one step, [timestep (if any), z_noisy, final query] (B, S, width)."""
+        tokens = [self.time_embedding(t)[:, None]] if self.time_embedding is not None else []
+        tokens += [self.proj_in(z_noisy)[:, None], self.prd_embedding.expand(z_noisy.shape[0], -1, -1)]
+        return torch.cat(tokens, dim=1)
+
+    @property
+    def n_prefix(self) -> int:
+        """Tokens before the first one that changes between steps: the text tokens and z_t."""
+        return self.config.n_text_tokens + 1
+
+    def _embed(self, tokens: Tensor, start: int) -> Tensor:
+        h = tokens + self.positional_embedding[:, start:start + tokens.shape[1]]
+        return h if self.norm_in is None else self.norm_in(h)
+
     def hidden_states(self, z_noisy: Tensor, t: Tensor | float, z_t: Tensor | None = None,
                       text_tokens: Tensor | None = None, text_mask: Tensor | None = None) -> Tensor:
         """All token states after `norm_out`, (B, n_tokens, width); `forward` reads the last one."""
@@ -167,37 +201,78 @@ class DiffusionPrior(nn.Module):
         check_tensor("z_noisy", z_noisy, (None, c.clip_dim), hint="pass the noised image embedding in scaled space")
         B, dev = z_noisy.shape[0], z_noisy.device
         t = as_timesteps(t, B, dev)
-        if z_t is None:
-            z_t = self.null_z_t[None].expand(B, -1)
-        check_tensor("z_t", z_t, (B, c.clip_dim), hint="pass the text embedding (scaled with scale_cond)")
-        tokens = []
+        prefix, prefix_mask = self._prefix_tokens(B, z_t, text_tokens, text_mask, dev, z_noisy.dtype)
+        h = self._embed(torch.cat([prefix, self._step_tokens(z_noisy, t)], dim=1), 0)  # (B, n_tokens, width)
         mask = torch.ones(B, c.n_tokens, dtype=torch.bool, device=dev)
-        if c.n_text_tokens:
-            feats, text_mask = self._text_inputs(B, text_tokens, text_mask, dev, z_noisy.dtype)
-            tokens.append(self.encoder_hidden_states_proj(feats))
-            mask[:, :c.n_text_tokens] = text_mask
-        elif text_tokens is not None:
-            raise ValueError("text_tokens were given but this prior has n_text_tokens=0 (no caption pathway); "
-                             "pass text_tokens=None")
-        tokens.append(self.embedding_proj(z_t)[:, None])
-        if self.time_embedding is not None:
-            tokens.append(self.time_embedding(t)[:, None])
-        tokens += [self.proj_in(z_noisy)[:, None], self.prd_embedding.expand(B, -1, -1)]
-        h = torch.cat(tokens, dim=1) + self.positional_embedding  # (B, n_tokens, width)
-        # causal and padding masks; every token may see itself so a fully masked row never yields NaN
-        eye = torch.eye(c.n_tokens, dtype=torch.bool, device=dev)
-        attn_mask = ((self.causal_mask[None] & mask[:, None, :]) | eye[None])[:, None]  # (B, 1, L, L)
-        if self.norm_in is not None:
-            h = self.norm_in(h)
+        mask[:, :self.n_prefix] = prefix_mask
+        attn_mask = self._attention_mask(mask, c.n_tokens)
         for block in self.transformer_blocks:
             h = block(h, attn_mask)
         return self.norm_out(h)
 
+    def _attention_mask(self, mask: Tensor, n: int) -> Tensor:
+        """Causal and padding mask (B, 1, n, n) of the first n tokens; every token may see itself, so that a fully
+        masked row never yields NaN."""
+        eye = torch.eye(n, dtype=torch.bool, device=mask.device)
+        return ((self.causal_mask[None, :n, :n] & mask[:, None, :]) | eye[None])[:, None]
+
+    def encode_prefix(self, z_t: Tensor | None = None, text_tokens: Tensor | None = None,
+                      text_mask: Tensor | None = None, *, batch: int | None = None) -> "PriorPrefix":
+        """The keys and values of [text tokens, z_t] at every layer, encoded once for every step of a sampling call.
+
+        The attention is causal and these tokens come first, so no step changes their states: `forward(...,
+        prefix=)` computes only the timestep, z_noisy and final-query tokens against them (a KV cache), the same
+        numbers as the full sequence. z_t None: the learned null (then `batch` gives B).
+        """
+        B = z_t.shape[0] if z_t is not None else check_positive_int("batch", batch or 0)
+        dev, dtype = self.prd_embedding.device, self.prd_embedding.dtype
+        tokens, mask = self._prefix_tokens(B, z_t, text_tokens, text_mask, dev, dtype)
+        h = self._embed(tokens, 0)
+        attn_mask = self._attention_mask(mask, self.n_prefix)
+        keys_values = []
+        for i, block in enumerate(self.transformer_blocks):
+            keys_values.append(block.attn1.keys_values(block.norm1(h)))
+            if i + 1 < len(self.transformer_blocks):  # the last layer's prefix states are never read
+                h = block(h, attn_mask)
+        return PriorPrefix(tuple(keys_values), mask)
+
+    def prepare_condition(self, z_t: Tensor | None = None, text_tokens: Tensor | None = None,
+                          text_mask: Tensor | None = None) -> dict[str, "PriorPrefix"]:
+        """The keyword arguments of `forward` for a condition that every step reads unchanged (see encode_prefix)."""
+        return {"prefix": self.encode_prefix(z_t, text_tokens, text_mask)}
+
     def forward(self, z_noisy: Tensor, t: Tensor | float, z_t: Tensor | None = None,
-                text_tokens: Tensor | None = None, text_mask: Tensor | None = None) -> Tensor:
+                text_tokens: Tensor | None = None, text_mask: Tensor | None = None, *,
+                prefix: "PriorPrefix | None" = None) -> Tensor:
         """Predict x0 = scaled z_i, (B, clip_dim), from z_noisy (B, clip_dim), t (B,), z_t (B, clip_dim),
         text_tokens (B, L, text_width) and text_mask (B, L) bool (True = real token).
 
-        z_t=None uses the learned null embedding; text_tokens=None (or an all-False mask) drops the caption.
+        z_t=None uses the learned null embedding; text_tokens=None (or an all-False mask) drops the caption. prefix:
+        the condition encoded once (encode_prefix) in place of z_t / text_tokens / text_mask.
         """
-        return self.proj_to_clip_embeddings(self.hidden_states(z_noisy, t, z_t, text_tokens, text_mask)[:, -1])
+        if prefix is None:
+            return self.proj_to_clip_embeddings(self.hidden_states(z_noisy, t, z_t, text_tokens, text_mask)[:, -1])
+        if z_t is not None or text_tokens is not None or text_mask is not None:
+            raise ValueError("pass either prefix (an encoded condition) or z_t / text_tokens / text_mask, not both")
+        c = self.config
+        check_tensor("z_noisy", z_noisy, (None, c.clip_dim), hint="pass the noised image embedding in scaled space")
+        B, P = z_noisy.shape[0], self.n_prefix
+        if not isinstance(prefix, PriorPrefix) or prefix.mask.shape[0] != B:
+            got = tuple(prefix.mask.shape) if isinstance(prefix, PriorPrefix) else type(prefix).__name__
+            raise ValueError(f"prefix must be a PriorPrefix of batch {B} (encode_prefix), got {got}")
+        h = self._embed(self._step_tokens(z_noisy, as_timesteps(t, B, z_noisy.device)), P)  # (B, S, width)
+        S = h.shape[1]
+        causal = self.causal_mask[None, P:P + S, P:P + S].expand(B, S, S)
+        attn_mask = torch.cat([prefix.mask[:, None, :].expand(B, S, P), causal], dim=2)[:, None]  # (B, 1, S, P + S)
+        for block, past in zip(self.transformer_blocks, prefix.keys_values):
+            h = block(h, attn_mask, past)
+        return self.proj_to_clip_embeddings(self.norm_out(h[:, -1]))
+
+
+@dataclass(frozen=True)
+class PriorPrefix:
+    """A prior's step-independent tokens encoded once (DiffusionPrior.encode_prefix): per layer, the keys and values
+    (B, n_heads, P, head_dim) of [text tokens, z_t], and their padding mask (B, P) bool."""
+
+    keys_values: tuple[tuple[Tensor, Tensor], ...]
+    mask: Tensor

@@ -148,12 +148,16 @@ def model_to_denoiser(net_fn: Callable[[Tensor, Tensor], Tensor], schedule: Sche
 
 
 def classifier_free_guidance(net: Callable[..., Tensor], cond: Mapping[str, Tensor | None],
-                             uncond: Mapping[str, Tensor | None], scale: float) -> Callable[[Tensor, Tensor], Tensor]:
+                             uncond: Mapping[str, Tensor | None], scale: float, *,
+                             prepare: Callable[..., Mapping[str, object]] | None = None
+                             ) -> Callable[[Tensor, Tensor], Tensor]:
     """Guided network output uncond + s (cond - uncond) from one batched forward (Ho & Salimans 2022; GLIDE).
 
     net(x, t, **cond) is the network. Cond and uncond are concatenated along the batch; guidance applies to the
     first C = x.shape[1] channels, the cond pass's extra channels (learned variance) are kept. scale = 1 runs
-    only the cond pass.
+    only the cond pass. prepare(**condition) -> net's keyword arguments, when given, encodes the (joint)
+    condition once for every step (a prior's prefix states, a decoder's context: DiffusionPrior / Decoder
+    .prepare_condition); net(x, t, **prepared) must equal net(x, t, **condition).
     """
     if not callable(net):
         raise TypeError(f"net must be callable as net(x, t, **cond), got {type(net).__name__}")
@@ -175,18 +179,25 @@ def classifier_free_guidance(net: Callable[..., Tensor], cond: Mapping[str, Tens
                                 f"{type(c).__name__} and {type(u).__name__}")
             if c.shape != u.shape:
                 raise ValueError(f"cond[{k!r}] has shape {tuple(c.shape)} but uncond[{k!r}] has {tuple(u.shape)}")
-    joint = {k: None if cond[k] is None else torch.cat([cond[k], uncond[k]]) for k in cond}
+    if prepare is not None and not callable(prepare):
+        raise TypeError(f"prepare must be None or callable as prepare(**cond), got {type(prepare).__name__}")
     scale = float(scale)
+    if scale == 1.0:
+        joint = None
+        kwargs = dict(cond) if prepare is None else dict(prepare(**cond))
+    else:
+        joint = {k: None if cond[k] is None else torch.cat([cond[k], uncond[k]]) for k in cond}
+        kwargs = joint if prepare is None else dict(prepare(**joint))
 
     def guided(x: Tensor, t: Tensor) -> Tensor:
         B = x.shape[0]
         for k, c in cond.items():
             if c is not None and c.shape[0] != B:
                 raise ValueError(f"cond[{k!r}] has batch {c.shape[0]} but x has batch {B}; they must match")
-        if scale == 1.0:
-            return net(x, t, **cond)
+        if joint is None:
+            return net(x, t, **kwargs)
         tt = t.expand(B) if t.ndim == 0 else t
-        out = net(torch.cat([x, x]), torch.cat([tt, tt]), **joint)
+        out = net(torch.cat([x, x]), torch.cat([tt, tt]), **kwargs)
         out_c, out_u = out[:B], out[B:]
         C = x.shape[1]
         mixed = out_u[:, :C] + scale * (out_c[:, :C] - out_u[:, :C])
