@@ -230,6 +230,32 @@ def test_decoder_conditioning():
     torch.testing.assert_close(no_caption, m(x, t, z, None), rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("extra", [dict(), dict(use_z_t=True, clip_map_channels=2, clip_map_size=4),
+                                   dict(attention_kind="cross", n_clip_tokens=0, context_dim=0),
+                                   dict(attention_kind="cross", n_clip_tokens=0, context_dim=0, noise_augmented=True)])
+def test_decoder_condition_encoded_once_equals_every_step(extra):
+    """encode_condition / prepare_condition once, then forward(condition=) at other x_t and t: the numbers of the
+    plain call (the context's keys and values, time-embedding terms and clip map are what no step changes)."""
+    torch.manual_seed(0)
+    m = randomize(Decoder(DecoderConfig(**dict(DEC, **extra))))
+    x, t, z, tok = dec_inputs()
+    mask = torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 1, 0]], dtype=torch.bool)
+    cond = dict(z_i_aug=torch.cat([z, z.flip(0)], dim=1)) if extra.get("noise_augmented") else dict(z_i=z)
+    cond.update(text_tokens=tok, text_mask=mask, z_t=-z if extra.get("use_z_t") else None)
+    with torch.no_grad():
+        prepared = m.prepare_condition(**cond)
+        n_attn = len(m.unet.attention_blocks())
+        assert n_attn == 4 and len(prepared["condition"].context_kv) == n_attn
+        for k in range(2):
+            want = m(x * (k + 1), t // (k + 1), **cond)
+            assert float(want.abs().max()) > 1e-2
+            torch.testing.assert_close(m(x * (k + 1), t // (k + 1), **prepared), want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="either condition"):
+        m(x, t, z, condition=prepared["condition"])
+    with pytest.raises(ValueError, match="DecoderCondition of batch 1"):
+        m(x[:1], t[:1], **prepared)
+
+
 def test_decoder_use_z_t():
     torch.manual_seed(0)
     m = randomize(Decoder(DecoderConfig(**dict(DEC, use_z_t=True))))

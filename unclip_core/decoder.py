@@ -262,19 +262,17 @@ class Decoder(nn.Module):
             return None, None
         return torch.cat(parts, dim=1), torch.cat(masks, dim=1)  # (B, n_ctx, D), (B, n_ctx)
 
-    def forward(self, x_t: Tensor, t: Tensor | float, z_i: Tensor | None = None, text_tokens: Tensor | None = None,
-                text_mask: Tensor | None = None, z_t: Tensor | None = None, z_i_aug: Tensor | None = None) -> Tensor:
-        """Predict eps (and v) (B, out_channels, H, W) from x_t (B, C, H, W), t (B,), z_i (B, clip_dim) unit-norm,
-        caption features text_tokens (B, L, text_width) with text_mask (B, L) bool.
-
-        z_i=None is the unconditional pass (learned null); z_t is used only when the config has use_z_t. A
-        noise-augmented decoder reads z_i_aug (B, 2 clip_dim) instead of z_i (zeros: the unconditional pass).
-        """
+    def encode_condition(self, z_i: Tensor | None = None, text_tokens: Tensor | None = None,
+                         text_mask: Tensor | None = None, z_t: Tensor | None = None, z_i_aug: Tensor | None = None, *,
+                         batch: int | None = None, keys_values: bool = True) -> "DecoderCondition":
+        """Everything a step computes from the condition alone, computed once for every step of a sampling call:
+        the condition's terms of the time embedding, the context tokens and mask, the clip map and (keys_values)
+        each attention block's keys and values of the context. Inputs as `forward`'s; batch: B when z_i and z_i_aug
+        are None (the learned null)."""
         c = self.config
-        s = c.image_size
-        check_tensor("x_t", x_t, (None, c.in_channels, s, s), hint=f"this decoder was built for {s}x{s} images")
-        B = x_t.shape[0]
-        t = as_timesteps(t, B, x_t.device)
+        B = batch if batch is not None else next((a.shape[0] for a in (z_i, z_i_aug) if isinstance(a, Tensor)), None)
+        if B is None:
+            raise ValueError("pass z_i (B, clip_dim) or, for the learned null, batch=B")
         if self.z_i_aug_to_time is not None:
             if z_i_aug is None:
                 raise ValueError("this decoder is noise-augmented (Stable unCLIP): pass z_i_aug (B, 2 clip_dim), the "
@@ -282,21 +280,70 @@ class Decoder(nn.Module):
             check_tensor("z_i_aug", z_i_aug, (B, 2 * c.clip_dim))
             m = self.z_i_aug_to_time
             h = torch.nn.functional.silu(m.linear_1(z_i_aug.to(m.linear_1.weight.dtype)))
-            emb = self.time_embedding(t) + m.linear_2(h)
+            terms, clip_map = (m.linear_2(h),), None
             context, context_mask = self._context(z_i_aug, text_tokens, text_mask)
-            return self.unet(x_t, emb, context, context_mask)
-        if z_i_aug is not None:
-            raise ValueError("z_i_aug is for noise-augmented decoders (Stable unCLIP); this one reads z_i")
-        if z_i is None:
-            z_i = self.null_z_i[None].expand(B, -1)
-        check_tensor("z_i", z_i, (B, c.clip_dim), hint="pass one CLIP image embedding per image, or None")
-        clip_time = self.clip_to_time(z_i)
-        emb = self.time_embedding(t) + (clip_time if self.clip_time_norm is None else self.clip_time_norm(clip_time))
-        if self.z_t_to_time is not None:
-            if z_t is None:
-                raise ValueError("this decoder has use_z_t=True and needs z_t (B, clip_dim), the text embedding")
-            emb = emb + self.z_t_to_time(check_tensor("z_t", z_t, (B, c.clip_dim)))
-        context, context_mask = self._context(z_i, text_tokens, text_mask)
-        if self.clip_to_map is not None:
-            x_t = torch.cat([x_t, self.clip_map(z_i).to(x_t.dtype)], dim=1)
-        return self.unet(x_t, emb, context, context_mask)
+        else:
+            if z_i_aug is not None:
+                raise ValueError("z_i_aug is for noise-augmented decoders (Stable unCLIP); this one reads z_i")
+            if z_i is None:
+                z_i = self.null_z_i[None].expand(B, -1)
+            check_tensor("z_i", z_i, (B, c.clip_dim), hint="pass one CLIP image embedding per image, or None")
+            clip_time = self.clip_to_time(z_i)
+            terms = (clip_time if self.clip_time_norm is None else self.clip_time_norm(clip_time),)
+            if self.z_t_to_time is not None:
+                if z_t is None:
+                    raise ValueError("this decoder has use_z_t=True and needs z_t (B, clip_dim), the text embedding")
+                terms += (self.z_t_to_time(check_tensor("z_t", z_t, (B, c.clip_dim))),)
+            context, context_mask = self._context(z_i, text_tokens, text_mask)
+            clip_map = self.clip_map(z_i) if self.clip_to_map is not None else None
+        kv = self.unet.context_keys_values(context) if keys_values else None
+        return DecoderCondition(terms, context, context_mask, clip_map, kv)
+
+    def prepare_condition(self, z_i: Tensor | None = None, text_tokens: Tensor | None = None,
+                          text_mask: Tensor | None = None, z_t: Tensor | None = None,
+                          z_i_aug: Tensor | None = None) -> dict[str, "DecoderCondition"]:
+        """The keyword arguments of `forward` for a condition that every step reads unchanged (encode_condition)."""
+        return {"condition": self.encode_condition(z_i, text_tokens, text_mask, z_t, z_i_aug)}
+
+    def forward(self, x_t: Tensor, t: Tensor | float, z_i: Tensor | None = None, text_tokens: Tensor | None = None,
+                text_mask: Tensor | None = None, z_t: Tensor | None = None, z_i_aug: Tensor | None = None, *,
+                condition: "DecoderCondition | None" = None) -> Tensor:
+        """Predict eps (and v) (B, out_channels, H, W) from x_t (B, C, H, W), t (B,), z_i (B, clip_dim) unit-norm,
+        caption features text_tokens (B, L, text_width) with text_mask (B, L) bool.
+
+        z_i=None is the unconditional pass (learned null); z_t is used only when the config has use_z_t. A
+        noise-augmented decoder reads z_i_aug (B, 2 clip_dim) instead of z_i (zeros: the unconditional pass).
+        condition: the condition encoded once (encode_condition) in place of z_i / text / z_t / z_i_aug.
+        """
+        c = self.config
+        s = c.image_size
+        check_tensor("x_t", x_t, (None, c.in_channels, s, s), hint=f"this decoder was built for {s}x{s} images")
+        B = x_t.shape[0]
+        t = as_timesteps(t, B, x_t.device)
+        if condition is None:
+            condition = self.encode_condition(z_i, text_tokens, text_mask, z_t, z_i_aug, batch=B, keys_values=False)
+        elif any(a is not None for a in (z_i, text_tokens, text_mask, z_t, z_i_aug)):
+            raise ValueError("pass either condition (an encoded condition) or z_i / text_tokens / text_mask / z_t / "
+                             "z_i_aug, not both")
+        elif not isinstance(condition, DecoderCondition) or condition.terms[0].shape[0] != B:
+            got = condition.terms[0].shape[0] if isinstance(condition, DecoderCondition) else type(condition).__name__
+            raise ValueError(f"condition must be a DecoderCondition of batch {B} (encode_condition), got {got}")
+        emb = self.time_embedding(t)
+        for term in condition.terms:
+            emb = emb + term
+        if condition.clip_map is not None:
+            x_t = torch.cat([x_t, condition.clip_map.to(x_t.dtype)], dim=1)
+        return self.unet(x_t, emb, condition.context, condition.context_mask, context_kv=condition.context_kv)
+
+
+@dataclass(frozen=True)
+class DecoderCondition:
+    """A decoder's condition encoded once (Decoder.encode_condition): the terms added to the time embedding (B, E)
+    in order, the context tokens (B, L, D) and mask (B, L), the clip map, and each attention block's keys and values
+    of the context (UNet.context_keys_values; None: computed at each call)."""
+
+    terms: tuple[Tensor, ...]
+    context: Tensor | None
+    context_mask: Tensor | None
+    clip_map: Tensor | None
+    context_kv: tuple | None = None

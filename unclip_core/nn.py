@@ -180,15 +180,24 @@ class AttentionBlock(nn.Module):
             self.add_k_proj = self.add_v_proj = None
         self.to_out = zero_module(nn.Linear(channels, channels))
 
-    def forward(self, x: Tensor, context: Tensor | None = None, context_mask: Tensor | None = None) -> Tensor:
+    def context_keys_values(self, context: Tensor) -> tuple[Tensor, Tensor] | None:
+        """The context tokens' keys and values (B, L_ctx, C), which every step reads unchanged (None: no context)."""
+        if self.add_k_proj is None:
+            return None
+        return self.add_k_proj(context), self.add_v_proj(context)
+
+    def forward(self, x: Tensor, context: Tensor | None = None, context_mask: Tensor | None = None,
+                context_kv: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """context_kv: context_keys_values(context), computed once (then context is not read again)."""
         B, C, H, W = x.shape
         h = self.group_norm(x).reshape(B, C, H * W).transpose(1, 2)  # (B, HW, C)
         q, k, v = self.to_q(h), self.to_k(h), self.to_v(h)
         mask = None
         if context is not None and self.add_k_proj is not None:
-            context = context.to(h.dtype)
-            k = torch.cat([self.add_k_proj(context), k], dim=1)
-            v = torch.cat([self.add_v_proj(context), v], dim=1)
+            if context_kv is None:
+                context_kv = self.context_keys_values(context.to(h.dtype))
+            k = torch.cat([context_kv[0].to(k.dtype), k], dim=1)
+            v = torch.cat([context_kv[1].to(v.dtype), v], dim=1)
             if context_mask is not None:
                 img = torch.ones(B, H * W, dtype=torch.bool, device=x.device)
                 mask = torch.cat([context_mask.bool(), img], dim=1)[:, None, None, :]  # (B, 1, 1, L)
@@ -213,15 +222,19 @@ class CrossAttention(nn.Module):
         self.to_v = nn.Linear(context_dim or width, width, bias=False)
         self.to_out = nn.Linear(width, width)
 
-    def forward(self, x: Tensor, context: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, context: Tensor | None = None, mask: Tensor | None = None,
+                context_kv: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """context_kv: (to_k(context), to_v(context)) computed once, in place of context."""
         B, L, D = x.shape
-        ctx = x if context is None else context.to(x.dtype)
 
         def heads(a: Tensor) -> Tensor:
             return a.reshape(B, a.shape[1], self.n_heads, D // self.n_heads).transpose(1, 2)  # (B, nh, L, hd)
 
-        out = F.scaled_dot_product_attention(heads(self.to_q(x)), heads(self.to_k(ctx)), heads(self.to_v(ctx)),
-                                             attn_mask=mask)
+        if context_kv is None:
+            ctx = x if context is None else context.to(x.dtype)
+            context_kv = self.to_k(ctx), self.to_v(ctx)
+        k, v = (heads(a.to(x.dtype)) for a in context_kv)
+        out = F.scaled_dot_product_attention(heads(self.to_q(x)), k, v, attn_mask=mask)
         return self.to_out(out.transpose(1, 2).reshape(B, L, D))
 
 
@@ -249,9 +262,10 @@ class CrossTransformerBlock(nn.Module):
         self.ff = nn.Module()
         self.ff.net = nn.ModuleList([GEGLU(width, 4 * width), nn.Identity(), nn.Linear(4 * width, width)])
 
-    def forward(self, x: Tensor, context: Tensor, mask: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, context: Tensor, mask: Tensor | None = None,
+                context_kv: tuple[Tensor, Tensor] | None = None) -> Tensor:
         x = x + self.attn1(self.norm1(x))
-        x = x + self.attn2(self.norm2(x), context, mask)
+        x = x + self.attn2(self.norm2(x), context, mask, context_kv)
         return x + self.ff.net[2](self.ff.net[0](self.norm3(x)))
 
 
@@ -267,14 +281,20 @@ class SpatialTransformer(nn.Module):
         self.transformer_blocks = nn.ModuleList([CrossTransformerBlock(channels, n_heads, context_dim)])
         self.proj_out = nn.Linear(channels, channels)
 
-    def forward(self, x: Tensor, context: Tensor | None = None, context_mask: Tensor | None = None) -> Tensor:
+    def context_keys_values(self, context: Tensor) -> tuple[Tensor, Tensor]:
+        """The cross-attention's keys and values of the context (B, L_ctx, C), which every step reads unchanged."""
+        attn = self.transformer_blocks[0].attn2
+        return attn.to_k(context), attn.to_v(context)
+
+    def forward(self, x: Tensor, context: Tensor | None = None, context_mask: Tensor | None = None,
+                context_kv: tuple[Tensor, Tensor] | None = None) -> Tensor:
         if context is None:
             raise ValueError("this UNet's attention blocks cross-attend to text: pass its token features as context")
         B, C, H, W = x.shape
         h = self.proj_in(self.norm(x).reshape(B, C, H * W).transpose(1, 2))  # (B, HW, C)
         mask = None if context_mask is None else context_mask.bool()[:, None, None, :]  # (B, 1, 1, L)
         for block in self.transformer_blocks:
-            h = block(h, context, mask)
+            h = block(h, context, mask, context_kv)
         return x + self.proj_out(h).transpose(1, 2).reshape(B, C, H, W)
 
 
@@ -350,28 +370,45 @@ class UNet(nn.Module):
         self.norm_out = nn.GroupNorm(norm_groups, ch)
         self.conv_out = zero_module(nn.Conv2d(ch, out_channels, 3, padding=1))
 
+    def attention_blocks(self) -> list[nn.Module]:
+        """The attention blocks in the order `forward` calls them."""
+        return [a for blk in [*self.down_blocks, self.mid_block, *self.up_blocks] for a in blk.attentions]
+
+    def context_keys_values(self, context: Tensor | None) -> tuple | None:
+        """Every attention block's keys and values of the context, in call order: what each step would recompute
+        from an unchanged context (pass them to forward as context_kv). None without a context."""
+        if context is None:
+            return None
+        return tuple(a.context_keys_values(context) for a in self.attention_blocks())
+
     def forward(self, x: Tensor, emb: Tensor, context: Tensor | None = None,
-                context_mask: Tensor | None = None) -> Tensor:
+                context_mask: Tensor | None = None, context_kv: Sequence | None = None) -> Tensor:
+        """context_kv: context_keys_values(context), computed once for many calls with the same context."""
+        kv = iter(context_kv if context_kv is not None else [None] * len(self.attention_blocks()))
+
+        def attend(attn: nn.Module, h: Tensor) -> Tensor:
+            return attn(h, context, context_mask, next(kv))
+
         h = self.conv_in(x)
         hs = [h]
         for blk in self.down_blocks:
             for i, resnet in enumerate(blk.resnets):
                 h = resnet(h, emb)
                 if len(blk.attentions):
-                    h = blk.attentions[i](h, context, context_mask)
+                    h = attend(blk.attentions[i], h)
                 hs.append(h)
             if blk.resample is not None:
                 h = blk.resample(h, emb)
                 hs.append(h)
         h = self.mid_block.resnets[0](h, emb)
         if len(self.mid_block.attentions):
-            h = self.mid_block.attentions[0](h, context, context_mask)
+            h = attend(self.mid_block.attentions[0], h)
         h = self.mid_block.resnets[1](h, emb)
         for blk in self.up_blocks:
             for i, resnet in enumerate(blk.resnets):
                 h = resnet(torch.cat([h, hs.pop().to(h.dtype)], dim=1), emb)
                 if len(blk.attentions):
-                    h = blk.attentions[i](h, context, context_mask)
+                    h = attend(blk.attentions[i], h)
             if blk.resample is not None:
                 h = blk.resample(h, emb)
         return self.conv_out(F.silu(self.norm_out(h)))

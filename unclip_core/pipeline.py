@@ -551,7 +551,8 @@ class UnCLIP:
                              "(Stable unCLIP); this decoder reads z_i as it is: pass noise_level=0")
         cond, uncond = self.conventions.text_conditioning.decoder(self, z_i.to(self.device), prompts,
                                                                   noise_level=noise_level, z_i_noise=z_i_noise)
-        net = classifier_free_guidance(self.decoder, cond, uncond, guidance)
+        net = classifier_free_guidance(self.decoder, cond, uncond, guidance,
+                                       prepare=self.decoder.prepare_condition)
         info = self.stage_info["decoder"]
         return model_to_denoiser(net, self.schedules["decoder"], info.prediction, info.clip_x0 if clip_denoised else None,
                                  with_variance=with_variance)
