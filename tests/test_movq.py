@@ -90,3 +90,21 @@ def test_a_movq_is_a_latent_decoders_autoencoder_in_a_pipeline(pair, tmp_path):
     assert out.stages["decoder_latents"].shape == (2, 4, 32, 32) and out.stages["decoder"].shape == (2, 3, 64, 64)
     z_i, x_T = pipe.invert(out.images[:1], sampling={"decoder_steps": 2, "invert_refine": 0})
     assert x_T.shape == (1, 4, 32, 32)
+
+
+@pytest.mark.parametrize("size", [(16, 24), (10, 10)])
+def test_spatial_norm_at_the_latent_size_equals_resizing_z_q(size):
+    """The scale and shift convolved at the latent's size and broadcast over each block equal diffusers' formula
+    (z_q resized to f, then convolved); a size that is no multiple of the latent's takes the formula itself."""
+    import torch.nn.functional as F
+    from unclip_core.movq import SpatialNorm
+    torch.manual_seed(0)
+    norm = SpatialNorm(64, 4).eval()
+    g = torch.Generator().manual_seed(1)
+    f, zq = torch.randn(2, 64, *size, generator=g) * 3, torch.randn(2, 4, 4, 4, generator=g)
+    with torch.no_grad():
+        up = F.interpolate(zq, size=size, mode="nearest")
+        want = norm.norm_layer(f) * norm.conv_y(up) + norm.conv_b(up)
+        got = norm(f, zq)
+    assert float(want.abs().max()) > 1.0
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

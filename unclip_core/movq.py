@@ -75,8 +75,16 @@ class SpatialNorm(nn.Module):
         self.conv_b = nn.Conv2d(zq_channels, f_channels, 1)
 
     def forward(self, f: Tensor, zq: Tensor) -> Tensor:
-        zq = F.interpolate(zq, size=f.shape[-2:], mode="nearest")
-        return self.norm_layer(f) * self.conv_y(zq) + self.conv_b(zq)
+        B, C, H, W = f.shape
+        h, w = zq.shape[-2:]
+        if H % h or W % w:
+            zq = F.interpolate(zq, size=(H, W), mode="nearest")
+            return self.norm_layer(f) * self.conv_y(zq) + self.conv_b(zq)
+        # a 1x1 convolution commutes with nearest upsampling: scale and shift at the latent's size, then broadcast
+        # over each (H/h, W/w) block of f instead of resizing z_q to f and convolving (H/h)(W/w) times as many pixels
+        y, b = self.conv_y(zq)[:, :, :, None, :, None], self.conv_b(zq)[:, :, :, None, :, None]
+        n = self.norm_layer(f).view(B, C, h, H // h, w, W // w)
+        return torch.addcmul(b, n, y).view(B, C, H, W)
 
 
 class _Resnet(nn.Module):
