@@ -33,7 +33,10 @@ QUERIES = ("a red circle left of a blue square", "a small yellow star at the top
 AUTO = "auto"
 DEFAULT_PIPELINE = "shapes-unclip"
 NO_PIPELINE = ("none", "")
-DEMO_CAPTIONS = ("a large red circle", "a small blue square", "a yellow star left of a green triangle")
+# captions in the training grammar, which states each object's size and where it is; a caption without them is
+# outside it (the shapes-unclip card measures that: 9 of 30 position-free one-object captions drawn right)
+DEMO_CAPTIONS = ("a large red circle on the left", "a small blue square at the top",
+                 "a small yellow star left of a large green triangle")
 VARIATION_SCENE = "a purple star above an orange circle"
 INTERPOLATION_SCENES = ("a large red circle", "a large blue square")
 TEXT_DIFF = ("a red circle", "a blue circle")

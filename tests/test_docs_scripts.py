@@ -108,3 +108,9 @@ def test_inversion_error_reports_mean_and_max(tmp_path):
                           cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert re.search(r"n 2, steps 2, guidance 1.0: mean [\d.]+, max [\d.]+, above 0.02: \d", proc.stdout)
+
+
+def test_position_free_captions_script_refuses_a_bad_n():
+    proc = subprocess.run([sys.executable, str(ROOT / "docs" / "scripts" / "position_free_captions.py"), "--n", "0"],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 2 and "--n must be >= 1" in proc.stderr and "Traceback" not in proc.stderr
