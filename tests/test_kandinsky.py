@@ -292,6 +292,70 @@ def test_text_to_image_end_to_end_as_diffusers_prior_then_decoder(family):
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
 
 
+def test_negative_prompt_equals_diffusers(family):
+    """negative_prompt: diffusers' KandinskyV22PriorPipeline(negative_prompt=) samples prompts and negatives in one
+    batch, each against the negative's text, and its decoder takes the negatives' embeddings as
+    negative_image_embeds; text_to_image equals that chain, sample_prior the prior, and the numbers move."""
+    ref_prior, ref_dec, ours, _, _ = family
+    _float64_tables(ref_prior.scheduler, ours.schedules["prior"])
+    _float64_tables(ref_dec.scheduler, ours.schedules["decoder"])
+    assert ours.takes_negative_prompt and ours.decoder_negative_is_z_i
+    negatives = ["a blurry photo", "low quality, bad quality"]
+    g = torch.Generator().manual_seed(10)
+    prior_lat, lat = torch.randn(4, 32, generator=g), torch.randn(2, 4, 32, 32, generator=g)
+    gen = torch.Generator().manual_seed(11)
+    pr = ref_prior(PROMPTS, negative_prompt=negatives, num_inference_steps=3, guidance_scale=4.0, latents=prior_lat,
+                   generator=gen, output_type="pt")
+    want = ref_dec(image_embeds=pr.image_embeds, negative_image_embeds=pr.negative_image_embeds, height=64, width=64,
+                   num_inference_steps=4, guidance_scale=4.0, latents=lat, generator=gen, output_type="latent").images
+    sampling = {"prior_steps": 3, "decoder_steps": 4}
+    out = ours.text_to_image(PROMPTS, negative_prompt=negatives, sampling=sampling,
+                             seed=torch.Generator().manual_seed(11), noise={"prior": prior_lat, "decoder": lat})
+    got = out.stages["decoder_latents"]
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+    assert out.settings["negative_prompt"] == negatives and "negative_z_i_hash" in out.settings
+    torch.testing.assert_close(out.z_i, pr.image_embeds, rtol=1e-4, atol=1e-4 * float(pr.image_embeds.abs().max()))
+    # the prior alone: prompts and negatives against the negatives, as diffusers' one batch
+    both = ours.sample_prior(PROMPTS + negatives, negative_prompt=negatives * 2, sampling=sampling,
+                             seed=torch.Generator().manual_seed(11), x_T=prior_lat)
+    ref_both = torch.cat([pr.image_embeds, pr.negative_image_embeds])
+    torch.testing.assert_close(both, ref_both, rtol=1e-4, atol=1e-4 * float(ref_both.abs().max()))
+    plain = ours.text_to_image(PROMPTS, sampling=sampling, seed=torch.Generator().manual_seed(11),
+                               noise={"prior": prior_lat[:2], "decoder": lat})
+    assert float((plain.stages["decoder_latents"] - got).abs().max()) > 1e-2 * float(want.abs().max())
+    assert plain.settings["negative_prompt"] is None
+    with pytest.raises(ValueError, match="negative_prompt has 1 entries for 2 prompts"):
+        ours.text_to_image(PROMPTS, negative_prompt=["blurry"], sampling=sampling)
+    with pytest.raises(ValueError, match="negative_prompt must be a non-empty string"):
+        ours.sample_prior(PROMPTS, negative_prompt="  ", sampling=sampling)
+    with pytest.raises(ValueError, match=r"x_T must be a float tensor of shape \(4, 32\)"):
+        ours.text_to_image(PROMPTS, negative_prompt="blurry", sampling=sampling, noise={"prior": prior_lat[:2]})
+
+
+def test_generate_cli_takes_a_negative_prompt(family, tmp_path, capsys):
+    """`generate --negative-prompt TEXT` is text_to_image(negative_prompt=TEXT): the same pixels, recorded in
+    settings.json; a bundled ShapesWorld model (learned null) refuses it with the pipeline's message."""
+    import json
+    import numpy as np
+    from PIL import Image
+    from explorer.cli import main
+    _, _, ours, _, _ = family
+    folder = Path(ours.describe()["clip"]).parent
+    args = ["generate", "a red cube", "--model", str(folder), "--out", str(tmp_path / "g"), "--n", "1",
+            "--steps", "2", "--prior-steps", "2", "--seed", "1", "--negative-prompt", "a blurry photo"]
+    assert main(args) == 0
+    rec = json.loads((tmp_path / "g" / "settings.json").read_text())
+    assert rec["settings"]["negative_prompt"] == ["a blurry photo"]
+    want = ours.text_to_image("a red cube", sampling={"prior_steps": 2, "decoder_steps": 2}, seed=1,
+                              negative_prompt="a blurry photo")
+    got = np.asarray(Image.open(tmp_path / "g" / "000.png").convert("RGB"), dtype=np.int16)
+    assert np.abs(got - np.asarray(want.images[0], dtype=np.int16)).max() <= 1
+    capsys.readouterr()
+    assert main(["generate", "a red circle", "--out", str(tmp_path / "s"), "--n", "1", "--steps", "1",
+                 "--prior-steps", "1", "--negative-prompt", "a blue square"]) != 0
+    assert "shapes-unclip's is a learned null embedding" in capsys.readouterr().err
+
+
 def test_variations_encode_through_the_image_tower_as_diffusers(family):
     """An image's embedding: our preprocessing (PIL bicubic resize, centre crop, OpenAI normalisation) against
     CLIPImageProcessor + the image tower; the two resize kernels differ slightly (cosine > 0.999)."""

@@ -138,6 +138,17 @@ def test_bad_inputs(pipe):
         pipe.text_to_image([])
 
 
+def test_a_learned_null_family_refuses_a_negative_prompt(pipe):
+    """ShapesWorld's unconditional branch is a learned null embedding, not a text: no negative prompt."""
+    assert pipe.conventions.text == "learned_null" and not pipe.takes_negative_prompt
+    with pytest.raises(ValueError, match="learned null embedding .*pass negative_prompt=None"):
+        pipe.text_to_image("a red circle", negative_prompt="a blue square", sampling={"prior_steps": 1})
+    with pytest.raises(ValueError, match="learned null embedding: pass negative_prompt=None"):
+        pipe.sample_prior("a red circle", negative_prompt="a blue square", sampling={"prior_steps": 1})
+    with pytest.raises(ValueError, match=r"negative_z_i has shape \(2, 16\) but z_i has \(1, 16\)"):
+        pipe.decode(torch.nn.functional.normalize(torch.randn(1, 16), dim=-1), negative_z_i=torch.randn(2, 16))
+
+
 def test_policy_blocks_prompts(pipe_dir):
     p = UnCLIP.load(pipe_dir)
     p.policy = ConceptPolicy(["square"])

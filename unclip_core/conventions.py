@@ -39,8 +39,13 @@ class TextConditioning:
 
     name = "base"
 
-    def prior(self, pipe: "UnCLIP", prompts: list[str]) -> tuple[Condition, Condition, Tensor]:
-        """-> (cond, uncond, z_t used to rank best-of candidates) for the prior's network."""
+    # whether the unconditional branch is a text (then a negative prompt can replace it)
+    takes_negative_prompt = False
+
+    def prior(self, pipe: "UnCLIP", prompts: list[str],
+              negative_prompts: list[str] | None = None) -> tuple[Condition, Condition, Tensor]:
+        """-> (cond, uncond, z_t used to rank best-of candidates) for the prior's network; negative_prompts (one per
+        prompt) replace the unconditional text where the family has one (takes_negative_prompt)."""
         raise NotImplementedError
 
     def decoder(self, pipe: "UnCLIP", z_i: Tensor, prompts: list[str] | None, *, noise_level: int = 0,
@@ -55,7 +60,12 @@ class LearnedNullText(TextConditioning):
 
     name = "learned_null"
 
-    def prior(self, pipe: "UnCLIP", prompts: list[str]) -> tuple[Condition, Condition, Tensor]:
+    def prior(self, pipe: "UnCLIP", prompts: list[str],
+              negative_prompts: list[str] | None = None) -> tuple[Condition, Condition, Tensor]:
+        if negative_prompts is not None:
+            raise ValueError(f"negative_prompt replaces the empty prompt of families whose unconditional branch is "
+                             f"a text; this family's ({self.name!r}) is a learned null embedding: pass "
+                             "negative_prompt=None")
         prior, c = pipe.prior, pipe.prior.config
         z_t = pipe.clip.encode_text(prompts).to(pipe.device)
         cond: Condition = {"z_t": prior.scale_cond(z_t), "text_tokens": None, "text_mask": None}
@@ -80,12 +90,17 @@ class EmptyPromptText(TextConditioning):
     """Raw z_t and the text tower's hidden states; the unconditional branch is the encoding of "" (Karlo)."""
 
     name = "empty_prompt"
+    takes_negative_prompt = True
 
-    def prior(self, pipe: "UnCLIP", prompts: list[str]) -> tuple[Condition, Condition, Tensor]:
+    def prior(self, pipe: "UnCLIP", prompts: list[str],
+              negative_prompts: list[str] | None = None) -> tuple[Condition, Condition, Tensor]:
         prior = pipe.prior
         n_tok = prior.config.n_text_tokens
         z_t, feats, mask = pipe.text_condition(prompts)
-        null_z, null_f, null_m = pipe.empty_prompt_condition(len(prompts))
+        if negative_prompts is None:
+            null_z, null_f, null_m = pipe.empty_prompt_condition(len(prompts))
+        else:  # diffusers' negative_prompt: the negative's encoding in place of the empty prompt's
+            null_z, null_f, null_m = pipe.text_condition(negative_prompts)
         cond: Condition = {"z_t": prior.scale_cond(z_t), "text_tokens": feats[:, :n_tok], "text_mask": mask[:, :n_tok]}
         uncond: Condition = {"z_t": prior.scale_cond(null_z), "text_tokens": null_f[:, :n_tok],
                              "text_mask": null_m[:, :n_tok]}

@@ -151,6 +151,20 @@ def _check_prompts(prompts: str | Sequence[str]) -> list[str]:
     return prompts
 
 
+def _check_negative_prompt(negative_prompt: str | Sequence[str] | None, n_prompts: int) -> list[str] | None:
+    """One negative prompt per prompt (a string serves every prompt), or None."""
+    if negative_prompt is None:
+        return None
+    negatives = [negative_prompt] * n_prompts if isinstance(negative_prompt, str) else list(negative_prompt)
+    if not negatives or not all(isinstance(p, str) and p.strip() for p in negatives):
+        raise ValueError(f"negative_prompt must be a non-empty string or a list of non-empty strings (None: the "
+                         f"empty prompt), got {negative_prompt!r}")
+    if len(negatives) != n_prompts:
+        raise ValueError(f"negative_prompt has {len(negatives)} entries for {n_prompts} prompts; pass one per prompt "
+                         "or a single string for all")
+    return negatives
+
+
 def read_sampling(meta: Mapping[str, Any], folder: Path, default: SamplingConfig) -> SamplingConfig:
     """pipeline.json's "sampling" entry over a family's defaults; a bad entry names the file."""
     entry = meta.get("sampling")
@@ -446,26 +460,41 @@ class UnCLIP:
                 raise BlockedContentError(f"prompt {p!r} names blocked concept(s) {hits}")
 
     # ------------------------------------------------------------------ prior
+    @property
+    def takes_negative_prompt(self) -> bool:
+        """Whether text_to_image / sample_prior take negative_prompt: a prior whose unconditional branch is a text
+        (the empty prompt of Karlo, Kandinsky 2.2, Stable unCLIP), not a learned null embedding."""
+        return self.prior is not None and self.conventions.text_conditioning.takes_negative_prompt
+
     def sample_prior(self, prompts: str | Sequence[str], *, n: int = 1, sampling: SamplingConfig | None = None,
                      seed: int | torch.Generator | None = None, progress: bool = False,
-                     x_T: Tensor | None = None) -> Tensor:
+                     x_T: Tensor | None = None, negative_prompt: str | Sequence[str] | None = None) -> Tensor:
         """z_i ~ p(z_i | y) with the diffusion prior (sec. 2.2), best of sampling.best_of by cosine(z_i, z_t);
         -> (len*n, d), unit rows unless the family reads raw embeddings (conventions.normalize_embeddings).
         Uses sampling.prior_sampler, prior_steps, prior_guidance. x_T (len*n*best_of, d) fixes the initial noise
-        (diffusers' prior_latents)."""
+        (diffusers' prior_latents). negative_prompt (one string, or one per prompt): the unconditional branch's text
+        in place of the empty prompt (diffusers' negative_prompt), for families with takes_negative_prompt."""
         if self.prior is None:
             raise ValueError("this pipeline has no prior; decode image embeddings with .decode(z_i) instead")
         prompts = _check_prompts(prompts)
+        negatives = _check_negative_prompt(negative_prompt, len(prompts))
+        self._check_policy(prompts)
+        return self._sample_prior(prompts, negatives, n=n, sampling=sampling, seed=seed, progress=progress, x_T=x_T)
+
+    def _sample_prior(self, prompts: list[str], negatives: list[str] | None, *, n: int,
+                      sampling: SamplingConfig | None, seed: int | torch.Generator | None, progress: bool,
+                      x_T: Tensor | None) -> Tensor:
+        """sample_prior after its checks: negatives (one per prompt or None) are the unconditional texts."""
         n = check_positive_int("n", n)
         sc = check_sampling(sampling, self.sampling)
         best_of, steps, guidance, sampler = sc.best_of, sc.prior_steps, sc.prior_guidance, sc.prior_sampler
-        self._check_policy(prompts)
         g, seed = generator(seed)
         prior = self.prior
         expanded = expand(prompts, n * best_of)
         x_T = self._noise(x_T, (len(expanded), prior.config.clip_dim), g, "x_T")
         with torch.inference_mode(), self._autocast(sc):
-            cond, uncond, z_t = self.conventions.text_conditioning.prior(self, expanded)
+            cond, uncond, z_t = self.conventions.text_conditioning.prior(
+                self, expanded, None if negatives is None else expand(negatives, n * best_of))
             net = classifier_free_guidance(prior, cond, uncond, guidance, prepare=prior.prepare_condition)
             info = self.stage_info["prior"]
             denoise = model_to_denoiser(net, self.schedules["prior"], info.prediction, info.clip_x0)
@@ -543,14 +572,23 @@ class UnCLIP:
             return True
         return (not x_T_given) if clip_denoised is None else clip_denoised
 
+    @property
+    def decoder_negative_is_z_i(self) -> bool:
+        """Whether the decoder's unconditional branch is an image embedding alone (Kandinsky 2.2's: no text, no
+        noise augmentation), which decode's negative_z_i replaces (diffusers' negative_image_embeds)."""
+        c = self.decoder.config
+        return not (c.noise_augmented or c.text_width or c.use_z_t)
+
     def _decoder_denoiser(self, z_i: Tensor, prompts: list[str] | None, guidance: float, *,
                           clip_denoised: bool, with_variance: bool = False, noise_level: int = 0,
-                          z_i_noise: Tensor | None = None) -> Callable:
+                          z_i_noise: Tensor | None = None, negative_z_i: Tensor | None = None) -> Callable:
         if noise_level and not self.decoder.config.noise_augmented:
             raise ValueError(f"noise_level={noise_level} noises the image embedding of a noise-augmented decoder "
                              "(Stable unCLIP); this decoder reads z_i as it is: pass noise_level=0")
         cond, uncond = self.conventions.text_conditioning.decoder(self, z_i.to(self.device), prompts,
                                                                   noise_level=noise_level, z_i_noise=z_i_noise)
+        if negative_z_i is not None:
+            uncond = {**uncond, "z_i": negative_z_i.to(self.device)}
         net = classifier_free_guidance(self.decoder, cond, uncond, guidance,
                                        prepare=self.decoder.prepare_condition)
         info = self.stage_info["decoder"]
@@ -618,7 +656,7 @@ class UnCLIP:
     def decode(self, z_i: Tensor, *, sampling: SamplingConfig | None = None, x_T: Tensor | None = None,
                prompts: Sequence[str] | None = None, upsample: bool | int | None = None,
                seed: int | torch.Generator | None = None, progress: bool = False,
-               noise: Mapping[str, Tensor] | None = None) -> UnCLIPOutput:
+               noise: Mapping[str, Tensor] | None = None, negative_z_i: Tensor | None = None) -> UnCLIPOutput:
         """Images from CLIP image embeddings z_i (B, d) (sec. 2.1), optionally from a given x_T of x_T_shape(B).
 
         sampling: decoder_sampler / decoder_steps / decoder_guidance / eta / clip_denoised and the upsampler
@@ -633,11 +671,22 @@ class UnCLIP:
         upsampler stages ({"upsampler1": (B, 3, H, W)}, diffusers' super_res_latents), else drawn from the seed, and
         of a noise-augmented decoder's z_i ({"z_i": (B, d)}; else the rule of z_i_noise). prompts: the text the
         decoder reads where it reads text (recorded in settings["prompts"]); sampling.noise_level: the level a
-        noise-augmented decoder's z_i is noised to (Stable unCLIP).
+        noise-augmented decoder's z_i is noised to (Stable unCLIP). negative_z_i (B, d): the unconditional branch's
+        image embedding in place of the decoder's null (diffusers' negative_image_embeds), where
+        decoder_negative_is_z_i.
         """
         sc = check_sampling(sampling, self.sampling)
         noise = _check_noise(noise, ("z_i", "upsampler1", "upsampler2"))
         z_i, prompt_list = self._check_decode_args(z_i, prompts)
+        if negative_z_i is not None:
+            if not self.decoder_negative_is_z_i:
+                raise ValueError("negative_z_i replaces the null image embedding of a decoder that reads z_i alone "
+                                 "(Kandinsky 2.2); this decoder's unconditional branch also reads text or a noised "
+                                 "embedding: pass negative_z_i=None")
+            negative_z_i = self._check_z_i(negative_z_i)
+            if negative_z_i.shape != z_i.shape:
+                raise ValueError(f"negative_z_i has shape {tuple(negative_z_i.shape)} but z_i has "
+                                 f"{tuple(z_i.shape)}; pass one negative embedding per z_i")
         n_up = self.upsample_stages(upsample)
         given = x_T is not None
         clip_denoised = self.clip_denoised_rule(sc.clip_denoised, x_T_given=given, sampler=sc.decoder_sampler)
@@ -647,7 +696,8 @@ class UnCLIP:
         with torch.inference_mode(), self._autocast(sc):
             denoise = self._decoder_denoiser(z_i, prompt_list, sc.decoder_guidance, clip_denoised=clip_denoised,
                                              with_variance=self._with_variance("decoder", sc.decoder_sampler),
-                                             noise_level=sc.noise_level, z_i_noise=z_i_noise)
+                                             noise_level=sc.noise_level, z_i_noise=z_i_noise,
+                                             negative_z_i=negative_z_i)
             x = self._run_sampler(denoise, x_T.to(self.device), steps=sc.decoder_steps, sampler=sc.decoder_sampler,
                                   eta=sc.eta, generator=g, progress=progress, stage="decoder")
             x, stages = self._to_pixels(x)
@@ -655,6 +705,8 @@ class UnCLIP:
         settings = {"sampling": sc.to_dict(), "clip_denoised": clip_denoised, "x_T_given": given,
                     "upsampler_steps": sc.upsampler_steps_for(n_up), "z_i_hash": tensor_hash(z_i),
                     "prompts": prompt_list, "seed": seed, **self.describe()}
+        if negative_z_i is not None:
+            settings["negative_z_i_hash"] = tensor_hash(negative_z_i)
         if z_i_noise is not None:
             settings["z_i_noise"] = ("given" if "z_i" in noise else f"fixed (seed {FIXED_Z_I_NOISE_SEED})" if given
                                      else "drawn from the seed")
@@ -719,7 +771,8 @@ class UnCLIP:
     # ------------------------------------------------------------------ public capabilities
     def text_to_image(self, prompts: str | Sequence[str], *, n: int = 1, sampling: SamplingConfig | None = None,
                       upsample: bool | int | None = None, seed: int | torch.Generator | None = None,
-                      progress: bool = False, noise: Mapping[str, Tensor] | None = None) -> UnCLIPOutput:
+                      progress: bool = False, noise: Mapping[str, Tensor] | None = None,
+                      negative_prompt: str | Sequence[str] | None = None) -> UnCLIPOutput:
         """Text -> prior -> z_i -> decoder -> upsamplers (Ramesh et al. 2022, fig. 2): n images per prompt.
 
         sampling: every stage's settings (None: self.sampling). upsample: None the default cascade, True every
@@ -727,18 +780,41 @@ class UnCLIP:
         clamped (clip_denoised_rule); progress shows one bar per stage. noise fixes initial noises by stage
         ({"prior": (len*n*best_of, d), "decoder": x_T_shape(len*n), "upsampler1": ...}, as diffusers' *_latents);
         one generator draws the others in stage order.
+
+        negative_prompt (one string, or one per prompt; families with takes_negative_prompt): the prior's
+        unconditional text in place of the empty prompt. Where the decoder's unconditional branch is an image
+        embedding (decoder_negative_is_z_i: Kandinsky 2.2) the prior also samples each negative prompt, in the same
+        batch after the prompts, and its z_i replaces the decoder's null, as diffusers' KandinskyV22PriorPipeline
+        with negative_prompt followed by its decoder; noise["prior"] then has 2*len*n*best_of rows.
         """
         prompts = _check_prompts(prompts)
+        negatives = _check_negative_prompt(negative_prompt, len(prompts))
+        if negatives is not None and not self.takes_negative_prompt:
+            raise ValueError(f"negative_prompt replaces the empty prompt of a prior whose unconditional branch is a "
+                             f"text; {self.name}'s is a learned null embedding (conventions text "
+                             f"{self.conventions.text!r}): pass negative_prompt=None")
         sc = check_sampling(sampling, self.sampling)
         noise = _check_noise(noise, ("prior", "decoder", "z_i", "upsampler1", "upsampler2"))
         self.upsample_stages(upsample)  # checked before time is spent in the prior
+        n = check_positive_int("n", n)
+        if self.prior is None:
+            raise ValueError("this pipeline has no prior; decode image embeddings with .decode(z_i) instead")
+        self._check_policy(prompts)
         g, seed = generator(seed)
-        z_i = self.sample_prior(prompts, n=n, sampling=sc, seed=g, progress=progress, x_T=noise.get("prior"))
+        negative_z_i = None
+        if negatives is not None and self.decoder_negative_is_z_i:
+            both = self._sample_prior(prompts + negatives, negatives + negatives, n=n, sampling=sc, seed=g,
+                                      progress=progress, x_T=noise.get("prior"))
+            z_i, negative_z_i = both[:len(prompts) * n], both[len(prompts) * n:]
+        else:
+            z_i = self._sample_prior(prompts, negatives, n=n, sampling=sc, seed=g, progress=progress,
+                                     x_T=noise.get("prior"))
         expanded = expand(prompts, n)
         out = self.decode(z_i, sampling=sc, x_T=noise.get("decoder"),
                           prompts=expanded if self.decoder.config.text_width else None, upsample=upsample, seed=g,
-                          progress=progress, noise={k: v for k, v in noise.items() if k not in ("prior", "decoder")})
-        out.settings.update({"prompts": prompts, "n": n, "seed": seed})
+                          progress=progress, noise={k: v for k, v in noise.items() if k not in ("prior", "decoder")},
+                          negative_z_i=negative_z_i)
+        out.settings.update({"prompts": prompts, "n": n, "seed": seed, "negative_prompt": negatives})
         return out
 
     def encode_images(self, images: ImageLike | Sequence[ImageLike]) -> Tensor:

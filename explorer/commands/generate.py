@@ -27,6 +27,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--no-upsample", action="store_true", help="stop at the decoder's resolution (= --size of it)")
     p.add_argument("--seed", type=_args.seed, default=0)
     p.add_argument("--signature", action="store_true", help="add a visible signature in a corner")
+    p.add_argument("--negative-prompt", default=None, metavar="TEXT",
+                   help="the prior's unconditional text in place of the empty prompt, for every prompt (families "
+                        "whose unconditional branch is a text: Karlo, Kandinsky 2.2, Stable unCLIP; Kandinsky's "
+                        "decoder also steers away from its image embedding)")
     _args.add_sampling_args(p)
     return p
 
@@ -47,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     size = pipe.resolutions[0] if args.no_upsample else args.size
     size, n_model, note = pipe.plan_size(size, all_upsamplers=args.all_upsamplers)
     out = pipe.text_to_image(args.prompts, n=args.n, sampling=sampling, upsample=n_model, seed=args.seed,
-                             progress=True)
+                             progress=True, negative_prompt=args.negative_prompt)
     if note is not None:
         out.images = [im.resize((size, size), Image.BICUBIC) for im in out.images]
         out.settings["resize"] = note
