@@ -126,7 +126,7 @@ def test_text_to_image_shows_the_seeded_images(lab, pipe):
     lab.button(key="t2i_go").click().run()
     no_errors(lab)
     shown = lab.session_state["t2i"]
-    ref = pipe.text_to_image("a red circle left of a blue square", n=2, seed=7,
+    ref = pipe.text_to_image("a small red circle left of a large blue square", n=2, seed=7,
                              sampling={"decoder_steps": 2, "decoder_guidance": 3.0, "prior_steps": 2,
                                        "prior_guidance": 4.0})
     assert shown.settings["sampling"] == ref.settings["sampling"]
@@ -134,7 +134,7 @@ def test_text_to_image_shows_the_seeded_images(lab, pipe):
     for a, b in zip(shown.images, ref.images):
         assert np.array_equal(np.asarray(a), np.asarray(b))
     captions = [c for im in lab.get("image") for c in im.captions]
-    assert "a red circle left of a blue square #1" in captions
+    assert "a small red circle left of a large blue square #1" in captions
     # add to gallery -> the gallery tab counts it
     lab.button(key="gal_t2i-1").click().run()
     assert len(lab.session_state["gallery"]) == 1

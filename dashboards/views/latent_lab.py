@@ -70,7 +70,8 @@ def upload(label, key):
 
 # ---------------------------------------------------------------------------------------------- text -> image
 with t2i_tab:
-    prompt = st.text_input("Prompt", "a red circle left of a blue square", key="t2i_prompt")
+    prompt = st.text_input("Prompt", "a small red circle left of a large blue square", key="t2i_prompt",
+                           help="ShapesWorld captions state each object's size and where it is, as its training captions do")
     c1, _ = st.columns([1, 2])
     n = int(c1.number_input("images", 1, 8, 2, key="t2i_n"))
     if st.button("Generate", type="primary", key="t2i_go"):
