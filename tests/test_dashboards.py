@@ -149,6 +149,13 @@ def test_too_long_prompt_is_refused_in_the_page(lab):
     assert "t2i" not in lab.session_state
 
 
+def test_the_negative_prompt_input_is_only_for_pipelines_that_take_one(lab, pipe):
+    """ShapesWorld's unconditional branch is a learned null: the text-to-image tab has no negative prompt."""
+    assert not pipe.takes_negative_prompt
+    keys = [w.key for w in lab.text_input]
+    assert "t2i_prompt" in keys and "t2i_negative" not in keys
+
+
 def test_variations_and_a_non_image_upload(lab, pipe):
     lab.file_uploader(key="var_upload").set_value(("notes.png", b"this is not a picture", "image/png"))
     lab.run()

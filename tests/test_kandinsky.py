@@ -356,6 +356,37 @@ def test_generate_cli_takes_a_negative_prompt(family, tmp_path, capsys):
     assert "shapes-unclip's is a learned null embedding" in capsys.readouterr().err
 
 
+def test_latent_lab_has_a_negative_prompt_input(family, monkeypatch):
+    """The latent lab on a Kandinsky folder: a negative prompt input whose text reaches text_to_image (the same
+    images as the call with negative_prompt), and an empty one means none."""
+    import numpy as np
+    from streamlit.testing.v1 import AppTest
+    from dashboards import _state as S
+    _, _, ours, _, _ = family
+    monkeypatch.setenv(S.ENV_MODEL, str(Path(ours.describe()["clip"]).parent))
+    monkeypatch.delenv(S.ENV_STORE, raising=False)
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "dashboards" / "views" / "latent_lab.py"),
+                           default_timeout=120)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    at.slider(key="sampling_decoder_steps").set_value(2)
+    at.slider(key="sampling_prior_steps").set_value(2)
+    at.number_input(key="t2i_n").set_value(1)
+    at.number_input(key="seed").set_value(3)
+    at.text_input(key="t2i_prompt").set_value("a red cube")
+    at.text_input(key="t2i_negative").set_value("a blurry photo")
+    at.button(key="t2i_go").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.exception] + [e.value for e in at.error]
+    shown = at.session_state["t2i"]
+    assert shown.settings["negative_prompt"] == ["a blurry photo"]
+    ref = ours.text_to_image("a red cube", seed=3, negative_prompt="a blurry photo",
+                             sampling=shown.settings["sampling"])
+    assert np.array_equal(np.asarray(shown.images[0]), np.asarray(ref.images[0]))
+    at.text_input(key="t2i_negative").set_value("")
+    at.button(key="t2i_go").click().run()
+    assert at.session_state["t2i"].settings["negative_prompt"] is None
+
+
 def test_variations_encode_through_the_image_tower_as_diffusers(family):
     """An image's embedding: our preprocessing (PIL bicubic resize, centre crop, OpenAI normalisation) against
     CLIPImageProcessor + the image tower; the two resize kernels differ slightly (cosine > 0.999)."""

@@ -72,16 +72,22 @@ def upload(label, key):
 with t2i_tab:
     prompt = st.text_input("Prompt", "a small red circle left of a large blue square", key="t2i_prompt",
                            help="ShapesWorld captions state each object's size and where it is, as its training captions do")
+    negative = None
+    if pipe.takes_negative_prompt:  # the prior's unconditional branch is a text (not a learned null)
+        negative = st.text_input("Negative prompt", "", key="t2i_negative",
+                                 help="the prior's unconditional text in place of the empty prompt (diffusers' "
+                                      "negative_prompt); empty: none").strip() or None
     c1, _ = st.columns([1, 2])
     n = int(c1.number_input("images", 1, 8, 2, key="t2i_n"))
     if st.button("Generate", type="primary", key="t2i_go"):
-        problem = S.prompt_problem(pipe.clip, prompt)
+        problem = S.prompt_problem(pipe.clip, prompt) or (negative and S.prompt_problem(pipe.clip, negative))
         if problem:
             st.error(problem)
         else:
             with st.spinner(f"Generating {n} image(s): prior {sampling.prior_steps} steps, decoder "
                             f"{sampling.decoder_steps} steps…"):
-                out = S.attempt(pipe.text_to_image, prompt, n=n, sampling=sampling, upsample=upsample, seed=seed)
+                out = S.attempt(pipe.text_to_image, prompt, n=n, sampling=sampling, upsample=upsample, seed=seed,
+                                negative_prompt=negative)
             if out is not None:
                 st.session_state["t2i"] = out
     out = st.session_state.get("t2i")
