@@ -523,3 +523,32 @@ def run_cases(settings: Mapping[str, Any]) -> list[Any] | None:
 
 
 __all__ = ["load_run", "run_cases", "accuracy_figure", "confusion_figure", "run_suite", "write_report", "write_suite", "compare_runs", "swap_confusion", "failure_gallery"]
+
+
+def probe_store(store: Any, *, questions: Sequence[str] | None = None, n_splits: int = 5, seed: int = 0,
+                level: float = 0.95) -> pd.DataFrame:
+    """Linear binding probes (analyses.binding.linear_probes) on the embeddings a store already holds: a store of
+    a ShapesWorld export (ours or its clip-retrieval export), whose rows carry their scene in the "scene" metadata
+    column. z_i comes from its image rows; z_t from its text rows of the same files, where it has them."""
+    from analyses.binding import linear_probes
+    from explorer.store import open_store
+    from unclip_core.data.shapes_scene import Scene
+    store = open_store(store, "store")
+    meta = store.metadata
+    if "scene" not in meta.columns:
+        raise ValueError(f"the store {store.path} has no 'scene' metadata column: binding probes need the ShapesWorld "
+                         "scene of each row (embed a `unclip-explorer shapes export` folder)")
+    kinds = meta["kind"].astype(str).to_numpy() if "kind" in meta.columns else np.full(len(meta), "image")
+    img = np.flatnonzero((kinds == "image") & meta["scene"].notna().to_numpy())
+    if len(img) < 2 * n_splits:
+        raise ValueError(f"the store {store.path} has {len(img)} image rows with a scene; probes need at least "
+                         f"{2 * n_splits} (n_splits={n_splits})")
+    key = meta["file"].astype(str).to_numpy() if "file" in meta.columns else meta["id"].astype(str).to_numpy()
+    scenes = [Scene.from_dict(json.loads(v) if isinstance(v, str) else v) for v in meta["scene"].iloc[img]]
+    features = {"z_i": np.asarray(store.vectors[img], np.float32)}
+    text_row = {k: i for i, k in enumerate(key) if kinds[i] == "text"}
+    paired = [text_row.get(key[i]) for i in img]
+    if all(t is not None for t in paired):
+        features["z_t"] = np.asarray(store.vectors[np.asarray(paired)], np.float32)
+    return linear_probes(scenes, features, n_splits=n_splits, seed=seed, level=level, questions=questions)
+

@@ -84,3 +84,25 @@ def test_projections_and_metrics_take_a_clip_retrieval_folder(tmp_path):
     assert len(r.frame) == 40 and r.frame["source"][21] == "img/00021.jpg"
     df = aa.metrics(tmp_path / "a", tmp_path / "b", k=3)
     assert len(df) >= 1 and df.select_dtypes("number").notna().all().all()
+
+
+def test_binding_probes_take_a_store_or_its_clip_retrieval_export(tmp_path):
+    """probe_store reads scenes from the rows' metadata: the same probe accuracies from a store of a ShapesWorld
+    export and from its clip-retrieval export (image rows)."""
+    from explorer import api
+    from explorer.binding import probe_store
+    from explorer.store import ClipRetrievalStore, export_clip_retrieval
+    api.export_shapes(tmp_path / "shapes", n=120, seed=3, progress=False)
+    store = api.embed(tmp_path / "shapes", "shapes-clip", tmp_path / "store", progress=False, dtype="float32")
+    q = ["shape of the <colour> object", "colour of the <shape> object"]
+    ours = probe_store(store, questions=q, n_splits=3)
+    assert set(ours["features"]) >= {"z_i", "z_t", "bag", "majority"} and (ours["n"] > 0).all()
+    z_i = ours[ours["features"] == "z_i"].set_index("question")["accuracy"]
+    majority = ours[ours["features"] == "majority"].set_index("question")["accuracy"]
+    assert (z_i > majority).all()  # the bundled CLIP's z_i carries which shape has which colour
+    export_clip_retrieval(store, tmp_path / "cr")
+    theirs = probe_store(ClipRetrievalStore(tmp_path / "cr"), questions=q, n_splits=3)
+    a = theirs[theirs["features"] == "z_i"].set_index("question")["accuracy"]
+    pd.testing.assert_series_equal(a, z_i)
+    with pytest.raises(ValueError, match="no 'scene' metadata column"):
+        probe_store(api.embed(["a red circle", "a blue square"] * 6, "shapes-clip", tmp_path / "t", progress=False))
