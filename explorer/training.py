@@ -14,7 +14,8 @@ Layouts:
               folder (img_emb/, text_emb/, metadata/ with a caption column)
 
 The CLIP image embeddings of a folder or shards are computed once into an embedding store (data.cache, default
-RUN/embeddings), resumably; the store records its CLIP, and a run with another CLIP is refused.
+RUN/embeddings), resumably; the store records its CLIP, and a run with another CLIP is refused. The stages that
+need no CLIP (the autoencoder, the upsamplers) read the images only: nothing is embedded or cached.
 """
 from __future__ import annotations
 
@@ -55,17 +56,21 @@ def _load(payload: Any) -> Any:
 
 @dataclass
 class ImageData:
-    """Images (files or tar members) with their captions and cached CLIP image embeddings (rows of a store)."""
+    """Images (files or tar members) with their captions and cached CLIP image embeddings (rows of a store; None
+    for the stages that need no CLIP)."""
 
     payloads: list[Any]
     captions: list[str | None]
-    vectors: Any  # (n_store, d) memory-mapped store vectors
-    rows: np.ndarray  # store row of each item
+    vectors: Any  # (n_store, d) memory-mapped store vectors, or None
+    rows: np.ndarray | None  # store row of each item
     clip_model_id: str | None
     report: dict[str, Any] = field(default_factory=dict)
     has_images: bool = True
-    has_z_i: bool = True
     has_z_t: bool = False
+
+    @property
+    def has_z_i(self) -> bool:
+        return self.vectors is not None
 
     @property
     def has_captions(self) -> bool:
@@ -81,10 +86,12 @@ class ImageData:
                 with_pil = _load(self.payloads[i])
                 for k, s in enumerate(sizes):
                     per_size[k].append(square_image(with_pil, s))
-        z_i = torch.from_numpy(np.asarray(self.vectors[self.rows[list(indices)]], dtype=np.float32))
+        z_i = None
+        if self.vectors is not None:
+            z_i = torch.from_numpy(np.asarray(self.vectors[self.rows[list(indices)]], dtype=np.float32))
+            z_i = torch.nn.functional.normalize(z_i, dim=-1)
         return DataBatch(images=[to_tensor(a) for a in per_size] if sizes else None,
-                         captions=[self.captions[i] for i in indices],
-                         z_i=torch.nn.functional.normalize(z_i, dim=-1))
+                         captions=[self.captions[i] for i in indices], z_i=z_i)
 
 
 @dataclass
@@ -178,6 +185,8 @@ def _open_images(config: Any, data: DataConfig, kind: str, clip: Any, run_dir: P
             captions = {r.id: _sidecar_caption(Path(r.payload)) for r in records}
         else:  # webdataset: the sample's .txt / .caption member or its json "caption"
             captions = {r.id: r.extra.get("caption") for r in records}
+    if clip is None:
+        return _images_only(config, data, kind, records, captions)
     cache = Path(data.cache) if data.cache else run_dir / "embeddings"
     if (cache / MANIFEST).is_file():
         existing = EmbeddingStore.open(cache)
@@ -218,6 +227,33 @@ def _open_images(config: Any, data: DataConfig, kind: str, clip: Any, run_dir: P
                          "see the layouts in docs/training.md (\"Your own data\")")
     return ImageData([r.payload for r in keep], [captions[r.id] for r in keep], store.vectors,
                      np.array([row_of[r.id] for r in keep], dtype=np.int64), store.model_id, report)
+
+
+def _images_only(config: Any, data: DataConfig, kind: str, records: list[Any], captions: dict[str, str | None]
+                 ) -> ImageData:
+    """The images of a stage that needs no CLIP (autoencoder, upsamplers): unreadable files found (PIL verify) and
+    skipped or refused as data.on_bad_image says; no embeddings."""
+    from explorer.store.inputs import _unreadable_images
+    if data.cache is not None:
+        raise ValueError(f"data cache={data.cache!r} caches CLIP image embeddings, which the {config.stage} does not "
+                         "use (it trains on the images alone); drop cache from the run's [data] table")
+    bad = _unreadable_images(records)
+    if bad and data.on_bad_image == "fail":
+        shown = "; ".join(f"{b['source']} ({b['error']})" for b in bad[:3])
+        raise ValueError(f"data path {data.path!r}: {len(bad)} of {len(records)} images cannot be read: {shown}"
+                         f"{'; ...' if len(bad) > 3 else ''}. Fix or remove them, or set data on_bad_image = \"skip\" "
+                         "(--skip-bad-images) to train on the rest; nothing was trained")
+    bad_ids = {b["id"] for b in bad}
+    keep = [r for r in records if r.id not in bad_ids]
+    # captions are not read by these stages: none is reported missing
+    report = {"kind": kind, "path": str(data.path), "cache": None, "clip": None, "n_items": len(keep),
+              "n_unreadable": len(bad), "unreadable": [b["source"] for b in bad], "n_missing_captions": 0,
+              "missing_captions": [], "missing_captions_dropped": False}
+    if not keep:
+        why = f"; {len(bad)} unreadable" if bad else ""
+        raise ValueError(f"the data set {data.path!r} has no usable images ({len(records)} images found{why}); "
+                         "see the layouts in docs/training.md (\"Your own data\")")
+    return ImageData([r.payload for r in keep], [captions[r.id] for r in keep], None, None, None, report)
 
 
 def _pair_key(meta: Any) -> list[str]:
@@ -298,9 +334,12 @@ def open_training_data(config: Any, *, clip: Any, run_dir: str | Path, progress:
     Folders and shards: the CLIP image embeddings are cached in data.cache (default run_dir/embeddings), resumably.
     Unreadable images are skipped and counted (data.on_bad_image = "skip") or stop the run before any work
     ("fail"). Images without a caption are reported; the stages that need captions leave them out. An empty data
-    set is a ValueError.
+    set is a ValueError. clip=None (the autoencoder and upsamplers, which need no CLIP): images only, no cache.
     """
     data = config.data
+    if clip is None and config.stage in ("prior", "decoder"):
+        raise ValueError(f"the {config.stage} trains on CLIP embeddings of its data: pass clip= (prepare_run loads "
+                         "the run's)")
     if data.is_shapesworld:
         raise ValueError("config.data is ShapesWorld (rendered on the fly); open_training_data reads files: set "
                          "data kind and path")
@@ -348,7 +387,13 @@ def train_run(config: Any, out: str | Path, *, resume: bool = True, progress: bo
               callback: Callable[[int, dict[str, float]], None] | None = None,
               on_end: Callable[[torch.nn.Module], None] | None = None) -> Path:
     """Train one stage of a run config on its data (ShapesWorld, a folder, shards or embeddings); returns the
-    exported checkpoint folder. The CLI's `train STAGE --config RUN.toml` and DDP runs under torchrun call this."""
+    exported checkpoint folder. The CLI's `train STAGE --config RUN.toml` and DDP runs under torchrun call this.
+    An AutoencoderTrainConfig trains the autoencoder (images only; on_end is not called)."""
+    from unclip_core.train.autoencoder import AutoencoderTrainConfig, train_autoencoder
+    if isinstance(config, AutoencoderTrainConfig):
+        images = None if config.data.is_shapesworld else open_training_data(config, clip=None, run_dir=out,
+                                                                           progress=progress)
+        return train_autoencoder(config, out, resume=resume, progress=progress, callback=callback, data=images)
     from unclip_core.train.diffusion import train_stage
     config, clip = prepare_run(config, clip=clip)
     items = None

@@ -1,5 +1,6 @@
-"""`unclip-explorer train STAGE (--config RUN.toml | --recipe NAME) [--resume]`: train one stage, on ShapesWorld or on
-your own data (image folders, webdataset shards, precomputed embeddings); `train assemble`: stages -> a pipeline."""
+"""`unclip-explorer train STAGE (--config RUN.toml | --recipe NAME) [--resume]`: train one stage (the autoencoder
+too), on ShapesWorld or on your own data (image folders, webdataset shards, precomputed embeddings); `train
+assemble`: stages -> a pipeline."""
 from __future__ import annotations
 
 import argparse
@@ -10,9 +11,10 @@ from typing import TYPE_CHECKING
 from explorer.commands import Command, _args
 
 if TYPE_CHECKING:
+    from unclip_core.train.autoencoder import AutoencoderTrainConfig
     from unclip_core.train.diffusion import DiffusionTrainConfig
 
-STAGES = ("clip", "prior", "decoder", "upsampler1", "upsampler2")
+STAGES = ("clip", "autoencoder", "prior", "decoder", "upsampler1", "upsampler2")
 FAMILY_STAGES = ("prior", "decoder", "upsampler1", "upsampler2")
 
 
@@ -22,7 +24,7 @@ def default_runs_dir() -> Path:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser("train", help="train one stage (clip, prior, decoder, upsampler1, upsampler2)",
+    p = sub.add_parser("train", help="train one stage (clip, autoencoder, prior, decoder, upsampler1, upsampler2)",
                        description="Train a stage of the unCLIP family on ShapesWorld. State is checkpointed "
                                    "atomically; rerun with --resume to continue a killed run (--steps may "
                                    "lengthen or shorten it). Also runs under torchrun --nproc_per_node=N -m "
@@ -120,8 +122,8 @@ def run(args: argparse.Namespace) -> int:
         args.recipe = args.recipe or "shapes"
         return _assemble(args)
     if args.stage == "clip" and args.config is not None:
-        raise ValueError("--config runs the diffusion stages (prior, decoder, upsampler1, upsampler2); train the "
-                         "CLIP with --recipe")
+        raise ValueError("--config runs the autoencoder and the diffusion stages (prior, decoder, upsampler1, "
+                         "upsampler2); train the CLIP with --recipe")
     args.recipe = args.recipe if args.recipe is not None or args.config is not None else "shapes"
     name = f"{args.recipe}-{args.stage}" if args.config is None else Path(args.config).stem
     out = Path(args.out) if args.out else default_runs_dir() / name
@@ -153,9 +155,47 @@ def run(args: argparse.Namespace) -> int:
                             progress=not args.no_progress)
     else:
         from explorer.training import train_run
-        folder = train_run(diffusion_config(args), out, resume=args.resume, progress=not args.no_progress)
+        config = autoencoder_config(args) if args.stage == "autoencoder" else diffusion_config(args)
+        folder = train_run(config, out, resume=args.resume, progress=not args.no_progress)
     print(f"trained {args.stage}: {folder}")
     return 0
+
+
+def _data_overrides(args: argparse.Namespace) -> dict[str, object]:
+    """The [data] fields the flags set (--data, --data-kind, --cache, --skip/--fail-on-bad-images)."""
+    data = {k: v for k, v in {"path": args.data, "kind": args.data_kind, "cache": args.cache}.items() if v is not None}
+    if args.skip_bad_images or args.fail_on_bad_images:
+        data["on_bad_image"] = "fail" if args.fail_on_bad_images else "skip"
+    if data and args.data is not None and "kind" not in data:
+        data["kind"] = "auto"
+    return data
+
+
+def autoencoder_config(args: argparse.Namespace) -> "AutoencoderTrainConfig":
+    """The autoencoder's run config: the run file (--config) or the recipe, with the flags as overrides."""
+    from unclip_core.train.autoencoder import RECIPES, load_run_config, recipe
+    unused = [f for f, v in (("--clip", args.clip), ("--cache", args.cache), ("--autoencoder", args.autoencoder),
+                             ("--init-from", args.init_from), ("--grad-accum", args.grad_accum),
+                             ("--sample-every", args.sample_every), ("--min-snr-gamma", args.min_snr_gamma),
+                             ("--object-weights", args.object_weights), ("--high-t-fraction", args.high_t_fraction),
+                             ("--high-t-from", args.high_t_from),
+                             ("--crop-content-fraction", args.crop_content_fraction)) if v is not None]
+    unused += [f for f, v in (("--init-partial", args.init_partial), ("--no-tensorboard", args.no_tensorboard)) if v]
+    if unused:
+        raise ValueError(f"options the autoencoder does not take: {', '.join(unused)}; drop them")
+    if args.preset is not None and args.preset not in RECIPES:
+        raise ValueError(f"--preset {args.preset} is not an autoencoder network; accepted: {sorted(RECIPES)}")
+    overrides: dict[str, object] = {k: v for k, v in {
+        "n_steps": args.steps, "batch_size": args.batch_size, "precision": args.precision, "world": args.world,
+        "lr": args.lr, "log_every": args.log_every, "checkpoint_every": args.checkpoint_every}.items() if v is not None}
+    if args.preset is not None:
+        overrides["model"] = dict(RECIPES[args.preset]["model"])
+    data = _data_overrides(args)
+    if data:
+        overrides["data"] = data
+    if args.config is not None:
+        return load_run_config(args.config, overrides=overrides)
+    return recipe(args.recipe, **overrides)
 
 
 def diffusion_config(args: argparse.Namespace) -> "DiffusionTrainConfig":
@@ -177,11 +217,7 @@ def diffusion_config(args: argparse.Namespace) -> "DiffusionTrainConfig":
         overrides["tensorboard"] = False
     if args.init_partial:
         overrides["init_strict"] = False
-    data = {k: v for k, v in {"path": args.data, "kind": args.data_kind, "cache": args.cache}.items() if v is not None}
-    if args.skip_bad_images or args.fail_on_bad_images:
-        data["on_bad_image"] = "fail" if args.fail_on_bad_images else "skip"
-    if data and args.data is not None and "kind" not in data:
-        data["kind"] = "auto"
+    data = _data_overrides(args)
     if data:
         overrides["data"] = data
     if args.config is not None:

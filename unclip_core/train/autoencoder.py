@@ -1,6 +1,8 @@
-"""Train the KL autoencoder of a latent decoder on ShapesWorld renders (Rombach et al. 2022, sec. 3).
+"""Train the KL autoencoder of a latent decoder on ShapesWorld renders or your images (Rombach et al. 2022, sec. 3).
 
 Run: python -m unclip_core.train.autoencoder --out /work/runs/shapes-autoencoder --threads 1
+Your images (a folder or webdataset shards, read by explorer.training):
+     unclip-explorer train autoencoder --config RUN.toml --data FOLDER
 Resumable: rerun the same command after a kill; the final weights are exported to OUT/model with a card.
 """
 from __future__ import annotations
@@ -11,7 +13,7 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar, Mapping
 
 import numpy as np
 import torch
@@ -24,6 +26,7 @@ from unclip_core.checks import check_choice, check_positive_int
 from unclip_core.data.shapes import CURRENT_WORLD, ShapesConfig, get_world, render_array
 from unclip_core.train.common import (PRECISIONS, EMA, CsvLog, check_optimiser_fields, cosine_lr, network_config,
                                       resolve_precision, resume_run, save_state, set_lr, write_text_atomic)
+from unclip_core.train.data import DataConfig, TrainingData, describe_data, epoch_indices
 
 STATE_FILE = "state.pt"
 LOG_FIELDS = ("step", "loss", "l1", "mse", "kl", "lr", "seconds")
@@ -31,8 +34,10 @@ LOG_FIELDS = ("step", "loss", "l1", "mse", "kl", "lr", "seconds")
 
 @dataclass(frozen=True)
 class AutoencoderTrainConfig:
-    """A training run of the autoencoder: its network, the data (ShapesWorld renders) and the optimisation."""
+    """A training run of the autoencoder: its network, the data (ShapesWorld renders, or a user's images: `data`,
+    images only, no captions or CLIP) and the optimisation."""
 
+    stage: ClassVar[str] = "autoencoder"
     model: dict[str, Any]
     world: int = CURRENT_WORLD
     n_objects: tuple[int, ...] = (1, 2, 3)
@@ -49,8 +54,18 @@ class AutoencoderTrainConfig:
     n_calibrate: int = 512      # renders whose latent std sets scaling_factor at export
     log_every: int = 10
     checkpoint_every: int = 200
+    data: DataConfig = DataConfig()  # a [data] table in a run file; ShapesWorld by default
 
     def __post_init__(self) -> None:
+        if isinstance(self.data, Mapping):
+            from unclip_core.checkpoint import config_from_dict
+            object.__setattr__(self, "data", config_from_dict(DataConfig, self.data,
+                                                              fix="Remove them from the run's [data] table"))
+        if not isinstance(self.data, DataConfig):
+            raise TypeError(f"data must be a DataConfig or a dict of its fields, got {type(self.data).__name__}")
+        if self.data.kind == "embeddings":
+            raise ValueError("data kind='embeddings' (precomputed CLIP embeddings) trains the prior only; the "
+                             "autoencoder needs images: pass an image folder or webdataset shards as data path")
         for name in ("n_steps", "batch_size", "log_every", "checkpoint_every", "n_calibrate"):
             check_positive_int(name, getattr(self, name))
         check_positive_int("warmup_steps", self.warmup_steps, minimum=0)
@@ -67,7 +82,10 @@ class AutoencoderTrainConfig:
         return network_config(AutoencoderConfig, self.model)
 
     def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(asdict(self)))
+        d = json.loads(json.dumps(asdict(self)))
+        if self.data.is_shapesworld:  # as before `data` existed: those runs' states still resume
+            del d["data"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "AutoencoderTrainConfig":
@@ -92,28 +110,95 @@ def recipe(name: str, **overrides: Any) -> AutoencoderTrainConfig:
     return AutoencoderTrainConfig(**{**RECIPES[name], **overrides})
 
 
+def load_run_config(path: str | os.PathLike, *, overrides: Mapping[str, Any] | None = None) -> AutoencoderTrainConfig:
+    """An autoencoder run's config from a run file (TOML or JSON), validated by AutoencoderTrainConfig.
+
+    The file holds AutoencoderTrainConfig's fields, its [model] and [data] tables, and optionally `recipe = NAME`
+    (start from RECIPES[NAME]), `preset = NAME` (RECIPES[NAME]'s network; [model] keys override it) and
+    `stage = "autoencoder"`. `overrides` (command-line flags) replace fields; "model" and "data" merge key by key.
+    """
+    from dataclasses import fields as dataclass_fields
+
+    from unclip_core.train.diffusion import read_run_file
+    fields = dict(read_run_file(path))
+    names = {f.name for f in dataclass_fields(AutoencoderTrainConfig)}
+    accepted = sorted(names | {"recipe", "preset", "stage"})
+    unknown = sorted(set(fields) - set(accepted))
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {unknown}; accepted keys: {accepted}")
+    stage = fields.pop("stage", "autoencoder")
+    if stage != "autoencoder":
+        raise ValueError(f"{path} configures the {stage} stage, not the autoencoder; pass `train {stage}` or "
+                         "another run file")
+    name, preset = fields.pop("recipe", None), fields.pop("preset", None)
+    if name is not None:
+        check_choice("recipe", name, sorted(RECIPES))
+    if preset is not None:
+        check_choice("preset", preset, sorted(RECIPES))
+    base: dict[str, Any] = dict(RECIPES[name]) if name is not None else {}
+    model = dict(RECIPES[preset]["model"] if preset is not None else base.get("model", {}))
+    for src in (fields, dict(overrides or {})):
+        for key, value in src.items():
+            if key == "model":
+                model.update(value)
+            elif key == "data" and isinstance(value, Mapping):
+                base["data"] = {**(base.get("data") or {}), **value}
+            else:
+                base[key] = value
+    if not model:
+        raise ValueError(f"{path} sets no network: add preset = \"tiny\" (or \"shapes\"), a [model] table, or "
+                         "recipe = NAME")
+    unknown = sorted(set(base) - names)
+    if unknown:
+        raise ValueError(f"unknown run fields {unknown}; accepted keys: {accepted}")
+    return AutoencoderTrainConfig(**{**base, "model": model})
+
+
 def _renders(data: ShapesConfig, indices: range) -> torch.Tensor:
     arrays = [render_array(data.scene_caption(i)[0], data.size) for i in indices]
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
-def calibrate(model: Autoencoder, data: ShapesConfig, n: int, start: int = 10**9) -> float:
-    """1 / std of the unscaled latent means over n renders (items start, start + 1, ...), for scaling_factor."""
+def _images(data: ShapesConfig | TrainingData, indices: range | list[int], size: int) -> torch.Tensor:
+    """(B, 3, size, size) in [-1, 1]: ShapesWorld renders, or items of a user's data set."""
+    if isinstance(data, ShapesConfig):
+        return _renders(data, indices)
+    return data.batch(list(indices), sizes=(size,)).images[0]
+
+
+def calibrate(model: Autoencoder, data: ShapesConfig | TrainingData, n: int, start: int = 10**9) -> float:
+    """1 / std of the unscaled latent means over n images (items start, start + 1, ...; a user's data set: its
+    first min(n, len) items), for scaling_factor."""
+    if not isinstance(data, ShapesConfig):
+        start, n = 0, min(n, len(data))
+    size = model.config.image_size
     with torch.no_grad():
-        means = [model.moments(_renders(data, range(s, min(s + 64, start + n))))[0]
+        means = [model.moments(_images(data, range(s, min(s + 64, start + n)), size))[0]
                  for s in range(start, start + n, 64)]
     return float(1.0 / torch.cat(means).float().std().clamp_min(1e-6))
 
 
 def train_autoencoder(config: AutoencoderTrainConfig, out_dir: str | os.PathLike, resume: bool = True,
-                      progress: bool = True, callback: Callable[[int, dict[str, float]], None] | None = None) -> Path:
+                      progress: bool = True, callback: Callable[[int, dict[str, float]], None] | None = None, *,
+                      data: TrainingData | None = None) -> Path:
     """Train (resumably) and export the autoencoder to out_dir/model (a checkpoint folder); returns that folder.
 
     resume=True continues from out_dir/state.pt when it holds a run with the same config. callback(step,
-    metrics) runs after every step (an exception there stops training; the last checkpoint stays).
+    metrics) runs after every step (an exception there stops training; the last checkpoint stays). data: the
+    images of a run whose config.data is not ShapesWorld (explorer.training.open_training_data, or `unclip-explorer
+    train autoencoder --config RUN.toml`), drawn in a seeded per-epoch order.
     """
     if not isinstance(config, AutoencoderTrainConfig):
         raise TypeError(f"config must be an AutoencoderTrainConfig (e.g. recipe('shapes')), got {type(config).__name__}")
+    if config.data.is_shapesworld and data is not None:
+        raise ValueError("data was passed but config.data is ShapesWorld; set config.data to the data's "
+                         "DataConfig (kind and path) so the run records what it trained on")
+    if not config.data.is_shapesworld and data is None:
+        raise ValueError(f"config.data is {config.data.kind} {config.data.path!r}: pass its images as data= "
+                         "(explorer.training.open_training_data(config, ...)), or run `unclip-explorer train "
+                         "autoencoder --config RUN.toml`, which opens them")
+    if data is not None and (len(data) == 0 or not data.has_images):
+        raise ValueError(f"the data set {config.data.path!r} holds no images; nothing to train on")
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"out_dir={str(out)!r} is a file; pass a folder for the training state")
@@ -129,8 +214,9 @@ def train_autoencoder(config: AutoencoderTrainConfig, out_dir: str | os.PathLike
                      if resume else (0, 0.0))
     log = CsvLog(out / "loss.csv", LOG_FIELDS, resume_step=step if step else None)
     write_text_atomic(out / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
-    data = ShapesConfig(config.seed, mc.image_size, "all", config.n_objects, None, config.label_prob,
-                        world=config.world)
+    source: ShapesConfig | TrainingData = data if data is not None else ShapesConfig(
+        config.seed, mc.image_size, "all", config.n_objects, None, config.label_prob, world=config.world)
+    epoch: dict[int, np.ndarray] = {}
     use_bf16 = resolve_precision(config.precision) == "bf16"
 
     def checkpoint() -> None:
@@ -145,7 +231,8 @@ def train_autoencoder(config: AutoencoderTrainConfig, out_dir: str | os.PathLike
         lr = cosine_lr(step, config.lr, config.n_steps, config.warmup_steps, config.min_lr_ratio)
         set_lr(optimizer, lr)
         B = config.batch_size
-        x = _renders(data, range(step * B, (step + 1) * B))
+        x = _images(source, range(step * B, (step + 1) * B) if data is None else
+                    epoch_indices(step * B, B, len(data), config.seed, epoch), mc.image_size)
         g = torch.Generator().manual_seed(config.seed * 1_000_003 + step)  # the posterior sample of this step
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
             rec, kl = model(x, generator=g)
@@ -172,12 +259,13 @@ def train_autoencoder(config: AutoencoderTrainConfig, out_dir: str | os.PathLike
     model.eval()
     if ema is not None:
         ema.copy_to(model)
-    scale = calibrate(model, data, config.n_calibrate)
+    scale = calibrate(model, source, config.n_calibrate)
     final = Autoencoder(AutoencoderConfig(**{**asdict(mc), "scaling_factor": scale}))
     final.load_state_dict(model.state_dict())
-    card = autoencoder_card(config, final.config, elapsed, step)
+    card = autoencoder_card(config, final.config, elapsed, step, data=data)
     return save_checkpoint(out / "model", final.eval(), card=card, overwrite=True,
-                           metadata={"world": config.world, "train_config": config.to_dict()})
+                           metadata={"world": config.world if data is None else None,
+                                     "train_config": config.to_dict()})
 
 
 def reconstruction_psnr(model: Autoencoder, images: torch.Tensor) -> torch.Tensor:
@@ -189,16 +277,20 @@ def reconstruction_psnr(model: Autoencoder, images: torch.Tensor) -> torch.Tenso
     return 10 * torch.log10(255.0 ** 2 / mse.clamp_min(1e-10))
 
 
-def autoencoder_card(config: AutoencoderTrainConfig, mc: AutoencoderConfig, seconds: float, steps: int) -> str:
+def autoencoder_card(config: AutoencoderTrainConfig, mc: AutoencoderConfig, seconds: float, steps: int, *,
+                     data: TrainingData | None = None) -> str:
     """A model card for the trained autoencoder (quality numbers are added by its evaluation)."""
-    return (f"# ShapesWorld autoencoder (latent decoder stage)\n\n"
+    what = (f"ShapesWorld v{config.world}, split all, {config.n_objects} objects, labels p {config.label_prob}"
+            if config.data.is_shapesworld else describe_data(config.data, data))
+    return (f"# {'ShapesWorld ' if config.data.is_shapesworld else ''}autoencoder (latent decoder stage)\n\n"
             f"- images {mc.image_size} px -> latents {mc.latent_channels} x {mc.latent_size} x {mc.latent_size} "
             f"(f = {mc.factor}); scaling_factor {mc.scaling_factor:.4f} (unit-variance latents)\n"
-            f"- data: ShapesWorld v{config.world}, split all, {config.n_objects} objects, labels p {config.label_prob}\n"
+            f"- data: {what}\n"
             f"- loss: L1 + MSE + {config.kl_weight:g} x KL; AdamW lr {config.lr:g}, batch {config.batch_size}\n"
             f"- trained: {steps} steps, {seconds / 60:.1f} min on CPU ({resolve_precision(config.precision)}), "
             f"seed {config.seed}\n"
-            f"- recipe: `python -m unclip_core.train.autoencoder --recipe shapes`\n")
+            + ("- recipe: `python -m unclip_core.train.autoencoder --recipe shapes`\n" if config.data.is_shapesworld
+               else "- run: `unclip-explorer train autoencoder --config RUN.toml`\n"))
 
 
 def main(argv: list[str] | None = None) -> None:
