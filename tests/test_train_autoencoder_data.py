@@ -119,7 +119,7 @@ def test_autoencoder_on_webdataset_shards_resumes_bit_identical(folder, tmp_path
         with tarfile.open(shards / f"shard-{s:03d}.tar", "w") as tf:
             for k, p in enumerate(_images(folder)[s * 8:(s + 1) * 8]):
                 tf.add(p, arcname=f"{s:02d}{k:04d}.png")  # images only: no captions needed
-    config = load_run_config(_run_file(tmp_path, {"kind": "auto", "path": str(shards)}))
+    config = load_run_config(_run_file(tmp_path, {"path": str(shards)}))  # no kind: "auto", from the path
     ref, resumed = _kill_and_resume(config, tmp_path)
     _same_weights(ref, resumed)
     report = json.loads((tmp_path / "run" / "data.json").read_text())

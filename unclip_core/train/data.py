@@ -32,7 +32,7 @@ class DataConfig:
     kind: "shapesworld" (rendered on the fly, the recipes' default), "folder" (images + captions.jsonl, or
       images with same-name .txt captions), "webdataset" (.tar shards: a file, a folder of them or a
       'shards/{000..099}.tar' pattern), "embeddings" (prior only: an embedding store or a clip-retrieval output
-      folder), or "auto" (picked from `path`).
+      folder), or "auto" (picked from `path`). None (left out): "auto" with a path, else "shapesworld".
     path: where the data is (every kind but shapesworld).
     cache: the embedding store that caches the CLIP image embeddings z_i of `path` (None: RUN/embeddings); it
       records the CLIP and is refused by a run with another one.
@@ -41,13 +41,15 @@ class DataConfig:
     embed_batch_size: images per CLIP batch while the cache is filled.
     """
 
-    kind: str = "shapesworld"
+    kind: str | None = None
     path: str | None = None
     cache: str | None = None
     on_bad_image: str = "skip"
     embed_batch_size: int = 64
 
     def __post_init__(self) -> None:
+        if self.kind is None:  # a [data] table that names only a path reads files
+            object.__setattr__(self, "kind", "shapesworld" if self.path is None and self.cache is None else "auto")
         check_choice("data kind", self.kind, DATA_KINDS)
         check_choice("data on_bad_image", self.on_bad_image, ON_BAD)
         check_positive_int("data embed_batch_size", self.embed_batch_size)
