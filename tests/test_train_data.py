@@ -436,22 +436,27 @@ def test_loader_benchmark_reports_images_per_second_and_ratios(clip, tmp_path):
     from benchmarks import train_loaders
     out = tmp_path / "r.json"
     r = train_loaders.main(["--clip", clip.spec, "--preset", "tiny", "--steps", "3", "--batch", "2", "--n-items", "8",
-                            "--repeats", "1", "--json", str(out)])
+                            "--repeats", "3", "--load-repeats", "2", "--json", str(out)])
     assert set(r["images_per_s"]) == {"shapesworld", "folder", "webdataset"}
     assert all(v > 0 for v in r["images_per_s"].values())
-    assert r["ratio"]["folder"] == pytest.approx(r["images_per_s"]["folder"] / r["images_per_s"]["shapesworld"])
+    # the ratio is the median of per-round ratios, each of sources timed back to back in one round
+    s = r["step_seconds"]
+    assert r["round_ratios"]["folder"] == pytest.approx([a / b for a, b in zip(s["shapesworld"], s["folder"])])
+    assert r["ratio"]["folder"] == pytest.approx(sorted(r["round_ratios"]["folder"])[1])
+    assert all(len(v) == 2 and min(v) > 0 for v in r["load_batch_seconds_all"].values())
     assert json.loads(out.read_text())["settings"]["n_items"] == 8
 
 
 # ---- a tiny decoder learns from a folder (slow) ---------------------------------------------------------------------
 @pytest.mark.slow
-@pytest.mark.xfail(reason="not met yet: measured loss 0.444 -> 0.043 but read-out colour 0.021, position 0.000 "
-                          "(n 48): 600 steps do not teach this tiny decoder to draw objects (docs/training.md)",
-                   strict=False)
 def test_tiny_decoder_on_an_exported_folder_learns_colour_and_position(tmp_path):
     """The folder loader, not the ShapesWorld sampler: 512 one-object v2 scenes exported at 32 px, the bundled
-    shapes-clip's z_i cached; a tiny 32 px decoder for 600 steps x 16 (~4 CPU min). The loss falls, and images drawn
-    from the z_i of 48 exported scenes are read back (shapes-readout) with colour and position above chance."""
+    shapes-clip's z_i cached; a tiny 32 px decoder with a spatial z_i map for 600 steps x 16 (~6 CPU min). The loss
+    falls, and images drawn from the z_i of 48 exported scenes are read back (shapes-readout) with colour and
+    position above chance. Without the z_i map (clip_map_channels = 0) and at lr 5e-4 the same run learned the
+    unconditional blob only (the z_i reached it through the time embedding and 4 context tokens, too weakly for
+    600 steps): every sample was the same mixed-colour blob wherever x_T put it, read-out colour 0.021, position 0.
+    """
     from explorer.training import open_training_data, train_run
     from unclip_core.data.shapes_data import export
     from unclip_core.data.shapes_scene import Scene
@@ -461,9 +466,10 @@ def test_tiny_decoder_on_an_exported_folder_learns_colour_and_position(tmp_path)
     folder = export(tmp_path / "export", n=512, seed=0, size=32, n_objects=(1,), world=2, progress=False)
     run = tmp_path / "decoder.toml"
     run.write_text(f'stage = "decoder"\npreset = "tiny"\nclip = "shapes-clip"\nprediction = "v"\nn_steps = 600\n'
-                   f'batch_size = 16\nlr = 5e-4\nwarmup_steps = 20\nema_decay = 0.99\nhigh_t_fraction = 0.5\n'
+                   f'batch_size = 16\nlr = 1e-3\nwarmup_steps = 20\nema_decay = 0.99\nhigh_t_fraction = 0.5\n'
                    f'precision = "fp32"\ncheckpoint_every = 300\ntensorboard = false\n'
-                   f'[model]\nlearn_sigma = false\n[data]\nkind = "folder"\npath = "{folder}"\n')
+                   f'[model]\nlearn_sigma = false\nclip_map_channels = 4\nclip_map_size = 16\n'
+                   f'[data]\nkind = "folder"\npath = "{folder}"\n')
     losses = []
     cfg = load_run_config(run)
     model_dir = train_run(cfg, tmp_path / "run", progress=False, callback=lambda s, m: losses.append(m["loss"]))
