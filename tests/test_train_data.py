@@ -468,7 +468,7 @@ def test_tiny_decoder_on_an_exported_folder_learns_colour_and_position(tmp_path)
     run.write_text(f'stage = "decoder"\npreset = "tiny"\nclip = "shapes-clip"\nprediction = "v"\nn_steps = 600\n'
                    f'batch_size = 16\nlr = 1e-3\nwarmup_steps = 20\nema_decay = 0.99\nhigh_t_fraction = 0.5\n'
                    f'precision = "fp32"\ncheckpoint_every = 300\ntensorboard = false\n'
-                   f'[model]\nlearn_sigma = false\nclip_map_channels = 4\nclip_map_size = 16\n'
+                   f'[model]\nlearn_sigma = false\n'  # the tiny preset has the z_i map (clip_map_channels 4)
                    f'[data]\nkind = "folder"\npath = "{folder}"\n')
     losses = []
     cfg = load_run_config(run)

@@ -208,8 +208,11 @@ MODEL_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "paper": dict(width=2048, n_layers=20, n_heads=32, n_text_tokens=77, dropout=0.0),
     },
     "decoder": {
+        # the spatial z_i map: without it a decoder this small learns the unconditional picture and ignores z_i for
+        # hundreds of steps (measured: 600 steps x 16 on 512 one-object scenes, read-out colour 0.02 -> 0.62 with it)
         "tiny": dict(image_size=32, model_channels=32, channel_mult=(1, 2), n_res_blocks=1, attention_resolutions=(16,),
-                     head_channels=16, norm_groups=8, dropout=0.0, resblock_updown=False),
+                     head_channels=16, norm_groups=8, dropout=0.0, resblock_updown=False, clip_map_channels=4,
+                     clip_map_size=16),
         "small": dict(image_size=64, model_channels=32, channel_mult=(1, 2, 4, 4), n_res_blocks=1,
                       attention_resolutions=(16, 8), head_channels=32, norm_groups=16, dropout=0.0,
                       resblock_updown=False, clip_map_channels=4, clip_map_size=16),
