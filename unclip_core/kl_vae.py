@@ -19,13 +19,12 @@ from typing import Any, Mapping
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .checks import check_positive_int
-from .movq import _Block, _Mid
-from .nn import as_tuple_field, check_tensor
+from .movq import LevelsConfig, _Block, _Mid
+from .nn import check_tensor
 
 
 @dataclass(frozen=True)
-class KLAutoencoderConfig:
+class KLAutoencoderConfig(LevelsConfig):
     """diffusers AutoencoderKL settings; `attention[i]`: level i's blocks carry self-attention (Attn*Block2D).
     image_size is nominal (it sets latent_size); any multiple of `factor` encodes."""
 
@@ -43,29 +42,13 @@ class KLAutoencoderConfig:
     use_post_quant_conv: bool = True
 
     def __post_init__(self) -> None:
-        as_tuple_field(self, "block_out_channels")
-        object.__setattr__(self, "attention", tuple(bool(a) for a in self.attention))
-        for name in ("image_size", "in_channels", "out_channels", "latent_channels", "layers_per_block",
-                     "norm_num_groups"):
-            check_positive_int(name, getattr(self, name))
-        if not self.block_out_channels or len(self.attention) != len(self.block_out_channels):
-            raise ValueError(f"attention has {len(self.attention)} entries for {len(self.block_out_channels)} levels "
-                             "(block_out_channels); give one per level")
+        self._check_levels()
         bad = [c for c in self.block_out_channels if c % self.norm_num_groups]
         if bad:
             raise ValueError(f"norm_num_groups={self.norm_num_groups} must divide every level's channels, not {bad}")
         if not (isinstance(self.scaling_factor, (int, float)) and self.scaling_factor > 0):
             raise ValueError(f"scaling_factor must be a number > 0, got {self.scaling_factor!r}")
-        if self.image_size % self.factor:
-            raise ValueError(f"image_size={self.image_size} must be divisible by the factor {self.factor}")
-
-    @property
-    def factor(self) -> int:
-        return 2 ** (len(self.block_out_channels) - 1)
-
-    @property
-    def latent_size(self) -> int:
-        return self.image_size // self.factor
+        self._check_image_size()
 
 
 class _MidNoAttention(nn.Module):

@@ -22,8 +22,39 @@ from .checks import check_positive_int
 from .nn import as_tuple_field, check_tensor
 
 
+class LevelsConfig:
+    """What diffusers' Encoder / Decoder configs share (MoVQConfig, kl_vae.KLAutoencoderConfig): the levels'
+    channels and attention flags, the downsampling factor and the nominal latent size, and their checks."""
+
+    image_size: int
+    block_out_channels: tuple[int, ...]
+    attention: tuple[bool, ...]
+
+    def _check_levels(self, *more_positive: str) -> None:
+        as_tuple_field(self, "block_out_channels")
+        object.__setattr__(self, "attention", tuple(bool(a) for a in self.attention))
+        for name in ("image_size", "in_channels", "out_channels", "latent_channels", "layers_per_block",
+                     "norm_num_groups", *more_positive):
+            check_positive_int(name, getattr(self, name))
+        if not self.block_out_channels or len(self.attention) != len(self.block_out_channels):
+            raise ValueError(f"attention has {len(self.attention)} entries for {len(self.block_out_channels)} levels "
+                             "(block_out_channels); give one per level")
+
+    def _check_image_size(self) -> None:
+        if self.image_size % self.factor:
+            raise ValueError(f"image_size={self.image_size} must be divisible by the factor {self.factor}")
+
+    @property
+    def factor(self) -> int:
+        return 2 ** (len(self.block_out_channels) - 1)
+
+    @property
+    def latent_size(self) -> int:
+        return self.image_size // self.factor
+
+
 @dataclass(frozen=True)
-class MoVQConfig:
+class MoVQConfig(LevelsConfig):
     """diffusers VQModel settings (norm_type "spatial"); `attention[i]`: level i's blocks carry self-attention
     (AttnDownEncoderBlock2D / AttnUpDecoderBlock2D at the mirrored level). image_size is nominal: it sets
     latent_size; any multiple of `factor` encodes."""
@@ -40,29 +71,13 @@ class MoVQConfig:
     scaling_factor: float = 1.0  # recorded only: Kandinsky 2.2 scales nothing
 
     def __post_init__(self) -> None:
-        as_tuple_field(self, "block_out_channels")
-        object.__setattr__(self, "attention", tuple(bool(a) for a in self.attention))
-        for name in ("image_size", "in_channels", "out_channels", "latent_channels", "layers_per_block",
-                     "norm_num_groups", "num_vq_embeddings"):
-            check_positive_int(name, getattr(self, name))
-        if not self.block_out_channels or len(self.attention) != len(self.block_out_channels):
-            raise ValueError(f"attention has {len(self.attention)} entries for {len(self.block_out_channels)} levels "
-                             "(block_out_channels); give one per level")
+        self._check_levels("num_vq_embeddings")
         for c in self.block_out_channels:
             if c % self.norm_num_groups or c % 32:
                 raise ValueError(f"every level's channels must be divisible by norm_num_groups="
                                  f"{self.norm_num_groups} and by 32 (the decoder's spatial norms use 32 groups), "
                                  f"got {self.block_out_channels}")
-        if self.image_size % self.factor:
-            raise ValueError(f"image_size={self.image_size} must be divisible by the factor {self.factor}")
-
-    @property
-    def factor(self) -> int:
-        return 2 ** (len(self.block_out_channels) - 1)
-
-    @property
-    def latent_size(self) -> int:
-        return self.image_size // self.factor
+        self._check_image_size()
 
 
 class SpatialNorm(nn.Module):

@@ -24,8 +24,9 @@ from unclip_core.autoencoder import Autoencoder, AutoencoderConfig
 from unclip_core.checkpoint import save_checkpoint
 from unclip_core.checks import check_choice, check_positive_int
 from unclip_core.data.shapes import CURRENT_WORLD, ShapesConfig, get_world, render_array
-from unclip_core.train.common import (PRECISIONS, EMA, CsvLog, check_optimiser_fields, cosine_lr, network_config,
-                                      resolve_precision, resume_run, save_state, set_lr, write_text_atomic)
+from unclip_core.train.common import (PRECISIONS, EMA, CsvLog, check_optimiser_fields, cosine_lr, merge_run_fields,
+                                      network_config, resolve_precision, resume_run, save_state, set_lr,
+                                      write_text_atomic)
 from unclip_core.train.data import DataConfig, TrainingData, describe_data, epoch_indices
 
 STATE_FILE = "state.pt"
@@ -137,14 +138,7 @@ def load_run_config(path: str | os.PathLike, *, overrides: Mapping[str, Any] | N
         check_choice("preset", preset, sorted(RECIPES))
     base: dict[str, Any] = dict(RECIPES[name]) if name is not None else {}
     model = dict(RECIPES[preset]["model"] if preset is not None else base.get("model", {}))
-    for src in (fields, dict(overrides or {})):
-        for key, value in src.items():
-            if key == "model":
-                model.update(value)
-            elif key == "data" and isinstance(value, Mapping):
-                base["data"] = {**(base.get("data") or {}), **value}
-            else:
-                base[key] = value
+    merge_run_fields(base, model, fields, overrides)
     if not model:
         raise ValueError(f"{path} sets no network: add preset = \"tiny\" (or \"shapes\"), a [model] table, or "
                          "recipe = NAME")

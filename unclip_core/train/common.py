@@ -144,6 +144,19 @@ def check_optimiser_fields(config: Any, nonnegative: tuple[str, ...]) -> None:
         raise ValueError(f"ema_decay must be None or in (0, 1), e.g. 0.999, got {config.ema_decay}")
 
 
+def merge_run_fields(base: dict[str, Any], model: dict[str, Any], *sources: Mapping[str, Any] | None) -> None:
+    """Lay run-file fields and then overrides over a recipe's fields, in place: [model] keys update `model`,
+    a [data] table updates the base's data table key by key, every other key replaces the base's."""
+    for src in sources:
+        for key, value in (src or {}).items():
+            if key == "model":
+                model.update(value)
+            elif key == "data" and isinstance(value, Mapping):
+                base["data"] = {**(base.get("data") or {}), **value}
+            else:
+                base[key] = value
+
+
 def network_config(cls: type, model: Mapping[str, Any]) -> Any:
     """A network's frozen config dataclass from a run's `model` dict (lists become tuples; unknown keys listed)."""
     from unclip_core.checkpoint import config_from_dict

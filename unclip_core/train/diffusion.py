@@ -37,9 +37,9 @@ from unclip_core.decoder import Decoder, DecoderConfig
 from unclip_core.diffusion import cosine_schedule, diffusion_loss
 from unclip_core.prior import DiffusionPrior, PriorConfig
 from unclip_core.sampling import SamplingConfig
-from unclip_core.train.data import DataBatch, DataConfig, TrainingData, describe_data, epoch_indices, to_tensor
-from unclip_core.train.common import (PRECISIONS, EMA, CsvLog, cosine_lr, load_state, network_config, resolve_precision,
-                                      save_state, set_lr, write_text_atomic)
+from unclip_core.train.data import DataBatch, DataConfig, TrainingData, describe_data, epoch_indices
+from unclip_core.train.common import (PRECISIONS, EMA, CsvLog, cosine_lr, load_state, merge_run_fields, network_config,
+                                      resolve_precision, save_state, set_lr, write_text_atomic)
 from unclip_core.upsampler import Upsampler, UpsamplerConfig, upsample_low_res
 
 if TYPE_CHECKING:  # open_clip is slow to import; only the prior and decoder stages need it
@@ -299,14 +299,7 @@ def load_run_config(path: str | os.PathLike, stage: str | None = None, *,
     if preset is not None:
         check_choice("preset", preset, sorted(MODEL_PRESETS[stage]))
         model = dict(MODEL_PRESETS[stage][preset])
-    for src in (fields, dict(overrides or {})):
-        for key, value in src.items():
-            if key == "model":
-                model.update(value)
-            elif key == "data" and isinstance(value, Mapping):
-                base["data"] = {**(base.get("data") or {}), **value}
-            else:
-                base[key] = value
+    merge_run_fields(base, model, fields, overrides)
     if not model:
         raise ValueError(f"{path} sets no network: add preset = \"tiny\" (or small, base, paper), a [model] table, "
                          "or recipe = NAME")
