@@ -21,7 +21,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -97,25 +97,9 @@ class StoreMap:
 
 
 # ------------------------------------------------------------------------------------------------ reading
-def _vectors_file(store: Any) -> Path | None:
-    m = getattr(store, "manifest", None)
-    if isinstance(m, dict) and m.get("vectors_file"):
-        return Path(store.path) / m["vectors_file"]
-    return None
-
-
-def iter_blocks(store: Any, rows: np.ndarray | None, block_rows: int) -> Iterator[tuple[int, np.ndarray]]:
-    """(offset, float32 block) over the store's rows (or `rows`), each block read from a fresh memory map that
-    is dropped afterwards, so resident memory stays at one block."""
-    n = len(store) if rows is None else len(rows)
-    vfile = _vectors_file(store)
-    for a in range(0, n, block_rows):
-        b = min(a + block_rows, n)
-        mm = np.load(vfile, mmap_mode="r", allow_pickle=False) if vfile is not None else store.vectors
-        blk = mm[a:b] if rows is None else mm[rows[a:b]]
-        out = np.array(blk, dtype=np.float32)
-        del mm, blk
-        yield a, out
+def _blocks(store: Any, rows: np.ndarray | None, block_rows: int) -> Any:
+    from explorer.store.format import iter_blocks  # the store's reader, one block resident at a time
+    return iter_blocks(store, rows, block_rows)
 
 
 def _check_finite(block: np.ndarray, offset: int, store: Any) -> None:
@@ -141,7 +125,7 @@ def _fit_pca(store: Any, rows: np.ndarray | None, cfg: MapConfig, bar: Any) -> d
     total = np.zeros(d, np.float64)
     scatter = np.zeros((d, d), np.float64)
     n = 0
-    for a, blk in iter_blocks(store, rows, cfg.block_rows):
+    for a, blk in _blocks(store, rows, cfg.block_rows):
         _check_finite(blk, a, store)
         if shift is None:
             shift = blk.mean(axis=0, dtype=np.float64).astype(np.float32)  # centring near the mean keeps float32
@@ -167,7 +151,7 @@ def _fit_incremental(store: Any, rows: np.ndarray | None, cfg: MapConfig, bar: A
     from sklearn.decomposition import IncrementalPCA
     est = IncrementalPCA(n_components=cfg.n_components)
     carry = None
-    for a, blk in iter_blocks(store, rows, cfg.block_rows):
+    for a, blk in _blocks(store, rows, cfg.block_rows):
         _check_finite(blk, a, store)
         if carry is not None:  # partial_fit needs >= n_components rows per call: a short last block joins the next
             blk, carry = np.concatenate([carry, blk]), None
@@ -188,10 +172,7 @@ def _fit_umap(store: Any, rows: np.ndarray | None, cfg: MapConfig, n: int) -> tu
     m = min(cfg.umap_sample, n)
     sample = np.sort(rng.choice(n, size=m, replace=False)) if m < n else np.arange(n)
     take = sample if rows is None else rows[sample]
-    vfile = _vectors_file(store)
-    src = np.load(vfile, mmap_mode="r", allow_pickle=False) if vfile is not None else store.vectors
-    X = np.array(src[take], dtype=np.float32)
-    del src
+    _, X = next(_blocks(store, take, len(take)))
     _check_finite(X, 0, store)
     est = umap.UMAP(n_components=cfg.n_components, n_neighbors=min(cfg.n_neighbors, m - 1), min_dist=cfg.min_dist,
                     random_state=cfg.seed, n_jobs=1)
@@ -307,7 +288,7 @@ def map_store(store: Any, *, config: MapConfig | None = None, kind: str | None =
                 in_sample = np.zeros(n, bool)
                 in_sample[sample] = True
                 out[sample] = emb
-            for a, blk in iter_blocks(store, rows, cfg.block_rows):
+            for a, blk in _blocks(store, rows, cfg.block_rows):
                 if comps is not None:
                     blk -= mean.astype(np.float32)
                     out[a:a + len(blk)] = blk @ comps.T.astype(np.float32)
@@ -467,5 +448,5 @@ def sample_positions(n: int, size: int, seed: int = 0) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
 
 
-__all__ = ["MAP_METHODS", "MapConfig", "StoreMap", "default_cache_dir", "density_grid", "iter_blocks", "map_store",
+__all__ = ["MAP_METHODS", "MapConfig", "StoreMap", "default_cache_dir", "density_grid", "map_store",
            "overview_figure", "region_figure", "rows_in_region", "sample_positions", "category_colours"]

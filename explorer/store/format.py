@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -159,6 +159,28 @@ def _npy_size_problem(vpath: Path, count: int, dim: int, dtype: str) -> str | No
                 f"{tuple(shape)} array needs {need}; the file was cut short (an interrupted copy?): restore it "
                 "from the original or re-embed the store")
     return None
+
+
+def _vectors_file(store: Any) -> Path | None:
+    m = getattr(store, "manifest", None)
+    if isinstance(m, dict) and m.get("vectors_file"):
+        return Path(store.path) / m["vectors_file"]
+    return None
+
+
+def iter_blocks(store: Any, rows: np.ndarray | None, block_rows: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(offset, float32 block) over the store's rows (or `rows`), each block read from a fresh memory map that
+    is dropped afterwards, so resident memory stays at one block (a long-lived map keeps every page read resident).
+    Stores without one vectors file (a clip-retrieval folder) are read through their own `vectors`."""
+    n = len(store) if rows is None else len(rows)
+    vfile = _vectors_file(store)
+    for a in range(0, n, block_rows):
+        b = min(a + block_rows, n)
+        mm = np.load(vfile, mmap_mode="r", allow_pickle=False) if vfile is not None else store.vectors
+        blk = mm[a:b] if rows is None else mm[rows[a:b]]
+        out = np.array(blk, dtype=np.float32)
+        del mm, blk
+        yield a, out
 
 
 class EmbeddingStore(SearchMixin):

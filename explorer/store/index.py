@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from explorer.store.format import iter_blocks
 from unclip_core.atomic import atomic_write
 from unclip_core.checks import check_positive_int
 
@@ -72,8 +73,9 @@ def build_index(store: Any, key: str | None = None, *, train_rows: int = 200_000
         rows = np.sort(np.random.default_rng(seed).choice(n, size=min(n, train_rows), replace=False))
         index.train(_unit(store.vectors[rows]))
     from tqdm.auto import tqdm
-    for start in tqdm(range(0, n, block_rows), desc="index", disable=not progress):
-        index.add(_unit(store.vectors[start:start + block_rows]))
+    for _, block in tqdm(iter_blocks(store, None, block_rows), total=-(-n // block_rows), desc="index",
+                         disable=not progress):
+        index.add(_unit(block))
     params = _search_params(index)
     folder = Path(store.path) / INDEX_DIR
     folder.mkdir(exist_ok=True)
